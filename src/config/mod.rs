@@ -1,0 +1,65 @@
+//! Gannet's configuration: the TOML model, its defaults, and validation.
+//!
+//! Owns: parsing `gannet.toml` (or the embedded default), filling defaults, and checking
+//! cross-references (a class names a pool that exists, a listener's TLS files are readable...).
+//! Every error names the key it is about and what was expected, so an operator can fix the file
+//! without reading code. Nothing here opens sockets or touches the spool; the result is an
+//! immutable [`Config`] that `serve` hands to each stage.
+
+mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::ConfigError;
+
+use std::path::Path;
+
+/// The runnable default configuration, embedded in the binary (`config/gannet.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/gannet.toml");
+
+impl Config {
+    /// Parse and validate configuration text. `origin` names the file in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.base_dir = None;
+        validate::validate(&config)?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a configuration file. Relative paths inside it (spool, keys,
+    /// certificates, data files) are resolved against the directory that holds the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        config.base_dir = path.parent().map(|p| p.to_path_buf());
+        validate::validate(&config)?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        // The embedded file is checked by a unit test, so this cannot fail in a released binary.
+        Config::from_toml(DEFAULT_CONFIG, "embedded config/gannet.toml")
+            .expect("embedded default configuration is valid")
+    }
+
+    /// Resolve a path from the config file against the config file's directory.
+    pub fn resolve_path(&self, p: &Path) -> std::path::PathBuf {
+        match &self.base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! The configuration data model: plain serde structs with defaults. Validation that crosses
+//! sections lives in `validate.rs`.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration. Immutable once loaded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our own name: SMTP greeting, `Received:`, `Message-ID`, DSN reporting MTA.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+    #[serde(default, rename = "class")]
+    pub classes: BTreeMap<String, ClassConfig>,
+    #[serde(default, rename = "smtp_user")]
+    pub smtp_users: Vec<SmtpUserConfig>,
+    #[serde(default, rename = "api_token")]
+    pub api_tokens: Vec<ApiTokenConfig>,
+    #[serde(default, rename = "dkim")]
+    pub dkim: Vec<DkimConfig>,
+    #[serde(default)]
+    pub dkim_policy: DkimPolicyConfig,
+    #[serde(default)]
+    pub shaping: ShapingRef,
+    /// Directory of the config file, for resolving relative paths. Not a TOML key.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+fn default_hostname() -> String {
+    "gannet.localhost".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory holding body segments and the sled queue index.
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// A segment file is closed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub max_segment_bytes: u64,
+    /// At most this many bytes are gathered into one group commit (one fdatasync).
+    #[serde(default = "default_commit_bytes")]
+    pub max_commit_bytes: usize,
+    /// Accepted-but-unsynced submissions that may wait for the writer; past this the listeners
+    /// push back with 421/451 instead of buffering.
+    #[serde(default = "default_commit_queue")]
+    pub commit_queue: usize,
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_commit_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_commit_queue() -> usize {
+    4096
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: default_spool_path(),
+            max_segment_bytes: default_segment_bytes(),
+            max_commit_bytes: default_commit_bytes(),
+            commit_queue: default_commit_queue(),
+        }
+    }
+}
+
+/// How a listener speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Offer STARTTLS when a certificate is configured (the default).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (RFC 8314 implicit TLS, e.g. port 465).
+    Implicit,
+    /// Never offer TLS.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(default = "default_listener_name")]
+    pub name: String,
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM certificate chain and key; required for `tls = "implicit"`, enables STARTTLS otherwise.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Client networks allowed to relay without authenticating.
+    #[serde(default)]
+    pub relay_from: Vec<IpNet>,
+    /// Reject MAIL FROM until the client has authenticated.
+    #[serde(default)]
+    pub require_auth: bool,
+    /// Traffic class for messages that name none (header, user default).
+    pub default_class: Option<String>,
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; we allow more by default).
+    #[serde(default = "default_max_line_length")]
+    pub max_line_length: usize,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    #[serde(default = "default_max_sessions_per_ip")]
+    pub max_sessions_per_ip: usize,
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    #[serde(default = "default_data_timeout", with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Errors (bad commands) tolerated before the session is closed with 421.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: usize,
+}
+
+fn default_listener_name() -> String {
+    "default".to_string()
+}
+fn default_max_message_size() -> usize {
+    25 * 1024 * 1024
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_line_length() -> usize {
+    4096
+}
+fn default_max_sessions() -> usize {
+    2000
+}
+fn default_max_sessions_per_ip() -> usize {
+    200
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_errors() -> usize {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_address")]
+    pub address: SocketAddr,
+}
+
+fn default_http_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: default_http_address(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `IP:PORT` of resolvers to ask; empty means the system resolver (/etc/resolv.conf).
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Query timeout per attempt.
+    #[serde(default = "default_dns_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A static next hop for a domain, like a Postfix transport map entry. Skips MX lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Recipient domain this route is for (exact match, case-insensitive), or `*` for all.
+    pub domain: String,
+    /// `host:port`; host may be an IP or a name resolved through A/AAAA.
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// TCP port of MX hosts (25 in production; tests point it elsewhere).
+    #[serde(default = "default_mx_port")]
+    pub port: u16,
+    /// Default connection cap per destination site when shaping says nothing more specific.
+    #[serde(default = "default_max_conn")]
+    pub max_connections_per_destination: usize,
+    #[serde(default = "default_max_msgs_per_conn")]
+    pub max_messages_per_connection: usize,
+    #[serde(default = "default_max_rcpts_per_txn")]
+    pub max_recipients_per_transaction: usize,
+    /// An idle outbound connection is closed after this long without work.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout for each command/reply exchange (greeting, EHLO, MAIL, RCPT...).
+    #[serde(default = "default_command_timeout_out", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Timeout for the final reply after the message body.
+    #[serde(default = "default_data_timeout_out", with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Delay before each retry; the last entry repeats.
+    #[serde(default = "default_retry_schedule", with = "humantime_serde_vec")]
+    pub retry_schedule: Vec<Duration>,
+    /// Fraction of each retry delay added or removed at random (0.1 = ±10%).
+    #[serde(default = "default_jitter")]
+    pub retry_jitter: f64,
+    /// A message still undelivered after this long is bounced.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Try STARTTLS when the server offers it (opportunistic, certificates not verified).
+    #[serde(default = "default_true")]
+    pub opportunistic_tls: bool,
+}
+
+fn default_mx_port() -> u16 {
+    25
+}
+fn default_max_conn() -> usize {
+    20
+}
+fn default_max_msgs_per_conn() -> usize {
+    1000
+}
+fn default_max_rcpts_per_txn() -> usize {
+    100
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_command_timeout_out() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout_out() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_retry_schedule() -> Vec<Duration> {
+    [60, 300, 900, 1800, 3600]
+        .iter()
+        .map(|s| Duration::from_secs(*s))
+        .collect()
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(3 * 24 * 3600)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("empty delivery config takes defaults")
+    }
+}
+
+/// A list of humantime durations (`["1m", "5m"]`).
+mod humantime_serde_vec {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw: Vec<String> = Vec::deserialize(d)?;
+        raw.iter()
+            .map(|s| {
+                humantime::parse_duration(s).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid duration {s:?}: {e} (expected e.g. \"30s\", \"5m\", \"1h\")"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// A named set of source addresses that outbound connections bind to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub sources: Vec<SourceConfig>,
+    /// Another pool whose sources may be used when all of this pool's are capped (warm-up).
+    pub overflow: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Local address to bind (`0.0.0.0` lets the kernel choose).
+    pub ip: IpAddr,
+    /// Name said in EHLO from this address.
+    pub ehlo: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Optional name for logs and metrics (defaults to the IP).
+    pub name: Option<String>,
+    /// Start of this source's warm-up (`YYYY-MM-DD`); its caps come from `warmup`.
+    pub warmup_start: Option<String>,
+    /// Name of a warm-up schedule in the shaping data.
+    pub warmup: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    pub pool: String,
+    /// Higher goes first when classes wait for the same site.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpUserConfig {
+    pub name: String,
+    /// PHC string (argon2id), e.g. made with `gannet hash-password`.
+    pub password_hash: String,
+    pub default_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    pub name: String,
+    /// SHA-256 of the token, hex. The token itself never appears in config.
+    pub hash: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// DKIM signing algorithms Gannet supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    /// PEM private key (PKCS#8 or PKCS#1 for RSA).
+    pub key: PathBuf,
+    /// Header fields to sign; empty means the default set.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// `relaxed/relaxed` (default), `relaxed/simple`, `simple/simple`, `simple/relaxed`.
+    pub canonicalization: Option<String>,
+    /// Signature lifetime (`x=` tag), e.g. "7d".
+    #[serde(default, with = "humantime_serde")]
+    pub expire: Option<Duration>,
+    /// RFC 3339 instants bounding when this key signs (rotation without restart).
+    pub active_from: Option<String>,
+    pub active_until: Option<String>,
+}
+
+/// What to do with mail whose From domain has no DKIM key.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DkimPolicyConfig {
+    /// Sign with this domain's keys instead (third-party signature).
+    pub fallback_domain: Option<String>,
+    /// Reject at injection with 550 5.7.x when no key and no fallback applies.
+    #[serde(default)]
+    pub reject_unsigned: bool,
+}
+
+/// Where the shaping data lives.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingRef {
+    /// Shaping presets (`config/shaping.toml`); none means built-in defaults only.
+    pub file: Option<PathBuf>,
+}

@@ -1,0 +1,53 @@
+use super::*;
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded_default();
+    assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:2525");
+    assert_eq!(c.http.address.to_string(), "127.0.0.1:8025");
+    assert_eq!(c.spool.path, std::path::PathBuf::from("./data"));
+}
+
+fn err_of(text: &str) -> String {
+    Config::from_toml(text, "test.toml")
+        .unwrap_err()
+        .to_string()
+}
+
+const MIN: &str = "[[pool]]\nname = \"p\"\nsources = [{ ip = \"127.0.0.1\", ehlo = \"h\" }]\n[class.c]\npool = \"p\"\n";
+
+#[test]
+fn unknown_key_is_named() {
+    let e = err_of(&format!("hostnme = \"x\"\n{MIN}"));
+    assert!(e.contains("hostnme"), "{e}");
+}
+
+#[test]
+fn bad_type_names_the_key() {
+    let e = err_of(&format!(
+        "[[listener]]\naddress = \"not an address\"\n{MIN}"
+    ));
+    assert!(e.contains("address"), "{e}");
+}
+
+#[test]
+fn class_with_unknown_pool() {
+    let e = err_of(
+        "[[pool]]\nname = \"p\"\nsources = [{ ip = \"127.0.0.1\", ehlo = \"h\" }]\n[class.c]\npool = \"nope\"\n",
+    );
+    assert!(e.contains("class.c.pool") && e.contains("nope"), "{e}");
+}
+
+#[test]
+fn bad_duration_is_explained() {
+    let e = err_of(&format!("[delivery]\nretry_schedule = [\"soon\"]\n{MIN}"));
+    assert!(e.contains("soon"), "{e}");
+}
+
+#[test]
+fn listener_default_class_must_exist() {
+    let e = err_of(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\ndefault_class = \"x\"\n{MIN}"
+    ));
+    assert!(e.contains("default_class"), "{e}");
+}

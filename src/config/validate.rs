@@ -1,0 +1,187 @@
+//! Cross-section checks on a parsed [`Config`]: references resolve, values are in range.
+//! Every message names the key and says what was expected.
+
+use super::Config;
+use std::collections::HashSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    if c.hostname.trim().is_empty() || c.hostname.contains(char::is_whitespace) {
+        return Err(invalid(
+            "hostname",
+            format!("expected a host name without spaces, got {:?}", c.hostname),
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, l) in c.listeners.iter().enumerate() {
+        let key = format!("listener[{i}]");
+        if !names.insert(l.name.as_str()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("listener name {:?} is used twice", l.name),
+            ));
+        }
+        if l.tls == super::TlsMode::Implicit && (l.tls_cert.is_none() || l.tls_key.is_none()) {
+            return Err(invalid(
+                format!("{key}.tls"),
+                "implicit TLS needs tls_cert and tls_key",
+            ));
+        }
+        if l.tls_cert.is_some() != l.tls_key.is_some() {
+            return Err(invalid(
+                format!("{key}.tls_cert"),
+                "tls_cert and tls_key must be given together",
+            ));
+        }
+        if let Some(class) = &l.default_class
+            && !c.classes.contains_key(class)
+        {
+            return Err(invalid(
+                format!("{key}.default_class"),
+                format!("no [class.{class}] is defined"),
+            ));
+        }
+        if l.max_line_length < 512 {
+            return Err(invalid(
+                format!("{key}.max_line_length"),
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+            ));
+        }
+        if l.max_recipients == 0 || l.max_message_size == 0 {
+            return Err(invalid(
+                format!("{key}.max_recipients"),
+                "max_recipients and max_message_size must be above 0",
+            ));
+        }
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        if r.host
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid(
+                format!("route[{i}].host"),
+                format!("expected host:port, got {:?}", r.host),
+            ));
+        }
+    }
+    let d = &c.delivery;
+    if d.retry_schedule.is_empty() {
+        return Err(invalid(
+            "delivery.retry_schedule",
+            "needs at least one delay, e.g. [\"1m\", \"5m\", \"1h\"]",
+        ));
+    }
+    if !(0.0..1.0).contains(&d.retry_jitter) {
+        return Err(invalid(
+            "delivery.retry_jitter",
+            "expected a fraction from 0.0 up to (not including) 1.0",
+        ));
+    }
+    if d.max_connections_per_destination == 0 || d.max_messages_per_connection == 0 {
+        return Err(invalid(
+            "delivery.max_connections_per_destination",
+            "connection and message caps must be above 0",
+        ));
+    }
+    let mut pools = HashSet::new();
+    for (i, p) in c.pools.iter().enumerate() {
+        if !pools.insert(p.name.as_str()) {
+            return Err(invalid(
+                format!("pool[{i}].name"),
+                format!("pool {:?} is defined twice", p.name),
+            ));
+        }
+        if p.sources.is_empty() {
+            return Err(invalid(
+                format!("pool[{i}].sources"),
+                format!("pool {:?} needs at least one source", p.name),
+            ));
+        }
+        for (j, s) in p.sources.iter().enumerate() {
+            if s.weight == 0 {
+                return Err(invalid(
+                    format!("pool[{i}].sources[{j}].weight"),
+                    "must be at least 1",
+                ));
+            }
+        }
+    }
+    for (i, p) in c.pools.iter().enumerate() {
+        if let Some(o) = &p.overflow
+            && !pools.contains(o.as_str())
+        {
+            return Err(invalid(
+                format!("pool[{i}].overflow"),
+                format!("no [[pool]] named {o:?}"),
+            ));
+        }
+    }
+    if c.classes.is_empty() {
+        return Err(invalid(
+            "class",
+            "define at least one traffic class, e.g. [class.promotional] pool = \"default\"",
+        ));
+    }
+    for (name, class) in &c.classes {
+        if !pools.contains(class.pool.as_str()) {
+            return Err(invalid(
+                format!("class.{name}.pool"),
+                format!("no [[pool]] named {:?}", class.pool),
+            ));
+        }
+    }
+    for (i, u) in c.smtp_users.iter().enumerate() {
+        if argon2::PasswordHash::new(&u.password_hash).is_err() {
+            return Err(invalid(
+                format!("smtp_user[{i}].password_hash"),
+                "expected a PHC string such as $argon2id$v=19$... (make one with `gannet hash-password`)",
+            ));
+        }
+        if let Some(class) = &u.default_class
+            && !c.classes.contains_key(class)
+        {
+            return Err(invalid(
+                format!("smtp_user[{i}].default_class"),
+                format!("no [class.{class}] is defined"),
+            ));
+        }
+    }
+    for (i, t) in c.api_tokens.iter().enumerate() {
+        if t.hash.len() != 64 || !t.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(
+                format!("api_token[{i}].hash"),
+                "expected the SHA-256 of the token as 64 hex digits",
+            ));
+        }
+        for s in &t.scopes {
+            if !["inject", "suppression", "logs", "admin"].contains(&s.as_str()) {
+                return Err(invalid(
+                    format!("api_token[{i}].scopes"),
+                    format!("unknown scope {s:?}; expected inject, suppression, logs or admin"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Gannet: a high-throughput SMTP delivery and deliverability gateway.
+//!
+//! A message flows one way: a listener (`smtp`, later `http`) produces a
+//! [`message::Submission`]; `intake` classifies it, adds missing headers, signs it (`auth`) and
+//! makes it durable (`spool`) before the listener answers 250; `queue` schedules each recipient
+//! domain's share; `delivery` talks to the destination MX through a source address of the
+//! message's pool, paced by `shaping`; outcomes go back to `queue` (retry, bounce via `bounce`)
+//! and to logs and `metrics`. See ARCHITECTURE.md for the codemap.
+
+pub mod config;
+pub mod message;
+pub mod metrics;

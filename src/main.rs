@@ -1,0 +1,3 @@
+//! The `gannet` command: parses the command line, loads config, and calls the library.
+
+fn main() {}

@@ -1,0 +1,135 @@
+//! Prometheus metrics: one registry per running instance, handed to each stage as a cheap
+//! handle (no process-wide statics, so tests can run several instances in one process).
+//!
+//! Owns the metric definitions (all prefixed `gannet_`); stages only increment them.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// All of Gannet's metrics. Clone is cheap (prometheus metrics are `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Messages accepted (durable) per listener.
+    pub accepted: IntCounterVec,
+    /// Submissions refused, per listener and SMTP code.
+    pub rejected: IntCounterVec,
+    /// Seconds from end of DATA to the durable 250 (includes the group-commit wait).
+    pub accept_latency: Histogram,
+    /// Recipients per outcome (delivered, deferred, bounced, expired) and class.
+    pub outcomes: IntCounterVec,
+    /// Recipients waiting in the queue.
+    pub queued_recipients: IntGauge,
+    /// Group commits (fdatasync calls) and the messages they covered.
+    pub spool_commits: prometheus::IntCounter,
+    pub spool_commit_messages: Histogram,
+    /// Open SMTP sessions per listener.
+    pub smtp_sessions: IntGaugeVec,
+    /// Open outbound connections per site.
+    pub outbound_connections: IntGaugeVec,
+    /// Seconds from acceptance to delivery, per class.
+    pub delivery_latency: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            accepted: IntCounterVec::new(
+                Opts::new(
+                    "gannet_accepted_total",
+                    "Messages accepted and made durable",
+                ),
+                &["listener"],
+            )
+            .expect("metric"),
+            rejected: IntCounterVec::new(
+                Opts::new("gannet_rejected_total", "Submissions refused"),
+                &["listener", "code"],
+            )
+            .expect("metric"),
+            accept_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gannet_accept_latency_seconds",
+                    "End of DATA to durable 250",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+                    1.0, 2.0, 5.0,
+                ]),
+            )
+            .expect("metric"),
+            outcomes: IntCounterVec::new(
+                Opts::new("gannet_recipients_total", "Recipient outcomes"),
+                &["outcome", "class"],
+            )
+            .expect("metric"),
+            queued_recipients: IntGauge::new(
+                "gannet_queued_recipients",
+                "Recipients waiting for delivery",
+            )
+            .expect("metric"),
+            spool_commits: prometheus::IntCounter::new(
+                "gannet_spool_commits_total",
+                "Group commits (fdatasync) of the spool",
+            )
+            .expect("metric"),
+            spool_commit_messages: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gannet_spool_commit_messages",
+                    "Messages covered by one group commit",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )
+            .expect("metric"),
+            smtp_sessions: IntGaugeVec::new(
+                Opts::new("gannet_smtp_sessions", "Open inbound SMTP sessions"),
+                &["listener"],
+            )
+            .expect("metric"),
+            outbound_connections: IntGaugeVec::new(
+                Opts::new("gannet_outbound_connections", "Open outbound connections"),
+                &["site", "source"],
+            )
+            .expect("metric"),
+            delivery_latency: HistogramVec::new(
+                HistogramOpts::new("gannet_delivery_latency_seconds", "Acceptance to delivery")
+                    .buckets(prometheus::exponential_buckets(0.01, 2.0, 18).expect("buckets")),
+                &["class"],
+            )
+            .expect("metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.accepted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.rejected.clone()),
+            Box::new(m.accept_latency.clone()),
+            Box::new(m.outcomes.clone()),
+            Box::new(m.queued_recipients.clone()),
+            Box::new(m.spool_commits.clone()),
+            Box::new(m.spool_commit_messages.clone()),
+            Box::new(m.smtp_sessions.clone()),
+            Box::new(m.outbound_connections.clone()),
+            Box::new(m.delivery_latency.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
