@@ -611,3 +611,6 @@ impl Queue {
         &self.inner.spool
     }
 }
+
+#[cfg(test)]
+mod tests;
