@@ -15,4 +15,6 @@ pub mod intake;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod serve;
+pub mod smtp;
 pub mod spool;
