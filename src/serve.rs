@@ -62,10 +62,9 @@ pub async fn run(
         .unwrap_or_else(|| std::path::PathBuf::from("."));
     let spool_cfg = config.spool.clone();
     let m = metrics.clone();
-    let (spool, recovered) =
-        tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &base, m))
-            .await
-            .map_err(|e| ServeError::Resolver(e.to_string()))??;
+    let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &base, m))
+        .await
+        .map_err(|e| ServeError::Resolver(e.to_string()))??;
     let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
@@ -119,9 +118,7 @@ pub async fn run(
         })?;
     let bound = Bound {
         smtp: listeners.iter().map(|l| l.local_addr()).collect(),
-        http: http_listener
-            .local_addr()
-            .unwrap_or(config.http.address),
+        http: http_listener.local_addr().unwrap_or(config.http.address),
     };
     tracing::info!(smtp = ?bound.smtp, http = %bound.http, "gannet is serving");
     if let Some(tx) = ready {
@@ -180,9 +177,10 @@ pub async fn run(
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers; stop gannet with SIGKILL");
             return;
         };
