@@ -13,4 +13,9 @@
 
 mod common;
 
+mod cli;
+mod durability;
 mod harness;
+mod relay;
+mod retry;
+mod smtp_input;

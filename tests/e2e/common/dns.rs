@@ -102,6 +102,13 @@ impl Zone {
         self.add(domain, RData::MX(MX::new(pref, fqdn(host))))
     }
 
+    /// Shorthand for a mail domain served by one host: `domain MX 10 mx.domain` and
+    /// `mx.domain A ip`.
+    pub fn mail_domain(self, domain: &str, ip: impl IntoIp) -> Self {
+        let host = format!("mx.{}", key(domain));
+        self.mx(domain, 10, &host).a(&host, ip)
+    }
+
     /// RFC 7505 null MX: `domain MX 0 .` — the domain accepts no mail.
     pub fn null_mx(self, domain: &str) -> Self {
         self.add(domain, RData::MX(MX::new(0, Name::root())))

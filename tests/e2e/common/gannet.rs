@@ -340,8 +340,9 @@ impl Gannet {
                 Err(e) => {
                     g.kill9().await;
                     let log = g.log();
+                    let text = g.config_text.clone();
                     drop(g); // not while panicking: its Drop would print the log a second time
-                    panic!("gannet did not start: {e}\n--- config ---\n{config_toml}\n{log}");
+                    panic!("gannet did not start: {e}\n--- config ---\n{text}\n{log}");
                 }
             }
         }
@@ -466,28 +467,40 @@ impl Gannet {
         }
     }
 
-    /// SIGTERM, then waits (up to `timeout`) for the process to exit; returns its status.
-    /// Panics with the log if it does not exit in time.
-    pub async fn sigterm_within(&mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("gannet is running");
+    /// Sends SIGTERM and returns at once (the process keeps running until it has shut down);
+    /// pair with [`Gannet::wait_exit`].
+    pub fn send_sigterm(&mut self) {
+        let child = self.child.as_ref().expect("gannet is running");
         let pid = child.id().expect("child has a pid") as libc::pid_t;
-        // SAFETY: sending a signal to our own child process, whose pid we still hold (the child
-        // has not been reaped, so the pid cannot have been reused).
+        // SAFETY: kill(2) on our own child, which has not been reaped yet (we hold it), so the
+        // pid cannot belong to another process.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
+    }
+
+    /// Waits (up to `timeout`) for the process to exit; returns its status. Panics with the
+    /// log (after killing it) if it is still running then.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("gannet is running");
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) => status,
-            Ok(Err(e)) => panic!("waiting for gannet after SIGTERM: {e}"),
+            Ok(Err(e)) => panic!("waiting for gannet to exit: {e}"),
             Err(_) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 panic!(
-                    "gannet did not exit within {timeout:?} after SIGTERM\n{}",
+                    "gannet still running {timeout:?} after SIGTERM\n{}",
                     self.log()
                 );
             }
         }
+    }
+
+    /// SIGTERM, then waits (up to `timeout`) for the process to exit; returns its status.
+    pub async fn sigterm_within(&mut self, timeout: Duration) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(timeout).await
     }
 
     /// SIGTERM and wait up to 30 s for exit.

@@ -206,3 +206,85 @@ pub fn message(headers: &[(&str, &str)], body: &str) -> Vec<u8> {
     }
     m.into_bytes()
 }
+
+/// The usual test setup: sinks on `sink_ips` (one shared port), a DNS server with `zone`, and
+/// Gannet with [`TestConfig::new`] changed by `configure`.
+pub struct World {
+    pub dns: TestDns,
+    /// The `[delivery] port` every sink listens on.
+    pub port: u16,
+    /// One per `sink_ips` entry, same order.
+    pub sinks: Vec<Sink>,
+    pub gannet: Gannet,
+}
+
+impl World {
+    pub async fn start(
+        sink_ips: &[&str],
+        zone: Zone,
+        configure: impl FnOnce(TestConfig) -> TestConfig,
+    ) -> World {
+        let (port, sinks) = bind_sinks(sink_ips).await;
+        let dns = TestDns::start(zone).await;
+        let config = configure(TestConfig::new(&dns, port)).build();
+        let gannet = Gannet::start(&config).await;
+        World {
+            dns,
+            port,
+            sinks,
+            gannet,
+        }
+    }
+}
+
+/// Checks that `t` is a delivery status notification (RFC 3464) from the null sender about
+/// `rcpt` with `Action: action` (`failed`, `delayed`, ...). Panics with the message otherwise.
+pub fn assert_dsn(t: &Transaction, rcpt: &str, action: &str) {
+    let text = t.text();
+    let lower = text.to_ascii_lowercase();
+    let ctx = || format!("--- message ---\n{text}");
+    assert_eq!(
+        t.mail_from,
+        "",
+        "a DSN is sent from the null sender <>\n{}",
+        ctx()
+    );
+    let ct = t
+        .header("content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        ct.contains("multipart/report") && ct.contains("report-type=delivery-status"),
+        "DSN Content-Type must be multipart/report; report-type=delivery-status, got {ct:?}\n{}",
+        ctx()
+    );
+    assert!(
+        lower.contains("content-type: message/delivery-status"),
+        "DSN needs a message/delivery-status part\n{}",
+        ctx()
+    );
+    assert!(
+        lower.contains(&format!(
+            "final-recipient: rfc822;{}",
+            rcpt.to_ascii_lowercase()
+        )) || lower.contains(&format!(
+            "final-recipient: rfc822; {}",
+            rcpt.to_ascii_lowercase()
+        )),
+        "DSN must name Final-Recipient: rfc822;{rcpt}\n{}",
+        ctx()
+    );
+    assert!(
+        lower.contains(&format!("action: {}", action.to_ascii_lowercase())),
+        "DSN must say Action: {action}\n{}",
+        ctx()
+    );
+}
+
+/// Message-ID values of accepted messages, deduplicated (at-least-once delivery may repeat).
+pub fn distinct_message_ids(ts: &[Transaction]) -> std::collections::BTreeSet<String> {
+    ts.iter()
+        .filter(|t| t.accepted)
+        .filter_map(|t| t.header("message-id"))
+        .collect()
+}
