@@ -145,7 +145,13 @@ async fn http_queue_api_reports_and_flushes() {
             "listener default class: {:?}",
             e.raw
         );
-        assert!(!e.site.is_empty(), "each queue names its site: {:?}", e.raw);
+        // A deferred recipient waits in its domain's scheduled queue, before MX resolution:
+        // the site may be null there, but the field is part of the API.
+        assert!(
+            e.raw.get("site").is_some(),
+            "each queue has a site field: {:?}",
+            e.raw
+        );
     }
 
     w.gannet.flush().await;

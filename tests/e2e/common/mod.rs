@@ -253,8 +253,12 @@ pub fn assert_dsn(t: &Transaction, rcpt: &str, action: &str) {
         .header("content-type")
         .unwrap_or_default()
         .to_ascii_lowercase();
+    let (mime_type, params) = content_type(&ct);
     assert!(
-        ct.contains("multipart/report") && ct.contains("report-type=delivery-status"),
+        mime_type == "multipart/report"
+            && params
+                .iter()
+                .any(|(k, v)| k == "report-type" && v == "delivery-status"),
         "DSN Content-Type must be multipart/report; report-type=delivery-status, got {ct:?}\n{}",
         ctx()
     );
@@ -287,4 +291,27 @@ pub fn distinct_message_ids(ts: &[Transaction]) -> std::collections::BTreeSet<St
         .filter(|t| t.accepted)
         .filter_map(|t| t.header("message-id"))
         .collect()
+}
+
+/// A Content-Type value split into the MIME type and its parameters (RFC 2045 §5.1), quoted
+/// values unquoted. Good enough for test assertions, not a full MIME parser.
+pub fn content_type(value: &str) -> (String, Vec<(String, String)>) {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in value.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ';' if !quoted => parts.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    let mime = parts[0].trim().to_string();
+    let params = parts[1..]
+        .iter()
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (mime, params)
 }
