@@ -7,38 +7,31 @@ use std::time::Duration;
 use crate::common::tools::{PySend, python, python_send, smtp_source, swaks};
 use crate::common::*;
 
-/// Runs `dig`-like lookups with dnspython against the test server over UDP and TCP.
-async fn lookup(dns: &TestDns, name: &str, rtype: &str, tcp: bool) -> String {
+/// Runs lookups with dnspython (an independent DNS client) against the test server, all in one
+/// Python process (its startup dominates otherwise). One result per question:
+/// `NOERROR rr | rr`, `NXDOMAIN` or `SERVFAIL`.
+async fn lookups(dns: &TestDns, questions: &[(&str, &str)], tcp: bool) -> Vec<String> {
     let code = r#"
-import sys, dns.resolver, dns.rcode
+import json, sys, dns.resolver
+args = json.load(sys.stdin)
 r = dns.resolver.Resolver(configure=False)
-r.nameservers = [sys.argv[1]]
-r.port = int(sys.argv[2])
+r.nameservers = ["127.0.0.1"]
+r.port = args["port"]
 r.lifetime = 5
-try:
-    ans = r.resolve(sys.argv[3], sys.argv[4], tcp=sys.argv[5] == "tcp", raise_on_no_answer=False)
-    recs = sorted(x.to_text() for x in ans.rrset) if ans.rrset is not None else []
-    print("NOERROR " + " | ".join(recs))
-except dns.resolver.NXDOMAIN:
-    print("NXDOMAIN")
-except dns.resolver.NoNameservers as e:
-    print("SERVFAIL")
+for name, rtype in args["questions"]:
+    try:
+        ans = r.resolve(name, rtype, tcp=args["tcp"], raise_on_no_answer=False)
+        recs = sorted(x.to_text() for x in ans.rrset) if ans.rrset is not None else []
+        print(("NOERROR " + " | ".join(recs)).strip())
+    except dns.resolver.NXDOMAIN:
+        print("NXDOMAIN")
+    except dns.resolver.NoNameservers:
+        print("SERVFAIL")
 "#;
-    let port = dns.addr.port().to_string();
-    let out = python(
-        code,
-        &[
-            "127.0.0.1",
-            &port,
-            name,
-            rtype,
-            if tcp { "tcp" } else { "udp" },
-        ],
-        None,
-    )
-    .await;
+    let input = serde_json::json!({"port": dns.addr.port(), "questions": questions, "tcp": tcp});
+    let out = python(code, &[], Some(input.to_string().as_bytes())).await;
     out.assert_success();
-    out.stdout.trim().to_string()
+    out.stdout.lines().map(str::to_string).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,38 +50,38 @@ async fn dns_answers_records_nxdomain_nodata_and_servfail() {
             .servfail("broken.test"),
     )
     .await;
-    for tcp in [false, true] {
-        assert_eq!(
-            lookup(&dns, "example.test", "MX", tcp).await,
-            "NOERROR 10 mx1.example.test. | 20 mx2.example.test."
-        );
-        assert_eq!(
-            lookup(&dns, "mx2.example.test", "A", tcp).await,
-            "NOERROR 127.0.0.12"
-        );
-        assert_eq!(
-            lookup(&dns, "v6.example.test", "AAAA", tcp).await,
-            "NOERROR ::1"
-        );
-        assert_eq!(lookup(&dns, "nomail.test", "MX", tcp).await, "NOERROR 0 .");
-        assert_eq!(lookup(&dns, "missing.test", "MX", tcp).await, "NXDOMAIN");
+    let questions = [
+        ("example.test", "MX"),
+        ("mx2.example.test", "A"),
+        ("v6.example.test", "AAAA"),
+        ("nomail.test", "MX"),
+        ("missing.test", "MX"),
         // The name exists but has no MX: NODATA, which is what makes an implicit MX.
-        assert_eq!(lookup(&dns, "mx1.example.test", "MX", tcp).await, "NOERROR");
-        assert_eq!(lookup(&dns, "broken.test", "MX", tcp).await, "SERVFAIL");
-        assert_eq!(
-            lookup(&dns, "11.0.0.127.in-addr.arpa", "PTR", tcp).await,
-            "NOERROR mx1.example.test."
-        );
-        assert_eq!(
-            lookup(&dns, "alias.example.test", "A", tcp).await,
-            "NOERROR 127.0.0.11"
-        );
+        ("mx1.example.test", "MX"),
+        ("broken.test", "MX"),
+        ("11.0.0.127.in-addr.arpa", "PTR"),
+        ("alias.example.test", "A"),
+        ("sel._domainkey.example.test", "TXT"),
+    ];
+    let expected = [
+        "NOERROR 10 mx1.example.test. | 20 mx2.example.test.".to_string(),
+        "NOERROR 127.0.0.12".to_string(),
+        "NOERROR ::1".to_string(),
+        "NOERROR 0 .".to_string(),
+        "NXDOMAIN".to_string(),
+        "NOERROR".to_string(),
+        "SERVFAIL".to_string(),
+        "NOERROR mx1.example.test.".to_string(),
+        "NOERROR 127.0.0.11".to_string(),
+        format!("NOERROR \"{}\" \"{}\"", "k".repeat(255), "k".repeat(45)),
+    ];
+    for tcp in [false, true] {
+        let got = lookups(&dns, &questions, tcp).await;
+        assert_eq!(got.len(), questions.len(), "{got:?}");
+        for ((q, want), got) in questions.iter().zip(&expected).zip(&got) {
+            assert_eq!(got, want, "{q:?} over {}", if tcp { "TCP" } else { "UDP" });
+        }
     }
-    let txt = lookup(&dns, "sel._domainkey.example.test", "TXT", false).await;
-    assert_eq!(
-        txt,
-        format!("NOERROR \"{}\" \"{}\"", "k".repeat(255), "k".repeat(45))
-    );
     assert!(
         dns.queries()
             .iter()
@@ -97,8 +90,8 @@ async fn dns_answers_records_nxdomain_nodata_and_servfail() {
 
     dns.set_zone(Zone::new().a("example.test", "127.0.0.13"));
     assert_eq!(
-        lookup(&dns, "example.test", "A", false).await,
-        "NOERROR 127.0.0.13"
+        lookups(&dns, &[("example.test", "A")], false).await,
+        ["NOERROR 127.0.0.13"]
     );
 }
 
