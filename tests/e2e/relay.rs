@@ -535,3 +535,63 @@ async fn route_sends_a_domain_to_its_static_next_hop() {
         dns.queries()
     );
 }
+
+/// Postfix's `smtp-source` (4 parallel sessions, 40 messages) through Gannet: every message
+/// arrives exactly once, and Gannet never opens more connections to the destination than
+/// `max_connections_per_destination` allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_source_burst_arrives_complete_within_the_connection_cap() {
+    let w = World::start(
+        &["127.0.0.42"],
+        Zone::new().mail_domain("burst.test", "127.0.0.42"),
+        |c| c.delivery_option("max_connections_per_destination = 2"),
+    )
+    .await;
+    let sink = &w.sinks[0];
+    // A slow site, so that deliveries overlap and the cap matters.
+    sink.set_delay(std::time::Duration::from_millis(50));
+    crate::common::tools::smtp_source(
+        w.gannet.smtp_addr(),
+        40,
+        4,
+        "load@origin.test",
+        "r@burst.test",
+        2000,
+    )
+    .await
+    .assert_success();
+    w.gannet
+        .wait_outcomes(WAIT, "40 delivered outcomes", |os| {
+            os.iter().filter(|o| o.event == "delivered").count() >= 40
+        })
+        .await;
+    let accepted: usize = sink.messages().iter().map(|t| t.rcpts.len()).sum();
+    assert_eq!(accepted, 40, "each of the 40 messages arrives exactly once");
+    assert!(
+        sink.max_concurrent() <= 2,
+        "max_connections_per_destination = 2, but the sink saw {} at once",
+        sink.max_concurrent()
+    );
+}
+
+/// `[delivery] opportunistic_tls` (default on): when the MX offers STARTTLS, Gannet uses it
+/// (RFC 3207), without verifying the certificate (ours is self-signed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_starttls_to_the_mx() {
+    let w = World::start(
+        &["127.0.0.43"],
+        Zone::new().mail_domain("tls.test", "127.0.0.43"),
+        |c| c,
+    )
+    .await;
+    w.sinks[0].set_starttls(true);
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.send_message(
+        "s@origin.test",
+        &["x@tls.test"],
+        b"Subject: tls out\r\n\r\nx\r\n",
+    )
+    .await;
+    let t = &w.sinks[0].wait_for(1, WAIT).await[0];
+    assert!(t.tls, "Gannet should have used the offered STARTTLS");
+}
