@@ -196,3 +196,27 @@ async fn sigterm_answers_open_sessions_and_keeps_its_promises() {
         wait_all_delivered(sink, &ids).await;
     }
 }
+
+/// SIGTERM while a delivery is in flight (the MX holds its reply for 3 s): the delivery
+/// finishes or stays queued (STYLE.md §6), the process exits 0, and after restart the message
+/// has arrived at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_delivery_keeps_the_message() {
+    let (zone, ips) = one_sink_world();
+    let mut w = World::start(&ips, zone, |c| c).await;
+    let sink = &w.sinks[0];
+    sink.set_delay(Duration::from_secs(3));
+    let ids = submit_many(&w.gannet, "inflight", 1).await;
+    sink.wait_pending(1, WAIT).await;
+
+    let status = w.gannet.sigterm().await;
+    assert!(
+        status.success(),
+        "clean exit, got {status}\n{}",
+        w.gannet.log()
+    );
+
+    sink.set_delay(Duration::ZERO);
+    w.gannet.restart().await;
+    wait_all_delivered(sink, &ids).await;
+}

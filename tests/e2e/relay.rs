@@ -595,3 +595,112 @@ async fn opportunistic_starttls_to_the_mx() {
     let t = &w.sinks[0].wait_for(1, WAIT).await[0];
     assert!(t.tls, "Gannet should have used the offered STARTTLS");
 }
+
+/// A message to more recipients than `max_recipients_per_transaction` (here 100) goes out in
+/// several transactions; every recipient arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_recipients_are_split_into_transactions() {
+    let w = World::start(
+        &["127.0.0.44"],
+        Zone::new().mail_domain("many.test", "127.0.0.44"),
+        |c| c,
+    )
+    .await;
+    let rcpts: Vec<String> = (0..150).map(|i| format!("r{i}@many.test")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.send_message("s@origin.test", &refs, b"Subject: many\r\n\r\nx\r\n")
+        .await;
+    let sink = &w.sinks[0];
+    sink.wait_until(WAIT, |ts| {
+        ts.iter()
+            .filter(|t| t.accepted)
+            .map(|t| t.rcpts.len())
+            .sum::<usize>()
+            >= 150
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut got = sink.delivered_rcpts();
+    got.sort();
+    let mut want = rcpts.clone();
+    want.sort();
+    assert_eq!(got, want, "each of the 150 recipients exactly once");
+    let biggest = sink.messages().iter().map(|t| t.rcpts.len()).max().unwrap();
+    assert!(
+        biggest <= 100,
+        "a transaction carried {biggest} > 100 recipients"
+    );
+}
+
+/// RFC 5321 §2.4: the local part is case-sensitive; Gannet must not change it. A 5 MB message
+/// arrives byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_part_case_and_a_large_body_are_preserved() {
+    let w = World::start(
+        &["127.0.0.45"],
+        Zone::new().mail_domain("case.test", "127.0.0.45"),
+        |c| c,
+    )
+    .await;
+    let mut msg = b"Subject: big\r\nMessage-ID: <big@origin.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n".to_vec();
+    let line: Vec<u8> = (0..76).map(|i| b'A' + (i % 26) as u8).collect();
+    while msg.len() < 5 * 1024 * 1024 {
+        msg.extend_from_slice(&line);
+        msg.extend_from_slice(b"\r\n");
+    }
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.send_message("Sender.Name@Origin.Test", &["John.Doe@case.test"], &msg)
+        .await;
+    let t = &w.sinks[0].wait_for(1, WAIT).await[0];
+    assert_eq!(t.rcpts, ["John.Doe@case.test"], "local part case kept");
+    assert_eq!(t.mail_from, "Sender.Name@Origin.Test");
+    let start = crate::common::sink::find(&t.data, b"Subject: big").expect("original headers");
+    assert!(
+        t.data[start..] == msg[..],
+        "5 MB body arrives byte-identical"
+    );
+}
+
+/// `hostname` names Gannet everywhere it introduces itself (config: "SMTP greeting,
+/// Received:, Message-ID, DSN reporting MTA"): the greeting, the Message-ID it adds, and the
+/// DSN's own Message-ID — never the machine's host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "core bug: the DSN's Message-ID uses the machine's host name, not `hostname` (mail-builder default); see the harness report"]
+async fn configured_hostname_names_gannet_everywhere() {
+    let w = dsn_world(Zone::new().null_mx("nomail.test")).await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.expect("220 gannet.test").await;
+    c.cmd("EHLO client.test", "250").await;
+    c.send(
+        "sender@origin.test",
+        &["x@nomail.test"],
+        b"Subject: no message-id\r\n\r\nx\r\n",
+    )
+    .await;
+    c.quit().await;
+    let dsn = &w.sinks[0].wait_for(1, WAIT).await[0];
+    let text = dsn.text();
+    assert!(
+        text.contains("Reporting-MTA: dns; gannet.test"),
+        "DSN Reporting-MTA:\n{text}"
+    );
+    let added = text
+        .lines()
+        .skip_while(|l| {
+            !l.to_ascii_lowercase()
+                .starts_with("content-type: text/rfc822-headers")
+        })
+        .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        added.ends_with("@gannet.test>"),
+        "the Message-ID Gannet added to the original: {added:?}"
+    );
+    let own = dsn.header("message-id").unwrap_or_default();
+    assert!(
+        own.ends_with("@gannet.test>"),
+        "the DSN's own Message-ID must use the configured hostname, got {own:?}"
+    );
+}

@@ -266,3 +266,39 @@ async fn bounce_of_a_null_sender_message_sends_no_dsn() {
         "the bounce is the only outcome (no DSN was queued): {all:#?}"
     );
 }
+
+/// RFC 3463 §2 / RFC 2034 §4: an enhanced status code's class agrees with its reply code
+/// (2.x.x with 2yz, 4.x.x with 4yz, 5.x.x with 5yz). Checked on every outcome of a deferral,
+/// a bounce and an expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "core bug: expiry is logged as \"500 4.4.7 message expired ...\" (5yz reply, 4.x.x enhanced code); see the harness report"]
+async fn outcome_replies_have_consistent_status_classes() {
+    let w = retry_world(|c| c.max_age("2s")).await;
+    let dest = &w.sinks[0];
+    dest.reject_rcpt("nobody@dest.test", "550 5.1.1 no such user");
+    dest.add_rule(Rule::new(Stage::Data, "451 4.7.1 try later"));
+    submit(
+        &w.gannet,
+        "s@origin.test",
+        &["nobody@dest.test", "late@dest.test"],
+        "classes",
+    )
+    .await;
+    w.gannet.wait_event("bounced", "late@dest.test", WAIT).await;
+    for o in w.gannet.outcomes() {
+        if o.reply.is_empty() {
+            continue;
+        }
+        let code = o.reply.chars().next();
+        let enhanced = o
+            .reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|e| e.chars().next());
+        assert_eq!(
+            code, enhanced,
+            "reply {:?} mixes classes ({} outcome for {})",
+            o.reply, o.event, o.recipient
+        );
+    }
+}

@@ -474,3 +474,49 @@ async fn recipient_and_size_limits() {
     another_client_is_served(&w, "limits").await;
     nothing_from_the_broken_transaction(&w).await;
 }
+
+/// SMTP smuggling (CVE-2023-51766 and kin): only `<CRLF>.<CRLF>` ends DATA (RFC 5321
+/// §4.1.1.4). A bare-LF or bare-CR "end of data" followed by a second transaction must stay
+/// inside the first message: one 250, one message, no smuggled recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggled_end_of_data_does_not_start_a_second_transaction() {
+    let w = input_world(|c| c).await;
+    for (i, fake_end) in [&b"\n.\n"[..], b"\r.\r", b"\n.\r\n", b"\r\n.\n"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+        c.hello("smuggler.test").await;
+        c.cmd("MAIL FROM:<s@origin.test>", "250").await;
+        c.cmd(&format!("RCPT TO:<good-carrier{i}@dest.test>"), "250")
+            .await;
+        c.cmd("DATA", "354").await;
+        let mut body = format!("Subject: carrier {i}\r\n\r\nhello").into_bytes();
+        body.extend_from_slice(fake_end);
+        body.extend_from_slice(
+            format!(
+                "MAIL FROM:<evil@origin.test>\r\nRCPT TO:<bad-smuggled{i}@dest.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
+            )
+            .as_bytes(),
+        );
+        c.send_raw(&body).await.unwrap();
+        // Either the whole thing is one message (250) or refused as malformed (5xx); never
+        // 250 followed by replies to the smuggled commands.
+        let first = c.expect("").await;
+        assert!(
+            first.code == 250 || (500..600).contains(&first.code),
+            "fake end {fake_end:?}: one reply for the whole DATA, got {:?}\n{}",
+            first.text(),
+            c.transcript()
+        );
+        c.send_line("QUIT").await;
+        let (rest, _) = drain_replies(&mut c, 10).await;
+        assert!(
+            rest.len() == 1 && rest[0].code == 221,
+            "fake end {fake_end:?}: after the DATA reply only QUIT's 221 may follow, got {rest:?}\n{}",
+            c.transcript()
+        );
+    }
+    another_client_is_served(&w, "smuggling").await;
+    nothing_from_the_broken_transaction(&w).await;
+}

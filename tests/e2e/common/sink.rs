@@ -203,6 +203,8 @@ struct State {
     current: usize,
     max_concurrent: usize,
     opened: u64,
+    /// Message bodies received whose final reply has not been sent yet (held by the delay).
+    pending: usize,
     transcript: String,
 }
 
@@ -397,6 +399,31 @@ impl Sink {
         (0..=last)
             .map(|s| buckets.get(&s).copied().unwrap_or(0))
             .collect()
+    }
+
+    /// Message bodies received whose final reply is still held back by [`Sink::set_delay`]:
+    /// deliveries in flight right now.
+    pub fn pending(&self) -> usize {
+        self.shared.lock().pending
+    }
+
+    /// Waits until at least `n` deliveries are in flight (body received, reply held by the
+    /// delay); panics after `timeout`.
+    pub async fn wait_pending(&self, n: usize, timeout: Duration) {
+        let mut rx = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.pending() < n {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "sink {}: {n} deliveries in flight not reached within {timeout:?}\n{}",
+                    self.addr,
+                    self.transcript()
+                );
+            }
+        }
     }
 
     /// Commands and replies seen so far (for failure output), truncated per line.
@@ -770,7 +797,12 @@ async fn session(
 
 /// Applies the delay and the DATA rule, records the transaction, returns the final reply.
 async fn finish(shared: &Arc<Shared>, c: &mut Conn, mut t: Transaction) -> std::io::Result<String> {
-    let delay = shared.lock().delay;
+    let delay = {
+        let mut st = shared.lock();
+        st.pending += 1;
+        st.delay
+    };
+    shared.bump();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -786,7 +818,11 @@ async fn finish(shared: &Arc<Shared>, c: &mut Conn, mut t: Transaction) -> std::
     t.reply = reply.clone();
     t.at = SystemTime::now();
     t.elapsed = shared.started.elapsed();
-    shared.lock().transactions.push(t);
+    {
+        let mut st = shared.lock();
+        st.transactions.push(t);
+        st.pending -= 1;
+    }
     shared.bump();
     Ok(reply)
 }
