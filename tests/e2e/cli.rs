@@ -193,3 +193,65 @@ async fn queue_list_against_a_stopped_instance_fails_clearly() {
     );
     assert!(!out.all().contains("panicked"), "no panic:\n{out}");
 }
+
+/// SHA-256 hex of `token`, as `[[api_token]] hash` wants it (computed by Python's hashlib, an
+/// implementation independent of Gannet's).
+async fn sha256_hex(token: &str) -> String {
+    let out = crate::common::tools::python(
+        "import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest())",
+        &[token],
+        None,
+    )
+    .await;
+    out.assert_success();
+    out.stdout.trim().to_string()
+}
+
+/// With `[[api_token]]`s configured, admin endpoints need a bearer token with the `admin`
+/// scope: none or a wrong one → 401, a token without `admin` → 403, errors as JSON
+/// `{"error": {"code", "message"}}`; `/health` stays open; the CLI sends `GANNET_API_TOKEN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_require_an_admin_token_when_tokens_are_configured() {
+    let admin = "admin-secret-token-1";
+    let reader = "logs-only-token-2";
+    let (admin_hash, reader_hash) = (sha256_hex(admin).await, sha256_hex(reader).await);
+    let w = World::start(
+        &["127.0.0.83"],
+        Zone::new().mail_domain("dest.test", "127.0.0.83"),
+        |c| {
+            c.extra(&format!(
+                "[[api_token]]\nname = \"ops\"\nhash = \"{admin_hash}\"\nscopes = [\"admin\"]\n\n\
+                 [[api_token]]\nname = \"reader\"\nhash = \"{reader_hash}\"\nscopes = [\"logs\"]\n"
+            ))
+        },
+    )
+    .await;
+    let g = &w.gannet;
+    assert_eq!(g.http_get("/health").await.0, 200, "/health needs no token");
+
+    let (status, body) = g.http_get("/api/v1/queues").await;
+    assert_eq!(status, 401, "no token: 401, got {status} {body}");
+    let err: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("error body is JSON ({e}): {body}"));
+    assert!(
+        err["error"]["code"].is_string() && err["error"]["message"].is_string(),
+        "errors are {{\"error\": {{\"code\", \"message\"}}}}: {body}"
+    );
+    let (status, body) = g.http_get_with_token("/api/v1/queues", "wrong-token").await;
+    assert_eq!(status, 401, "wrong token: 401, got {status} {body}");
+    let (status, body) = g.http_get_with_token("/api/v1/queues", reader).await;
+    assert_eq!(
+        status, 403,
+        "token without the admin scope: 403, got {status} {body}"
+    );
+    let (status, body) = g.http_get_with_token("/api/v1/queues", admin).await;
+    assert_eq!(status, 200, "admin token: 200, got {status} {body}");
+
+    g.cli(&["queue", "list"]).await.assert_failure();
+    let out = g
+        .cli_with_env(&["queue", "list", "--json"], &[("GANNET_API_TOKEN", admin)])
+        .await;
+    out.assert_success();
+    let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    assert_eq!(json_total(&v), Some(0), "{v}");
+}

@@ -642,9 +642,31 @@ impl Gannet {
     /// Runs `gannet ARGS... --config FILE` (a CLI command against this instance) and returns
     /// its output. Never panics on a non-zero exit: check [`super::ToolOutput::assert_success`].
     pub async fn cli(&self, args: &[&str]) -> super::ToolOutput {
+        self.cli_with_env(args, &[]).await
+    }
+
+    /// [`Gannet::cli`] with extra environment variables (e.g. `GANNET_API_TOKEN`).
+    pub async fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> super::ToolOutput {
         let mut cmd = Command::new(GANNET_BIN);
         cmd.args(args).arg("--config").arg(&self.config_path);
+        cmd.env_remove("GANNET_API_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         super::tools::run(cmd, None, Duration::from_secs(60)).await
+    }
+
+    /// `GET path` with `Authorization: Bearer TOKEN`: (status, body).
+    pub async fn http_get_with_token(&self, path: &str, token: &str) -> (u16, String) {
+        http_with_headers(
+            self.http,
+            "GET",
+            path,
+            None,
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
     }
 }
 
@@ -748,6 +770,17 @@ pub async fn http(
     path: &str,
     json: Option<&str>,
 ) -> Result<(u16, String), String> {
+    http_with_headers(addr, method, path, json, &[]).await
+}
+
+/// [`http`] with extra request headers.
+pub async fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
     let fut = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -759,6 +792,9 @@ pub async fn http(
         );
         if json.is_some() {
             req.push_str("Content-Type: application/json\r\n");
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
         req.push_str(body);
