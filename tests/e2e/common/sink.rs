@@ -806,14 +806,26 @@ async fn finish(shared: &Arc<Shared>, c: &mut Conn, mut t: Transaction) -> std::
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    // A client that went away while we held the reply (e.g. killed) never learns the outcome;
+    // this sink then does not keep the message either (like an MTA that commits only as it
+    // answers), so a sender that wrongly counted it as delivered is caught by a missing message.
+    let gone = match tokio::time::timeout(Duration::from_millis(1), c.io.fill_buf()).await {
+        Ok(Ok(buf)) => buf.is_empty(),
+        Ok(Err(_)) => true,
+        Err(_) => false, // nothing to read yet: still connected
+    };
     let rcpts: Vec<&str> = t.rcpts.iter().map(String::as_str).collect();
-    let reply = shared.rule_reply(Stage::Data, &rcpts).unwrap_or_else(|| {
-        format!(
-            "250 2.0.0 Ok: queued as S{}.{}",
-            c.id,
-            shared.lock().transactions.len() + 1
-        )
-    });
+    let reply = if gone {
+        "(client disconnected before the reply; message discarded)".to_string()
+    } else {
+        shared.rule_reply(Stage::Data, &rcpts).unwrap_or_else(|| {
+            format!(
+                "250 2.0.0 Ok: queued as S{}.{}",
+                c.id,
+                shared.lock().transactions.len() + 1
+            )
+        })
+    };
     t.accepted = is_ok(&reply);
     t.reply = reply.clone();
     t.at = SystemTime::now();
