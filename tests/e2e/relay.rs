@@ -704,3 +704,32 @@ async fn configured_hostname_names_gannet_everywhere() {
         "the DSN's own Message-ID must use the configured hostname, got {own:?}"
     );
 }
+
+/// Control headers: `X-Gannet-Class` picks the traffic class, `X-Gannet-Tenant` and
+/// `X-Gannet-Campaign` label the message; all `X-Gannet-*` headers are removed before the
+/// message leaves (they are instructions to Gannet, not content for recipients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_headers_set_class_tenant_campaign_and_are_stripped() {
+    let w = World::start(
+        &["127.0.0.46"],
+        Zone::new().mail_domain("ctl.test", "127.0.0.46"),
+        |c| c,
+    )
+    .await;
+    let msg = b"X-Gannet-Class: transactional\r\nSubject: receipt\r\nX-Gannet-Tenant: acme\r\nX-Gannet-Campaign: spring-sale\r\nx-gannet-unknown: secret\r\n\r\nthanks\r\n";
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.send_message("s@origin.test", &["r@ctl.test"], msg).await;
+    let d = w.gannet.wait_event("delivered", "r@ctl.test", WAIT).await;
+    assert_eq!(d.class, "transactional", "{:?}", d.raw);
+    assert_eq!(d.raw["tenant"], "acme", "{:?}", d.raw);
+    assert_eq!(d.raw["campaign"], "spring-sale", "{:?}", d.raw);
+    let t = &w.sinks[0].wait_for(1, WAIT).await[0];
+    let headers = t.header_block().to_ascii_lowercase();
+    assert!(
+        !headers.contains("x-gannet-"),
+        "X-Gannet-* headers must not leave Gannet:\n{}",
+        t.header_block()
+    );
+    assert_eq!(t.header("subject").as_deref(), Some("receipt"));
+    assert!(t.text().ends_with("\r\n\r\nthanks\r\n"));
+}

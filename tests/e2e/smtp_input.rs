@@ -520,3 +520,114 @@ async fn smuggled_end_of_data_does_not_start_a_second_transaction() {
     another_client_is_served(&w, "smuggling").await;
     nothing_from_the_broken_transaction(&w).await;
 }
+
+/// `max_sessions_per_ip`: one connection too many gets `421 4.7.0` and is closed; the others
+/// keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_over_the_per_ip_limit_get_421() {
+    let w = input_world(|c| c.listener_option("max_sessions_per_ip = 2")).await;
+    let mut a = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    a.hello("a.test").await;
+    let mut b = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    b.hello("b.test").await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.expect("421 4.7.0").await;
+    c.expect_closed().await;
+    a.cmd("NOOP", "250").await;
+    a.quit().await;
+    // A slot is free again once a session ends (the server may need a moment to notice).
+    let mut served = false;
+    for _ in 0..50 {
+        let mut d = SmtpClient::connect(w.gannet.smtp_addr()).await;
+        match d.read_reply().await {
+            Ok(Some(r)) if r.code == 220 => {
+                d.cmd("EHLO d.test", "250").await;
+                d.quit().await;
+                served = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(served, "a new session is accepted after one ended");
+    b.quit().await;
+}
+
+/// `command_timeout`: a client that goes silent gets `421 4.4.2` and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_times_out_with_421() {
+    let w = input_world(|c| c.listener_option("command_timeout = \"1s\"")).await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("silent.test").await;
+    c.set_timeout(Duration::from_secs(10));
+    c.expect("421 4.4.2").await;
+    c.expect_closed().await;
+}
+
+/// SMTP AUTH (RFC 4954): offered only under TLS; a wrong password gets `535 5.7.8`; a client
+/// outside `relay_from` may relay once authenticated (the contrast to the open-relay test);
+/// `require_auth` refuses MAIL before AUTH with `530 5.7.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_clients_may_relay_from_anywhere() {
+    let hash = {
+        let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
+        cmd.arg("hash-password");
+        let out =
+            crate::common::tools::run(cmd, Some(b"s3cret-pass\n"), Duration::from_secs(30)).await;
+        out.assert_success();
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("$argon2"))
+            .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
+            .to_string()
+    };
+    let w = input_world(|c| {
+        c.listener_option("require_auth = true").extra(&format!(
+            "[[smtp_user]]\nname = \"app\"\npassword_hash = \"{hash}\"\n"
+        ))
+    })
+    .await;
+    let plain = |user: &str, pass: &str| {
+        crate::common::tools::base64_lite::encode(format!("\0{user}\0{pass}").as_bytes())
+    };
+    let outsider: IpAddr = "127.0.0.5".parse().unwrap();
+    let mut c = SmtpClient::connect_from(outsider, w.gannet.smtp_addr()).await;
+    let ehlo = c.hello("app.test").await;
+    assert!(
+        !ehlo.extensions().iter().any(|e| e.starts_with("AUTH")),
+        "AUTH is not offered before TLS: {ehlo:?}"
+    );
+    c.cmd("MAIL FROM:<app@origin.test>", "530 5.7.0").await;
+    c.starttls().await;
+    let ehlo = c.cmd("EHLO app.test", "250").await;
+    assert!(
+        ehlo.extensions()
+            .iter()
+            .any(|e| e.starts_with("AUTH") && e.contains("PLAIN")),
+        "AUTH PLAIN offered under TLS: {ehlo:?}"
+    );
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain("app", "wrong")),
+        "535 5.7.8",
+    )
+    .await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain("app", "s3cret-pass")),
+        "235 2.7.0",
+    )
+    .await;
+    c.send(
+        "app@origin.test",
+        &["good-auth@dest.test"],
+        b"Subject: authenticated\r\n\r\nok\r\n",
+    )
+    .await;
+    c.quit().await;
+    let t = &w.sinks[0].wait_for(1, WAIT).await[0];
+    assert_eq!(t.rcpts, ["good-auth@dest.test"]);
+    assert!(
+        t.headers("received")[0].contains("ESMTPSA"),
+        "RFC 3848: Received says ESMTPSA for TLS + AUTH: {:?}",
+        t.headers("received")
+    );
+}

@@ -321,7 +321,7 @@ pub fn queue_id_from(text: &str) -> Option<String> {
 }
 
 /// A tiny base64 encoder (no new dependency for one script argument).
-mod base64_lite {
+pub mod base64_lite {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     pub fn encode(data: &[u8]) -> String {
