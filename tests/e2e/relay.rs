@@ -733,3 +733,47 @@ async fn control_headers_set_class_tenant_campaign_and_are_stripped() {
     assert_eq!(t.header("subject").as_deref(), Some("receipt"));
     assert!(t.text().ends_with("\r\n\r\nthanks\r\n"));
 }
+
+/// `[[route]]` by host name (resolved through A), the `*` catch-all for every other domain,
+/// and a route to a dead host defers (temporary) instead of bouncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_name_catch_all_and_dead_next_hop() {
+    let (port, sinks) = bind_sinks(&["127.0.0.47", "127.0.0.48"]).await;
+    let (named, catch_all) = (&sinks[0], &sinks[1]);
+    let dns = TestDns::start(
+        Zone::new()
+            .a("relay.hub.test", "127.0.0.47")
+            // Would win if the catch-all route were ignored:
+            .mail_domain("anything.test", "127.0.0.49"),
+    )
+    .await;
+    let cfg = TestConfig::new(&dns, port)
+        .route("named.test", &format!("relay.hub.test:{port}"))
+        .route("dead.test", &format!("127.0.0.99:{port}"))
+        .route("*", &format!("127.0.0.48:{port}"))
+        .build();
+    let g = Gannet::start(&cfg).await;
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    for rcpt in ["a@named.test", "b@anything.test", "c@dead.test"] {
+        c.send("s@origin.test", &[rcpt], b"Subject: routes\r\n\r\nx\r\n")
+            .await;
+    }
+    c.quit().await;
+    named.wait_for(1, WAIT).await;
+    catch_all.wait_for(1, WAIT).await;
+    assert_eq!(named.delivered_rcpts(), ["a@named.test"]);
+    assert_eq!(catch_all.delivered_rcpts(), ["b@anything.test"]);
+    let d = g.wait_event("deferred", "c@dead.test", WAIT).await;
+    assert!(
+        d.reply.starts_with('4'),
+        "a dead next hop is temporary: {:?}",
+        d.raw
+    );
+    assert!(
+        g.outcomes_for("c@dead.test")
+            .iter()
+            .all(|o| o.event == "deferred"),
+        "never bounced"
+    );
+}
