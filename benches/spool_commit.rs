@@ -9,9 +9,12 @@ use gannet::metrics::Metrics;
 use gannet::spool::{MessageRecord, Spool};
 
 fn record() -> MessageRecord {
-    let mut body = b"From: bench@sender.test\r\nTo: user@dest.test\r\nSubject: bench\r\n\r\n".to_vec();
+    let mut body =
+        b"From: bench@sender.test\r\nTo: user@dest.test\r\nSubject: bench\r\n\r\n".to_vec();
     while body.len() < 4000 {
-        body.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit sed do.\r\n");
+        body.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit sed do.\r\n",
+        );
     }
     MessageRecord {
         received_at_ms: 1,

@@ -49,12 +49,80 @@ enum Command {
     },
 }
 
+/// Which queued mail a queue command is about; every given field must match.
+#[derive(clap::Args, Clone, Default)]
+struct FilterArgs {
+    /// Recipient domain
+    #[arg(long)]
+    domain: Option<String>,
+    /// Site: an MX host suffix such as google.com, or a full site key
+    #[arg(long)]
+    site: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    campaign: Option<String>,
+    /// Traffic class
+    #[arg(long)]
+    class: Option<String>,
+    /// IP pool
+    #[arg(long)]
+    pool: Option<String>,
+}
+
+impl FilterArgs {
+    fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [
+            ("domain", &self.domain),
+            ("site", &self.site),
+            ("tenant", &self.tenant),
+            ("campaign", &self.campaign),
+            ("class", &self.class),
+            ("pool", &self.pool),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), serde_json::Value::String(v.clone()));
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+
+    fn to_query(&self) -> String {
+        let v = self.to_json();
+        let pairs: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", urlencode(v.as_str().unwrap_or(""))))
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[derive(Subcommand)]
 enum QueueAction {
     /// Destinations with recipient counts and oldest age
     List {
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
@@ -63,6 +131,27 @@ enum QueueAction {
     Flush {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Hold matching mail out of delivery until resumed (survives restarts)
+    Suspend {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Lift the suspension with exactly these filters (all suspensions when none is given)
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Delete matching queued mail without DSNs (at least one filter is required)
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
 }
 
@@ -163,20 +252,32 @@ fn dev_cert(out: &Path, names: &[String]) -> Result<()> {
 }
 
 /// Talk to the running instance's HTTP API (address from the same config file).
-fn api(config: &Config, method: &str, path: &str) -> Result<serde_json::Value> {
+fn api(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
     let url = format!("http://{}{}", config.http.address, path);
     let agent = ureq::Agent::new_with_defaults();
     let token = std::env::var("GANNET_API_TOKEN").ok();
     let resp = match method {
         "POST" => {
-            let mut req = agent.post(&url);
+            let mut req = agent
+                .post(&url)
+                .config()
+                .http_status_as_error(false)
+                .build();
             if let Some(t) = &token {
                 req = req.header("Authorization", &format!("Bearer {t}"));
             }
-            req.send_empty()
+            match body {
+                Some(b) => req.send_json(b),
+                None => req.send_empty(),
+            }
         }
         _ => {
-            let mut req = agent.get(&url);
+            let mut req = agent.get(&url).config().http_status_as_error(false).build();
             if let Some(t) = &token {
                 req = req.header("Authorization", &format!("Bearer {t}"));
             }
@@ -186,18 +287,30 @@ fn api(config: &Config, method: &str, path: &str) -> Result<serde_json::Value> {
     let mut resp = resp.with_context(|| {
         format!("cannot reach gannet's HTTP API at {url}: is `gannet serve` running with this config? (set GANNET_API_TOKEN if [[api_token]] is configured)")
     })?;
+    let status = resp.status();
     let v: serde_json::Value = resp
         .body_mut()
         .read_json()
-        .with_context(|| format!("{url} did not answer JSON"))?;
+        .with_context(|| format!("{url} did not answer JSON (HTTP {status})"))?;
+    if !status.is_success() {
+        bail!(
+            "{url}: HTTP {status}: {}",
+            v["error"]["message"].as_str().unwrap_or("no error message")
+        );
+    }
     Ok(v)
 }
 
 fn queue_command(action: QueueAction) -> Result<()> {
     match action {
-        QueueAction::List { config, json } => {
+        QueueAction::List {
+            config,
+            filter,
+            json,
+        } => {
             let config = load_config(&config)?;
-            let v = api(&config, "GET", "/api/v1/queues")?;
+            let path = format!("/api/v1/queues{}", filter.to_query());
+            let v = api(&config, "GET", &path, None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -226,11 +339,53 @@ fn queue_command(action: QueueAction) -> Result<()> {
         }
         QueueAction::Flush { config } => {
             let config = load_config(&config)?;
-            let v = api(&config, "POST", "/api/v1/queues/flush")?;
+            let v = api(&config, "POST", "/api/v1/queues/flush", None)?;
             println!(
                 "released {} deferred deliveries for an immediate retry",
                 v["flushed"].as_u64().unwrap_or(0)
             );
+            Ok(())
+        }
+        QueueAction::Suspend { config, filter } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "POST",
+                "/api/v1/queues/suspend",
+                Some(filter.to_json()),
+            )?;
+            println!(
+                "suspension {} active for {}; {} recipients held now",
+                v["suspension"]["id"],
+                v["suspension"]["filter"],
+                v["held"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
+        QueueAction::Resume { config, filter } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "POST",
+                "/api/v1/queues/resume",
+                Some(filter.to_json()),
+            )?;
+            println!(
+                "removed {} suspension(s); {} recipients released for delivery",
+                v["removed"].as_u64().unwrap_or(0),
+                v["released"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
+        QueueAction::Purge { config, filter } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "POST",
+                "/api/v1/queues/purge",
+                Some(filter.to_json()),
+            )?;
+            println!("purged {} recipients", v["purged"].as_u64().unwrap_or(0));
             Ok(())
         }
     }

@@ -11,7 +11,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use crate::queue::{Filter, Queue};
 
 /// What handlers may use.
 #[derive(Clone)]
@@ -129,13 +130,80 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     )
 }
 
+fn bad_request(e: impl std::fmt::Display, field: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message: e.to_string(),
+        field: Some(field.to_string()),
+    }
+}
+
 async fn queues(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    filter: Result<Query<Filter>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let Query(filter) = filter.map_err(|e| bad_request(e.body_text(), "query"))?;
+    Ok(Json(s.queue.list(&filter).await))
+}
+
+fn filter_body(body: Result<Json<Filter>, JsonRejection>) -> Result<Filter, ApiError> {
+    body.map(|Json(f)| f)
+        .map_err(|e| bad_request(e.body_text(), "filter"))
+}
+
+async fn suspend(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Filter>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let filter = filter_body(body)?;
+    let (suspension, held) = s.queue.suspend(filter);
+    Ok(Json(json!({"suspension": suspension, "held": held})))
+}
+
+async fn resume(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Filter>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let filter = filter_body(body)?;
+    let (removed, released) = s.queue.resume(&filter);
+    Ok(Json(json!({"removed": removed, "released": released})))
+}
+
+async fn purge(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Filter>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let filter = filter_body(body)?;
+    if filter.is_empty() {
+        return Err(bad_request(
+            "refusing to purge the whole queue: name at least one of domain, site, tenant, campaign, class, pool",
+            "filter",
+        ));
+    }
+    let n = s.queue.purge(&filter).await;
+    Ok(Json(json!({"purged": n})))
+}
+
+async fn suspensions(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&s.config, &headers, peer, "admin")?;
-    Ok(Json(s.queue.list().await))
+    Ok(Json(json!({"suspensions": s.queue.suspensions()})))
 }
 
 async fn flush(
@@ -159,6 +227,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/queues/flush", post(flush))
+        .route("/api/v1/queues/suspend", post(suspend))
+        .route("/api/v1/queues/resume", post(resume))
+        .route("/api/v1/queues/purge", post(purge))
+        .route("/api/v1/queues/suspensions", get(suspensions))
         .fallback(not_found)
         .with_state(state)
 }

@@ -107,6 +107,9 @@ async fn run(q: &Queue, rq: &ReadyQueue) {
             _ = q.inner.shutdown.cancelled() => None,
         };
         let Some(job) = job else { break };
+        let Some(job) = q.hold_if_suspended(job, rq) else {
+            continue;
+        };
         if conn.is_none() {
             match connect(q, rq, &source).await {
                 Ok(c) => {

@@ -11,11 +11,13 @@
 //! - A message's spool record is released only when all its recipients are final.
 //! - Never does: write bodies (spool/), speak SMTP (delivery/), build DSNs (bounce/).
 
+mod control;
 mod dispatch;
 mod message;
 mod ready;
 mod scheduler;
 
+pub use control::{Filter, Suspension};
 pub use message::{Job, QueuedMessage};
 pub use ready::ReadyQueue;
 
@@ -72,6 +74,10 @@ struct Inner {
     resolving: Mutex<HashMap<String, Vec<Job>>>,
     /// Jobs a connection is delivering right now (for listings).
     in_flight: DashMap<u64, (Arc<QueuedMessage>, String, usize)>,
+    suspensions: control::Suspensions,
+    /// Jobs held back by a suspension, with the (site, pool) they were headed for.
+    /// std Mutex: short sections.
+    parked: Mutex<Vec<(Job, String, String)>>,
     sched_tx: mpsc::Sender<scheduler::Cmd>,
     bounce_tx: mpsc::Sender<BounceRequest>,
     next_job: AtomicU64,
@@ -121,6 +127,8 @@ impl Queue {
             opportunistic_tls: d.opportunistic_tls,
         };
         let tls = crate::delivery::opportunistic_tls_connector()?;
+        let suspensions =
+            control::Suspensions::load(spool.state_tree("suspensions").map_err(|e| e.to_string())?);
         let queue = Queue {
             inner: Arc::new(Inner {
                 config,
@@ -133,6 +141,8 @@ impl Queue {
                 dests: DashMap::new(),
                 resolving: Mutex::new(HashMap::new()),
                 in_flight: DashMap::new(),
+                suspensions,
+                parked: Mutex::new(Vec::new()),
                 sched_tx,
                 bounce_tx,
                 next_job: AtomicU64::new(1),
@@ -277,6 +287,14 @@ impl Queue {
 
     fn push_ready(&self, job: Job, dest: Destination) {
         let pool = self.class_pool(&job.msg.class);
+        if self
+            .inner
+            .suspensions
+            .is_suspended(&job, Some(&dest.site), &pool)
+        {
+            self.park(job, dest.site, pool);
+            return;
+        }
         let key = (dest.site.clone(), pool.clone());
         let rq = match self.inner.ready.get(&key) {
             Some(rq) => rq.clone(),
@@ -470,8 +488,9 @@ impl Queue {
         rx.await.unwrap_or(0)
     }
 
-    /// Everything queued, grouped by (domain, class, tenant, campaign, pool, state).
-    pub async fn list(&self) -> QueueListing {
+    /// Everything queued that matches `filter`, grouped by (domain, class, tenant, campaign,
+    /// pool, state).
+    pub async fn list(&self, filter: &Filter) -> QueueListing {
         type Key = (String, String, String, String, String, String);
         let mut rows: HashMap<Key, QueueRow> = HashMap::new();
         let mut add = |job: &Job, site: Option<&str>, pool: &str, state: &str| {
@@ -500,6 +519,12 @@ impl Queue {
         };
         for rq in self.inner.ready.iter() {
             rq.for_each(|j| add(j, Some(&rq.site), &rq.pool, "ready"));
+        }
+        {
+            let parked = self.inner.parked.lock().unwrap_or_else(|p| p.into_inner());
+            for (j, site, pool) in parked.iter() {
+                add(j, Some(site), pool, "suspended");
+            }
         }
         {
             let r = self
@@ -593,11 +618,195 @@ impl Queue {
                 row.oldest_age_secs = row.oldest_age_secs.max(age);
             }
         }
-        let mut queues: Vec<QueueRow> = rows.into_values().collect();
+        let mut queues: Vec<QueueRow> = rows
+            .into_values()
+            .filter(|r| filter.matches_row(r))
+            .collect();
         queues.sort_by(|a, b| (&a.domain, &a.state).cmp(&(&b.domain, &b.state)));
         QueueListing {
             queued_recipients: self.inner.metrics.queued_recipients.get().max(0) as usize,
             queues,
+        }
+    }
+
+    fn park(&self, job: Job, site: String, pool: String) {
+        self.inner
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((job, site, pool));
+    }
+
+    /// Called by dispatchers for each job they take: a job whose suspension came after it was
+    /// queued is parked instead of sent.
+    pub(super) fn hold_if_suspended(&self, job: Job, rq: &ReadyQueue) -> Option<Job> {
+        if self
+            .inner
+            .suspensions
+            .is_suspended(&job, Some(&rq.site), &rq.pool)
+        {
+            self.park(job, rq.site.clone(), rq.pool.clone());
+            None
+        } else {
+            Some(job)
+        }
+    }
+
+    /// Hold every job matching `filter` out of delivery until resumed (survives restarts).
+    /// Returns the suspension and how many recipients were held at once.
+    pub fn suspend(&self, filter: Filter) -> (Suspension, usize) {
+        let s = self.inner.suspensions.add(filter.clone());
+        let mut held = 0;
+        for rq in self.inner.ready.iter() {
+            for j in rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)) {
+                held += j.rcpts.len();
+                self.park(j, rq.site.clone(), rq.pool.clone());
+            }
+        }
+        tracing::info!(target: "gannet::control", event = "suspended", id = s.id, filter = ?s.filter, held);
+        (s, held)
+    }
+
+    /// Remove the suspensions with exactly this filter (all of them for an empty filter) and
+    /// release the jobs no other suspension holds. Returns (suspensions removed, recipients
+    /// released).
+    pub fn resume(&self, filter: &Filter) -> (usize, usize) {
+        let removed = self.inner.suspensions.remove(filter);
+        let parked =
+            std::mem::take(&mut *self.inner.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut released = 0;
+        for (job, site, pool) in parked {
+            if self
+                .inner
+                .suspensions
+                .is_suspended(&job, Some(&site), &pool)
+            {
+                self.park(job, site, pool);
+            } else {
+                released += job.rcpts.len();
+                self.route(job);
+            }
+        }
+        tracing::info!(target: "gannet::control", event = "resumed", filter = ?filter, removed, released);
+        (removed, released)
+    }
+
+    pub fn suspensions(&self) -> Vec<Suspension> {
+        self.inner.suspensions.list()
+    }
+
+    /// Delete matching queued mail (not what is being delivered this instant): recipients are
+    /// logged as `purged`, get no DSN, and leave the spool. Returns recipients purged.
+    pub async fn purge(&self, filter: &Filter) -> usize {
+        let mut jobs = Vec::new();
+        for rq in self.inner.ready.iter() {
+            jobs.extend(rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)));
+        }
+        {
+            let mut parked = self.inner.parked.lock().unwrap_or_else(|p| p.into_inner());
+            let all = std::mem::take(&mut *parked);
+            for (j, site, pool) in all {
+                if filter.matches(&j, Some(&site), &pool) {
+                    jobs.push(j);
+                } else {
+                    parked.push((j, site, pool));
+                }
+            }
+        }
+        {
+            let mut r = self
+                .inner
+                .resolving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for waiting in r.values_mut() {
+                let all = std::mem::take(waiting);
+                for j in all {
+                    let pool = self.class_pool(&j.msg.class);
+                    if filter.site.is_none() && filter.matches(&j, None, &pool) {
+                        jobs.push(j);
+                    } else {
+                        waiting.push(j);
+                    }
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let f = filter.clone();
+        let pools: HashMap<String, String> = self
+            .inner
+            .config
+            .classes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.pool.clone()))
+            .collect();
+        let dests = self.clone();
+        let pred: scheduler::Predicate = Box::new(move |j: &Job| {
+            let pool = pools.get(&j.msg.class).map(String::as_str).unwrap_or("");
+            // Waiting jobs do not carry their site; the last resolution of the domain does.
+            let site = dests.inner.dests.get(&j.domain).map(|d| d.0.site.clone());
+            f.matches(j, site.as_deref(), pool)
+        });
+        if self
+            .inner
+            .sched_tx
+            .send(scheduler::Cmd::Take(pred, tx))
+            .await
+            .is_ok()
+            && let Ok(taken) = rx.await
+        {
+            jobs.extend(taken);
+        }
+        let mut n = 0;
+        for job in jobs {
+            n += job.rcpts.len();
+            self.finalize_purged(job);
+        }
+        tracing::info!(target: "gannet::control", event = "purged", filter = ?filter, recipients = n);
+        n
+    }
+
+    fn finalize_purged(&self, job: Job) {
+        let msg = job.msg.clone();
+        let reply = Reply::new(550, "5.0.0", "purged from the queue by an operator");
+        let all_done = {
+            let mut states = msg.states();
+            for idx in &job.rcpts {
+                let i = *idx as usize;
+                states[i] = RcptState::Failed;
+                tracing::info!(
+                    target: "gannet::outcome",
+                    event = "purged",
+                    queue_id = %msg.queue_id,
+                    recipient = %msg.rcpts[i],
+                    sender = %msg.mail_from,
+                    reply = %reply,
+                    class = %msg.class,
+                    tenant = %msg.tenant,
+                    campaign = %msg.campaign,
+                );
+                self.inner
+                    .metrics
+                    .outcomes
+                    .with_label_values(&["purged", msg.class.as_str()])
+                    .inc();
+            }
+            let done = states.iter().all(|s| *s != RcptState::Pending);
+            if !done {
+                self.inner.spool.record_states(msg.location.key, &states);
+            }
+            done
+        };
+        self.inner
+            .metrics
+            .queued_recipients
+            .sub(job.rcpts.len() as i64);
+        if all_done {
+            let released = msg.drop_body();
+            self.inner
+                .cache_bytes
+                .fetch_sub(released, Ordering::Relaxed);
+            self.inner.spool.complete(msg.location.key);
         }
     }
 

@@ -263,3 +263,50 @@ async fn expiry_bounces() {
     );
     assert!(l.rcpt_attempts >= 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_campaign_waits_then_drains_on_resume_and_purge_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, log) = sink(|_, _| "250 ok\r\n".into()).await;
+    let (intake, q) = pipeline(dir.path(), addr, "").await;
+    let f = crate::queue::Filter {
+        campaign: Some("spring".into()),
+        ..Default::default()
+    };
+    q.suspend(f.clone());
+    let mut held = submission("s@s.test", &["a@d1.test"]);
+    held.campaign = Some("spring".into());
+    intake.accept(held).await.unwrap();
+    let mut other = submission("s@s.test", &["b@d1.test"]);
+    other.campaign = Some("autumn".into());
+    intake.accept(other).await.unwrap();
+    wait_for(&log, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log.lock().unwrap().messages.len(),
+        1,
+        "suspended campaign held"
+    );
+    let listing = q.list(&f).await;
+    assert_eq!(listing.queues.len(), 1);
+    assert_eq!(listing.queues[0].state, "suspended");
+    let (removed, released) = q.resume(&f);
+    assert_eq!((removed, released), (1, 1));
+    wait_for(&log, 2).await;
+
+    // Purge: a held campaign is deleted and never delivered.
+    let g = crate::queue::Filter {
+        campaign: Some("winter".into()),
+        ..Default::default()
+    };
+    q.suspend(g.clone());
+    let mut w = submission("s@s.test", &["c@d1.test", "d@d1.test"]);
+    w.campaign = Some("winter".into());
+    intake.accept(w).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(q.purge(&g).await, 2);
+    q.resume(&g);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log.lock().unwrap().messages.len(), 2);
+    assert_eq!(q.list(&g).await.queues.len(), 0);
+}

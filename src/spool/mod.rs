@@ -312,6 +312,18 @@ impl Spool {
         self.inner.segments.lock().len()
     }
 
+    /// A named sled tree for small operator state that must survive restarts (suspensions,
+    /// warm-up counters). Not for message data.
+    pub fn state_tree(&self, name: &str) -> Result<sled::Tree, SpoolError> {
+        self.inner
+            .db
+            .open_tree(format!("state:{name}"))
+            .map_err(|e| SpoolError::Index {
+                path: self.inner.segments.dir.clone(),
+                source: e,
+            })
+    }
+
     /// Push sled's buffered index updates to the OS (not a durability point; see module docs).
     pub fn flush_index(&self) {
         if let Err(e) = self.inner.db.flush() {
