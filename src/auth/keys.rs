@@ -387,23 +387,15 @@ impl DnsRecord {
         }
     }
 
-    /// The record as a zone-file line, the value split into quoted strings of at most 255
+    /// The record as one zone-file line, the value split into quoted strings of at most 255
     /// bytes (RFC 1035 character-strings), e.g.
-    /// `s1._domainkey.example.com. 3600 IN TXT ( "v=DKIM1; k=rsa; p=MIIB..." "..." )`.
+    /// `s1._domainkey.example.com. 3600 IN TXT "v=DKIM1; k=rsa; p=MIIB..." "..."`.
     pub fn zone_line(&self) -> String {
         let strings: Vec<String> = split_txt(&self.value)
             .into_iter()
             .map(|s| format!("\"{s}\""))
             .collect();
-        if strings.len() == 1 {
-            format!("{}. 3600 IN TXT {}", self.name, strings[0])
-        } else {
-            format!(
-                "{}. 3600 IN TXT (\n    {} )",
-                self.name,
-                strings.join("\n    ")
-            )
-        }
+        format!("{}. 3600 IN TXT {}", self.name, strings.join(" "))
     }
 }
 
@@ -490,8 +482,10 @@ pub fn keygen(
     Ok(format!(
         "; DKIM {config_alg} key for {domain}, selector {selector} ({bits} bits)\n\
          ; private key written to {path} (mode 0600)\n\
-         ; 1. publish this TXT record:\n\
+         ; 1. publish this TXT record (zone-file line; strings of at most 255 bytes):\n\
          {zone}\n\
+         ;    as one value, for DNS web forms:\n\
+         ;    {value}\n\
          ; 2. add to gannet.toml:\n\
          ;    [[dkim]]\n\
          ;    domain = \"{domain}\"\n\
@@ -502,6 +496,7 @@ pub fn keygen(
         bits = key.bits(),
         path = out.display(),
         zone = record.zone_line(),
+        value = record.value,
     ))
 }
 

@@ -19,3 +19,11 @@ pub mod signer;
 
 pub use keys::{DnsRecord, KeyAlgorithm, KeyProblem, keygen};
 pub use signer::{DEFAULT_SIGNED_HEADERS, DkimError, DkimSigner};
+
+pub mod check;
+pub mod dns;
+
+pub use check::{CheckError, CheckKind, DomainReport, Finding, check_domain, run_periodic_checks};
+
+#[cfg(test)]
+pub(crate) mod testdns;

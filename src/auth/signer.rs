@@ -556,4 +556,4 @@ fn sign_one(
 
 #[cfg(test)]
 #[path = "signer_tests.rs"]
-mod tests;
+pub(crate) mod tests;
