@@ -943,7 +943,8 @@ pub async fn check_all_once(
     reports
 }
 
-/// Re-check every configured DKIM domain now and then every `every`, until `shutdown`, setting
+/// Re-check every configured DKIM domain now and then every `every` (normally
+/// `[dkim_policy] check_interval`; zero means never), until `shutdown`, setting
 /// `gannet_domain_check_ok{domain,check}` (registered on `metrics`' registry) to 1 or 0.
 pub async fn run_periodic_checks(
     config: Arc<Config>,
@@ -951,6 +952,9 @@ pub async fn run_periodic_checks(
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    if every.is_zero() {
+        return;
+    }
     let gauge = domain_check_gauge();
     if let Err(e) = metrics.registry.register(Box::new(gauge.clone())) {
         tracing::warn!(error = %e, "gannet_domain_check_ok not registered; checks still run and log");

@@ -495,4 +495,10 @@ async fn periodic_checks_set_the_gauge_and_stop_on_shutdown() {
         .await
         .expect("runner stops on shutdown")
         .unwrap();
+
+    // check_interval = "0s" turns it off; the default is an hour.
+    assert_eq!(c.dkim_policy.check_interval, Duration::from_secs(3600));
+    let off = crate::metrics::Metrics::new();
+    run_periodic_checks(c, off.clone(), Duration::ZERO, CancellationToken::new()).await;
+    assert!(!off.render().contains("gannet_domain_check_ok"));
 }

@@ -475,9 +475,11 @@ fn unconfigured_domain_is_rejected_or_left_unsigned_per_policy() {
 }
 
 fn startup_error(entry: &str) -> String {
-    DkimSigner::from_config(&config_with(entry))
+    let e = DkimSigner::from_config(&config_with(entry))
         .unwrap_err()
-        .to_string()
+        .to_string();
+    eprintln!("start-up error: {e}");
+    e
 }
 
 #[test]
@@ -571,6 +573,7 @@ fn unknown_algorithm_is_named_by_the_config_parser() {
     let e = Config::from_toml(&text, "gannet.toml")
         .unwrap_err()
         .to_string();
+    eprintln!("config error: {e}");
     assert!(e.contains("gannet.toml"), "{e}");
     assert!(e.contains("rsa-sha1"), "{e}");
     assert!(
