@@ -287,3 +287,14 @@ fn header_values_cannot_inject_lines() {
     assert!(h.contains("header.s=\"s;x\""), "{h}");
     assert!(h.contains("dkim=neutral (bad thing)"), "{h}");
 }
+
+#[test]
+fn futures_can_be_spawned() {
+    fn is_send<T: Send>(_: &T) {}
+    let config = config_with("");
+    let ip: IpAddr = "192.0.2.1".parse().unwrap();
+    is_send(&verify(&config, b"", ip, "h", ""));
+    is_send(&crate::auth::check_domain(&config, "example.test", None));
+    fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Verifier>();
+}
