@@ -408,8 +408,9 @@ pub struct DkimConfig {
     pub active_until: Option<String>,
 }
 
-/// What to do with mail whose From domain has no DKIM key.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// What to do with mail whose From domain has no DKIM key, and how often to check the DNS of
+/// the signing domains.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimPolicyConfig {
     /// Sign with this domain's keys instead (third-party signature).
@@ -417,6 +418,25 @@ pub struct DkimPolicyConfig {
     /// Reject at injection with 550 5.7.x when no key and no fallback applies.
     #[serde(default)]
     pub reject_unsigned: bool,
+    /// How often `serve` re-checks the DNS of every `[[dkim]]` domain (SPF for the pool
+    /// addresses, published keys, DMARC, PTR) and updates `gannet_domain_check_ok`;
+    /// "0s" turns the periodic checks off.
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for DkimPolicyConfig {
+    fn default() -> Self {
+        DkimPolicyConfig {
+            fallback_domain: None,
+            reject_unsigned: false,
+            check_interval: default_check_interval(),
+        }
+    }
 }
 
 /// Where the shaping data lives.
