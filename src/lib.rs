@@ -10,3 +10,4 @@
 pub mod config;
 pub mod message;
 pub mod metrics;
+pub mod shaping;
