@@ -440,6 +440,7 @@ pub struct DkimPolicyConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ShapingRef {
-    /// Shaping presets (`config/shaping.toml`); none means built-in defaults only.
+    /// Shaping data file (limits, provider presets, backoff rules, warm-up schedules; see
+    /// `config/shaping.toml`). None means the shipped `config/shaping.toml`, embedded in the binary.
     pub file: Option<PathBuf>,
 }

@@ -10,7 +10,7 @@
 use super::ShapingError;
 use super::backoff::{BackoffRule, BackoffRuleToml};
 use super::warmup::WarmupSchedule;
-use crate::config::DeliveryConfig;
+use crate::config::{Config, DeliveryConfig};
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -233,6 +233,15 @@ impl Shaping {
                 Shaping::from_toml(&text, &path.display().to_string())
             }
         }
+    }
+
+    /// The shaping data a configuration names (`[shaping] file`, relative to the config file's
+    /// directory; the shipped data when unset), with unset defaults taken from `[delivery]`.
+    pub fn from_config(config: &Config) -> Result<Shaping, ShapingError> {
+        let path = config.shaping.file.as_ref().map(|p| config.resolve_path(p));
+        let mut shaping = Shaping::load(path.as_deref())?;
+        shaping.fill_defaults_from(&config.delivery);
+        Ok(shaping)
     }
 
     /// The shipped shaping data. It is checked by a unit test, so this cannot fail in a
@@ -766,6 +775,31 @@ per_source = { max_messages_per_second = 1.5 }
             "[[provider]]\nname = \"g\"\nmx = [\"a.b\"]\n[[provider]]\nname = \"g\"\nmx = [\"c.d\"]\n",
         );
         assert!(e.contains("provider[1].name") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn config_file_path_is_resolved_and_delivery_fills_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("shaping.toml"),
+            "[defaults]\nper_source = { max_connections = 3 }\n",
+        )
+        .unwrap();
+        let cfg_path = dir.path().join("gannet.toml");
+        std::fs::write(
+            &cfg_path,
+            "[shaping]\nfile = \"shaping.toml\"\n[delivery]\nmax_connections_per_destination = 9\n\
+             [[pool]]\nname = \"p\"\nsources = [{ ip = \"127.0.0.1\", ehlo = \"h\" }]\n[class.c]\npool = \"p\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&cfg_path).unwrap();
+        let s = Shaping::from_config(&config).unwrap();
+        let l = s.limits_for("x.example", &hosts(&["mx.x.example"]));
+        assert_eq!(l.site.max_connections, Some(9));
+        assert_eq!(l.per_source.max_connections, Some(3));
+        // No file configured: the shipped presets.
+        let s = Shaping::from_config(&Config::embedded_default()).unwrap();
+        assert!(s.provider_names().any(|p| p == "google"));
     }
 
     #[test]

@@ -257,10 +257,9 @@ impl QuotaKey {
     /// `rate` events per second; bursts of one second's worth.
     fn per_second(rate: Option<f64>) -> Option<QuotaKey> {
         let rate = rate.filter(|r| r.is_finite() && *r > 0.0)?;
-        QuotaKey::new(
-            Duration::from_secs_f64((1.0 / rate).max(1e-9)),
-            rate.floor(),
-        )
+        // Clamp so the period fits a Duration: at most one per ~11.6 days, at least 1 ns.
+        let period = (1.0 / rate).clamp(1e-9, 1e6);
+        QuotaKey::new(Duration::from_secs_f64(period), rate.floor())
     }
 
     /// `n` events per hour; bursts of one minute's worth, so an hour never sees much more than
@@ -1101,6 +1100,24 @@ mod tests {
         clock.advance(Duration::from_secs(11 * 60));
         l.sweep();
         assert_eq!(l.tracked_sites(), 0);
+    }
+
+    #[test]
+    fn extreme_rates_do_not_panic() {
+        let (l, _clock) = manual(no_backoff());
+        for rate in [1e-300, 1e-9, 1e12, f64::MAX] {
+            let lim = limits(
+                LimitSet {
+                    max_messages_per_second: Some(rate),
+                    max_connection_rate: Some(rate),
+                    max_messages_per_hour: Some(u64::MAX),
+                    ..LimitSet::default()
+                },
+                LimitSet::default(),
+            );
+            let _ = l.message(&format!("site-{rate}"), "a", &lim);
+            let _ = l.connection(&format!("site-{rate}"), "a", &lim);
+        }
     }
 
     #[test]

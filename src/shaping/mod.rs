@@ -16,6 +16,11 @@
 //!   in-process default built on `governor`. It applies [`SiteLimits`] and the live
 //!   [`BackoffState`] effect; its [`ConnectionPermit`] releases a connection slot on drop.
 //!
+//! Time: methods that take `now: Instant` expect `tokio::time::Instant::now().into_std()`, the
+//! clock [`Limiter::in_process`] reads, so tests under `tokio::time::pause` stay consistent.
+//! Names: a source is named by [`source_name`] (its `name`, or its IP) everywhere here; a site
+//! by [`site_key`].
+//!
 //! Never does: DNS, sockets, queue scheduling, persistence or logging. Callers (the scheduler
 //! and the delivery client) pass in MX hosts, replies and clock readings, and decide what to do
 //! with refusals, transitions and warm-up caps.
