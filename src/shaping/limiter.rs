@@ -386,9 +386,22 @@ pub(super) fn get_or_insert<'m, V>(
     map.get_mut(key).expect("key is present: inserted above")
 }
 
+impl SiteSlot {
+    /// The slot of `source` at this site, marked used at `now`.
+    fn source(&mut self, source: &str, now: Instant) -> &mut SourceSlot {
+        let src = get_or_insert(&mut self.sources, source, || SourceSlot {
+            buckets: Buckets::default(),
+            open: 0,
+            last_used: now,
+        });
+        src.last_used = now;
+        src
+    }
+}
+
 impl Slots {
-    /// The slot of `site`, with a slot for `source` inside, both marked used at `now`.
-    fn get(&mut self, site: &str, source: &str, now: Instant) -> &mut SiteSlot {
+    /// The slot of `site`, marked used at `now`.
+    fn site(&mut self, site: &str, now: Instant) -> &mut SiteSlot {
         let s = get_or_insert(&mut self.sites, site, || SiteSlot {
             buckets: Buckets::default(),
             open: 0,
@@ -396,12 +409,6 @@ impl Slots {
             sources: HashMap::new(),
         });
         s.last_used = now;
-        get_or_insert(&mut s.sources, source, || SourceSlot {
-            buckets: Buckets::default(),
-            open: 0,
-            last_used: now,
-        })
-        .last_used = now;
         s
     }
 
@@ -513,16 +520,12 @@ impl InProcessLimits {
 
         let mut slots = lock(&self.slots);
         self.maybe_sweep(&mut slots, now);
-        let s = slots.get(site, source, now);
+        let s = slots.site(site, now);
         let rate_limited = |scope| move |retry_after| Refusal::RateLimited { scope, retry_after };
-        get_or_insert(&mut s.sources, source, || SourceSlot {
-            buckets: Buckets::default(),
-            open: 0,
-            last_used: now,
-        })
-        .buckets
-        .take_message(src_rate, src_hour, &self.clock, now)
-        .map_err(rate_limited(Scope::Source))?;
+        s.source(source, now)
+            .buckets
+            .take_message(src_rate, src_hour, &self.clock, now)
+            .map_err(rate_limited(Scope::Source))?;
         s.buckets
             .take_message(site_rate, site_hour, &self.clock, now)
             .map_err(rate_limited(Scope::Site))
@@ -545,7 +548,7 @@ impl InProcessLimits {
 
         let mut slots = lock(&self.slots);
         self.maybe_sweep(&mut slots, now);
-        let s = slots.get(site, source, now);
+        let s = slots.site(site, now);
         if let Some(limit) = site_cap
             && s.open >= limit
         {
@@ -554,11 +557,7 @@ impl InProcessLimits {
                 limit,
             });
         }
-        let src = get_or_insert(&mut s.sources, source, || SourceSlot {
-            buckets: Buckets::default(),
-            open: 0,
-            last_used: now,
-        });
+        let src = s.source(source, now);
         if let Some(limit) = src_cap
             && src.open >= limit
         {
@@ -580,9 +579,7 @@ impl InProcessLimits {
             },
         )?;
         s.open += 1;
-        if let Some(src) = s.sources.get_mut(source) {
-            src.open += 1;
-        }
+        s.source(source, now).open += 1;
         drop(slots);
 
         let slots = self.slots.clone();

@@ -31,7 +31,7 @@ mod limiter;
 mod warmup;
 
 pub use backoff::{
-    Action, BackoffRule, BackoffState, Effect, Scope, Throttle, Transition, TransitionKind,
+    Action, BackoffRule, BackoffState, Effect, Hold, Scope, Throttle, Transition, TransitionKind,
 };
 pub use data::{
     DEFAULT_SHAPING_TOML, LimitSet, Shaping, SiteLimits, normalize_host, provider_matches, site_key,
