@@ -17,5 +17,6 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod serve;
+pub mod shaping;
 pub mod smtp;
 pub mod spool;
