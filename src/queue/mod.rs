@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::delivery::{ClientOptions, Destination, MxResolver, Outcome, Reply, ResolveError};
 use crate::metrics::Metrics;
+use crate::shaping::{BackoffState, Limiter, Shaping, Transition, Warmup};
 use crate::spool::{RcptState, Spool};
 
 /// Recipients that failed permanently, for a delivery status notification.
@@ -82,6 +83,10 @@ struct Inner {
     bounce_tx: mpsc::Sender<BounceRequest>,
     next_job: AtomicU64,
     cache_bytes: AtomicUsize,
+    shaping: Arc<Shaping>,
+    backoff: BackoffState,
+    limiter: Limiter,
+    warmup: Warmup,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -127,6 +132,16 @@ impl Queue {
             opportunistic_tls: d.opportunistic_tls,
         };
         let tls = crate::delivery::opportunistic_tls_connector()?;
+        let shaping = Arc::new(Shaping::from_config(&config).map_err(|e| e.to_string())?);
+        let backoff = BackoffState::new(shaping.backoff_rules());
+        let limiter = Limiter::in_process(backoff.clone());
+        let warmup = Warmup::new(&shaping, &config.pools).map_err(|e| e.to_string())?;
+        let warmup_tree = spool.state_tree("warmup").map_err(|e| e.to_string())?;
+        if let Ok(Some(v)) = warmup_tree.get("snapshot")
+            && let Ok(snap) = serde_json::from_slice(&v)
+        {
+            warmup.restore(&snap);
+        }
         let suspensions =
             control::Suspensions::load(spool.state_tree("suspensions").map_err(|e| e.to_string())?);
         let queue = Queue {
@@ -147,13 +162,82 @@ impl Queue {
                 bounce_tx,
                 next_job: AtomicU64::new(1),
                 cache_bytes: AtomicUsize::new(0),
+                shaping,
+                backoff,
+                limiter,
+                warmup,
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
         };
         let q = queue.clone();
         tokio::spawn(scheduler::run(sched_rx, move |job| q.route(job)));
+        // Backoff states end on time even when no reply comes; warm-up counters are saved so
+        // a restart does not reset today's counts.
+        let q = queue.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = q.inner.shutdown.cancelled() => break,
+                }
+                for t in q
+                    .inner
+                    .backoff
+                    .expire(tokio::time::Instant::now().into_std())
+                {
+                    q.log_transition(&t);
+                }
+                n += 1;
+                if n % 10 == 0 {
+                    q.save_warmup(&warmup_tree);
+                }
+            }
+            q.save_warmup(&warmup_tree);
+        });
         Ok((queue, bounce_rx))
+    }
+
+    fn save_warmup(&self, tree: &sled::Tree) {
+        if let Ok(v) = serde_json::to_vec(&self.inner.warmup.snapshot()) {
+            let _ = tree.insert("snapshot", v);
+        }
+    }
+
+    /// Show a negative reply from `site` (via `source`) to the backoff rules.
+    pub(super) fn observe_reply(&self, site: &str, source: &str, reply: &Reply) {
+        if let Some(t) = self.inner.backoff.on_reply(
+            site,
+            source,
+            reply.code,
+            &reply.enhanced,
+            &reply.text,
+            tokio::time::Instant::now().into_std(),
+        ) {
+            self.log_transition(&t);
+        }
+    }
+
+    /// Log and count a backoff state change.
+    pub(super) fn log_transition(&self, t: &Transition) {
+        tracing::info!(
+            target: "gannet::shaping",
+            event = "backoff",
+            kind = t.kind.as_str(),
+            action = t.action.as_str(),
+            site = %t.site,
+            source = t.source.as_deref().unwrap_or(""),
+            rule = %t.rule,
+            seconds = t.duration.as_secs(),
+            "{t}"
+        );
+        self.inner
+            .metrics
+            .backoff_transitions
+            .with_label_values(&[t.kind.as_str(), t.action.as_str(), &t.rule])
+            .inc();
     }
 
     fn class_priority(&self, class: &str) -> i32 {
@@ -287,6 +371,11 @@ impl Queue {
 
     fn push_ready(&self, job: Job, dest: Destination) {
         let pool = self.class_pool(&job.msg.class);
+        self.push_ready_to(job, dest, pool);
+    }
+
+    /// Queue a job for `dest` through `pool` (its class's pool, or an overflow pool).
+    pub(super) fn push_ready_to(&self, job: Job, dest: Destination, pool: String) {
         if self
             .inner
             .suspensions
@@ -298,19 +387,26 @@ impl Queue {
         let key = (dest.site.clone(), pool.clone());
         let rq = match self.inner.ready.get(&key) {
             Some(rq) => rq.clone(),
-            None => self
-                .inner
-                .ready
-                .entry(key)
-                .or_insert_with(|| {
-                    Arc::new(ReadyQueue::new(
-                        dest.site.clone(),
-                        pool,
-                        dest.clone(),
-                        self.inner.config.delivery.max_connections_per_destination,
-                    ))
-                })
-                .clone(),
+            None => {
+                self.inner
+                    .ready
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let limits = self.inner.shaping.limits_for(&job.domain, &dest.mx_names);
+                        let cap =
+                            limits.site.max_connections.map(|c| c as usize).unwrap_or(
+                                self.inner.config.delivery.max_connections_per_destination,
+                            );
+                        Arc::new(ReadyQueue::new(
+                            dest.site.clone(),
+                            pool,
+                            dest.clone(),
+                            limits,
+                            cap,
+                        ))
+                    })
+                    .clone()
+            }
         };
         if rq.push(job) {
             dispatch::spawn_connection(self.clone(), rq);

@@ -14,10 +14,13 @@ use tokio::sync::Notify;
 
 use super::message::Job;
 use crate::delivery::Destination;
+use crate::shaping::SiteLimits;
 
 pub struct ReadyQueue {
     pub site: String,
     pub pool: String,
+    /// Shaping limits for this site (from the first domain routed here).
+    pub limits: SiteLimits,
     /// Hosts to connect to; refreshed when a domain of this site is resolved again.
     dest: Mutex<Destination>,
     /// Lanes and counters. Short critical sections, never across `.await`: std Mutex.
@@ -37,10 +40,17 @@ struct State {
 }
 
 impl ReadyQueue {
-    pub fn new(site: String, pool: String, dest: Destination, max_connections: usize) -> Self {
+    pub fn new(
+        site: String,
+        pool: String,
+        dest: Destination,
+        limits: SiteLimits,
+        max_connections: usize,
+    ) -> Self {
         ReadyQueue {
             site,
             pool,
+            limits,
             dest: Mutex::new(dest),
             state: Mutex::new(State {
                 max_connections: max_connections.max(1),
