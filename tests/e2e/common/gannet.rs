@@ -40,6 +40,8 @@ pub struct Gannet {
     config_text: String,
     /// `[[listener]]` addresses in config order.
     listeners: Vec<SocketAddr>,
+    /// Listeners with `tls = "implicit"` (no plaintext QUIT during the readiness check).
+    implicit_tls: Vec<SocketAddr>,
     http: SocketAddr,
     child: Option<Child>,
     runs: u32,
@@ -320,12 +322,13 @@ impl Gannet {
             let text = fill_placeholders(config_toml, dir.path());
             let config_path = dir.path().join("gannet.toml");
             std::fs::write(&config_path, &text).expect("write config");
-            let (listeners, http) = addresses_of(&text);
+            let (listeners, implicit_tls, http) = addresses_of(&text);
             let mut g = Gannet {
                 dir,
                 config_path,
                 config_text: text,
                 listeners,
+                implicit_tls,
                 http,
                 child: None,
                 runs: 0,
@@ -418,8 +421,10 @@ impl Gannet {
             else {
                 return false;
             };
-            // Be polite to a plain SMTP listener; TLS listeners just see a closed socket.
-            let _ = s.write_all(b"QUIT\r\n").await;
+            // Be polite to a plain SMTP listener; implicit TLS ones just see a closed socket.
+            if !self.implicit_tls.contains(addr) {
+                let _ = s.write_all(b"QUIT\r\n").await;
+            }
         }
         matches!(http(self.http, "GET", "/health", None).await, Ok((200, _)))
     }
@@ -736,31 +741,37 @@ fn fill_placeholders(text: &str, dir: &Path) -> String {
     out
 }
 
-/// `[[listener]] address`es and `[http] address` of a config text.
-fn addresses_of(text: &str) -> (Vec<SocketAddr>, SocketAddr) {
+/// `[[listener]] address`es, those with implicit TLS, and `[http] address` of a config text.
+fn addresses_of(text: &str) -> (Vec<SocketAddr>, Vec<SocketAddr>, SocketAddr) {
     let v: toml::Value =
         toml::from_str(text).unwrap_or_else(|e| panic!("test config is not TOML: {e}\n{text}"));
     let parse = |s: &str| -> SocketAddr {
         s.parse()
             .unwrap_or_else(|e| panic!("test config: bad address {s:?}: {e}"))
     };
-    let listeners = v
+    let mut listeners = Vec::new();
+    let mut implicit = Vec::new();
+    for l in v
         .get("listener")
         .and_then(|l| l.as_array())
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| l.get("address").and_then(|a| a.as_str()))
-                .map(parse)
-                .collect()
-        })
-        .unwrap_or_default();
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(addr) = l.get("address").and_then(|a| a.as_str()).map(parse) else {
+            continue;
+        };
+        if l.get("tls").and_then(|t| t.as_str()) == Some("implicit") {
+            implicit.push(addr);
+        }
+        listeners.push(addr);
+    }
     let http = v
         .get("http")
         .and_then(|h| h.get("address"))
         .and_then(|a| a.as_str())
         .map(parse)
         .unwrap_or_else(|| parse("127.0.0.1:8025"));
-    (listeners, http)
+    (listeners, implicit, http)
 }
 
 /// A minimal HTTP/1.1 client (Connection: close): enough for Gannet's JSON API.
