@@ -32,8 +32,11 @@ if ! command -v smtp-source >/dev/null; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
 fi
-cargo build --release -q
-BIN=$PWD/target/release/gannet
+# GANNET_BIN: use an already-built binary instead of building target/release/gannet.
+if [ -z "${GANNET_BIN:-}" ]; then
+  cargo build --release -q
+fi
+BIN=${GANNET_BIN:-$PWD/target/release/gannet}
 
 work=$(mktemp -d /var/tmp/gannet-bench.XXXXXX)
 cleanup() {
