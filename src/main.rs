@@ -38,6 +38,24 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Hash a password (read from standard input) for [[smtp_user]] password_hash
     HashPassword,
+    /// DKIM key management
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+    /// Check a sending domain's DNS: SPF for every pool address, DKIM keys, DMARC, alignment, PTR
+    CheckDomain {
+        /// The From domain to check
+        domain: String,
+        /// Return-Path (MAIL FROM) domain, when it differs from the From domain
+        #[arg(long)]
+        return_path: Option<String>,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Write a self-signed development certificate and key (PEM) for STARTTLS
     DevCert {
         /// Directory to write cert.pem and key.pem into
@@ -113,6 +131,26 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Write a new private key (mode 0600) and print the DNS TXT record to publish
+    Keygen {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// rsa or ed25519
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// RSA key size
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the private key (PEM)
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +236,7 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(async {
                 let token = tokio_util::sync::CancellationToken::new();
                 gannet::serve::cancel_on_signals(token.clone());
-                gannet::serve::run(config, None, token, None).await
+                gannet::serve::run(config, token, None).await
             })?;
             Ok(())
         }
@@ -221,6 +259,49 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::DevCert { out, names } => dev_cert(&out, &names),
+        Command::Dkim {
+            action:
+                DkimAction::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    bits,
+                    out,
+                },
+        } => {
+            let algorithm: gannet::auth::KeyAlgorithm =
+                algorithm.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let record = gannet::auth::keygen(&domain, &selector, algorithm, bits, &out)?;
+            eprintln!("wrote {}; publish this record:", out.display());
+            println!("{record}");
+            Ok(())
+        }
+        Command::CheckDomain {
+            domain,
+            return_path,
+            json,
+            config,
+        } => {
+            let config = load_config(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(gannet::auth::check_domain(
+                &config,
+                &domain,
+                return_path.as_deref(),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render_human());
+            }
+            if !report.all_ok() {
+                bail!("{domain}: some checks failed (see above)");
+            }
+            Ok(())
+        }
     }
 }
 

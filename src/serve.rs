@@ -36,7 +36,7 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("DKIM: {0}")]
+    #[error("{0}")]
     Dkim(String),
 }
 
@@ -47,14 +47,33 @@ pub struct Bound {
     pub http: SocketAddr,
 }
 
+/// DKIM signing for intake, straight from `auth`.
+impl Signer for crate::auth::DkimSigner {
+    fn sign(
+        &self,
+        message: &[u8],
+        now: std::time::SystemTime,
+    ) -> Result<Vec<u8>, crate::message::Rejection> {
+        crate::auth::DkimSigner::sign(self, message, now)
+    }
+}
+
 /// Run Gannet until shutdown. `ready` is told the bound addresses once everything listens.
 pub async fn run(
     config: Config,
-    signer: Option<Arc<dyn Signer>>,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    // Keys are loaded and checked before anything listens: a bad key stops the start.
+    let dkim = crate::auth::DkimSigner::from_config(&config)
+        .map_err(|e| ServeError::Dkim(e.to_string()))?;
+    let signer: Option<Arc<dyn Signer>> = if dkim.is_empty() && !config.dkim_policy.reject_unsigned
+    {
+        None
+    } else {
+        Some(Arc::new(dkim))
+    };
     let metrics = Metrics::new();
     let base = config
         .base_dir
@@ -131,6 +150,12 @@ pub async fn run(
         metrics: metrics.clone(),
     });
     let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
+    let checks_task = tokio::spawn(crate::auth::run_periodic_checks(
+        config.clone(),
+        metrics.clone(),
+        config.dkim_policy.check_interval,
+        shutdown.clone(),
+    ));
     let smtp_tasks: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(l.run(shutdown.clone())))
@@ -159,6 +184,7 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = http_task.await;
+    checks_task.abort();
     if tokio::time::timeout(Duration::from_secs(60), queue.wait_idle())
         .await
         .is_err()

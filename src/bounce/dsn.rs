@@ -39,7 +39,6 @@ fn status_of(r: &Reply) -> String {
     if r.enhanced.is_empty() {
         if r.is_permanent() { "5.0.0" } else { "4.0.0" }.to_string()
     } else {
-        // An expired message is reported as failed even with a 4.x.x status (RFC 3464 §2.3.3).
         r.enhanced.clone()
     }
 }
@@ -111,7 +110,15 @@ pub fn build(input: &DsnInput<'_>) -> std::io::Result<Vec<u8>> {
         ],
     );
     let daemon = format!("MAILER-DAEMON@{}", input.reporting_mta);
+    // mail-builder would name the machine in the Message-ID; use our configured host name.
+    let message_id = format!(
+        "dsn.{}.{:016x}@{}",
+        input.queue_id,
+        rand::random::<u64>(),
+        input.reporting_mta
+    );
     MessageBuilder::new()
+        .message_id(message_id)
         .from(("Mail Delivery System", daemon.as_str()))
         .to(input.to)
         .subject("Undelivered Mail Returned to Sender")

@@ -216,6 +216,21 @@ async fn flush(
     Ok(Json(json!({"flushed": n})))
 }
 
+async fn domain_check(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(domain): axum::extract::Path<String>,
+    params: Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let rp = params.get("return_path").map(String::as_str);
+    match crate::auth::check_domain(&s.config, &domain, rp).await {
+        Ok(report) => Ok(Json(report)),
+        Err(e) => Err(bad_request(e, "domain")),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -231,6 +246,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/queues/resume", post(resume))
         .route("/api/v1/queues/purge", post(purge))
         .route("/api/v1/queues/suspensions", get(suspensions))
+        .route("/api/v1/domains/{domain}/check", get(domain_check))
         .fallback(not_found)
         .with_state(state)
 }

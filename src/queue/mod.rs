@@ -337,9 +337,10 @@ impl Queue {
             for (idx, outcome) in job.rcpts.iter().zip(outcomes) {
                 let i = *idx as usize;
                 let outcome = match outcome {
+                    // RFC 3463 X.4.7 "delivery time expired", as a permanent failure.
                     Outcome::Deferred(r) if msg.age() >= max_age => Outcome::Bounced(Reply::new(
-                        r.code.max(500),
-                        "4.4.7",
+                        554,
+                        "5.4.7",
                         format!(
                             "message expired after {}s in the queue; last error: {r}",
                             msg.age().as_secs()

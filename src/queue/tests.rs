@@ -257,7 +257,7 @@ async fn expiry_bounces() {
     wait_for(&log, 1).await;
     let l = log.lock().unwrap();
     assert!(
-        l.messages[0].2.contains("Status: 4.4.7"),
+        l.messages[0].2.contains("Status: 5.4.7"),
         "{}",
         l.messages[0].2
     );

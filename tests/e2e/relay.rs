@@ -666,7 +666,6 @@ async fn local_part_case_and_a_large_body_are_preserved() {
 /// Received:, Message-ID, DSN reporting MTA"): the greeting, the Message-ID it adds, and the
 /// DSN's own Message-ID — never the machine's host name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "core bug: the DSN's Message-ID uses the machine's host name, not `hostname` (mail-builder default); see the harness report"]
 async fn configured_hostname_names_gannet_everywhere() {
     let w = dsn_world(Zone::new().null_mx("nomail.test")).await;
     let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;

@@ -271,7 +271,6 @@ async fn bounce_of_a_null_sender_message_sends_no_dsn() {
 /// (2.x.x with 2yz, 4.x.x with 4yz, 5.x.x with 5yz). Checked on every outcome of a deferral,
 /// a bounce and an expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "core bug: expiry is logged as \"500 4.4.7 message expired ...\" (5yz reply, 4.x.x enhanced code); see the harness report"]
 async fn outcome_replies_have_consistent_status_classes() {
     let w = retry_world(|c| c.max_age("2s")).await;
     let dest = &w.sinks[0];
