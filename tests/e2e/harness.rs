@@ -289,6 +289,10 @@ fn config_template_is_valid_toml_with_placeholders() {
             .route("routed.test", "127.0.0.9:2525")
             .listener_option("max_recipients = 3")
             .delivery_option("max_connections_per_destination = 2")
+            .pool("tx", &[("127.0.0.2", "tx.gannet.test")])
+            .class("transactional", "tx", 20)
+            .class("bulk", "default", -1)
+            .file("keys/a.pem", "KEY")
             .extra("[[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:${PORT_TLS}\"\ntls = \"implicit\"\ntls_cert = \"${CERT}\"\ntls_key = \"${KEY}\"\n")
             .build();
         // Placeholders are quoted strings, so the template parses as TOML as it is.
@@ -296,6 +300,12 @@ fn config_template_is_valid_toml_with_placeholders() {
         assert_eq!(v["delivery"]["port"].as_integer(), Some(2525));
         assert_eq!(v["route"][0]["domain"].as_str(), Some("routed.test"));
         assert_eq!(v["listener"][1]["tls"].as_str(), Some("implicit"));
+        assert_eq!(v["pool"][1]["name"].as_str(), Some("tx"));
+        assert_eq!(v["pool"][1]["sources"][0]["ip"].as_str(), Some("127.0.0.2"));
+        assert_eq!(v["class"]["transactional"]["pool"].as_str(), Some("tx"));
+        assert_eq!(v["class"]["transactional"]["priority"].as_integer(), Some(20));
+        assert_eq!(v["class"]["promotional"]["pool"].as_str(), Some("default"));
+        assert_eq!(v["class"]["bulk"]["priority"].as_integer(), Some(-1));
         assert_eq!(v["dns"]["nameservers"][0].as_str(), Some(dns.addr.to_string().as_str()));
     });
 }

@@ -776,3 +776,51 @@ async fn routes_by_name_catch_all_and_dead_next_hop() {
         "never bounced"
     );
 }
+
+/// A class maps to a pool, and a pool's source decides the local address and EHLO name of the
+/// outbound connection: transactional mail leaves from 127.0.0.2 as `tx.gannet.test`,
+/// promotional from 127.0.0.1 as `out.gannet.test`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_class_leaves_through_its_pool_source() {
+    let w = World::start(
+        &["127.0.0.49"],
+        Zone::new().mail_domain("pools.test", "127.0.0.49"),
+        |c| {
+            c.pool("tx", &[("127.0.0.2", "tx.gannet.test")])
+                .class("transactional", "tx", 10)
+        },
+    )
+    .await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.send(
+        "s@origin.test",
+        &["tx@pools.test"],
+        b"X-Gannet-Class: transactional\r\nSubject: tx\r\n\r\nx\r\n",
+    )
+    .await;
+    c.send(
+        "s@origin.test",
+        &["promo@pools.test"],
+        b"Subject: promo\r\n\r\nx\r\n",
+    )
+    .await;
+    c.quit().await;
+    let ts = w.sinks[0].wait_for(2, WAIT).await;
+    let by = |rcpt: &str| {
+        ts.iter()
+            .find(|t| t.rcpts.iter().any(|r| r == rcpt))
+            .unwrap_or_else(|| panic!("no message for {rcpt}"))
+            .clone()
+    };
+    let tx = by("tx@pools.test");
+    assert_eq!(
+        (tx.peer.ip().to_string().as_str(), tx.ehlo.as_str()),
+        ("127.0.0.2", "tx.gannet.test")
+    );
+    let promo = by("promo@pools.test");
+    assert_eq!(
+        (promo.peer.ip().to_string().as_str(), promo.ehlo.as_str()),
+        ("127.0.0.1", "out.gannet.test")
+    );
+}

@@ -40,6 +40,8 @@ pub struct Gannet {
     config_text: String,
     /// `[[listener]]` addresses in config order.
     listeners: Vec<SocketAddr>,
+    /// Listeners with `tls = "implicit"` (no plaintext QUIT during the readiness check).
+    implicit_tls: Vec<SocketAddr>,
     http: SocketAddr,
     child: Option<Child>,
     runs: u32,
@@ -151,8 +153,9 @@ impl QueueStatus {
 /// Builds the config TOML most tests need; the result has `${...}` placeholders that
 /// [`Gannet::start`] fills in. Defaults: one listener on `${SMTP}` relaying for 127.0.0.1,
 /// HTTP on `${HTTP}`, spool in `${SPOOL}`, retry every second, `max_age` 1 hour, pool
-/// `default` sourcing from 127.0.0.1, classes `promotional` (listener default) and
-/// `transactional`, short delivery timeouts.
+/// `default` sourcing from 127.0.0.1, classes `promotional` (listener default, priority 0) and
+/// `transactional` (priority 10) both on `default`, short delivery timeouts. Extend with
+/// [`TestConfig::pool`], [`TestConfig::class`], [`TestConfig::file`], [`TestConfig::extra`].
 #[derive(Debug, Clone)]
 pub struct TestConfig {
     hostname: String,
@@ -166,6 +169,11 @@ pub struct TestConfig {
     listener_options: Vec<String>,
     delivery_options: Vec<String>,
     extra: Vec<String>,
+    /// Further `[[pool]]`s: name → sources.
+    pools: Vec<(String, Vec<(String, String)>)>,
+    /// `[class.NAME]` → (pool, priority).
+    classes: std::collections::BTreeMap<String, (String, i32)>,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl TestConfig {
@@ -183,7 +191,43 @@ impl TestConfig {
             listener_options: Vec::new(),
             delivery_options: Vec::new(),
             extra: Vec::new(),
+            pools: Vec::new(),
+            classes: [
+                ("promotional".to_string(), ("default".to_string(), 0)),
+                ("transactional".to_string(), ("default".to_string(), 10)),
+            ]
+            .into(),
+            files: Vec::new(),
         }
+    }
+
+    /// Adds a `[[pool]]` with these `(ip, ehlo)` sources (the `default` pool stays).
+    pub fn pool(mut self, name: &str, sources: &[(&str, &str)]) -> Self {
+        let sources = sources
+            .iter()
+            .map(|(ip, ehlo)| (ip.to_string(), ehlo.to_string()))
+            .collect();
+        self.pools.push((name.into(), sources));
+        self
+    }
+
+    /// Sets `[class.NAME] pool, priority` (adds the class or replaces the default mapping of
+    /// `promotional` / `transactional`).
+    pub fn class(mut self, name: &str, pool: &str, priority: i32) -> Self {
+        self.classes.insert(name.into(), (pool.into(), priority));
+        self
+    }
+
+    /// A file written into the instance directory before start; refer to it as
+    /// `${DIR}/name` in the config. Start with [`Gannet::start_config`] (or [`super::World`]).
+    pub fn file(mut self, name: &str, contents: impl AsRef<[u8]>) -> Self {
+        self.files.push((name.into(), contents.as_ref().to_vec()));
+        self
+    }
+
+    /// Files added with [`TestConfig::file`].
+    pub fn files(&self) -> &[(String, Vec<u8>)] {
+        &self.files
     }
 
     pub fn hostname(mut self, name: &str) -> Self {
@@ -273,14 +317,29 @@ impl TestConfig {
         for (domain, host) in &self.routes {
             t += &format!("\n[[route]]\ndomain = {}\nhost = {}\n", q(domain), q(host));
         }
-        t += "\n[[pool]]\nname = \"default\"\nsources = [";
-        t += &self
-            .sources
-            .iter()
-            .map(|(ip, ehlo)| format!("{{ ip = {}, ehlo = {} }}", q(ip), q(ehlo)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        t += "]\n\n[class.promotional]\npool = \"default\"\n\n[class.transactional]\npool = \"default\"\npriority = 10\n";
+        let sources = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(ip, ehlo)| format!("{{ ip = {}, ehlo = {} }}", q(ip), q(ehlo)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        t += &format!(
+            "\n[[pool]]\nname = \"default\"\nsources = [{}]\n",
+            sources(&self.sources)
+        );
+        for (name, srcs) in &self.pools {
+            t += &format!(
+                "\n[[pool]]\nname = {}\nsources = [{}]\n",
+                q(name),
+                sources(srcs)
+            );
+        }
+        for (name, (pool, priority)) in &self.classes {
+            t += &format!(
+                "\n[class.{name}]\npool = {}\npriority = {priority}\n",
+                q(pool)
+            );
+        }
         for e in &self.extra {
             t += "\n";
             t += e;
@@ -309,6 +368,12 @@ impl Gannet {
     /// `gannet serve --config FILE`, and waits until every listener accepts and `GET /health`
     /// answers 200. Panics with Gannet's output if it exits or is not ready within 30 s.
     pub async fn start(config_toml: &str) -> Gannet {
+        Self::start_with_files(config_toml, &[]).await
+    }
+
+    /// [`Gannet::start`] after writing `files` (name, contents) into the instance directory,
+    /// where the config reaches them as `${DIR}/name` (DKIM keys, shaping data, ...).
+    pub async fn start_with_files(config_toml: &str, files: &[(String, Vec<u8>)]) -> Gannet {
         // A free port can be taken by a parallel test between choosing and binding it; then
         // Gannet exits at startup and we try again with other ports.
         let mut last_err = String::new();
@@ -317,15 +382,24 @@ impl Gannet {
                 .prefix("gannet-e2e-")
                 .tempdir()
                 .expect("create temp dir");
+            for (name, contents) in files {
+                let path = dir.path().join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).expect("create dir for test file");
+                }
+                std::fs::write(&path, contents)
+                    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            }
             let text = fill_placeholders(config_toml, dir.path());
             let config_path = dir.path().join("gannet.toml");
             std::fs::write(&config_path, &text).expect("write config");
-            let (listeners, http) = addresses_of(&text);
+            let (listeners, implicit_tls, http) = addresses_of(&text);
             let mut g = Gannet {
                 dir,
                 config_path,
                 config_text: text,
                 listeners,
+                implicit_tls,
                 http,
                 child: None,
                 runs: 0,
@@ -418,8 +492,10 @@ impl Gannet {
             else {
                 return false;
             };
-            // Be polite to a plain SMTP listener; TLS listeners just see a closed socket.
-            let _ = s.write_all(b"QUIT\r\n").await;
+            // Be polite to a plain SMTP listener; implicit TLS ones just see a closed socket.
+            if !self.implicit_tls.contains(addr) {
+                let _ = s.write_all(b"QUIT\r\n").await;
+            }
         }
         matches!(http(self.http, "GET", "/health", None).await, Ok((200, _)))
     }
@@ -501,6 +577,11 @@ impl Gannet {
     pub async fn sigterm_within(&mut self, timeout: Duration) -> ExitStatus {
         self.send_sigterm();
         self.wait_exit(timeout).await
+    }
+
+    /// Starts Gannet on `config` ([`TestConfig::build`] plus its files).
+    pub async fn start_config(config: &TestConfig) -> Gannet {
+        Self::start_with_files(&config.build(), config.files()).await
     }
 
     /// SIGTERM and wait up to 30 s for exit.
@@ -736,31 +817,37 @@ fn fill_placeholders(text: &str, dir: &Path) -> String {
     out
 }
 
-/// `[[listener]] address`es and `[http] address` of a config text.
-fn addresses_of(text: &str) -> (Vec<SocketAddr>, SocketAddr) {
+/// `[[listener]] address`es, those with implicit TLS, and `[http] address` of a config text.
+fn addresses_of(text: &str) -> (Vec<SocketAddr>, Vec<SocketAddr>, SocketAddr) {
     let v: toml::Value =
         toml::from_str(text).unwrap_or_else(|e| panic!("test config is not TOML: {e}\n{text}"));
     let parse = |s: &str| -> SocketAddr {
         s.parse()
             .unwrap_or_else(|e| panic!("test config: bad address {s:?}: {e}"))
     };
-    let listeners = v
+    let mut listeners = Vec::new();
+    let mut implicit = Vec::new();
+    for l in v
         .get("listener")
         .and_then(|l| l.as_array())
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| l.get("address").and_then(|a| a.as_str()))
-                .map(parse)
-                .collect()
-        })
-        .unwrap_or_default();
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(addr) = l.get("address").and_then(|a| a.as_str()).map(parse) else {
+            continue;
+        };
+        if l.get("tls").and_then(|t| t.as_str()) == Some("implicit") {
+            implicit.push(addr);
+        }
+        listeners.push(addr);
+    }
     let http = v
         .get("http")
         .and_then(|h| h.get("address"))
         .and_then(|a| a.as_str())
         .map(parse)
         .unwrap_or_else(|| parse("127.0.0.1:8025"));
-    (listeners, http)
+    (listeners, implicit, http)
 }
 
 /// A minimal HTTP/1.1 client (Connection: close): enough for Gannet's JSON API.

@@ -226,8 +226,8 @@ impl World {
     ) -> World {
         let (port, sinks) = bind_sinks(sink_ips).await;
         let dns = TestDns::start(zone).await;
-        let config = configure(TestConfig::new(&dns, port)).build();
-        let gannet = Gannet::start(&config).await;
+        let config = configure(TestConfig::new(&dns, port));
+        let gannet = Gannet::start_config(&config).await;
         World {
             dns,
             port,
