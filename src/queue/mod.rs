@@ -191,7 +191,7 @@ impl Queue {
                     q.log_transition(&t);
                 }
                 n += 1;
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     q.save_warmup(&warmup_tree);
                 }
             }
