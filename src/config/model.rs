@@ -191,7 +191,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// `IP:PORT` of resolvers to ask; empty means the system resolver (/etc/resolv.conf).
@@ -200,10 +200,27 @@ pub struct DnsConfig {
     /// Query timeout per attempt.
     #[serde(default = "default_dns_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a temporary DNS failure (SERVFAIL, timeout) is remembered before asking again.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_dns_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: default_dns_timeout(),
+            negative_ttl: default_negative_ttl(),
+        }
+    }
 }
 
 /// A static next hop for a domain, like a Postfix transport map entry. Skips MX lookup.

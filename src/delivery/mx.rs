@@ -69,9 +69,8 @@ pub struct MxResolver {
     port: u16,
     /// domain → (temporary failure, until). Short critical sections; std Mutex.
     negative: Arc<Mutex<HashMap<String, (Reply, Instant)>>>,
+    negative_ttl: Duration,
 }
-
-const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 impl MxResolver {
     pub fn new(config: &Config) -> Result<MxResolver, String> {
@@ -114,7 +113,16 @@ impl MxResolver {
             ),
             port: config.delivery.port,
             negative: Arc::new(Mutex::new(HashMap::new())),
+            negative_ttl: config.dns.negative_ttl,
         })
+    }
+
+    /// Forget remembered temporary failures (an operator flush should ask DNS again).
+    pub fn clear_negative_cache(&self) {
+        self.negative
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The underlying resolver, for other stages that need DNS (domain checks).
@@ -147,7 +155,7 @@ impl MxResolver {
             if neg.len() > 100_000 {
                 neg.clear();
             }
-            neg.insert(domain, (r.clone(), Instant::now() + NEGATIVE_TTL));
+            neg.insert(domain, (r.clone(), Instant::now() + self.negative_ttl));
         }
         result
     }

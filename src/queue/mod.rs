@@ -572,6 +572,8 @@ impl Queue {
 
     /// Release every job waiting for a retry now. Returns how many were released.
     pub async fn flush(&self) -> usize {
+        self.inner.resolver.clear_negative_cache();
+        self.inner.dests.clear();
         let (tx, rx) = oneshot::channel();
         if self
             .inner

@@ -302,7 +302,10 @@ impl TestConfig {
         }
         t += "\n[http]\naddress = \"${HTTP}\"\n\n";
         let ns: Vec<String> = self.nameservers.iter().map(|a| a.to_string()).collect();
-        t += &format!("[dns]\nnameservers = [{}]\ntimeout = \"2s\"\n\n", list(&ns));
+        t += &format!(
+            "[dns]\nnameservers = [{}]\ntimeout = \"2s\"\nnegative_ttl = \"1s\"\n\n",
+            list(&ns)
+        );
         t += "[delivery]\n";
         t += &format!("port = {}\n", self.delivery_port);
         t += &format!("retry_schedule = [{}]\n", list(&self.retry_schedule));
