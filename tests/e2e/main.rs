@@ -9,11 +9,13 @@
 //! - `retry`: deferral, permanent failure, expiry, DSNs (item 2);
 //! - `durability`: kill -9 and SIGTERM with queued mail (items 3 and 6);
 //! - `smtp_input`: open-relay refusal and malformed input (items 4 and 5);
-//! - `cli`: `gannet queue list` / `flush` against a running instance (item 7).
+//! - `cli`: `gannet queue list` / `flush` against a running instance (item 7);
+//! - `dkim`: DKIM signing, key rotation, keygen, `[dkim_policy]`, sending-domain checks (issue 3).
 
 mod common;
 
 mod cli;
+mod dkim;
 mod durability;
 mod harness;
 mod relay;
