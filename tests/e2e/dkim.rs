@@ -90,17 +90,11 @@ fn sig_tags(value: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `(d, s)` of every DKIM-Signature of a delivered message, in header order.
-fn signers(t: &Transaction) -> Vec<(String, String)> {
+/// The tags of every DKIM-Signature of a delivered message, in header order.
+fn sig_list(t: &Transaction) -> Vec<BTreeMap<String, String>> {
     t.headers("dkim-signature")
         .iter()
-        .map(|v| {
-            let tags = sig_tags(v);
-            (
-                tags.get("d").cloned().unwrap_or_default(),
-                tags.get("s").cloned().unwrap_or_default(),
-            )
-        })
+        .map(|v| sig_tags(v))
         .collect()
 }
 
@@ -632,4 +626,442 @@ async fn dual_signatures_verify_with_dkimpy_for_every_message_shape() {
         );
     }
 
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Rotation without restart
+// ---------------------------------------------------------------------------------------------
+
+/// Issue 3, item 2: two keys of one domain with adjacent windows (`active_until` of the old
+/// selector = `active_from` of the new one, an instant a few seconds after start). A message
+/// accepted before the switch is signed by selector `a` only, one accepted after it by `b`
+/// only, by the same process; `t=` shows on which side of the switch each was signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_switches_selector_at_the_configured_instant_without_restart() {
+    // Whole seconds, so that the t= tag (seconds) tells exactly which window applied.
+    let switch = unix_now().ceil() as u64 + 8;
+    let zone = Zone::new()
+        .mail_domain("dest.test", "127.0.0.103")
+        .txt(
+            "a._domainkey.rot.test",
+            &public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await,
+        )
+        .txt(
+            "b._domainkey.rot.test",
+            &public_record(&fixture_path("ed25519.pem"), KeyType::Ed25519).await,
+        );
+    let until = format!("active_until = \"{}\"", rfc3339(switch));
+    let from = format!("active_from = \"{}\"", rfc3339(switch));
+    let w = World::start(&["127.0.0.103"], zone, |c| {
+        c.file("a.pem", fixture("rsa2048.pem"))
+            .file("b.pem", fixture("ed25519.pem"))
+            .extra(&dkim_entry(
+                "rot.test",
+                "a",
+                "rsa-sha256",
+                "${DIR}/a.pem",
+                &[&until],
+            ))
+            .extra(&dkim_entry(
+                "rot.test",
+                "b",
+                "ed25519-sha256",
+                "${DIR}/b.pem",
+                &[&from],
+            ))
+    })
+    .await;
+    let pid = w.gannet.pid();
+
+    let send = |label: &'static str| {
+        let addr = w.gannet.smtp_addr();
+        async move {
+            let msg = format!("From: r@rot.test\r\nTo: {label}@dest.test\r\nSubject: {label}\r\n\r\n{label}\r\n");
+            SmtpClient::connect(addr)
+                .await
+                .send_message("r@rot.test", &[&format!("{label}@dest.test")], msg.as_bytes())
+                .await;
+        }
+    };
+    send("before").await;
+    let before = w.sinks[0].wait_for(1, WAIT).await.remove(0);
+    let sigs = sig_list(&before);
+    let t_before: u64 = sigs[0]["t"].parse().expect("t= is a number");
+    assert!(
+        t_before < switch,
+        "test setup: Gannet signed the first message at t={t_before}, not before the switch at \
+         {switch}; the machine is too slow for this test's 8 s margin"
+    );
+    assert_eq!(
+        sigs.iter().map(|s| s["s"].as_str()).collect::<Vec<_>>(),
+        ["a"],
+        "before {}: signed by selector a only\n{}",
+        rfc3339(switch),
+        before.text()
+    );
+
+    // Wall-clock time is what this feature is about: wait for the switch itself.
+    let wait = switch as f64 - unix_now() + 0.2;
+    if wait > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+    send("after").await;
+    let after = w.sinks[0]
+        .wait_for(2, WAIT)
+        .await
+        .into_iter()
+        .find(|t| t.rcpts == ["after@dest.test"])
+        .expect("the second message arrived");
+    let sigs = sig_list(&after);
+    assert_eq!(
+        sigs.iter().map(|s| s["s"].as_str()).collect::<Vec<_>>(),
+        ["b"],
+        "after {}: signed by selector b only\n{}",
+        rfc3339(switch),
+        after.text()
+    );
+    let t_after: u64 = sigs[0]["t"].parse().expect("t= is a number");
+    assert!(t_after >= switch, "t={t_after} is after the switch {switch}");
+    assert_eq!(w.gannet.pid(), pid, "the same Gannet process signed both");
+
+    let delivered = vec![
+        ("before".to_string(), before.data.clone()),
+        ("after".to_string(), after.data.clone()),
+    ];
+    assert_verified(&w.dns, &delivered, &|label| {
+        if label == "before" {
+            vec![(
+                "rot.test".into(),
+                "a".into(),
+                "rsa-sha256".into(),
+                "relaxed/relaxed".into(),
+            )]
+        } else {
+            vec![(
+                "rot.test".into(),
+                "b".into(),
+                "ed25519-sha256".into(),
+                "relaxed/relaxed".into(),
+            )]
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. check-domain: CLI (--json and human) and HTTP
+// ---------------------------------------------------------------------------------------------
+
+// Pool source addresses of the check-domain test: TEST-NET-1 (RFC 5737), not 127.0.0.x,
+// because hickory-resolver answers every 127.0.0.0/8 reverse lookup itself ("localhost",
+// RFC 6761) without asking the configured DNS. No mail is delivered from them.
+const OUT1: &str = "192.0.2.104";
+const OUT2: &str = "192.0.2.105";
+
+/// DNS for the check-domain test: `good.test` is right in every respect (SPF with both pool
+/// addresses, both DKIM keys, DMARC, forward-confirmed PTRs); each other domain is right except
+/// for the one thing its name says.
+async fn checks_zone(ptrs: bool) -> Zone {
+    let rsa = public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await;
+    let rsa_b = public_record(&fixture_path("rsa2048-b.pem"), KeyType::Rsa).await;
+    let ed = public_record(&fixture_path("ed25519.pem"), KeyType::Ed25519).await;
+    let spf = format!("v=spf1 ip4:{OUT1} ip4:{OUT2} -all");
+    let dmarc = |d: &str| format!("v=DMARC1; p=reject; rua=mailto:dmarc@{d}");
+    let mut z = Zone::new()
+        .mail_domain("dest.test", "127.0.0.106")
+        .txt("good.test", &spf)
+        .txt("s1._domainkey.good.test", &rsa)
+        .txt("s2._domainkey.good.test", &ed)
+        .txt("_dmarc.good.test", &dmarc("good.test"))
+        .txt("bounce.other.test", &spf)
+        .txt("spfmissing.test", &format!("v=spf1 ip4:{OUT1} -all"))
+        .txt("spfall.test", "v=spf1 -all")
+        .txt("wrongkey.test", &spf)
+        .txt("s1._domainkey.wrongkey.test", &rsa_b)
+        .txt("nodkim.test", &spf)
+        .txt("nodmarc.test", &spf)
+        .txt("s1._domainkey.nodmarc.test", &rsa)
+        .a("out1.checks.test", OUT1)
+        .a("out2.checks.test", OUT2);
+    for d in ["spfmissing.test", "spfall.test"] {
+        z = z.txt(&format!("s1._domainkey.{d}"), &rsa);
+    }
+    for d in ["spfmissing.test", "spfall.test", "wrongkey.test", "nodkim.test"] {
+        z = z.txt(&format!("_dmarc.{d}"), &dmarc(d));
+    }
+    if ptrs {
+        z = z
+            .ptr(OUT1, "out1.checks.test")
+            .ptr(OUT2, "out2.checks.test");
+    } else {
+        // OUT1's PTR names a host that does not resolve back to it; OUT2 has no PTR at all.
+        z = z
+            .ptr(OUT1, "stale.checks.test")
+            .a("stale.checks.test", "127.0.0.99");
+    }
+    z
+}
+
+/// `(check, subject)` of every failing finding of a report (JSON as printed by `--json` or
+/// served by the HTTP API).
+fn failing(report: &Value) -> BTreeSet<(String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("report without checks: {report}"))
+        .iter()
+        .filter(|c| c["ok"] == Value::Bool(false))
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap_or("").to_string(),
+                c["subject"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// `gannet check-domain ARGS --json`: the parsed report; the exit status must be 0 exactly
+/// when nothing fails.
+async fn check_json(g: &Gannet, args: &[&str]) -> Value {
+    let mut all = vec!["check-domain"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = g.cli(&all).await;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("check-domain --json printed no JSON ({e}):\n{out}"));
+    let fails = failing(&v);
+    assert_eq!(
+        out.success(),
+        fails.is_empty(),
+        "exit status is non-zero exactly when a check fails (failing: {fails:?})\n{out}"
+    );
+    v
+}
+
+/// The finding `(check, subject)` of a report.
+fn finding<'a>(report: &'a Value, check: &str, subject: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["check"] == check && c["subject"] == subject)
+        })
+        .unwrap_or_else(|| panic!("no {check} finding for {subject} in {report:#}"))
+}
+
+/// The quoted strings of the first line of `text` that contains `marker`, concatenated (the
+/// TXT value of a zone-file line).
+fn quoted_after(text: &str, marker: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no line with {marker:?} in:\n{text}"));
+    let strings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+    assert!(
+        strings.iter().all(|s| s.len() <= 255),
+        "TXT strings are at most 255 bytes: {line}"
+    );
+    strings.concat()
+}
+
+/// Issue 3, item 3: `gannet check-domain --json`, the human report and
+/// `GET /api/v1/domains/{domain}/check` against the loopback DNS. A correct domain passes every
+/// check (SPF for each pool address, each DKIM selector, DMARC, alignment, forward-confirmed
+/// PTR for each pool address); each broken domain fails exactly the check it breaks, and the
+/// report names the item and the record to publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_domain_names_exactly_what_is_wrong_and_the_record_to_fix() {
+    let mut cfg_keys = String::new();
+    cfg_keys += &dkim_entry("good.test", "s1", "rsa-sha256", "${DIR}/rsa.pem", &[]);
+    cfg_keys += &dkim_entry("good.test", "s2", "ed25519-sha256", "${DIR}/ed.pem", &[]);
+    for d in [
+        "spfmissing.test",
+        "spfall.test",
+        "wrongkey.test",
+        "nodkim.test",
+        "nodmarc.test",
+    ] {
+        cfg_keys += &dkim_entry(d, "s1", "rsa-sha256", "${DIR}/rsa.pem", &[]);
+    }
+    let w = World::start(&["127.0.0.106"], checks_zone(true).await, |c| {
+        c.sources(&[(OUT1, "out1.checks.test")])
+            .pool("second", &[(OUT2, "out2.checks.test")])
+            .class("transactional", "second", 10)
+            .file("rsa.pem", fixture("rsa2048.pem"))
+            .file("ed.pem", fixture("ed25519.pem"))
+            .extra(&cfg_keys)
+    })
+    .await;
+    let g = &w.gannet;
+
+    // All pass, and every kind of check was made for every subject.
+    let good = check_json(g, &["good.test"]).await;
+    assert_eq!(failing(&good), set(&[]), "good.test passes:\n{good:#}");
+    for (check, subject) in [
+        ("spf", OUT1),
+        ("spf", OUT2),
+        ("dkim", "s1._domainkey.good.test"),
+        ("dkim", "s2._domainkey.good.test"),
+        ("dmarc", "good.test"),
+        ("alignment", "dkim d=good.test"),
+        ("alignment", "return-path good.test"),
+        ("ptr", OUT1),
+        ("ptr", OUT2),
+    ] {
+        finding(&good, check, subject);
+    }
+    assert_eq!(good["domain"], "good.test");
+    assert_eq!(good["signing_domain"], "good.test");
+    let human = g.cli(&["check-domain", "good.test"]).await;
+    human.assert_success();
+    assert!(
+        human.stdout.contains("All 9 checks passed"),
+        "human report says all passed:\n{human}"
+    );
+
+    let rsa = public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await;
+    // (domain, extra args, exactly the failing findings, what the human report must show).
+    let cases: Vec<(&str, Vec<&str>, BTreeSet<(String, String)>, Vec<String>)> = vec![
+        (
+            "spfmissing.test",
+            vec![],
+            set(&[("spf", OUT2)]),
+            vec![format!(
+                "publish spfmissing.test. TXT \"v=spf1 ip4:{OUT1} ip4:{OUT2} -all\""
+            )],
+        ),
+        (
+            "spfall.test",
+            vec![],
+            set(&[("spf", OUT1), ("spf", OUT2)]),
+            vec![format!(
+                "publish spfall.test. TXT \"v=spf1 ip4:{OUT1} ip4:{OUT2} -all\" (replacing \"v=spf1 -all\")"
+            )],
+        ),
+        (
+            "wrongkey.test",
+            vec![],
+            set(&[("dkim", "s1._domainkey.wrongkey.test")]),
+            vec!["publish s1._domainkey.wrongkey.test. 3600 IN TXT".into()],
+        ),
+        (
+            "nodkim.test",
+            vec![],
+            set(&[("dkim", "s1._domainkey.nodkim.test")]),
+            vec!["publish s1._domainkey.nodkim.test. 3600 IN TXT".into()],
+        ),
+        (
+            "nodmarc.test",
+            vec![],
+            set(&[("dmarc", "nodmarc.test")]),
+            vec!["publish _dmarc.nodmarc.test. TXT \"v=DMARC1;".into()],
+        ),
+        (
+            "good.test",
+            vec!["--return-path", "bounce.other.test"],
+            set(&[("alignment", "return-path bounce.other.test")]),
+            vec!["MAIL FROM (Return-Path) address".into()],
+        ),
+    ];
+    for (domain, extra, want, shows) in &cases {
+        let mut args = vec![*domain];
+        args.extend(extra.iter().copied());
+        let report = check_json(g, &args).await;
+        assert_eq!(
+            &failing(&report),
+            want,
+            "check-domain {args:?}: exactly these fail\n{report:#}"
+        );
+        for (check, subject) in want {
+            let f = finding(&report, check, subject);
+            assert!(
+                f["detail"].as_str().is_some_and(|d| !d.is_empty())
+                    && f["fix"].as_str().is_some_and(|d| !d.is_empty()),
+                "a failing finding says what is wrong and how to fix it: {f:#}"
+            );
+        }
+
+        let mut hargs = vec!["check-domain"];
+        hargs.extend(args.iter().copied());
+        let human = g.cli(&hargs).await;
+        human.assert_failure();
+        for (check, subject) in want {
+            assert!(
+                human
+                    .stdout
+                    .lines()
+                    .any(|l| l.contains("FAIL") && l.contains(check) && l.contains(subject)),
+                "human report has a FAIL line for {check} {subject}:\n{human}"
+            );
+        }
+        for s in shows {
+            assert!(
+                human.stdout.contains(s),
+                "human report of {args:?} shows {s:?}:\n{human}"
+            );
+        }
+        if domain.contains("dkim") || domain.contains("key") {
+            // The record to publish is the one for the configured private key.
+            let marker = format!("publish s1._domainkey.{domain}.");
+            assert_eq!(
+                quoted_after(&human.stdout, &marker),
+                rsa,
+                "the fix publishes the public half of the configured key"
+            );
+        }
+    }
+    let spf_fix = finding(&check_json(g, &["spfmissing.test"]).await, "spf", OUT2)["fix"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(spf_fix.contains(&format!("ip4:{OUT2}")), "{spf_fix}");
+
+    // The HTTP endpoint (admin; loopback needs no token) serves the same report.
+    for (path, want) in [
+        ("/api/v1/domains/good.test/check", set(&[])),
+        (
+            "/api/v1/domains/spfmissing.test/check",
+            set(&[("spf", OUT2)]),
+        ),
+        (
+            "/api/v1/domains/good.test/check?return_path=bounce.other.test",
+            set(&[("alignment", "return-path bounce.other.test")]),
+        ),
+    ] {
+        let (status, body) = g.http_get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        assert_eq!(failing(&v), want, "GET {path}\n{v:#}");
+    }
+    let (status, body) = g.http_get("/api/v1/domains/not..valid/check").await;
+    assert_eq!(status, 400, "an invalid domain is a 400: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(v["error"]["field"], "domain", "{body}");
+
+    // Reverse DNS broken: OUT1's PTR does not resolve back, OUT2 has none.
+    w.dns.set_zone(checks_zone(false).await);
+    let report = check_json(g, &["good.test"]).await;
+    assert_eq!(
+        failing(&report),
+        set(&[("ptr", OUT1), ("ptr", OUT2)]),
+        "{report:#}"
+    );
+    let human = g.cli(&["check-domain", "good.test"]).await;
+    human.assert_failure();
+    for s in [
+        "105.2.0.192.in-addr.arpa".to_string(),
+        format!("publish stale.checks.test. A/AAAA {OUT1}"),
+    ] {
+        assert!(human.stdout.contains(&s), "PTR fix shows {s:?}:\n{human}");
+    }
+    let (status, body) = g.http_get("/api/v1/domains/good.test/check").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(failing(&v), set(&[("ptr", OUT1), ("ptr", OUT2)]));
 }
