@@ -4,7 +4,7 @@
 //! - Mail relayed through Gannet's SMTP listener carries RSA-2048 and Ed25519 signatures that
 //!   dkimpy verifies with keys fetched from the loopback DNS (and OpenDKIM verifies too), for the
 //!   awkward message shapes: MIME, 8-bit, over-long lines, leading dots, trailing blank lines,
-//!   no final CRLF, delivered over DATA and over BDAT.
+//!   no final CRLF, submitted with DATA and with BDAT.
 //! - Key rotation by `active_from` / `active_until` without a restart.
 //! - `gannet check-domain` (CLI, `--json`, and `GET /api/v1/domains/{d}/check`) names exactly the
 //!   failing item and the record to publish.
@@ -13,7 +13,9 @@
 //! - `[dkim_policy]` `reject_unsigned` and `fallback_domain`; `gannet_domain_check_ok` metrics.
 //!
 //! Keys are the fixtures in `tests/fixtures/dkim/`; their DNS records are derived from the PEM
-//! files with `openssl`, never with Gannet. Sink IPs 127.0.0.101–.119.
+//! files with `openssl`, never with Gannet. Signatures are checked with dkimpy
+//! (`scripts/dkim_verify.py`, keys from the test DNS) and `opendkim -t`. Sink IPs
+//! 127.0.0.101–.110; pool sources whose reverse DNS is checked are in 192.0.2.0/24 (see `OUT1`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -98,6 +100,13 @@ fn sig_list(t: &Transaction) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// `(d, s, a, c)` tags of a signature.
+type SigId = (String, String, String, String);
+
+fn sig_id(d: &str, s: &str, a: &str, c: &str) -> SigId {
+    (d.into(), s.into(), a.into(), c.into())
+}
+
 /// One signature as dkimpy judged it.
 #[derive(Debug, Clone)]
 struct Checked {
@@ -105,7 +114,6 @@ struct Checked {
     s: String,
     a: String,
     c: String,
-    h: String,
     ok: bool,
     error: Option<String>,
 }
@@ -146,7 +154,6 @@ async fn dkimpy_verify(dns: &TestDns, messages: &[(String, Vec<u8>)]) -> Vec<Vec
                     s: s(sig, "s"),
                     a: s(sig, "a"),
                     c: s(sig, "c"),
-                    h: s(sig, "h"),
                     ok: sig["ok"].as_bool().unwrap_or(false),
                     error: sig["error"].as_str().map(str::to_string),
                 })
@@ -160,20 +167,38 @@ async fn dkimpy_verify(dns: &TestDns, messages: &[(String, Vec<u8>)]) -> Vec<Vec
 async fn assert_verified(
     dns: &TestDns,
     messages: &[(String, Vec<u8>)],
-    expected: &dyn Fn(&str) -> Vec<(String, String, String, String)>,
+    expected: &dyn Fn(&str) -> Vec<SigId>,
 ) {
     let results = dkimpy_verify(dns, messages).await;
     let mut problems = Vec::new();
     for ((label, data), sigs) in messages.iter().zip(&results) {
-        let got: BTreeSet<(String, String, String, String)> = sigs
+        let got: BTreeSet<SigId> = sigs
             .iter()
             .map(|c| (c.d.clone(), c.s.clone(), c.a.clone(), c.c.clone()))
             .collect();
         let want: BTreeSet<_> = expected(label).into_iter().collect();
         let failed: Vec<&Checked> = sigs.iter().filter(|c| !c.ok).collect();
         if got != want || sigs.len() != want.len() || !failed.is_empty() {
+            let lines: Vec<String> = sigs
+                .iter()
+                .map(|c| {
+                    format!(
+                        "   d={} s={} a={} c={}: {}",
+                        c.d,
+                        c.s,
+                        c.a,
+                        c.c,
+                        if c.ok {
+                            "pass".to_string()
+                        } else {
+                            format!("FAIL ({})", c.error.as_deref().unwrap_or("?"))
+                        }
+                    )
+                })
+                .collect();
             problems.push(format!(
-                "== {label}: want {want:?}\n   got {sigs:#?}\n--- message as delivered ---\n{}",
+                "== {label}: want {want:?}, got:\n{}\n--- message as delivered ---\n{}",
+                lines.join("\n"),
                 String::from_utf8_lossy(data)
             ));
         }
@@ -460,9 +485,17 @@ async fn submit(c: &mut SmtpClient, from: &str, rcpts: &[String], how: Submit, m
 async fn dual_signatures_verify_with_dkimpy_for_every_message_shape() {
     let records = [
         ("rsa._domainkey.relaxed.test", "rsa2048.pem", KeyType::Rsa),
-        ("ed._domainkey.relaxed.test", "ed25519.pem", KeyType::Ed25519),
+        (
+            "ed._domainkey.relaxed.test",
+            "ed25519.pem",
+            KeyType::Ed25519,
+        ),
         ("rsa._domainkey.simple.test", "rsa2048-b.pem", KeyType::Rsa),
-        ("ed._domainkey.simple.test", "ed25519-b.pem", KeyType::Ed25519),
+        (
+            "ed._domainkey.simple.test",
+            "ed25519-b.pem",
+            KeyType::Ed25519,
+        ),
     ];
     let mut zone = Zone::new()
         .mail_domain("dest.test", "127.0.0.101")
@@ -577,8 +610,8 @@ async fn dual_signatures_verify_with_dkimpy_for_every_message_shape() {
             ("simple.test", "simple/simple")
         };
         vec![
-            (domain.into(), "rsa".into(), "rsa-sha256".into(), c.into()),
-            (domain.into(), "ed".into(), "ed25519-sha256".into(), c.into()),
+            sig_id(domain, "rsa", "rsa-sha256", c),
+            sig_id(domain, "ed", "ed25519-sha256", c),
         ]
     };
     assert_verified(&w.dns, &delivered, &expected).await;
@@ -615,17 +648,13 @@ async fn dual_signatures_verify_with_dkimpy_for_every_message_shape() {
         .collect();
     let report = opendkim_verify(&published, &copies).await;
     for (i, (label, tags, _)) in single.iter().enumerate() {
-        let needle = format!(
-            "m{i}.eml: verification (s={}, d={}, ",
-            tags["s"], tags["d"]
-        );
+        let needle = format!("m{i}.eml: verification (s={}, d={}, ", tags["s"], tags["d"]);
         let line = report.lines().find(|l| l.contains(&format!("/m{i}.eml:")));
         assert!(
             line.is_some_and(|l| l.contains(&needle) && l.ends_with("succeeded")),
             "OpenDKIM did not verify {label}: {line:?}\n--- opendkim ---\n{report}"
         );
     }
-
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -676,10 +705,16 @@ async fn rotation_switches_selector_at_the_configured_instant_without_restart() 
     let send = |label: &'static str| {
         let addr = w.gannet.smtp_addr();
         async move {
-            let msg = format!("From: r@rot.test\r\nTo: {label}@dest.test\r\nSubject: {label}\r\n\r\n{label}\r\n");
+            let msg = format!(
+                "From: r@rot.test\r\nTo: {label}@dest.test\r\nSubject: {label}\r\n\r\n{label}\r\n"
+            );
             SmtpClient::connect(addr)
                 .await
-                .send_message("r@rot.test", &[&format!("{label}@dest.test")], msg.as_bytes())
+                .send_message(
+                    "r@rot.test",
+                    &[&format!("{label}@dest.test")],
+                    msg.as_bytes(),
+                )
                 .await;
         }
     };
@@ -721,7 +756,10 @@ async fn rotation_switches_selector_at_the_configured_instant_without_restart() 
         after.text()
     );
     let t_after: u64 = sigs[0]["t"].parse().expect("t= is a number");
-    assert!(t_after >= switch, "t={t_after} is after the switch {switch}");
+    assert!(
+        t_after >= switch,
+        "t={t_after} is after the switch {switch}"
+    );
     assert_eq!(w.gannet.pid(), pid, "the same Gannet process signed both");
 
     let delivered = vec![
@@ -730,19 +768,9 @@ async fn rotation_switches_selector_at_the_configured_instant_without_restart() 
     ];
     assert_verified(&w.dns, &delivered, &|label| {
         if label == "before" {
-            vec![(
-                "rot.test".into(),
-                "a".into(),
-                "rsa-sha256".into(),
-                "relaxed/relaxed".into(),
-            )]
+            vec![sig_id("rot.test", "a", "rsa-sha256", "relaxed/relaxed")]
         } else {
-            vec![(
-                "rot.test".into(),
-                "b".into(),
-                "ed25519-sha256".into(),
-                "relaxed/relaxed".into(),
-            )]
+            vec![sig_id("rot.test", "b", "ed25519-sha256", "relaxed/relaxed")]
         }
     })
     .await;
@@ -786,7 +814,12 @@ async fn checks_zone(ptrs: bool) -> Zone {
     for d in ["spfmissing.test", "spfall.test"] {
         z = z.txt(&format!("s1._domainkey.{d}"), &rsa);
     }
-    for d in ["spfmissing.test", "spfall.test", "wrongkey.test", "nodkim.test"] {
+    for d in [
+        "spfmissing.test",
+        "spfall.test",
+        "wrongkey.test",
+        "nodkim.test",
+    ] {
         z = z.txt(&format!("_dmarc.{d}"), &dmarc(d));
     }
     if ptrs {
@@ -802,9 +835,12 @@ async fn checks_zone(ptrs: bool) -> Zone {
     z
 }
 
+/// `(check, subject)` pairs of findings.
+type Findings = BTreeSet<(String, String)>;
+
 /// `(check, subject)` of every failing finding of a report (JSON as printed by `--json` or
 /// served by the HTTP API).
-fn failing(report: &Value) -> BTreeSet<(String, String)> {
+fn failing(report: &Value) -> Findings {
     report["checks"]
         .as_array()
         .unwrap_or_else(|| panic!("report without checks: {report}"))
@@ -819,7 +855,7 @@ fn failing(report: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+fn set(items: &[(&str, &str)]) -> Findings {
     items
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -927,7 +963,7 @@ async fn check_domain_names_exactly_what_is_wrong_and_the_record_to_fix() {
 
     let rsa = public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await;
     // (domain, extra args, exactly the failing findings, what the human report must show).
-    let cases: Vec<(&str, Vec<&str>, BTreeSet<(String, String)>, Vec<String>)> = vec![
+    let cases: Vec<(&str, Vec<&str>, Findings, Vec<String>)> = vec![
         (
             "spfmissing.test",
             vec![],
@@ -1036,7 +1072,8 @@ async fn check_domain_names_exactly_what_is_wrong_and_the_record_to_fix() {
     ] {
         let (status, body) = g.http_get(path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
         assert_eq!(failing(&v), want, "GET {path}\n{v:#}");
     }
     let (status, body) = g.http_get("/api/v1/domains/not..valid/check").await;
@@ -1069,6 +1106,14 @@ async fn check_domain_names_exactly_what_is_wrong_and_the_record_to_fix() {
 // ---------------------------------------------------------------------------------------------
 // 4. Unusable keys stop `gannet serve` at start
 // ---------------------------------------------------------------------------------------------
+
+/// (algorithm, key file name, contents or None for a missing file, words the error names).
+type BadKey = (
+    &'static str,
+    &'static str,
+    Option<Vec<u8>>,
+    Vec<&'static str>,
+);
 
 /// A config with a good key as `dkim[0]` and `bad` (algorithm, key file name under `${DIR}`,
 /// contents or None for a file that does not exist) as `dkim[1]`.
@@ -1103,7 +1148,7 @@ async fn bad_key_config(algorithm: &str, file: &str, contents: Option<Vec<u8>>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_keys_stop_serve_at_start_with_a_message_naming_key_and_file() {
     // (algorithm, file, contents, words the message must contain besides dkim[1] and path)
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, Vec<&str>)> = vec![
+    let cases: Vec<BadKey> = vec![
         (
             "rsa-sha256",
             "broken.pem",
@@ -1134,7 +1179,12 @@ async fn unusable_keys_stop_serve_at_start_with_a_message_naming_key_and_file() 
             Some(fixture("rsa2048.pem")),
             vec!["2048-bit RSA key", "Ed25519"],
         ),
-        ("rsa-sha256", "missing.pem", None, vec!["cannot read key file"]),
+        (
+            "rsa-sha256",
+            "missing.pem",
+            None,
+            vec!["cannot read key file"],
+        ),
         (
             "rsa-sha256",
             "empty.pem",
@@ -1152,10 +1202,7 @@ async fn unusable_keys_stop_serve_at_start_with_a_message_naming_key_and_file() 
         let path = cd.dir().join(file).display().to_string();
         let msg = out.stderr.clone();
         for w in ["dkim[1]", "bad.test", path.as_str()].iter().chain(&words) {
-            assert!(
-                msg.contains(w),
-                "{file}: the error names {w:?}:\n{out}"
-            );
+            assert!(msg.contains(w), "{file}: the error names {w:?}:\n{out}");
         }
         assert!(
             !msg.contains("panicked"),
@@ -1178,7 +1225,10 @@ async fn unusable_keys_stop_serve_at_start_with_a_message_naming_key_and_file() 
             "ed25519-sha256",
             path.as_str(),
         ] {
-            assert!(out.stderr.contains(w), "{cmd}: the error names {w:?}:\n{out}");
+            assert!(
+                out.stderr.contains(w),
+                "{cmd}: the error names {w:?}:\n{out}"
+            );
         }
     }
 }
@@ -1208,4 +1258,380 @@ async fn check_config_refuses_the_keys_serve_refuses() {
             "check-config names dkim[1] and {path}:\n{out}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. gannet dkim keygen
+// ---------------------------------------------------------------------------------------------
+
+/// `gannet dkim keygen ARGS...` (no config needed).
+async fn keygen(args: &[&str]) -> crate::common::ToolOutput {
+    let mut cmd = Command::new(GANNET_BIN);
+    cmd.arg("dkim").arg("keygen").args(args);
+    run(cmd, None, Duration::from_secs(60)).await
+}
+
+/// The zone-file line `keygen` printed: (owner name, TXT strings).
+fn printed_record(stdout: &str) -> (String, Vec<String>) {
+    let line = stdout
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with(';'))
+        .unwrap_or_else(|| panic!("keygen printed no record line:\n{stdout}"));
+    let mut words = line.split_whitespace();
+    let name = words.next().unwrap_or_default().to_string();
+    let rest: Vec<&str> = words.take(3).collect();
+    assert_eq!(rest, ["3600", "IN", "TXT"], "zone-file line: {line}");
+    let strings: Vec<String> = line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        !strings.is_empty() && strings.iter().all(|s| s.len() <= 255),
+        "TXT character-strings of at most 255 bytes (RFC 1035 §3.3): {line}"
+    );
+    (name, strings)
+}
+
+/// Issue 3, item 5: `gannet dkim keygen` for RSA and Ed25519 writes the private key with mode
+/// 0600 and prints a zone-file record that parses, whose `p=` is the public half of the key
+/// written (as openssl derives it); Gannet then signs with those keys and dkimpy verifies the
+/// signatures against the printed records served from DNS. keygen never overwrites a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_keys_sign_mail_that_verifies_against_the_printed_records() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut zone = Zone::new().mail_domain("dest.test", "127.0.0.109");
+    let mut keys = Vec::new();
+    for (alg, selector, kind, config_alg) in [
+        ("rsa", "k-rsa", KeyType::Rsa, "rsa-sha256"),
+        ("ed25519", "k-ed", KeyType::Ed25519, "ed25519-sha256"),
+    ] {
+        let path = dir.path().join(format!("{selector}.pem"));
+        let p = path.display().to_string();
+        let out = keygen(&[
+            "--domain",
+            "KeyGen.Test",
+            "--selector",
+            selector,
+            "--algorithm",
+            alg,
+            "--out",
+            &p,
+        ])
+        .await;
+        out.assert_success();
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("keygen wrote no {p}: {e}\n{out}"))
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "{p} is private (0600), got {:o}",
+            mode & 0o777
+        );
+
+        let (name, strings) = printed_record(&out.stdout);
+        assert_eq!(name, format!("{selector}._domainkey.keygen.test."));
+        let value = strings.concat();
+        let tags = sig_tags(&value);
+        assert_eq!(tags.get("v").map(String::as_str), Some("DKIM1"), "{value}");
+        assert_eq!(tags.get("k").map(String::as_str), Some(alg), "{value}");
+        let p_tag = tags.get("p").cloned().unwrap_or_default();
+        assert!(B64.decode(&p_tag).is_ok(), "p= is base64: {value}");
+        let expected = public_record(&path, kind).await;
+        assert_eq!(
+            sig_tags(&expected)["p"],
+            p_tag,
+            "the printed p= is the public half of the key written to {p}"
+        );
+        zone = zone.txt(&name, &value);
+        keys.push((selector, config_alg, p.clone()));
+
+        // Never overwrites: the second run fails and the key stays as it was.
+        let before = std::fs::read(&path).expect("read key");
+        let again = keygen(&[
+            "--domain",
+            "keygen.test",
+            "--selector",
+            selector,
+            "--algorithm",
+            alg,
+            "--out",
+            &p,
+        ])
+        .await;
+        again.assert_failure();
+        assert!(again.stderr.contains(&p), "names the file: {again}");
+        assert_eq!(std::fs::read(&path).expect("read key"), before);
+    }
+
+    let w = World::start(&["127.0.0.109"], zone, |mut c| {
+        for (selector, alg, path) in &keys {
+            c = c.extra(&dkim_entry("keygen.test", selector, alg, path, &[]));
+        }
+        c
+    })
+    .await;
+    let msg = b"From: k@keygen.test\r\nTo: r@dest.test\r\nSubject: keygen\r\n\r\nsigned with fresh keys\r\n";
+    SmtpClient::connect(w.gannet.smtp_addr())
+        .await
+        .send_message("k@keygen.test", &["r@dest.test"], msg)
+        .await;
+    let t = w.sinks[0].wait_for(1, WAIT).await.remove(0);
+    assert_verified(&w.dns, &[("keygen".into(), t.data.clone())], &|_| {
+        vec![
+            sig_id("keygen.test", "k-rsa", "rsa-sha256", "relaxed/relaxed"),
+            sig_id("keygen.test", "k-ed", "ed25519-sha256", "relaxed/relaxed"),
+        ]
+    })
+    .await;
+
+    // check-domain agrees that the published records match the keys.
+    let report = check_json(&w.gannet, &["keygen.test"]).await;
+    for s in [
+        "k-rsa._domainkey.keygen.test",
+        "k-ed._domainkey.keygen.test",
+    ] {
+        assert_eq!(finding(&report, "dkim", s)["ok"], true, "{report:#}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. [dkim_policy]
+// ---------------------------------------------------------------------------------------------
+
+/// Issue 3, item 6: with `reject_unsigned = true`, a message whose From domain has no key gets
+/// `550 5.7.x` at the end of DATA and nothing is queued or delivered; on the same session, mail
+/// from the keyed domain (and from a subdomain of it, signed by the parent) is accepted and
+/// signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_unsigned_refuses_mail_without_a_key_at_end_of_data() {
+    let zone = Zone::new().mail_domain("dest.test", "127.0.0.107").txt(
+        "s1._domainkey.keyed.test",
+        &public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await,
+    );
+    let w = World::start(&["127.0.0.107"], zone, |c| {
+        c.file("k.pem", fixture("rsa2048.pem"))
+            .extra(&dkim_entry(
+                "keyed.test",
+                "s1",
+                "rsa-sha256",
+                "${DIR}/k.pem",
+                &[],
+            ))
+            .extra("[dkim_policy]\nreject_unsigned = true\ncheck_interval = \"0s\"\n")
+    })
+    .await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.cmd("MAIL FROM:<s@keyed.test>", "250").await;
+    c.cmd("RCPT TO:<unsigned@dest.test>", "250").await;
+    let reply = c
+        .data(
+            b"From: s@nokey.test\r\nTo: unsigned@dest.test\r\nSubject: no key\r\n\r\nx\r\n",
+            "550 5.7.",
+        )
+        .await;
+    assert!(
+        reply.text().contains("nokey.test"),
+        "the refusal names the From domain: {reply:?}"
+    );
+    let q = w.gannet.queue_status().await;
+    assert_eq!(q.queued_recipients, 0, "nothing queued: {:?}", q.raw);
+
+    // The session goes on; keyed mail is accepted and signed.
+    for (from, rcpt) in [
+        ("s@keyed.test", "keyed@dest.test"),
+        ("s@news.keyed.test", "sub@dest.test"),
+    ] {
+        let msg = format!("From: {from}\r\nTo: {rcpt}\r\nSubject: keyed\r\n\r\nx\r\n");
+        c.send(from, &[rcpt], msg.as_bytes()).await;
+    }
+    c.quit().await;
+    let got = w.sinks[0].wait_for(2, WAIT).await;
+    let mut delivered = Vec::new();
+    for t in &got {
+        assert_eq!(t.rcpts.len(), 1);
+        assert_ne!(
+            t.rcpts[0], "unsigned@dest.test",
+            "the refused message never leaves"
+        );
+        delivered.push((t.rcpts[0].clone(), t.data.clone()));
+    }
+    assert_verified(&w.dns, &delivered, &|_| {
+        vec![sig_id("keyed.test", "s1", "rsa-sha256", "relaxed/relaxed")]
+    })
+    .await;
+    assert!(
+        w.gannet.outcomes_for("unsigned@dest.test").is_empty(),
+        "no outcome for the refused recipient"
+    );
+    assert_eq!(
+        w.sinks[0].messages().len(),
+        2,
+        "exactly the two keyed messages"
+    );
+}
+
+/// Issue 3, item 6: with `fallback_domain`, mail whose From domain has no key is signed with
+/// `d=` the fallback domain (a third-party signature that verifies), and is not refused even
+/// with `reject_unsigned` on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_domain_signs_mail_from_domains_without_a_key() {
+    let zone = Zone::new().mail_domain("dest.test", "127.0.0.108").txt(
+        "fb._domainkey.fallback.test",
+        &public_record(&fixture_path("ed25519.pem"), KeyType::Ed25519).await,
+    );
+    let w = World::start(&["127.0.0.108"], zone, |c| {
+        c.file("fb.pem", fixture("ed25519.pem"))
+            .extra(&dkim_entry(
+                "fallback.test",
+                "fb",
+                "ed25519-sha256",
+                "${DIR}/fb.pem",
+                &[],
+            ))
+            .extra(
+                "[dkim_policy]\nfallback_domain = \"fallback.test\"\nreject_unsigned = true\n\
+                 check_interval = \"0s\"\n",
+            )
+    })
+    .await;
+    let msg = b"From: Brand <news@customer.test>\r\nTo: r@dest.test\r\nSubject: fb\r\n\r\nbody\r\n";
+    SmtpClient::connect(w.gannet.smtp_addr())
+        .await
+        .send_message("bounce@customer.test", &["r@dest.test"], msg)
+        .await;
+    let t = w.sinks[0].wait_for(1, WAIT).await.remove(0);
+    assert_verified(&w.dns, &[("fallback".into(), t.data.clone())], &|_| {
+        vec![sig_id(
+            "fallback.test",
+            "fb",
+            "ed25519-sha256",
+            "relaxed/relaxed",
+        )]
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. gannet_domain_check_ok on /metrics
+// ---------------------------------------------------------------------------------------------
+
+/// `gannet_domain_check_ok` samples on /metrics: (domain, check) → value.
+fn domain_check_gauges(metrics: &str) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("gannet_domain_check_ok{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            out.insert((label("domain"), label("check")), v);
+        }
+    }
+    out
+}
+
+/// Issue 3, item 7: with a short `check_interval`, `gannet_domain_check_ok{domain,check}`
+/// appears on /metrics for every check of every configured DKIM domain: 1 where the check
+/// passes, 0 where it fails; fixing the DNS turns the gauge to 1 at a later run, without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_check_gauges_on_metrics_follow_the_dns() {
+    // The default pool sends from 192.0.2.110 (TEST-NET-1: see OUT1); no mail is sent here.
+    let ip = "192.0.2.110";
+    let rsa = public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await;
+    let zone = |fixed: bool| {
+        let mut z = Zone::new()
+            .mail_domain("dest.test", "127.0.0.110")
+            .ptr(ip, "out.metrics.test")
+            .a("out.metrics.test", ip);
+        for d in ["ok.test", "nodmarc.test"] {
+            z = z
+                .txt(d, &format!("v=spf1 ip4:{ip} -all"))
+                .txt(&format!("s1._domainkey.{d}"), &rsa);
+        }
+        z = z.txt("_dmarc.ok.test", "v=DMARC1; p=none");
+        if fixed {
+            z = z.txt("_dmarc.nodmarc.test", "v=DMARC1; p=quarantine");
+        }
+        z
+    };
+    let w = World::start(&["127.0.0.110"], zone(false), |c| {
+        c.sources(&[(ip, "out.metrics.test")])
+            .file("k.pem", fixture("rsa2048.pem"))
+            .extra(&dkim_entry(
+                "ok.test",
+                "s1",
+                "rsa-sha256",
+                "${DIR}/k.pem",
+                &[],
+            ))
+            .extra(&dkim_entry(
+                "nodmarc.test",
+                "s1",
+                "rsa-sha256",
+                "${DIR}/k.pem",
+                &[],
+            ))
+            .extra("[dkim_policy]\ncheck_interval = \"1s\"\n")
+    })
+    .await;
+    let kinds = ["spf", "dkim", "dmarc", "alignment", "ptr"];
+    let wait_gauges = |what: &'static str, want: BTreeMap<(String, String), f64>| {
+        let g = &w.gannet;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let (status, body) = g.http_get("/metrics").await;
+                assert_eq!(status, 200);
+                let got = domain_check_gauges(&body);
+                if want.iter().all(|(k, v)| got.get(k) == Some(v)) {
+                    return got;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    panic!(
+                        "{what}: gannet_domain_check_ok never showed {want:?}\nlast seen: {got:?}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let mut want = BTreeMap::new();
+    for d in ["ok.test", "nodmarc.test"] {
+        for k in kinds {
+            let v = if d == "nodmarc.test" && k == "dmarc" {
+                0.0
+            } else {
+                1.0
+            };
+            want.insert((d.to_string(), k.to_string()), v);
+        }
+    }
+    let got = wait_gauges("first run", want.clone()).await;
+    let domains: BTreeSet<&str> = got.keys().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(
+        domains,
+        BTreeSet::from(["nodmarc.test", "ok.test"]),
+        "only the configured DKIM domains are checked"
+    );
+
+    w.dns.set_zone(zone(true));
+    want.insert(("nodmarc.test".into(), "dmarc".into()), 1.0);
+    wait_gauges("after publishing _dmarc.nodmarc.test", want).await;
 }
