@@ -250,6 +250,12 @@ impl Protocol {
         matches!(self.state, State::Data { .. } | State::Bdat { .. })
     }
 
+    /// Capacity of the partial-line buffer (tests check it stays bounded).
+    #[cfg(test)]
+    pub(crate) fn buffered_line_capacity(&self) -> usize {
+        self.line.capacity()
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }

@@ -1,0 +1,1 @@
+//! Test SMTP client (filled in with the session tests).

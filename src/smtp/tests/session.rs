@@ -1,0 +1,1 @@
+//! Session tests over loopback (filled in next).
