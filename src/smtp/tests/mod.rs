@@ -9,21 +9,35 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
-/// A valid config with one listener (`name = "test"`, port 0) whose extra keys are `listener`.
-/// `top` is prepended (e.g. `[[smtp_user]]` blocks must come after the top-level keys).
+/// A valid config with one listener named "test" on 127.0.0.1 port 0 and small limits.
+/// `listener` holds extra `key = value` lines for it, replacing the defaults of the same key;
+/// `tail` is appended (e.g. `[[smtp_user]]` blocks).
 pub(super) fn config(listener: &str, tail: &str) -> Arc<Config> {
+    let defaults = [
+        ("name", r#""test""#),
+        ("address", r#""127.0.0.1:0""#),
+        ("relay_from", r#"["127.0.0.0/8", "::1/128"]"#),
+        ("max_message_size", "1000"),
+        ("max_recipients", "3"),
+        ("max_line_length", "512"),
+        ("max_errors", "5"),
+    ];
+    let overridden = |key: &str| {
+        listener
+            .lines()
+            .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+    };
+    let mut keys = String::new();
+    for (key, value) in defaults {
+        if !overridden(key) {
+            keys.push_str(&format!("{key} = {value}\n"));
+        }
+    }
     let text = format!(
         r#"hostname = "mx.test"
 
 [[listener]]
-name = "test"
-address = "127.0.0.1:0"
-relay_from = ["127.0.0.0/8", "::1/128"]
-max_message_size = 1000
-max_recipients = 3
-max_line_length = 512
-max_errors = 5
-{listener}
+{keys}{listener}
 
 [[pool]]
 name = "p"
