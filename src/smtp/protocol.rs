@@ -404,6 +404,10 @@ impl Protocol {
                     format!("{class}.0.0")
                 };
                 self.reply(code, &enhanced, &one_line(&rejection.message));
+                if code == 421 {
+                    // 421 means the server is closing the channel (RFC 5321 §3.8).
+                    self.state = State::Closed;
+                }
             }
         }
     }

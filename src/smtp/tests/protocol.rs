@@ -798,6 +798,27 @@ fn acceptor_rejection_is_relayed() {
 }
 
 #[test]
+fn acceptor_421_closes_the_session() {
+    let mut h = Harness::new(Opts {
+        reject: Some(Rejection::new(421, "4.3.2", "shutting down")),
+        ..DEFAULT
+    });
+    h.feed_all(&[EHLO, MAIL, RCPT, b"DATA\r\n", b"x\r\n.\r\nNOOP\r\n"]);
+    h.expect(
+        "421 from acceptor",
+        &[
+            "220",
+            "250-",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "421 4.3.2 shutting down",
+        ],
+    );
+    assert!(h.closed);
+}
+
+#[test]
 fn shutdown_and_timeout_replies_close_the_session() {
     let mut h = Harness::new(DEFAULT);
     h.proto.shutting_down();
