@@ -327,6 +327,23 @@ pub struct PoolConfig {
     pub sources: Vec<SourceConfig>,
     /// Another pool whose sources may be used when all of this pool's are capped (warm-up).
     pub overflow: Option<String>,
+    /// What to do with a message when every source of this pool has reached its warm-up cap
+    /// for the destination's provider today: `"overflow"` (default) sends it through the
+    /// `overflow` pool (or defers it when there is none), `"defer"` keeps it queued until a
+    /// cap allows it (the next day at the latest).
+    #[serde(default)]
+    pub on_warmup_cap: WarmupCapAction,
+}
+
+/// `PoolConfig.on_warmup_cap`: where mail goes when warm-up caps are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmupCapAction {
+    /// Use the pool's `overflow` pool; defer when it has none.
+    #[default]
+    Overflow,
+    /// Keep the message queued.
+    Defer,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,8 +425,9 @@ pub struct DkimConfig {
     pub active_until: Option<String>,
 }
 
-/// What to do with mail whose From domain has no DKIM key.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// What to do with mail whose From domain has no DKIM key, and how often to check the DNS of
+/// the signing domains.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimPolicyConfig {
     /// Sign with this domain's keys instead (third-party signature).
@@ -417,12 +435,32 @@ pub struct DkimPolicyConfig {
     /// Reject at injection with 550 5.7.x when no key and no fallback applies.
     #[serde(default)]
     pub reject_unsigned: bool,
+    /// How often `serve` re-checks the DNS of every `[[dkim]]` domain (SPF for the pool
+    /// addresses, published keys, DMARC, PTR) and updates `gannet_domain_check_ok`;
+    /// "0s" turns the periodic checks off.
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for DkimPolicyConfig {
+    fn default() -> Self {
+        DkimPolicyConfig {
+            fallback_domain: None,
+            reject_unsigned: false,
+            check_interval: default_check_interval(),
+        }
+    }
 }
 
 /// Where the shaping data lives.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ShapingRef {
-    /// Shaping presets (`config/shaping.toml`); none means built-in defaults only.
+    /// Shaping data file (limits, provider presets, backoff rules, warm-up schedules; see
+    /// `config/shaping.toml`). None means the shipped `config/shaping.toml`, embedded in the binary.
     pub file: Option<PathBuf>,
 }
