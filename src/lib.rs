@@ -8,6 +8,15 @@
 //! and to logs and `metrics`. See ARCHITECTURE.md for the codemap.
 
 pub mod auth;
+pub mod bounce;
 pub mod config;
+pub mod delivery;
+pub mod http;
+pub mod intake;
 pub mod message;
 pub mod metrics;
+pub mod queue;
+pub mod serve;
+pub mod shaping;
+pub mod smtp;
+pub mod spool;

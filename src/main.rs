@@ -1,3 +1,473 @@
 //! The `gannet` command: parses the command line, loads config, and calls the library.
 
-fn main() {}
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use gannet::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "gannet",
+    version,
+    about = "High-throughput SMTP delivery gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Configuration file (default: the embedded config/gannet.toml)
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: SMTP listeners, HTTP API, queue and delivery
+    Serve(ConfigArg),
+    /// Inspect and control the queue of a running instance (through its HTTP API)
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Check a configuration file and exit
+    CheckConfig(ConfigArg),
+    /// Hash a password (read from standard input) for [[smtp_user]] password_hash
+    HashPassword,
+    /// DKIM key management
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+    /// Check a sending domain's DNS: SPF for every pool address, DKIM keys, DMARC, alignment, PTR
+    CheckDomain {
+        /// The From domain to check
+        domain: String,
+        /// Return-Path (MAIL FROM) domain, when it differs from the From domain
+        #[arg(long)]
+        return_path: Option<String>,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Write a self-signed development certificate and key (PEM) for STARTTLS
+    DevCert {
+        /// Directory to write cert.pem and key.pem into
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        /// Host names the certificate is for
+        #[arg(long = "name", default_value = "gannet.localhost")]
+        names: Vec<String>,
+    },
+}
+
+/// Which queued mail a queue command is about; every given field must match.
+#[derive(clap::Args, Clone, Default)]
+struct FilterArgs {
+    /// Recipient domain
+    #[arg(long)]
+    domain: Option<String>,
+    /// Site: an MX host suffix such as google.com, or a full site key
+    #[arg(long)]
+    site: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    campaign: Option<String>,
+    /// Traffic class
+    #[arg(long)]
+    class: Option<String>,
+    /// IP pool
+    #[arg(long)]
+    pool: Option<String>,
+}
+
+impl FilterArgs {
+    fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [
+            ("domain", &self.domain),
+            ("site", &self.site),
+            ("tenant", &self.tenant),
+            ("campaign", &self.campaign),
+            ("class", &self.class),
+            ("pool", &self.pool),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), serde_json::Value::String(v.clone()));
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+
+    fn to_query(&self) -> String {
+        let v = self.to_json();
+        let pairs: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", urlencode(v.as_str().unwrap_or(""))))
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Write a new private key (mode 0600) and print the DNS TXT record to publish
+    Keygen {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// rsa or ed25519
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// RSA key size
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the private key (PEM)
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Destinations with recipient counts and oldest age
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry every deferred message now
+    Flush {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Hold matching mail out of delivery until resumed (survives restarts)
+    Suspend {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Lift the suspension with exactly these filters (all suspensions when none is given)
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Delete matching queued mail without DSNs (at least one filter is required)
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config> {
+    match &arg.config {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GANNET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gannet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(arg) => {
+            let config = load_config(&arg)?;
+            init_logging();
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async {
+                let token = tokio_util::sync::CancellationToken::new();
+                gannet::serve::cancel_on_signals(token.clone());
+                gannet::serve::run(config, token, None).await
+            })?;
+            Ok(())
+        }
+        Command::CheckConfig(arg) => {
+            load_config(&arg)?;
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Queue { action } => queue_command(action),
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let pw = line.trim_end_matches(['\r', '\n']);
+            if pw.is_empty() {
+                bail!("empty password: type it on standard input");
+            }
+            println!("{}", gannet::smtp::hash_password(pw)?);
+            Ok(())
+        }
+        Command::DevCert { out, names } => dev_cert(&out, &names),
+        Command::Dkim {
+            action:
+                DkimAction::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    bits,
+                    out,
+                },
+        } => {
+            let algorithm: gannet::auth::KeyAlgorithm =
+                algorithm.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let record = gannet::auth::keygen(&domain, &selector, algorithm, bits, &out)?;
+            eprintln!("wrote {}; publish this record:", out.display());
+            println!("{record}");
+            Ok(())
+        }
+        Command::CheckDomain {
+            domain,
+            return_path,
+            json,
+            config,
+        } => {
+            let config = load_config(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(gannet::auth::check_domain(
+                &config,
+                &domain,
+                return_path.as_deref(),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render_human());
+            }
+            if !report.all_ok() {
+                bail!("{domain}: some checks failed (see above)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn dev_cert(out: &Path, names: &[String]) -> Result<()> {
+    let (cert, key) = gannet::smtp::generate_dev_cert(names)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cert_path = out.join("cert.pem");
+    let key_path = out.join("key.pem");
+    std::fs::write(&cert_path, cert)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key_path)
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        f.write_all(key.as_bytes())?;
+    }
+    println!(
+        "wrote {} and {} (self-signed, for development only)",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(())
+}
+
+/// Talk to the running instance's HTTP API (address from the same config file).
+fn api(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let url = format!("http://{}{}", config.http.address, path);
+    let agent = ureq::Agent::new_with_defaults();
+    let token = std::env::var("GANNET_API_TOKEN").ok();
+    let resp = match method {
+        "POST" => {
+            let mut req = agent
+                .post(&url)
+                .config()
+                .http_status_as_error(false)
+                .build();
+            if let Some(t) = &token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            match body {
+                Some(b) => req.send_json(b),
+                None => req.send_empty(),
+            }
+        }
+        _ => {
+            let mut req = agent.get(&url).config().http_status_as_error(false).build();
+            if let Some(t) = &token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            req.call()
+        }
+    };
+    let mut resp = resp.with_context(|| {
+        format!("cannot reach gannet's HTTP API at {url}: is `gannet serve` running with this config? (set GANNET_API_TOKEN if [[api_token]] is configured)")
+    })?;
+    let status = resp.status();
+    let v: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("{url} did not answer JSON (HTTP {status})"))?;
+    if !status.is_success() {
+        bail!(
+            "{url}: HTTP {status}: {}",
+            v["error"]["message"].as_str().unwrap_or("no error message")
+        );
+    }
+    Ok(v)
+}
+
+fn queue_command(action: QueueAction) -> Result<()> {
+    match action {
+        QueueAction::List {
+            config,
+            filter,
+            json,
+        } => {
+            let config = load_config(&config)?;
+            let path = format!("/api/v1/queues{}", filter.to_query());
+            let v = api(&config, "GET", &path, None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:<14} {:<10} {:<12} {:<12} {:>10} {:>10}",
+                "DOMAIN", "CLASS", "POOL", "TENANT", "STATE", "RCPTS", "OLDEST"
+            );
+            for q in v["queues"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<14} {:<10} {:<12} {:<12} {:>10} {:>9}s",
+                    q["domain"].as_str().unwrap_or(""),
+                    q["class"].as_str().unwrap_or(""),
+                    q["pool"].as_str().unwrap_or(""),
+                    q["tenant"].as_str().unwrap_or(""),
+                    q["state"].as_str().unwrap_or(""),
+                    q["recipients"].as_u64().unwrap_or(0),
+                    q["oldest_age_secs"].as_u64().unwrap_or(0),
+                );
+            }
+            println!(
+                "total queued recipients: {}",
+                v["queued_recipients"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
+        QueueAction::Flush { config } => {
+            let config = load_config(&config)?;
+            let v = api(&config, "POST", "/api/v1/queues/flush", None)?;
+            println!(
+                "released {} deferred deliveries for an immediate retry",
+                v["flushed"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
+        QueueAction::Suspend { config, filter } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "POST",
+                "/api/v1/queues/suspend",
+                Some(filter.to_json()),
+            )?;
+            println!(
+                "suspension {} active for {}; {} recipients held now",
+                v["suspension"]["id"],
+                v["suspension"]["filter"],
+                v["held"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
+        QueueAction::Resume { config, filter } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "POST",
+                "/api/v1/queues/resume",
+                Some(filter.to_json()),
+            )?;
+            println!(
+                "removed {} suspension(s); {} recipients released for delivery",
+                v["removed"].as_u64().unwrap_or(0),
+                v["released"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
+        QueueAction::Purge { config, filter } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "POST",
+                "/api/v1/queues/purge",
+                Some(filter.to_json()),
+            )?;
+            println!("purged {} recipients", v["purged"].as_u64().unwrap_or(0));
+            Ok(())
+        }
+    }
+}

@@ -327,6 +327,23 @@ pub struct PoolConfig {
     pub sources: Vec<SourceConfig>,
     /// Another pool whose sources may be used when all of this pool's are capped (warm-up).
     pub overflow: Option<String>,
+    /// What to do with a message when every source of this pool has reached its warm-up cap
+    /// for the destination's provider today: `"overflow"` (default) sends it through the
+    /// `overflow` pool (or defers it when there is none), `"defer"` keeps it queued until a
+    /// cap allows it (the next day at the latest).
+    #[serde(default)]
+    pub on_warmup_cap: WarmupCapAction,
+}
+
+/// `PoolConfig.on_warmup_cap`: where mail goes when warm-up caps are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmupCapAction {
+    /// Use the pool's `overflow` pool; defer when it has none.
+    #[default]
+    Overflow,
+    /// Keep the message queued.
+    Defer,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -443,6 +460,7 @@ impl Default for DkimPolicyConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ShapingRef {
-    /// Shaping presets (`config/shaping.toml`); none means built-in defaults only.
+    /// Shaping data file (limits, provider presets, backoff rules, warm-up schedules; see
+    /// `config/shaping.toml`). None means the shipped `config/shaping.toml`, embedded in the binary.
     pub file: Option<PathBuf>,
 }

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub outbound_connections: IntGaugeVec,
     /// Seconds from acceptance to delivery, per class.
     pub delivery_latency: HistogramVec,
+    /// Backoff state changes (started, extended, ended) per action and rule.
+    pub backoff_transitions: IntCounterVec,
+    /// Times a limiter said "not now", per reason.
+    pub limiter_refusals: IntCounterVec,
+    /// Messages that met a source's warm-up cap, per source and what happened (overflow, defer).
+    pub warmup_capped: IntCounterVec,
 }
 
 impl Metrics {
@@ -99,6 +105,24 @@ impl Metrics {
                 &["class"],
             )
             .expect("metric"),
+            backoff_transitions: IntCounterVec::new(
+                Opts::new("gannet_backoff_transitions_total", "Backoff state changes"),
+                &["kind", "action", "rule"],
+            )
+            .expect("metric"),
+            limiter_refusals: IntCounterVec::new(
+                Opts::new("gannet_limiter_refusals_total", "Shaping limiter refusals"),
+                &["reason"],
+            )
+            .expect("metric"),
+            warmup_capped: IntCounterVec::new(
+                Opts::new(
+                    "gannet_warmup_capped_total",
+                    "Messages over a source's warm-up cap",
+                ),
+                &["source", "action"],
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -112,6 +136,9 @@ impl Metrics {
             Box::new(m.smtp_sessions.clone()),
             Box::new(m.outbound_connections.clone()),
             Box::new(m.delivery_latency.clone()),
+            Box::new(m.backoff_transitions.clone()),
+            Box::new(m.limiter_refusals.clone()),
+            Box::new(m.warmup_capped.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

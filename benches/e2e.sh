@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark: Postfix's smtp-source injects messages into Gannet over SMTP,
+# Gannet relays every one to Postfix's smtp-sink on another loopback port. Prints messages
+# per second from the first connection to the last delivery, p50/p99 time-to-250 (server
+# side, from gannet_accept_latency_seconds), and Gannet's peak RSS. Then runs the Postfix
+# baseline (../shared/bench/postfix-baseline.sh, or $POSTFIX_BASELINE) in the same run and
+# prints the ratio. Durability is always on: every 250 follows an fdatasync.
+#
+#   benches/e2e.sh [--dkim] [--mix] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]
+#
+#   --dkim   sign every message with RSA-2048 (compared with Postfix + OpenDKIM)
+#   --mix    two classes on two pools: 10% transactional, 90% promotional, in parallel;
+#            reports transactional time-to-delivery p99 while the promotional backlog drains
+# Needs root (Postfix baseline) and installs postfix/opendkim from Debian when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DKIM=0; MIX=0; N=20000; S=20; L=4000; BASELINE=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dkim) DKIM=1 ;;
+    --mix) MIX=1 ;;
+    --messages) N=$2; shift ;;
+    --sessions) S=$2; shift ;;
+    --size) L=$2; shift ;;
+    --no-baseline) BASELINE=0 ;;
+    *) echo "usage: $0 [--dkim] [--mix] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if ! command -v smtp-source >/dev/null; then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
+fi
+# GANNET_BIN: use an already-built binary instead of building target/release/gannet.
+if [ -z "${GANNET_BIN:-}" ]; then
+  cargo build --release -q
+fi
+BIN=${GANNET_BIN:-$PWD/target/release/gannet}
+
+work=$(mktemp -d /var/tmp/gannet-bench.XXXXXX)
+cleanup() {
+  [ -n "${GPID:-}" ] && kill "$GPID" 2>/dev/null || true
+  [ -n "${SPID:-}" ] && kill "$SPID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+SINK_PORT=2600; SMTP_PORT=2525; SMTP_TX_PORT=2527; HTTP_PORT=8025
+dkim_conf=""
+if [ "$DKIM" = 1 ]; then
+  "$BIN" dkim keygen --domain sender.test --selector bench --algorithm rsa --bits 2048 --out "$work/bench.key" >/dev/null
+  dkim_conf="[[dkim]]
+domain = \"sender.test\"
+selector = \"bench\"
+algorithm = \"rsa-sha256\"
+key = \"$work/bench.key\""
+fi
+if [ "$MIX" = 1 ]; then
+  pools="[[pool]]
+name = \"tx\"
+sources = [{ ip = \"127.0.0.10\", ehlo = \"tx.bench.test\" }]
+[[pool]]
+name = \"promo\"
+sources = [{ ip = \"127.0.0.20\", ehlo = \"promo.bench.test\" }]
+[class.transactional]
+pool = \"tx\"
+priority = 10
+[class.promotional]
+pool = \"promo\""
+  tx_listener="[[listener]]
+name = \"tx\"
+address = \"127.0.0.1:$SMTP_TX_PORT\"
+relay_from = [\"127.0.0.0/8\"]
+default_class = \"transactional\""
+else
+  pools="[[pool]]
+name = \"default\"
+sources = [{ ip = \"127.0.0.1\", ehlo = \"out.bench.test\" }]
+[class.promotional]
+pool = \"default\""
+  tx_listener=""
+fi
+cat >"$work/gannet.toml" <<CONF
+hostname = "gannet.bench.test"
+[spool]
+path = "$work/spool"
+[[listener]]
+name = "default"
+address = "127.0.0.1:$SMTP_PORT"
+relay_from = ["127.0.0.0/8"]
+default_class = "promotional"
+max_sessions_per_ip = 1000
+$tx_listener
+[http]
+address = "127.0.0.1:$HTTP_PORT"
+[delivery]
+max_connections_per_destination = 20
+[[route]]
+domain = "dest.test"
+host = "127.0.0.1:$SINK_PORT"
+$pools
+$dkim_conf
+CONF
+
+smtp-sink -u nobody 127.0.0.1:$SINK_PORT 1000 >/dev/null 2>&1 &
+SPID=$!
+"$BIN" serve --config "$work/gannet.toml" >"$work/gannet.log" 2>&1 &
+GPID=$!
+for _ in $(seq 100); do
+  python3 - "$HTTP_PORT" <<'PY' >/dev/null 2>&1 && break
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
+PY
+  sleep 0.1
+done
+
+delivered() { # recipients delivered so far, from /metrics
+  python3 - "$HTTP_PORT" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+              if l.startswith("gannet_recipients_total{") and 'outcome="delivered"' in l)))
+PY
+}
+
+t0=$(date +%s.%N)
+if [ "$MIX" = 1 ]; then
+  NT=$((N / 10)); NP=$((N - NT))
+  smtp-source -s $((S / 2 > 0 ? S / 2 : 1)) -l "$L" -m "$NP" -f bench@sender.test -t user@dest.test 127.0.0.1:$SMTP_PORT &
+  P1=$!
+  sleep 0.5  # let the promotional backlog start first
+  smtp-source -s 2 -l "$L" -m "$NT" -f bench@sender.test -t user@dest.test 127.0.0.1:$SMTP_TX_PORT &
+  P2=$!
+  wait $P1 $P2
+else
+  smtp-source -s "$S" -l "$L" -m "$N" -f bench@sender.test -t user@dest.test 127.0.0.1:$SMTP_PORT
+fi
+t_inj=$(date +%s.%N)
+while :; do
+  d=$(delivered 2>/dev/null || echo 0)
+  [ "${d:-0}" -ge "$N" ] && break
+  sleep 0.05
+done
+t1=$(date +%s.%N)
+rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$GPID/status)
+python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" <<'PY' | tee "$work/gannet.result"
+import sys, urllib.request
+port, n, t0, tinj, t1, rss, dkim, mix = sys.argv[1:]
+n = int(n); t0, tinj, t1 = float(t0), float(tinj), float(t1)
+text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def quantiles(name, label=""):
+    buckets = []
+    for l in text.splitlines():
+        if l.startswith(name + "_bucket{") and label in l:
+            le = l.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(l.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    def q(p):
+        if not total: return float("nan")
+        want, prev_le, prev_c = p * total, 0.0, 0.0
+        for le, c in buckets:
+            if c >= want:
+                if le == float("inf"): return prev_le
+                return prev_le + (le - prev_le) * ((want - prev_c) / max(c - prev_c, 1e-9))
+            prev_le, prev_c = le, c
+        return prev_le
+    return q(0.5), q(0.99)
+p50, p99 = quantiles("gannet_accept_latency_seconds")
+dels = [l for l in text.splitlines() if l.startswith("gannet_recipients_total{")]
+print(f"gannet: {n} messages in {t1 - t0:.1f} s = {n / (t1 - t0):.0f} msg/s end-to-end "
+      f"(injection done after {tinj - t0:.1f} s); time-to-250 p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
+      f"peak RSS {int(rss) / 1024:.0f} MiB{' (DKIM rsa-2048)' if dkim == '1' else ''}")
+for l in dels: print("  " + l)
+if mix == "1":
+    t50, t99 = quantiles("gannet_delivery_latency_seconds", 'class="transactional"')
+    pp50, pp99 = quantiles("gannet_delivery_latency_seconds", 'class="promotional"')
+    print(f"  transactional acceptance-to-delivery p50 {t50 * 1000:.0f} ms, p99 {t99 * 1000:.0f} ms; "
+          f"promotional p50 {pp50 * 1000:.0f} ms, p99 {pp99 * 1000:.0f} ms")
+PY
+g_rate=$(awk '{for(i=1;i<=NF;i++) if($i=="msg/s") {print $(i-1); exit}}' "$work/gannet.result")
+kill "$GPID"; wait "$GPID" 2>/dev/null || true; GPID=
+kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=
+
+if [ "$BASELINE" = 1 ]; then
+  PB=${POSTFIX_BASELINE:-$PWD/../shared/bench/postfix-baseline.sh}
+  if [ ! -x "$PB" ]; then
+    echo "postfix baseline script not found at $PB (set POSTFIX_BASELINE)"; exit 0
+  fi
+  args=(--messages "$N" --sessions "$S" --size "$L")
+  [ "$DKIM" = 1 ] && args+=(--dkim)
+  out=$("$PB" "${args[@]}" | tail -1)
+  echo "$out"
+  p_rate=$(echo "$out" | awk '{for(i=1;i<=NF;i++) if($i=="msg/s") {print $(i-1); exit}}')
+  awk -v g="$g_rate" -v p="$p_rate" 'BEGIN { if (p > 0) printf "ratio gannet/postfix: %.2fx\n", g / p }'
+fi

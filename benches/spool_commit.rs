@@ -1,0 +1,76 @@
+//! Spool write path: making 4 kB messages durable (encode + group-committed append + fdatasync)
+//! from many concurrent writers, as SMTP sessions do. Throughput in messages.
+
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gannet::config::SpoolConfig;
+use gannet::metrics::Metrics;
+use gannet::spool::{MessageRecord, Spool};
+
+fn record() -> MessageRecord {
+    let mut body =
+        b"From: bench@sender.test\r\nTo: user@dest.test\r\nSubject: bench\r\n\r\n".to_vec();
+    while body.len() < 4000 {
+        body.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit sed do.\r\n",
+        );
+    }
+    MessageRecord {
+        received_at_ms: 1,
+        mail_from: "bench@sender.test".into(),
+        rcpts: vec!["user@dest.test".into()],
+        class: "promotional".into(),
+        tenant: String::new(),
+        campaign: String::new(),
+        body,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        path: dir.path().to_path_buf(),
+        ..SpoolConfig::default()
+    };
+    let (spool, _) = rt
+        .block_on(async { Spool::open(&cfg, dir.path(), Metrics::new()) })
+        .unwrap();
+    let rec = record();
+    let mut g = c.benchmark_group("spool_commit");
+    g.measurement_time(Duration::from_secs(5));
+    for writers in [1usize, 20] {
+        let batch = 200usize;
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("append_4k_{writers}_writers"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut tasks = Vec::with_capacity(writers);
+                    for _ in 0..writers {
+                        let s = spool.clone();
+                        let r = rec.clone();
+                        let per = batch / writers;
+                        tasks.push(tokio::spawn(async move {
+                            for _ in 0..per {
+                                let loc = s.append(&r).await.unwrap();
+                                s.complete(loc.key);
+                            }
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,98 @@
+//! Bounces: the delivery status notifications Gannet sends (RFC 3464) when recipients fail.
+//!
+//! Owns building the DSN message. Parsing inbound DSNs and feedback reports, reply
+//! classification and VERP correlation arrive with the bounce-processing work and live here too.
+//! Never does: decide that a recipient failed (queue/), or send anything itself (the DSN goes
+//! through intake like any other message).
+
+pub mod dsn;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::message::{Envelope, Origin, SharedAcceptor, Submission};
+use crate::queue::BounceRequest;
+use crate::spool::Spool;
+
+/// Turn bounce requests into DSN messages and submit them like any other mail. Runs until the
+/// channel closes. The failed message is released from the spool only after its DSN is durable.
+pub async fn notify_loop(
+    mut rx: mpsc::Receiver<BounceRequest>,
+    acceptor: SharedAcceptor,
+    spool: Spool,
+    hostname: String,
+) {
+    while let Some(req) = rx.recv().await {
+        let msg = &req.msg;
+        let original = match spool.read(msg.location).await {
+            Ok(r) => r.body,
+            Err(e) => {
+                tracing::warn!(queue_id = %msg.queue_id, error = %e, "original message unreadable; DSN goes without its header");
+                Vec::new()
+            }
+        };
+        let arrival = httpdate::fmt_http_date(
+            UNIX_EPOCH
+                + Duration::from_millis(
+                    msg.received_at
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64,
+                ),
+        )
+        .replace("GMT", "+0000");
+        let input = dsn::DsnInput {
+            reporting_mta: &hostname,
+            to: &msg.mail_from,
+            queue_id: &msg.queue_id,
+            arrival_date: arrival,
+            failed: req
+                .failed
+                .iter()
+                .map(|(a, r, h)| dsn::FailedRecipient {
+                    address: a,
+                    reply: r,
+                    remote_host: h.as_deref(),
+                })
+                .collect(),
+            original: &original,
+        };
+        let body = match dsn::build(&input) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id = %msg.queue_id, error = %e, "cannot build DSN");
+                continue;
+            }
+        };
+        let sub = Submission {
+            envelope: Envelope {
+                mail_from: String::new(),
+                rcpts: vec![msg.mail_from.clone()],
+            },
+            body,
+            origin: Origin {
+                listener: "dsn".into(),
+                client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                helo: hostname.clone(),
+                auth_user: None,
+            },
+            class: Some(msg.class.clone()),
+            tenant: (!msg.tenant.is_empty()).then(|| msg.tenant.clone()),
+            campaign: (!msg.campaign.is_empty()).then(|| msg.campaign.clone()),
+        };
+        match acceptor.accept(sub).await {
+            Ok(a) => {
+                tracing::info!(target: "gannet::outcome", event = "dsn", queue_id = %msg.queue_id,
+                    dsn_queue_id = %a.queue_id, recipient = %msg.mail_from, failed = req.failed.len());
+                if req.release_after {
+                    spool.complete(msg.location.key);
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %msg.queue_id, error = %e, "cannot queue DSN; it will be retried after a restart");
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Where a recipient domain's mail goes: static routes, then MX lookup (RFC 5321 §5.1).
+//!
+//! Owns: the DNS resolver (hickory; `[dns] nameservers` or the system configuration), a short
+//! negative cache for temporary DNS failures (hickory does not cache SERVFAIL or timeouts), and
+//! the turning of MX records into an ordered list of hosts with addresses.
+//!
+//! Rules: MX records in preference order, equal preferences shuffled; a domain with no MX but
+//! an A/AAAA record is its own MX (implicit MX); a single MX of "." is a null MX (RFC 7505) and
+//! a permanent failure; NXDOMAIN is permanent; SERVFAIL and timeouts are temporary.
+//! Never does: connect anywhere.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use rand::seq::SliceRandom;
+
+use super::reply::Reply;
+use crate::config::Config;
+
+/// One host to try, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Where to deliver a domain's mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The site: the destination's MX host set (normalised), so domains sharing MX hosts share
+    /// connection and rate limits.
+    pub site: String,
+    /// MX host names (for provider matching in shaping).
+    pub mx_names: Vec<String>,
+    /// Hosts in the order to try them.
+    pub hosts: Vec<Host>,
+}
+
+/// Why there is nowhere to deliver right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// Try again later.
+    Temporary(Reply),
+    /// Bounce.
+    Permanent(Reply),
+}
+
+/// Normalised site key for a set of MX host names.
+pub fn site_key(mx_names: &[String]) -> String {
+    let mut v: Vec<String> = mx_names
+        .iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    v.sort();
+    v.dedup();
+    v.join(",")
+}
+
+/// Resolves destinations. Cheap to clone.
+#[derive(Clone)]
+pub struct MxResolver {
+    resolver: TokioResolver,
+    routes: Arc<Vec<(String, String)>>,
+    port: u16,
+    /// domain → (temporary failure, until). Short critical sections; std Mutex.
+    negative: Arc<Mutex<HashMap<String, (Reply, Instant)>>>,
+}
+
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+impl MxResolver {
+    pub fn new(config: &Config) -> Result<MxResolver, String> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = config.dns.timeout;
+        opts.attempts = 2;
+        let provider = TokioRuntimeProvider::default();
+        let builder = if config.dns.nameservers.is_empty() {
+            TokioResolver::builder(provider).map_err(|e| {
+                format!("cannot read the system DNS configuration (/etc/resolv.conf): {e}; set [dns] nameservers")
+            })?
+        } else {
+            let servers = config
+                .dns
+                .nameservers
+                .iter()
+                .map(|sa| {
+                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
+                    for c in &mut ns.connections {
+                        c.port = sa.port();
+                    }
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        };
+        let mut builder = builder;
+        *builder.options_mut() = opts;
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(MxResolver {
+            resolver,
+            routes: Arc::new(
+                config
+                    .routes
+                    .iter()
+                    .map(|r| (r.domain.to_ascii_lowercase(), r.host.clone()))
+                    .collect(),
+            ),
+            port: config.delivery.port,
+            negative: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The underlying resolver, for other stages that need DNS (domain checks).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    pub async fn resolve(&self, domain: &str) -> Result<Destination, ResolveError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((_, host)) = self
+            .routes
+            .iter()
+            .find(|(d, _)| *d == domain)
+            .or_else(|| self.routes.iter().find(|(d, _)| d == "*"))
+        {
+            return self.resolve_route(host).await;
+        }
+        {
+            let mut neg = self.negative.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((reply, until)) = neg.get(&domain) {
+                if *until > Instant::now() {
+                    return Err(ResolveError::Temporary(reply.clone()));
+                }
+                neg.remove(&domain);
+            }
+        }
+        let result = self.resolve_mx(&domain).await;
+        if let Err(ResolveError::Temporary(r)) = &result {
+            let mut neg = self.negative.lock().unwrap_or_else(|p| p.into_inner());
+            if neg.len() > 100_000 {
+                neg.clear();
+            }
+            neg.insert(domain, (r.clone(), Instant::now() + NEGATIVE_TTL));
+        }
+        result
+    }
+
+    async fn resolve_route(&self, hostport: &str) -> Result<Destination, ResolveError> {
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| {
+                ResolveError::Permanent(Reply::new(
+                    554,
+                    "5.3.5",
+                    format!("route host {hostport:?} is not host:port"),
+                ))
+            })?;
+        let addrs = self.addresses(host, port).await?;
+        Ok(Destination {
+            site: format!("route:{hostport}"),
+            mx_names: vec![host.to_string()],
+            hosts: vec![Host {
+                name: host.to_string(),
+                addrs,
+            }],
+        })
+    }
+
+    async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        match self.resolver.lookup_ip(format!("{host}.")).await {
+            Ok(l) => Ok(l.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(ResolveError::Temporary(Reply::new(
+                451,
+                "4.4.3",
+                format!("address lookup for {host} failed: {e}"),
+            ))),
+        }
+    }
+
+    async fn resolve_mx(&self, domain: &str) -> Result<Destination, ResolveError> {
+        let fqdn = format!("{domain}.");
+        let mx = match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(l) => {
+                let mut v: Vec<(u16, String)> = l
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        hickory_resolver::proto::rr::RData::MX(mx) => Some((
+                            mx.preference,
+                            mx.exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                v.sort_by_key(|(p, _)| *p);
+                v
+            }
+            Err(e) if e.is_nx_domain() => {
+                return Err(ResolveError::Permanent(Reply::new(
+                    550,
+                    "5.1.2",
+                    format!("domain {domain} does not exist (NXDOMAIN)"),
+                )));
+            }
+            Err(e) if e.is_no_records_found() => Vec::new(),
+            Err(e) => {
+                return Err(ResolveError::Temporary(Reply::new(
+                    451,
+                    "4.4.3",
+                    format!("MX lookup for {domain} failed: {e}"),
+                )));
+            }
+        };
+        if mx.len() == 1 && mx[0].1.is_empty() {
+            return Err(ResolveError::Permanent(Reply::new(
+                556,
+                "5.1.10",
+                format!("{domain} does not accept mail (null MX, RFC 7505)"),
+            )));
+        }
+        if mx.is_empty() {
+            // Implicit MX (RFC 5321 §5.1): the domain itself, if it has an address.
+            let addrs = self.addresses(domain, self.port).await?;
+            if addrs.is_empty() {
+                return Err(ResolveError::Permanent(Reply::new(
+                    550,
+                    "5.1.2",
+                    format!("{domain} has no MX and no address record"),
+                )));
+            }
+            return Ok(Destination {
+                site: site_key(&[domain.to_string()]),
+                mx_names: vec![domain.to_string()],
+                hosts: vec![Host {
+                    name: domain.to_string(),
+                    addrs,
+                }],
+            });
+        }
+        // Shuffle equal preferences (RFC 5321 §5.1), keep preference order.
+        let mut ordered: Vec<String> = Vec::with_capacity(mx.len());
+        let mut i = 0;
+        while i < mx.len() {
+            let j = mx[i..]
+                .iter()
+                .position(|(p, _)| *p != mx[i].0)
+                .map_or(mx.len(), |k| i + k);
+            let mut group: Vec<String> = mx[i..j]
+                .iter()
+                .filter(|(_, n)| !n.is_empty())
+                .map(|(_, n)| n.clone())
+                .collect();
+            group.shuffle(&mut rand::thread_rng());
+            ordered.extend(group);
+            i = j;
+        }
+        let mut hosts = Vec::with_capacity(ordered.len());
+        let mut last_err = None;
+        for name in &ordered {
+            match self.addresses(name, self.port).await {
+                Ok(addrs) if !addrs.is_empty() => hosts.push(Host {
+                    name: name.clone(),
+                    addrs,
+                }),
+                Ok(_) => {}
+                Err(ResolveError::Temporary(r)) => last_err = Some(r),
+                Err(ResolveError::Permanent(r)) => last_err = Some(r),
+            }
+        }
+        if hosts.is_empty() {
+            return Err(ResolveError::Temporary(last_err.unwrap_or_else(|| {
+                Reply::new(
+                    451,
+                    "4.4.4",
+                    format!("no MX host of {domain} has an address"),
+                )
+            })));
+        }
+        Ok(Destination {
+            site: site_key(&ordered),
+            mx_names: ordered,
+            hosts,
+        })
+    }
+}

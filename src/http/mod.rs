@@ -1,0 +1,266 @@
+//! The HTTP API (axum): health, Prometheus metrics and the admin endpoints.
+//!
+//! Owns the HTTP listener, routing, bearer-token checks and the JSON error shape
+//! `{"error": {"code", "message", "field"}}`. Handlers only call the handles they are given
+//! (queue, metrics); they never reach into a stage's internals.
+//!
+//! Tokens: `[[api_token]]` entries hold the SHA-256 of a token and its scopes; a request sends
+//! `Authorization: Bearer TOKEN`. With no tokens configured, admin endpoints answer loopback
+//! clients only, so a fresh install is usable locally and closed to the network.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::queue::{Filter, Queue};
+
+/// What handlers may use.
+#[derive(Clone)]
+pub struct ApiState {
+    pub config: Arc<Config>,
+    pub queue: Queue,
+    pub metrics: Metrics,
+}
+
+/// An API error, rendered as `{"error": {"code", "message", "field"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(
+                json!({"error": {"code": self.code, "message": self.message, "field": self.field}}),
+            ),
+        )
+            .into_response()
+    }
+}
+
+/// SHA-256 of a token, hex — what `[[api_token]] hash` holds.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Check the request may use `scope`.
+pub fn authorize(
+    config: &Config,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    scope: &str,
+) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if config.api_tokens.is_empty() {
+        if peer.ip().is_loopback() {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "no [[api_token]] is configured, so the API answers loopback clients only",
+        ));
+    }
+    let Some(token) = bearer else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <token>",
+        ));
+    };
+    let hash = token_hash(token);
+    match config
+        .api_tokens
+        .iter()
+        .find(|t| t.hash.eq_ignore_ascii_case(&hash))
+    {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown API token",
+        )),
+        Some(t) if t.scopes.iter().any(|s| s == scope) => Ok(()),
+        Some(t) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} lacks the {scope:?} scope", t.name),
+        )),
+    }
+}
+
+async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+fn bad_request(e: impl std::fmt::Display, field: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message: e.to_string(),
+        field: Some(field.to_string()),
+    }
+}
+
+async fn queues(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    filter: Result<Query<Filter>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let Query(filter) = filter.map_err(|e| bad_request(e.body_text(), "query"))?;
+    Ok(Json(s.queue.list(&filter).await))
+}
+
+fn filter_body(body: Result<Json<Filter>, JsonRejection>) -> Result<Filter, ApiError> {
+    body.map(|Json(f)| f)
+        .map_err(|e| bad_request(e.body_text(), "filter"))
+}
+
+async fn suspend(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Filter>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let filter = filter_body(body)?;
+    let (suspension, held) = s.queue.suspend(filter);
+    Ok(Json(json!({"suspension": suspension, "held": held})))
+}
+
+async fn resume(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Filter>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let filter = filter_body(body)?;
+    let (removed, released) = s.queue.resume(&filter);
+    Ok(Json(json!({"removed": removed, "released": released})))
+}
+
+async fn purge(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Filter>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let filter = filter_body(body)?;
+    if filter.is_empty() {
+        return Err(bad_request(
+            "refusing to purge the whole queue: name at least one of domain, site, tenant, campaign, class, pool",
+            "filter",
+        ));
+    }
+    let n = s.queue.purge(&filter).await;
+    Ok(Json(json!({"purged": n})))
+}
+
+async fn suspensions(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    Ok(Json(json!({"suspensions": s.queue.suspensions()})))
+}
+
+async fn flush(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let n = s.queue.flush().await;
+    Ok(Json(json!({"flushed": n})))
+}
+
+async fn domain_check(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(domain): axum::extract::Path<String>,
+    params: Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s.config, &headers, peer, "admin")?;
+    let rp = params.get("return_path").map(String::as_str);
+    match crate::auth::check_domain(&s.config, &domain, rp).await {
+        Ok(report) => Ok(Json(report)),
+        Err(e) => Err(bad_request(e, "domain")),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// All routes. Later API work adds routers here.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/queues", get(queues))
+        .route("/api/v1/queues/flush", post(flush))
+        .route("/api/v1/queues/suspend", post(suspend))
+        .route("/api/v1/queues/resume", post(resume))
+        .route("/api/v1/queues/purge", post(purge))
+        .route("/api/v1/queues/suspensions", get(suspensions))
+        .route("/api/v1/domains/{domain}/check", get(domain_check))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve the API on an already-bound listener until `shutdown`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}

@@ -1,0 +1,281 @@
+//! Intake: turns a listener's [`Submission`] into a durable, queued message.
+//!
+//! Owns the steps between "the client sent the whole message" and "250": choosing the traffic
+//! class (injection field, then `X-Gannet-Class`, then the authenticated user's default, then
+//! the listener's default), reading tenant and campaign (`X-Gannet-Tenant`,
+//! `X-Gannet-Campaign`), removing every `X-Gannet-*` control header, adding `Message-ID` and
+//! `Date` when missing, DKIM signing, making the message durable in the spool, and queueing it.
+//!
+//! Invariant: `accept` resolves Ok only after the spool's fdatasync covered the message.
+//! Never does: talk to clients (listeners do) or deliver (queue/).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+
+use crate::config::Config;
+use crate::message::{Accepted, Acceptor, Rejection, Submission, headers};
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueuedMessage};
+use crate::spool::{MessageRecord, RcptState, SpoolError};
+
+/// Signs messages before they are spooled (DKIM). Implemented by `auth`; kept as a trait so
+/// intake does not depend on how signing is configured.
+pub trait Signer: Send + Sync + 'static {
+    /// Header lines (CRLF-terminated) to prepend, empty for none, or a rejection by policy.
+    fn sign(&self, message: &[u8], now: SystemTime) -> Result<Vec<u8>, Rejection>;
+}
+
+/// The intake pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Intake {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    queue: Queue,
+    signer: Option<Arc<dyn Signer>>,
+    metrics: Metrics,
+}
+
+/// Longest value accepted in X-Gannet-Tenant / X-Gannet-Campaign.
+const MAX_ID_LEN: usize = 128;
+
+impl Intake {
+    pub fn new(
+        config: Arc<Config>,
+        queue: Queue,
+        signer: Option<Arc<dyn Signer>>,
+        metrics: Metrics,
+    ) -> Intake {
+        Intake {
+            inner: Arc::new(Inner {
+                config,
+                queue,
+                signer,
+                metrics,
+            }),
+        }
+    }
+
+    fn choose_class(&self, sub: &Submission, header: Option<String>) -> Result<String, Rejection> {
+        let c = &self.inner.config;
+        let (class, origin) = if let Some(cl) = &sub.class {
+            (cl.clone(), "the injection request")
+        } else if let Some(h) = header {
+            (h, "X-Gannet-Class")
+        } else if let Some(cl) = sub
+            .origin
+            .auth_user
+            .as_ref()
+            .and_then(|u| c.smtp_users.iter().find(|x| &x.name == u))
+            .and_then(|u| u.default_class.clone())
+        {
+            (cl, "the SMTP user's default_class")
+        } else if let Some(cl) = c
+            .listeners
+            .iter()
+            .find(|l| l.name == sub.origin.listener)
+            .and_then(|l| l.default_class.clone())
+        {
+            (cl, "the listener's default_class")
+        } else if let Some(first) = c.classes.keys().next() {
+            (first.clone(), "the first configured class")
+        } else {
+            return Err(Rejection::new(
+                451,
+                "4.3.5",
+                "no traffic class is configured",
+            ));
+        };
+        if !c.classes.contains_key(&class) {
+            let known: Vec<&str> = c.classes.keys().map(String::as_str).collect();
+            return Err(Rejection::new(
+                550,
+                "5.7.0",
+                format!(
+                    "unknown traffic class {class:?} (from {origin}); configured classes: {}",
+                    known.join(", ")
+                ),
+            )
+            .with_field("class"));
+        }
+        Ok(class)
+    }
+
+    async fn process(&self, sub: Submission) -> Result<Accepted, Rejection> {
+        let Submission {
+            envelope,
+            mut body,
+            origin,
+            class,
+            tenant,
+            campaign,
+        } = sub;
+        let header_class = headers::get(&body, "X-Gannet-Class");
+        let header_tenant = headers::get(&body, "X-Gannet-Tenant");
+        let header_campaign = headers::get(&body, "X-Gannet-Campaign");
+        let probe = Submission {
+            envelope: envelope.clone(),
+            body: Vec::new(),
+            origin: origin.clone(),
+            class,
+            tenant: None,
+            campaign: None,
+        };
+        let class = self.choose_class(&probe, header_class)?;
+        let tenant = clean_id(tenant.or(header_tenant), "tenant")?;
+        let campaign = clean_id(campaign.or(header_campaign), "campaign")?;
+        strip_control_headers(&mut body);
+        let seed = format!(
+            "{:x}.{:016x}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_micros(),
+            rand::random::<u64>()
+        );
+        headers::ensure_message_id_and_date(&mut body, &self.inner.config.hostname, &seed);
+        if let Some(signer) = &self.inner.signer {
+            let signer = signer.clone();
+            // RSA signing costs about a millisecond: keep it off the async workers.
+            let (b, sig) = tokio::task::spawn_blocking(move || {
+                let sig = signer.sign(&body, SystemTime::now());
+                (body, sig)
+            })
+            .await
+            .map_err(|e| Rejection::new(451, "4.3.0", format!("signing task failed: {e}")))?;
+            body = b;
+            let sig = sig?;
+            if !sig.is_empty() {
+                headers::prepend(&mut body, &sig);
+            }
+        }
+        let received_at = SystemTime::now();
+        let record = MessageRecord {
+            received_at_ms: received_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_millis() as u64,
+            mail_from: envelope.mail_from,
+            rcpts: envelope.rcpts,
+            class,
+            tenant,
+            campaign,
+            body,
+        };
+        let location = self
+            .inner
+            .queue
+            .spool()
+            .append(&record)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot make a message durable; answering 4xx");
+                match e {
+                    SpoolError::Busy(_) => {
+                        Rejection::new(451, "4.3.1", "spool busy, try again shortly")
+                    }
+                    _ => Rejection::new(451, "4.3.0", "local storage error, try again later"),
+                }
+            })?;
+        let states = vec![RcptState::Pending; record.rcpts.len()];
+        let MessageRecord {
+            mail_from,
+            rcpts,
+            class,
+            tenant,
+            campaign,
+            body,
+            ..
+        } = record;
+        let msg = Arc::new(QueuedMessage::new(
+            location,
+            mail_from,
+            rcpts,
+            class,
+            tenant,
+            campaign,
+            received_at,
+            states,
+        ));
+        let queue_id = msg.queue_id.clone();
+        self.inner
+            .metrics
+            .accepted
+            .with_label_values(&[origin.listener.as_str()])
+            .inc();
+        tracing::info!(
+            target: "gannet::accept",
+            event = "accepted",
+            queue_id = %queue_id,
+            listener = %origin.listener,
+            client_ip = %origin.client_ip,
+            recipients = msg.rcpts.len(),
+            class = %msg.class,
+            size = body.len(),
+        );
+        self.inner.queue.enqueue(msg, Some(Arc::new(body)));
+        Ok(Accepted { queue_id })
+    }
+}
+
+impl Acceptor for Intake {
+    fn accept(&self, submission: Submission) -> BoxFuture<'static, Result<Accepted, Rejection>> {
+        let this = self.clone();
+        Box::pin(async move { this.process(submission).await })
+    }
+}
+
+/// Tenant / campaign ids: printable, no spaces, bounded; absent is "".
+fn clean_id(v: Option<String>, field: &str) -> Result<String, Rejection> {
+    let Some(v) = v else {
+        return Ok(String::new());
+    };
+    let v = v.trim().to_string();
+    if v.len() > MAX_ID_LEN || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Rejection::new(
+            550,
+            "5.6.0",
+            format!("{field} id must be at most {MAX_ID_LEN} printable characters without spaces"),
+        )
+        .with_field(field));
+    }
+    Ok(v)
+}
+
+/// Remove every `X-Gannet-*` header: they are instructions to Gannet, not part of the mail.
+fn strip_control_headers(body: &mut Vec<u8>) {
+    let names: Vec<String> = headers::fields(body)
+        .into_iter()
+        .filter(|(n, _, _)| n.len() >= 9 && n[..9].eq_ignore_ascii_case("x-gannet-"))
+        .map(|(n, _, _)| n)
+        .collect();
+    for n in names {
+        headers::remove(body, &n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_every_control_header() {
+        let mut b =
+            b"X-Gannet-Class: t\r\nFrom: a@b\r\nX-GANNET-Tenant: x\r\n\r\nX-Gannet-Body: stays\r\n"
+                .to_vec();
+        strip_control_headers(&mut b);
+        assert_eq!(b, b"From: a@b\r\n\r\nX-Gannet-Body: stays\r\n");
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert_eq!(clean_id(None, "tenant").unwrap(), "");
+        assert_eq!(clean_id(Some(" acme ".into()), "tenant").unwrap(), "acme");
+        let e = clean_id(Some("a b".into()), "campaign").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("campaign"));
+    }
+}

@@ -1,0 +1,424 @@
+//! Dispatcher tasks: each drains one ready queue over one outbound connection at a time.
+//!
+//! A task picks a source address of the queue's pool (weighted, skipping sources that backoff
+//! disabled for this site), takes a connection permit from the shaping limiter (per-site and
+//! per-(site, source) caps and connection rate), connects to the site's hosts in order, and
+//! delivers jobs one after the other on that connection, taking a message token before each
+//! (msg/s, msg/h), until the queue stays empty for the idle timeout or the per-connection cap
+//! is reached. Every negative reply is shown to the backoff rules. A source over its warm-up
+//! cap sends the job to the pool's overflow pool or defers it, per `on_warmup_cap`.
+//!
+//! A connection that cannot be made to any host defers its job and every job waiting in the
+//! queue (they would meet the same wall), rather than hammering a dead site.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::{Job, Queue, ReadyQueue};
+use crate::config::WarmupCapAction;
+use crate::delivery::{Connection, Outcome, Reply};
+use crate::shaping::{ConnectionPermit, Day, Refusal, source_name};
+
+/// A source address, the name it says in EHLO, and its name for limits and logs.
+#[derive(Debug, Clone)]
+struct Source {
+    ip: IpAddr,
+    ehlo: String,
+    name: String,
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Weighted choice among the pool's sources that backoff has not disabled for this site.
+fn pick_source(q: &Queue, rq: &ReadyQueue) -> Result<Source, Reply> {
+    let cfg = &q.inner.config;
+    let Some(p) = cfg.pools.iter().find(|p| p.name == rq.pool) else {
+        return Ok(Source {
+            ip: IpAddr::from([0, 0, 0, 0]),
+            ehlo: cfg.hostname.clone(),
+            name: "default".into(),
+        });
+    };
+    let t = now();
+    let usable: Vec<_> = p
+        .sources
+        .iter()
+        .map(|s| (s, source_name(s)))
+        .filter(|(_, name)| {
+            q.inner
+                .backoff
+                .effective(&rq.site, name, t)
+                .source_disabled
+                .is_none()
+        })
+        .collect();
+    let total: u32 = usable.iter().map(|(s, _)| s.weight).sum();
+    if total == 0 {
+        return Err(Reply::new(
+            451,
+            "4.7.0",
+            format!(
+                "every source of pool {} is disabled for {} by a backoff rule",
+                rq.pool, rq.site
+            ),
+        ));
+    }
+    let mut pick = rand::thread_rng().gen_range(0..total);
+    for (s, name) in &usable {
+        if pick < s.weight {
+            return Ok(Source {
+                ip: s.ip,
+                ehlo: s.ehlo.clone(),
+                name: name.clone(),
+            });
+        }
+        pick -= s.weight;
+    }
+    Err(Reply::new(451, "4.3.0", "no source chosen"))
+}
+
+fn refusal_reply(r: &Refusal, site: &str) -> Reply {
+    Reply::new(451, "4.7.0", format!("delivery to {site} held back: {r}"))
+}
+
+pub(super) fn spawn_connection(q: Queue, rq: Arc<ReadyQueue>) {
+    let tasks = q.inner.tasks.clone();
+    tasks.spawn(async move {
+        run(&q, &rq).await;
+        if rq.connection_ended() && !q.inner.shutdown.is_cancelled() {
+            spawn_connection(q, rq);
+        }
+    });
+}
+
+async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connection, Reply> {
+    let dest = rq.destination();
+    let mut last = Reply::new(451, "4.4.1", format!("no usable address for {}", rq.site));
+    for host in &dest.hosts {
+        for addr in &host.addrs {
+            if !source.ip.is_unspecified() && source.ip.is_ipv4() != addr.is_ipv4() {
+                continue;
+            }
+            match Connection::open(
+                source.ip,
+                &source.ehlo,
+                &host.name,
+                *addr,
+                &q.inner.client,
+                &q.inner.tls,
+            )
+            .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(site = %rq.site, host = %host.name, %addr, error = %e, "connection attempt failed");
+                    let r = e.as_reply();
+                    q.observe_reply(&rq.site, &source.name, &r);
+                    last = r;
+                    last.code = last.code.clamp(400, 499);
+                    if last.enhanced.starts_with('5') {
+                        last.enhanced.replace_range(0..1, "4");
+                    }
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Defer `job` and everything waiting in the queue with the same reply.
+fn defer_all(q: &Queue, rq: &ReadyQueue, job: Job, reply: Reply) {
+    q.complete_all(job, Outcome::Deferred(reply.clone()), None, None);
+    for j in rq.drain() {
+        q.complete_all(j, Outcome::Deferred(reply.clone()), None, None);
+    }
+}
+
+/// Wait for a connection permit. None when the site or source is held back by backoff (the
+/// job and the queue were deferred) or shutdown began.
+async fn permit_for(
+    q: &Queue,
+    rq: &ReadyQueue,
+    source: &Source,
+) -> Result<ConnectionPermit, Reply> {
+    loop {
+        match q
+            .inner
+            .limiter
+            .acquire_connection(&rq.site, &source.name, &rq.limits)
+            .await
+        {
+            Ok(p) => return Ok(p),
+            Err(r) => {
+                q.inner
+                    .metrics
+                    .limiter_refusals
+                    .with_label_values(&[r.as_str()])
+                    .inc();
+                if matches!(
+                    r,
+                    Refusal::Suspended { .. } | Refusal::SourceDisabled { .. }
+                ) {
+                    return Err(refusal_reply(&r, &rq.site));
+                }
+                let wait = r
+                    .retry_after(now())
+                    .unwrap_or(Duration::from_millis(50))
+                    .clamp(Duration::from_millis(5), Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = q.inner.shutdown.cancelled() => {
+                        return Err(Reply::new(451, "4.3.2", "shutting down"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Take a message token, waiting out rate limits. Err when backoff holds the site or source.
+async fn message_token(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<(), Reply> {
+    loop {
+        match q
+            .inner
+            .limiter
+            .try_acquire_message(&rq.site, &source.name, &rq.limits)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(r) => {
+                q.inner
+                    .metrics
+                    .limiter_refusals
+                    .with_label_values(&[r.as_str()])
+                    .inc();
+                if matches!(
+                    r,
+                    Refusal::Suspended { .. } | Refusal::SourceDisabled { .. }
+                ) {
+                    return Err(refusal_reply(&r, &rq.site));
+                }
+                let wait = r
+                    .retry_after(now())
+                    .unwrap_or(Duration::from_millis(50))
+                    .clamp(Duration::from_millis(1), Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = q.inner.shutdown.cancelled() => {
+                        return Err(Reply::new(451, "4.3.2", "shutting down"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Apply the warm-up cap of `source`. Returns the job back when it may be sent from it.
+fn warmup_gate(q: &Queue, rq: &ReadyQueue, source: &Source, job: Job) -> Option<Job> {
+    if !q.inner.warmup.is_warming(&source.name) {
+        return Some(job);
+    }
+    let provider = rq.limits.provider.as_deref();
+    match q
+        .inner
+        .warmup
+        .try_take(&source.name, provider, Day::today())
+    {
+        crate::shaping::WarmupDecision::Allowed => Some(job),
+        crate::shaping::WarmupDecision::Capped { cap } => {
+            let pool = q.inner.config.pools.iter().find(|p| p.name == rq.pool);
+            let overflow = pool
+                .filter(|p| p.on_warmup_cap == WarmupCapAction::Overflow)
+                .and_then(|p| p.overflow.clone());
+            match overflow {
+                Some(o) => {
+                    q.inner
+                        .metrics
+                        .warmup_capped
+                        .with_label_values(&[source.name.as_str(), "overflow"])
+                        .inc();
+                    tracing::debug!(source = %source.name, site = %rq.site, overflow = %o, "warm-up cap reached; overflowing");
+                    q.push_ready_to(job, rq.destination(), o);
+                }
+                None => {
+                    q.inner
+                        .metrics
+                        .warmup_capped
+                        .with_label_values(&[source.name.as_str(), "defer"])
+                        .inc();
+                    let reply = Reply::new(
+                        451,
+                        "4.7.0",
+                        format!(
+                            "warm-up cap of {cap} messages today reached for source {} at {}",
+                            source.name,
+                            provider.unwrap_or(&rq.site)
+                        ),
+                    );
+                    q.complete_all(job, Outcome::Deferred(reply), None, None);
+                }
+            }
+            None
+        }
+    }
+}
+
+struct Open {
+    conn: Connection,
+    source: Source,
+    _permit: ConnectionPermit,
+    sent: usize,
+}
+
+async fn close(q: &Queue, rq: &ReadyQueue, open: Open) {
+    q.inner
+        .metrics
+        .outbound_connections
+        .with_label_values(&[rq.site.as_str(), open.source.name.as_str()])
+        .dec();
+    open.conn.quit().await;
+}
+
+async fn run(q: &Queue, rq: &ReadyQueue) {
+    let max_per_conn = rq.limits.max_messages_per_connection().max(1) as usize;
+    let idle = rq.limits.idle_timeout();
+    let mut open: Option<Open> = None;
+    loop {
+        let job = tokio::select! {
+            j = rq.next(idle) => j,
+            _ = q.inner.shutdown.cancelled() => None,
+        };
+        let Some(job) = job else { break };
+        let Some(job) = q.hold_if_suspended(job, rq) else {
+            continue;
+        };
+        if open.is_none() {
+            let source = match pick_source(q, rq) {
+                Ok(s) => s,
+                Err(reply) => {
+                    defer_all(q, rq, job, reply);
+                    break;
+                }
+            };
+            let permit = match permit_for(q, rq, &source).await {
+                Ok(p) => p,
+                Err(reply) => {
+                    defer_all(q, rq, job, reply);
+                    break;
+                }
+            };
+            match connect(q, rq, &source).await {
+                Ok(conn) => {
+                    q.inner
+                        .metrics
+                        .outbound_connections
+                        .with_label_values(&[rq.site.as_str(), source.name.as_str()])
+                        .inc();
+                    open = Some(Open {
+                        conn,
+                        source,
+                        _permit: permit,
+                        sent: 0,
+                    });
+                }
+                Err(reply) => {
+                    defer_all(q, rq, job, reply);
+                    break;
+                }
+            }
+        }
+        let Some(o) = open.as_mut() else { break };
+        let Some(job) = warmup_gate(q, rq, &o.source, job) else {
+            continue;
+        };
+        if let Err(reply) = message_token(q, rq, &o.source).await {
+            q.complete_all(job, Outcome::Deferred(reply), None, None);
+            if let Some(o) = open.take() {
+                close(q, rq, o).await;
+            }
+            continue;
+        }
+        let keep = deliver(q, rq, o, job).await;
+        o.sent += 1;
+        if !keep || o.conn.broken || o.sent >= max_per_conn {
+            let renew = o.sent >= max_per_conn;
+            if let Some(o) = open.take() {
+                close(q, rq, o).await;
+            }
+            if renew {
+                break; // a fresh task (and connection) picks up the rest
+            }
+        }
+    }
+    if let Some(o) = open.take() {
+        close(q, rq, o).await;
+    }
+}
+
+/// Deliver one job on an open connection. Returns false when the session failed and the
+/// connection must not be reused.
+async fn deliver(q: &Queue, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
+    q.inner.in_flight.insert(
+        job.id,
+        (job.msg.clone(), job.domain.clone(), job.rcpts.len()),
+    );
+    let body = match job.msg.cached_body() {
+        Some(b) => b,
+        None => match q.inner.spool.read(job.msg.location).await {
+            Ok(r) => Arc::new(r.body),
+            Err(e) => {
+                tracing::error!(queue_id = %job.msg.queue_id, error = %e, "cannot read message from the spool");
+                q.inner.in_flight.remove(&job.id);
+                let reply = Reply::new(451, "4.3.0", format!("local spool read error: {e}"));
+                q.complete_all(job, Outcome::Deferred(reply), None, None);
+                return true;
+            }
+        },
+    };
+    let max = rq.limits.max_recipients_per_transaction().max(1) as usize;
+    let mut outcomes = Vec::with_capacity(job.rcpts.len());
+    let mut ok = true;
+    for chunk in job.rcpts.chunks(max) {
+        if !ok {
+            let r = Reply::new(
+                451,
+                "4.4.2",
+                "session ended before this recipient was tried",
+            );
+            outcomes.extend(chunk.iter().map(|_| Outcome::Deferred(r.clone())));
+            continue;
+        }
+        let addrs: Vec<&str> = chunk
+            .iter()
+            .map(|i| job.msg.rcpts[*i as usize].as_str())
+            .collect();
+        match o.conn.send(&job.msg.mail_from, &addrs, &body).await {
+            Ok(t) => outcomes.extend(t.rcpts.into_iter().map(Outcome::from_reply)),
+            Err(e) => {
+                let r = e.as_reply();
+                let r = if r.is_permanent() {
+                    Reply::new(451, "4.4.2", r.to_string())
+                } else {
+                    r
+                };
+                outcomes.extend(chunk.iter().map(|_| Outcome::Deferred(r.clone())));
+                ok = false;
+            }
+        }
+    }
+    q.inner.in_flight.remove(&job.id);
+    for out in &outcomes {
+        if !matches!(out, Outcome::Delivered(_)) {
+            q.observe_reply(&rq.site, &o.source.name, out.reply());
+        }
+    }
+    let host = o.conn.host.clone();
+    let ip = o.conn.addr.ip();
+    q.complete(job, outcomes, Some(&host), Some(ip));
+    ok
+}

@@ -1,0 +1,97 @@
+//! A queued message and a job (its share for one recipient domain).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::spool::{Location, RcptState};
+
+/// A message in the queue: envelope, attributes and per-recipient state. Shared (Arc) by the
+/// jobs of its recipient domains.
+#[derive(Debug)]
+pub struct QueuedMessage {
+    pub location: Location,
+    pub queue_id: String,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub class: String,
+    pub tenant: String,
+    pub campaign: String,
+    pub received_at: SystemTime,
+    /// Per-recipient state. Short critical sections; std Mutex.
+    states: Mutex<Vec<RcptState>>,
+    /// The body while it is likely needed soon (first attempt); None means read the spool.
+    body: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Bytes held in `body`, charged to the queue's cache budget.
+    cached: AtomicUsize,
+}
+
+impl QueuedMessage {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        location: Location,
+        mail_from: String,
+        rcpts: Vec<String>,
+        class: String,
+        tenant: String,
+        campaign: String,
+        received_at: SystemTime,
+        states: Vec<RcptState>,
+    ) -> QueuedMessage {
+        QueuedMessage {
+            queue_id: location.key.queue_id(),
+            location,
+            mail_from,
+            rcpts,
+            class,
+            tenant,
+            campaign,
+            received_at,
+            states: Mutex::new(states),
+            body: Mutex::new(None),
+            cached: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn states(&self) -> std::sync::MutexGuard<'_, Vec<RcptState>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn cache_body(&self, body: Arc<Vec<u8>>) -> usize {
+        let n = body.len();
+        *self.body.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+        self.cached.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Drop the cached body; returns the bytes released.
+    pub(super) fn drop_body(&self) -> usize {
+        *self.body.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.cached.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn cached_body(&self) -> Option<Arc<Vec<u8>>> {
+        self.body.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn age(&self) -> std::time::Duration {
+        SystemTime::now()
+            .duration_since(self.received_at)
+            .unwrap_or_default()
+    }
+}
+
+/// One message's recipients for one domain: the unit the scheduler moves and a connection
+/// delivers.
+#[derive(Debug)]
+pub struct Job {
+    pub id: u64,
+    pub msg: Arc<QueuedMessage>,
+    pub domain: String,
+    /// Indexes into `msg.rcpts`.
+    pub rcpts: Vec<u32>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Priority of the message's class (higher first).
+    pub priority: i32,
+}

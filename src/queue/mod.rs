@@ -1,0 +1,922 @@
+//! The queue: what waits for delivery, where it goes next, and what happens after an attempt.
+//!
+//! Owns: routing jobs (one message's recipients for one domain) to ready queues per
+//! (site, pool), the retry scheduler, the dispatcher tasks that drain ready queues over
+//! outbound connections, and outcome handling (delivered / deferred with backoff / bounced or
+//! expired, with a bounce request handed on for a DSN).
+//!
+//! Invariants:
+//! - Every recipient outcome is logged exactly once per attempt as one JSON line
+//!   (target `gannet::outcome`) and counted in `gannet_recipients_total`.
+//! - A message's spool record is released only when all its recipients are final.
+//! - Never does: write bodies (spool/), speak SMTP (delivery/), build DSNs (bounce/).
+
+mod control;
+mod dispatch;
+mod message;
+mod ready;
+mod scheduler;
+
+pub use control::{Filter, Suspension};
+pub use message::{Job, QueuedMessage};
+pub use ready::ReadyQueue;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::delivery::{ClientOptions, Destination, MxResolver, Outcome, Reply, ResolveError};
+use crate::metrics::Metrics;
+use crate::shaping::{BackoffState, Limiter, Shaping, Transition, Warmup};
+use crate::spool::{RcptState, Spool};
+
+/// Recipients that failed permanently, for a delivery status notification.
+#[derive(Debug)]
+pub struct BounceRequest {
+    pub msg: Arc<QueuedMessage>,
+    /// (recipient, final reply, remote host if any)
+    pub failed: Vec<(String, Reply, Option<String>)>,
+    /// The message has no pending recipients left: once the DSN is durable, release the
+    /// message from the spool (not before, so a crash cannot lose the bounce).
+    pub release_after: bool,
+}
+
+/// Resolved destinations are reused this long before the domain is looked up again.
+const DEST_TTL: Duration = Duration::from_secs(300);
+/// Bodies kept in memory for first attempts, at most (beyond this, read from the spool).
+const BODY_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Handle to the queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    spool: Spool,
+    resolver: MxResolver,
+    metrics: Metrics,
+    client: ClientOptions,
+    tls: tokio_rustls::TlsConnector,
+    ready: DashMap<(String, String), Arc<ReadyQueue>>,
+    dests: DashMap<String, (Destination, Instant)>,
+    /// Jobs waiting for their domain's resolution, by domain. std Mutex: short sections.
+    resolving: Mutex<HashMap<String, Vec<Job>>>,
+    /// Jobs a connection is delivering right now (for listings).
+    in_flight: DashMap<u64, (Arc<QueuedMessage>, String, usize)>,
+    suspensions: control::Suspensions,
+    /// Jobs held back by a suspension, with the (site, pool) they were headed for.
+    /// std Mutex: short sections.
+    parked: Mutex<Vec<(Job, String, String)>>,
+    sched_tx: mpsc::Sender<scheduler::Cmd>,
+    bounce_tx: mpsc::Sender<BounceRequest>,
+    next_job: AtomicU64,
+    cache_bytes: AtomicUsize,
+    shaping: Arc<Shaping>,
+    backoff: BackoffState,
+    limiter: Limiter,
+    warmup: Warmup,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// One row of `gannet queue list`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueRow {
+    pub domain: String,
+    pub site: Option<String>,
+    pub class: String,
+    pub tenant: String,
+    pub campaign: String,
+    pub pool: String,
+    pub recipients: usize,
+    pub oldest_age_secs: u64,
+    /// "ready" (due now), "scheduled" (waiting for a retry), "resolving", "in-flight".
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueListing {
+    pub queued_recipients: usize,
+    pub queues: Vec<QueueRow>,
+}
+
+impl Queue {
+    /// Start the queue's scheduler. Bounce requests come out of the returned receiver.
+    pub fn start(
+        config: Arc<Config>,
+        spool: Spool,
+        resolver: MxResolver,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<(Queue, mpsc::Receiver<BounceRequest>), String> {
+        let (sched_tx, sched_rx) = mpsc::channel(1024);
+        // Bounce requests are few; when the DSN writer falls behind, senders wait.
+        let (bounce_tx, bounce_rx) = mpsc::channel(1024);
+        let d = &config.delivery;
+        let client = ClientOptions {
+            connect_timeout: d.connect_timeout,
+            command_timeout: d.command_timeout,
+            data_timeout: d.data_timeout,
+            opportunistic_tls: d.opportunistic_tls,
+        };
+        let tls = crate::delivery::opportunistic_tls_connector()?;
+        let shaping = Arc::new(Shaping::from_config(&config).map_err(|e| e.to_string())?);
+        let backoff = BackoffState::new(shaping.backoff_rules());
+        let limiter = Limiter::in_process(backoff.clone());
+        let warmup = Warmup::new(&shaping, &config.pools).map_err(|e| e.to_string())?;
+        let warmup_tree = spool.state_tree("warmup").map_err(|e| e.to_string())?;
+        if let Ok(Some(v)) = warmup_tree.get("snapshot")
+            && let Ok(snap) = serde_json::from_slice(&v)
+        {
+            warmup.restore(&snap);
+        }
+        let suspensions =
+            control::Suspensions::load(spool.state_tree("suspensions").map_err(|e| e.to_string())?);
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                config,
+                spool,
+                resolver,
+                metrics,
+                client,
+                tls,
+                ready: DashMap::new(),
+                dests: DashMap::new(),
+                resolving: Mutex::new(HashMap::new()),
+                in_flight: DashMap::new(),
+                suspensions,
+                parked: Mutex::new(Vec::new()),
+                sched_tx,
+                bounce_tx,
+                next_job: AtomicU64::new(1),
+                cache_bytes: AtomicUsize::new(0),
+                shaping,
+                backoff,
+                limiter,
+                warmup,
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        };
+        let q = queue.clone();
+        tokio::spawn(scheduler::run(sched_rx, move |job| q.route(job)));
+        // Backoff states end on time even when no reply comes; warm-up counters are saved so
+        // a restart does not reset today's counts.
+        let q = queue.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = q.inner.shutdown.cancelled() => break,
+                }
+                for t in q
+                    .inner
+                    .backoff
+                    .expire(tokio::time::Instant::now().into_std())
+                {
+                    q.log_transition(&t);
+                }
+                n += 1;
+                if n.is_multiple_of(10) {
+                    q.save_warmup(&warmup_tree);
+                }
+            }
+            q.save_warmup(&warmup_tree);
+        });
+        Ok((queue, bounce_rx))
+    }
+
+    fn save_warmup(&self, tree: &sled::Tree) {
+        if let Ok(v) = serde_json::to_vec(&self.inner.warmup.snapshot()) {
+            let _ = tree.insert("snapshot", v);
+        }
+    }
+
+    /// Show a negative reply from `site` (via `source`) to the backoff rules.
+    pub(super) fn observe_reply(&self, site: &str, source: &str, reply: &Reply) {
+        if let Some(t) = self.inner.backoff.on_reply(
+            site,
+            source,
+            reply.code,
+            &reply.enhanced,
+            &reply.text,
+            tokio::time::Instant::now().into_std(),
+        ) {
+            self.log_transition(&t);
+        }
+    }
+
+    /// Log and count a backoff state change.
+    pub(super) fn log_transition(&self, t: &Transition) {
+        tracing::info!(
+            target: "gannet::shaping",
+            event = "backoff",
+            kind = t.kind.as_str(),
+            action = t.action.as_str(),
+            site = %t.site,
+            source = t.source.as_deref().unwrap_or(""),
+            rule = %t.rule,
+            seconds = t.duration.as_secs(),
+            "{t}"
+        );
+        self.inner
+            .metrics
+            .backoff_transitions
+            .with_label_values(&[t.kind.as_str(), t.action.as_str(), &t.rule])
+            .inc();
+    }
+
+    fn class_priority(&self, class: &str) -> i32 {
+        self.inner
+            .config
+            .classes
+            .get(class)
+            .map_or(0, |c| c.priority)
+    }
+
+    fn class_pool(&self, class: &str) -> String {
+        self.inner
+            .config
+            .classes
+            .get(class)
+            .map(|c| c.pool.clone())
+            .or_else(|| self.inner.config.pools.first().map(|p| p.name.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Queue a message's pending recipients. `body`, when given, is kept in memory for the
+    /// first attempt (within the cache budget) so it need not be read back from disk.
+    pub fn enqueue(&self, msg: Arc<QueuedMessage>, body: Option<Arc<Vec<u8>>>) {
+        let mut by_domain: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut bounced = Vec::new();
+        {
+            let states = msg.states();
+            for (i, r) in msg.rcpts.iter().enumerate() {
+                if states[i] != RcptState::Pending {
+                    continue;
+                }
+                match crate::message::domain_of(r) {
+                    Some(d) => by_domain.entry(d).or_default().push(i as u32),
+                    None => bounced.push(i as u32),
+                }
+            }
+        }
+        let pending: usize = by_domain.values().map(|v| v.len()).sum::<usize>() + bounced.len();
+        self.inner.metrics.queued_recipients.add(pending as i64);
+        if let Some(body) = body
+            && self.inner.cache_bytes.load(Ordering::Relaxed) + body.len() <= BODY_CACHE_BYTES
+        {
+            let n = msg.cache_body(body);
+            self.inner.cache_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        let priority = self.class_priority(&msg.class);
+        if !bounced.is_empty() {
+            let job = self.new_job(msg.clone(), String::new(), bounced, 0, priority);
+            let reply = Reply::new(553, "5.1.3", "recipient address has no domain");
+            self.complete_all(job, Outcome::Bounced(reply), None, None);
+        }
+        for (domain, rcpts) in by_domain {
+            let job = self.new_job(msg.clone(), domain, rcpts, 0, priority);
+            self.route(job);
+        }
+    }
+
+    fn new_job(
+        &self,
+        msg: Arc<QueuedMessage>,
+        domain: String,
+        rcpts: Vec<u32>,
+        attempts: u32,
+        priority: i32,
+    ) -> Job {
+        Job {
+            id: self.inner.next_job.fetch_add(1, Ordering::Relaxed),
+            msg,
+            domain,
+            rcpts,
+            attempts,
+            priority,
+        }
+    }
+
+    /// Send a job toward its ready queue, resolving its domain first when needed.
+    fn route(&self, job: Job) {
+        if let Some(entry) = self.inner.dests.get(&job.domain)
+            && entry.1 > Instant::now()
+        {
+            let dest = entry.0.clone();
+            drop(entry);
+            self.push_ready(job, dest);
+            return;
+        }
+        let domain = job.domain.clone();
+        let first = {
+            let mut r = self
+                .inner
+                .resolving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let waiting = r.entry(domain.clone()).or_default();
+            waiting.push(job);
+            waiting.len() == 1
+        };
+        if first {
+            let q = self.clone();
+            self.inner.tasks.spawn(async move {
+                let result = q.inner.resolver.resolve(&domain).await;
+                let jobs = q
+                    .inner
+                    .resolving
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&domain)
+                    .unwrap_or_default();
+                match result {
+                    Ok(dest) => {
+                        q.inner
+                            .dests
+                            .insert(domain, (dest.clone(), Instant::now() + DEST_TTL));
+                        for j in jobs {
+                            q.push_ready(j, dest.clone());
+                        }
+                    }
+                    Err(ResolveError::Temporary(reply)) => {
+                        for j in jobs {
+                            q.complete_all(j, Outcome::Deferred(reply.clone()), None, None);
+                        }
+                    }
+                    Err(ResolveError::Permanent(reply)) => {
+                        for j in jobs {
+                            q.complete_all(j, Outcome::Bounced(reply.clone()), None, None);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn push_ready(&self, job: Job, dest: Destination) {
+        let pool = self.class_pool(&job.msg.class);
+        self.push_ready_to(job, dest, pool);
+    }
+
+    /// Queue a job for `dest` through `pool` (its class's pool, or an overflow pool).
+    pub(super) fn push_ready_to(&self, job: Job, dest: Destination, pool: String) {
+        if self
+            .inner
+            .suspensions
+            .is_suspended(&job, Some(&dest.site), &pool)
+        {
+            self.park(job, dest.site, pool);
+            return;
+        }
+        let key = (dest.site.clone(), pool.clone());
+        let rq = match self.inner.ready.get(&key) {
+            Some(rq) => rq.clone(),
+            None => {
+                self.inner
+                    .ready
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let limits = self.inner.shaping.limits_for(&job.domain, &dest.mx_names);
+                        let cap =
+                            limits.site.max_connections.map(|c| c as usize).unwrap_or(
+                                self.inner.config.delivery.max_connections_per_destination,
+                            );
+                        Arc::new(ReadyQueue::new(
+                            dest.site.clone(),
+                            pool,
+                            dest.clone(),
+                            limits,
+                            cap,
+                        ))
+                    })
+                    .clone()
+            }
+        };
+        if rq.push(job) {
+            dispatch::spawn_connection(self.clone(), rq);
+        }
+    }
+
+    /// Record outcomes of one attempt for a job's recipients (one outcome per entry of
+    /// `job.rcpts`, same order).
+    pub fn complete(
+        &self,
+        job: Job,
+        outcomes: Vec<Outcome>,
+        host: Option<&str>,
+        ip: Option<IpAddr>,
+    ) {
+        let msg = job.msg.clone();
+        let attempt = job.attempts + 1;
+        let max_age = self.inner.config.delivery.max_age;
+        let mut deferred = Vec::new();
+        let mut failed = Vec::new();
+        let mut finals = 0usize;
+        let all_done = {
+            let mut states = msg.states();
+            for (idx, outcome) in job.rcpts.iter().zip(outcomes) {
+                let i = *idx as usize;
+                let outcome = match outcome {
+                    // RFC 3463 X.4.7 "delivery time expired", as a permanent failure.
+                    Outcome::Deferred(r) if msg.age() >= max_age => Outcome::Bounced(Reply::new(
+                        554,
+                        "5.4.7",
+                        format!(
+                            "message expired after {}s in the queue; last error: {r}",
+                            msg.age().as_secs()
+                        ),
+                    )),
+                    o => o,
+                };
+                self.log_outcome(&msg, i, &outcome, attempt, host, ip);
+                match outcome {
+                    Outcome::Delivered(_) => {
+                        states[i] = RcptState::Delivered;
+                        finals += 1;
+                        self.inner
+                            .metrics
+                            .delivery_latency
+                            .with_label_values(&[msg.class.as_str()])
+                            .observe(msg.age().as_secs_f64());
+                    }
+                    Outcome::Bounced(r) => {
+                        states[i] = RcptState::Failed;
+                        finals += 1;
+                        failed.push((msg.rcpts[i].clone(), r, host.map(str::to_string)));
+                    }
+                    Outcome::Deferred(_) => deferred.push(*idx),
+                }
+            }
+            let done = states.iter().all(|s| *s != RcptState::Pending);
+            if !done && finals > 0 {
+                self.inner.spool.record_states(msg.location.key, &states);
+            }
+            done
+        };
+        self.inner.metrics.queued_recipients.sub(finals as i64);
+        if all_done || !deferred.is_empty() {
+            let released = msg.drop_body();
+            self.inner
+                .cache_bytes
+                .fetch_sub(released, Ordering::Relaxed);
+        }
+        let dsn = !failed.is_empty() && !msg.mail_from.is_empty();
+        if all_done && !dsn {
+            self.inner.spool.complete(msg.location.key);
+        }
+        if dsn {
+            let req = BounceRequest {
+                msg: msg.clone(),
+                failed,
+                release_after: all_done,
+            };
+            if let Err(mpsc::error::TrySendError::Full(req)) = self.inner.bounce_tx.try_send(req) {
+                let tx = self.inner.bounce_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(req).await;
+                });
+            }
+        }
+        if !deferred.is_empty() {
+            let delay = self.retry_delay(attempt, &msg);
+            let retry = Job {
+                rcpts: deferred,
+                attempts: attempt,
+                ..job
+            };
+            if let Err(mpsc::error::TrySendError::Full(cmd)) = self
+                .inner
+                .sched_tx
+                .try_send(scheduler::Cmd::Schedule(retry, delay))
+            {
+                let tx = self.inner.sched_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
+    }
+
+    /// The same outcome for every recipient of the job.
+    pub fn complete_all(&self, job: Job, outcome: Outcome, host: Option<&str>, ip: Option<IpAddr>) {
+        let outcomes = vec![outcome; job.rcpts.len()];
+        self.complete(job, outcomes, host, ip);
+    }
+
+    /// Delay before attempt `attempt + 1`: the configured schedule (last entry repeats) with
+    /// jitter, never past the message's expiry (so expiry is noticed on time).
+    fn retry_delay(&self, attempt: u32, msg: &QueuedMessage) -> Duration {
+        let d = &self.inner.config.delivery;
+        let idx = (attempt as usize)
+            .saturating_sub(1)
+            .min(d.retry_schedule.len() - 1);
+        let base = d.retry_schedule[idx].as_secs_f64();
+        let j = d.retry_jitter;
+        let factor = if j > 0.0 {
+            rand::thread_rng().gen_range((1.0 - j)..(1.0 + j))
+        } else {
+            1.0
+        };
+        let delay = Duration::from_secs_f64(base * factor);
+        let left = d.max_age.saturating_sub(msg.age());
+        delay.min(left)
+    }
+
+    fn log_outcome(
+        &self,
+        msg: &QueuedMessage,
+        i: usize,
+        outcome: &Outcome,
+        attempt: u32,
+        host: Option<&str>,
+        ip: Option<IpAddr>,
+    ) {
+        let reply = outcome.reply().to_string();
+        let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+        tracing::info!(
+            target: "gannet::outcome",
+            event = outcome.name(),
+            queue_id = %msg.queue_id,
+            recipient = %msg.rcpts[i],
+            sender = %msg.mail_from,
+            host = host.unwrap_or(""),
+            ip = %ip,
+            reply = %reply,
+            attempt,
+            class = %msg.class,
+            tenant = %msg.tenant,
+            campaign = %msg.campaign,
+        );
+        self.inner
+            .metrics
+            .outcomes
+            .with_label_values(&[outcome.name(), msg.class.as_str()])
+            .inc();
+    }
+
+    /// Release every job waiting for a retry now. Returns how many were released.
+    pub async fn flush(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .sched_tx
+            .send(scheduler::Cmd::Flush(tx))
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// Everything queued that matches `filter`, grouped by (domain, class, tenant, campaign,
+    /// pool, state).
+    pub async fn list(&self, filter: &Filter) -> QueueListing {
+        type Key = (String, String, String, String, String, String);
+        let mut rows: HashMap<Key, QueueRow> = HashMap::new();
+        let mut add = |job: &Job, site: Option<&str>, pool: &str, state: &str| {
+            let m = &job.msg;
+            let key = (
+                job.domain.clone(),
+                m.class.clone(),
+                m.tenant.clone(),
+                m.campaign.clone(),
+                pool.to_string(),
+                state.to_string(),
+            );
+            let row = rows.entry(key).or_insert_with(|| QueueRow {
+                domain: job.domain.clone(),
+                site: site.map(str::to_string),
+                class: m.class.clone(),
+                tenant: m.tenant.clone(),
+                campaign: m.campaign.clone(),
+                pool: pool.to_string(),
+                recipients: 0,
+                oldest_age_secs: 0,
+                state: state.to_string(),
+            });
+            row.recipients += job.rcpts.len();
+            row.oldest_age_secs = row.oldest_age_secs.max(m.age().as_secs());
+        };
+        for rq in self.inner.ready.iter() {
+            rq.for_each(|j| add(j, Some(&rq.site), &rq.pool, "ready"));
+        }
+        {
+            let parked = self.inner.parked.lock().unwrap_or_else(|p| p.into_inner());
+            for (j, site, pool) in parked.iter() {
+                add(j, Some(site), pool, "suspended");
+            }
+        }
+        {
+            let r = self
+                .inner
+                .resolving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for jobs in r.values() {
+                for j in jobs {
+                    add(j, None, &self.class_pool(&j.msg.class), "resolving");
+                }
+            }
+        }
+        for e in self.inner.in_flight.iter() {
+            let (m, domain, n) = e.value();
+            let key = (
+                domain.clone(),
+                m.class.clone(),
+                m.tenant.clone(),
+                m.campaign.clone(),
+                self.class_pool(&m.class),
+                "in-flight".to_string(),
+            );
+            let row = rows.entry(key).or_insert_with(|| QueueRow {
+                domain: domain.clone(),
+                site: None,
+                class: m.class.clone(),
+                tenant: m.tenant.clone(),
+                campaign: m.campaign.clone(),
+                pool: self.class_pool(&m.class),
+                recipients: 0,
+                oldest_age_secs: 0,
+                state: "in-flight".into(),
+            });
+            row.recipients += n;
+            row.oldest_age_secs = row.oldest_age_secs.max(m.age().as_secs());
+        }
+        let (tx, rx) = oneshot::channel();
+        let pools: HashMap<String, String> = self
+            .inner
+            .config
+            .classes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.pool.clone()))
+            .collect();
+        let visit: scheduler::Visitor = Box::new(move |it| {
+            let v: Vec<(String, String, String, String, String, usize, u64)> = it
+                .map(|j| {
+                    (
+                        j.domain.clone(),
+                        j.msg.class.clone(),
+                        j.msg.tenant.clone(),
+                        j.msg.campaign.clone(),
+                        pools.get(&j.msg.class).cloned().unwrap_or_default(),
+                        j.rcpts.len(),
+                        j.msg.age().as_secs(),
+                    )
+                })
+                .collect();
+            let _ = tx.send(v);
+        });
+        if self
+            .inner
+            .sched_tx
+            .send(scheduler::Cmd::Visit(visit))
+            .await
+            .is_ok()
+            && let Ok(v) = rx.await
+        {
+            for (domain, class, tenant, campaign, pool, n, age) in v {
+                let key = (
+                    domain.clone(),
+                    class.clone(),
+                    tenant.clone(),
+                    campaign.clone(),
+                    pool.clone(),
+                    "scheduled".to_string(),
+                );
+                let row = rows.entry(key).or_insert_with(|| QueueRow {
+                    domain,
+                    site: None,
+                    class,
+                    tenant,
+                    campaign,
+                    pool,
+                    recipients: 0,
+                    oldest_age_secs: 0,
+                    state: "scheduled".into(),
+                });
+                row.recipients += n;
+                row.oldest_age_secs = row.oldest_age_secs.max(age);
+            }
+        }
+        let mut queues: Vec<QueueRow> = rows
+            .into_values()
+            .filter(|r| filter.matches_row(r))
+            .collect();
+        queues.sort_by(|a, b| (&a.domain, &a.state).cmp(&(&b.domain, &b.state)));
+        QueueListing {
+            queued_recipients: self.inner.metrics.queued_recipients.get().max(0) as usize,
+            queues,
+        }
+    }
+
+    fn park(&self, job: Job, site: String, pool: String) {
+        self.inner
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((job, site, pool));
+    }
+
+    /// Called by dispatchers for each job they take: a job whose suspension came after it was
+    /// queued is parked instead of sent.
+    pub(super) fn hold_if_suspended(&self, job: Job, rq: &ReadyQueue) -> Option<Job> {
+        if self
+            .inner
+            .suspensions
+            .is_suspended(&job, Some(&rq.site), &rq.pool)
+        {
+            self.park(job, rq.site.clone(), rq.pool.clone());
+            None
+        } else {
+            Some(job)
+        }
+    }
+
+    /// Hold every job matching `filter` out of delivery until resumed (survives restarts).
+    /// Returns the suspension and how many recipients were held at once.
+    pub fn suspend(&self, filter: Filter) -> (Suspension, usize) {
+        let s = self.inner.suspensions.add(filter.clone());
+        let mut held = 0;
+        for rq in self.inner.ready.iter() {
+            for j in rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)) {
+                held += j.rcpts.len();
+                self.park(j, rq.site.clone(), rq.pool.clone());
+            }
+        }
+        tracing::info!(target: "gannet::control", event = "suspended", id = s.id, filter = ?s.filter, held);
+        (s, held)
+    }
+
+    /// Remove the suspensions with exactly this filter (all of them for an empty filter) and
+    /// release the jobs no other suspension holds. Returns (suspensions removed, recipients
+    /// released).
+    pub fn resume(&self, filter: &Filter) -> (usize, usize) {
+        let removed = self.inner.suspensions.remove(filter);
+        let parked =
+            std::mem::take(&mut *self.inner.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut released = 0;
+        for (job, site, pool) in parked {
+            if self
+                .inner
+                .suspensions
+                .is_suspended(&job, Some(&site), &pool)
+            {
+                self.park(job, site, pool);
+            } else {
+                released += job.rcpts.len();
+                self.route(job);
+            }
+        }
+        tracing::info!(target: "gannet::control", event = "resumed", filter = ?filter, removed, released);
+        (removed, released)
+    }
+
+    pub fn suspensions(&self) -> Vec<Suspension> {
+        self.inner.suspensions.list()
+    }
+
+    /// Delete matching queued mail (not what is being delivered this instant): recipients are
+    /// logged as `purged`, get no DSN, and leave the spool. Returns recipients purged.
+    pub async fn purge(&self, filter: &Filter) -> usize {
+        let mut jobs = Vec::new();
+        for rq in self.inner.ready.iter() {
+            jobs.extend(rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)));
+        }
+        {
+            let mut parked = self.inner.parked.lock().unwrap_or_else(|p| p.into_inner());
+            let all = std::mem::take(&mut *parked);
+            for (j, site, pool) in all {
+                if filter.matches(&j, Some(&site), &pool) {
+                    jobs.push(j);
+                } else {
+                    parked.push((j, site, pool));
+                }
+            }
+        }
+        {
+            let mut r = self
+                .inner
+                .resolving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for waiting in r.values_mut() {
+                let all = std::mem::take(waiting);
+                for j in all {
+                    let pool = self.class_pool(&j.msg.class);
+                    if filter.site.is_none() && filter.matches(&j, None, &pool) {
+                        jobs.push(j);
+                    } else {
+                        waiting.push(j);
+                    }
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let f = filter.clone();
+        let pools: HashMap<String, String> = self
+            .inner
+            .config
+            .classes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.pool.clone()))
+            .collect();
+        let dests = self.clone();
+        let pred: scheduler::Predicate = Box::new(move |j: &Job| {
+            let pool = pools.get(&j.msg.class).map(String::as_str).unwrap_or("");
+            // Waiting jobs do not carry their site; the last resolution of the domain does.
+            let site = dests.inner.dests.get(&j.domain).map(|d| d.0.site.clone());
+            f.matches(j, site.as_deref(), pool)
+        });
+        if self
+            .inner
+            .sched_tx
+            .send(scheduler::Cmd::Take(pred, tx))
+            .await
+            .is_ok()
+            && let Ok(taken) = rx.await
+        {
+            jobs.extend(taken);
+        }
+        let mut n = 0;
+        for job in jobs {
+            n += job.rcpts.len();
+            self.finalize_purged(job);
+        }
+        tracing::info!(target: "gannet::control", event = "purged", filter = ?filter, recipients = n);
+        n
+    }
+
+    fn finalize_purged(&self, job: Job) {
+        let msg = job.msg.clone();
+        let reply = Reply::new(550, "5.0.0", "purged from the queue by an operator");
+        let all_done = {
+            let mut states = msg.states();
+            for idx in &job.rcpts {
+                let i = *idx as usize;
+                states[i] = RcptState::Failed;
+                tracing::info!(
+                    target: "gannet::outcome",
+                    event = "purged",
+                    queue_id = %msg.queue_id,
+                    recipient = %msg.rcpts[i],
+                    sender = %msg.mail_from,
+                    reply = %reply,
+                    class = %msg.class,
+                    tenant = %msg.tenant,
+                    campaign = %msg.campaign,
+                );
+                self.inner
+                    .metrics
+                    .outcomes
+                    .with_label_values(&["purged", msg.class.as_str()])
+                    .inc();
+            }
+            let done = states.iter().all(|s| *s != RcptState::Pending);
+            if !done {
+                self.inner.spool.record_states(msg.location.key, &states);
+            }
+            done
+        };
+        self.inner
+            .metrics
+            .queued_recipients
+            .sub(job.rcpts.len() as i64);
+        if all_done {
+            let released = msg.drop_body();
+            self.inner
+                .cache_bytes
+                .fetch_sub(released, Ordering::Relaxed);
+            self.inner.spool.complete(msg.location.key);
+        }
+    }
+
+    /// Wait until every dispatcher and resolver task has finished (after shutdown).
+    pub async fn wait_idle(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.inner.spool
+    }
+}
+
+#[cfg(test)]
+mod tests;

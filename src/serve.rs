@@ -1,0 +1,219 @@
+//! `gannet serve`: builds every stage from the configuration, runs them, and shuts them down
+//! in order.
+//!
+//! Start: open the spool (recovering what it holds), start the queue and re-queue the
+//! recovered messages, bind every listener (so a bad address fails before anything runs), then
+//! serve. Shutdown (SIGTERM, SIGINT, or the token being cancelled): listeners stop accepting
+//! and finish their sessions (a message in DATA still gets its durable 250), dispatchers finish
+//! the transaction they are in, and everything else stays in the spool for the next start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::delivery::MxResolver;
+use crate::intake::{Intake, Signer};
+use crate::message::SharedAcceptor;
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueuedMessage};
+use crate::spool::Spool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Smtp(#[from] crate::smtp::SmtpError),
+    #[error("cannot listen for HTTP on {addr}: {source} (change [http] address)")]
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Dkim(String),
+}
+
+/// Addresses actually bound (ports may have been 0 in the config).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub smtp: Vec<SocketAddr>,
+    pub http: SocketAddr,
+}
+
+/// DKIM signing for intake, straight from `auth`.
+impl Signer for crate::auth::DkimSigner {
+    fn sign(
+        &self,
+        message: &[u8],
+        now: std::time::SystemTime,
+    ) -> Result<Vec<u8>, crate::message::Rejection> {
+        crate::auth::DkimSigner::sign(self, message, now)
+    }
+}
+
+/// Run Gannet until shutdown. `ready` is told the bound addresses once everything listens.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    // Keys are loaded and checked before anything listens: a bad key stops the start.
+    let dkim = crate::auth::DkimSigner::from_config(&config)
+        .map_err(|e| ServeError::Dkim(e.to_string()))?;
+    let signer: Option<Arc<dyn Signer>> = if dkim.is_empty() && !config.dkim_policy.reject_unsigned
+    {
+        None
+    } else {
+        Some(Arc::new(dkim))
+    };
+    let metrics = Metrics::new();
+    let base = config
+        .base_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    let spool_cfg = config.spool.clone();
+    let m = metrics.clone();
+    let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &base, m))
+        .await
+        .map_err(|e| ServeError::Resolver(e.to_string()))??;
+    let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
+    let (queue, bounce_rx) = Queue::start(
+        config.clone(),
+        spool.clone(),
+        resolver,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .map_err(ServeError::Tls)?;
+    let intake = Intake::new(config.clone(), queue.clone(), signer, metrics.clone());
+    let acceptor: SharedAcceptor = Arc::new(intake);
+
+    let n = recovered.len();
+    for r in recovered {
+        let rec = r.record;
+        let msg = QueuedMessage::new(
+            r.location,
+            rec.mail_from,
+            rec.rcpts,
+            rec.class,
+            rec.tenant,
+            rec.campaign,
+            UNIX_EPOCH + Duration::from_millis(rec.received_at_ms),
+            r.states,
+        );
+        queue.enqueue(Arc::new(msg), None);
+    }
+    if n > 0 {
+        tracing::info!(messages = n, "re-queued messages found in the spool");
+    }
+
+    let bounce_task = tokio::spawn(crate::bounce::notify_loop(
+        bounce_rx,
+        acceptor.clone(),
+        spool.clone(),
+        config.hostname.clone(),
+    ));
+
+    let mut listeners = Vec::new();
+    for i in 0..config.listeners.len() {
+        listeners.push(
+            crate::smtp::SmtpListener::bind(config.clone(), i, acceptor.clone(), metrics.clone())
+                .await?,
+        );
+    }
+    let http_listener = tokio::net::TcpListener::bind(config.http.address)
+        .await
+        .map_err(|e| ServeError::HttpBind {
+            addr: config.http.address,
+            source: e,
+        })?;
+    let bound = Bound {
+        smtp: listeners.iter().map(|l| l.local_addr()).collect(),
+        http: http_listener.local_addr().unwrap_or(config.http.address),
+    };
+    tracing::info!(smtp = ?bound.smtp, http = %bound.http, "gannet is serving");
+    if let Some(tx) = ready {
+        let _ = tx.send(bound);
+    }
+
+    let router = crate::http::router(crate::http::ApiState {
+        config: config.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    });
+    let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
+    let checks_task = tokio::spawn(crate::auth::run_periodic_checks(
+        config.clone(),
+        metrics.clone(),
+        config.dkim_policy.check_interval,
+        shutdown.clone(),
+    ));
+    let smtp_tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(l.run(shutdown.clone())))
+        .collect();
+
+    let flusher = {
+        let spool = spool.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let s = spool.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.flush_index()).await;
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        })
+    };
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: listeners finish their sessions, deliveries in progress finish");
+    for t in smtp_tasks {
+        let _ = t.await;
+    }
+    let _ = http_task.await;
+    checks_task.abort();
+    if tokio::time::timeout(Duration::from_secs(60), queue.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("deliveries still running after 60s; they stay queued for the next start");
+    }
+    bounce_task.abort();
+    let _ = flusher.await;
+    let s = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || s.flush_index()).await;
+    tracing::info!("stopped; queued mail stays in the spool");
+    Ok(())
+}
+
+/// Cancel `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop gannet with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,233 @@
+//! One `[[listener]]`: the bound socket, its TLS material, and the accept loop that starts a
+//! session task per connection under the listener's session limits.
+//!
+//! Owns the per-listener limits: `max_sessions` (a semaphore permit is taken *before*
+//! `accept`, moved into the session task and released when it ends, so an overloaded listener
+//! leaves connections in the kernel backlog instead of accepting them) and
+//! `max_sessions_per_ip` (a small map, see [`IpLimiter`]). Stops accepting when the shutdown
+//! token fires and returns from [`SmtpListener::run`] once every session has ended.
+//! Never parses SMTP (see `protocol`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{Histogram, IntGauge};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::SmtpError;
+use super::auth::Authenticator;
+use super::protocol::ProtocolConfig;
+use super::{session, tls};
+use crate::config::{Config, TlsMode};
+use crate::message::SharedAcceptor;
+use crate::metrics::Metrics;
+
+/// What every session of one listener shares. Immutable except for the per-IP counts.
+pub(super) struct Shared {
+    pub proto: Arc<ProtocolConfig>,
+    pub tls: Option<TlsAcceptor>,
+    pub implicit_tls: bool,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub per_ip: IpLimiter,
+    pub acceptor: SharedAcceptor,
+    pub authenticator: Arc<Authenticator>,
+    pub sessions: IntGauge,
+    pub accept_latency: Histogram,
+}
+
+/// Open sessions per client address, capped at `max`. A std `Mutex` is right here: each
+/// section is one hash-map update with no `.await` inside, once per connection.
+pub(super) struct IpLimiter {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One claimed per-IP session slot; dropping it gives the slot back.
+pub(super) struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpLimiter {
+    fn new(max: usize) -> Self {
+        IpLimiter {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take a slot for `ip`, or None when it already has `max` sessions.
+    pub fn claim(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+        let limiter = &shared.per_ip;
+        let mut counts = limiter.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limiter.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .shared
+            .per_ip
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A bound SMTP listener, ready to [`run`](SmtpListener::run).
+pub struct SmtpListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    name: String,
+    /// Session permits (`max_sessions`), taken before each `accept`.
+    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+impl SmtpListener {
+    /// Binds the socket and loads TLS material; errors name the listener, address and file.
+    pub async fn bind(
+        config: Arc<Config>,
+        listener_index: usize,
+        acceptor: SharedAcceptor,
+        metrics: Metrics,
+    ) -> Result<SmtpListener, SmtpError> {
+        let l = config
+            .listeners
+            .get(listener_index)
+            .ok_or(SmtpError::NoSuchListener {
+                index: listener_index,
+                count: config.listeners.len(),
+            })?;
+        let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
+            (TlsMode::None, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(
+                tls::load_acceptor(&l.name, config.resolve_path(cert), config.resolve_path(key))
+                    .await?,
+            ),
+            (TlsMode::Implicit, _, _) => {
+                return Err(SmtpError::TlsRequired {
+                    listener: l.name.clone(),
+                });
+            }
+            (TlsMode::Starttls, _, _) => None,
+        };
+        let implicit_tls = l.tls == TlsMode::Implicit;
+        let authenticator = Arc::new(Authenticator::new(&config.smtp_users));
+        let proto = ProtocolConfig::new(
+            &config,
+            l,
+            tls.is_some() && !implicit_tls,
+            tls.is_some() && authenticator.has_users(),
+            metrics.clone(),
+        );
+        let bind_err = |source| SmtpError::Bind {
+            listener: l.name.clone(),
+            address: l.address,
+            source,
+        };
+        let listener = TcpListener::bind(l.address).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let shared = Arc::new(Shared {
+            proto: Arc::new(proto),
+            tls,
+            implicit_tls,
+            command_timeout: l.command_timeout,
+            data_timeout: l.data_timeout,
+            per_ip: IpLimiter::new(l.max_sessions_per_ip.max(1)),
+            acceptor,
+            authenticator,
+            sessions: metrics.smtp_sessions.with_label_values(&[l.name.as_str()]),
+            accept_latency: metrics.accept_latency.clone(),
+        });
+        Ok(SmtpListener {
+            listener,
+            local_addr,
+            name: l.name.clone(),
+            slots: Arc::new(Semaphore::new(l.max_sessions.max(1))),
+            shared,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accept connections until `shutdown` fires, then stop accepting (the socket is closed)
+    /// and return once every session has ended. Sessions see the same token: idle ones get
+    /// `421 4.3.2` at once, one in the middle of a message finishes it first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let SmtpListener {
+            listener,
+            local_addr,
+            name,
+            slots,
+            shared,
+        } = self;
+        tracing::info!(listener = %name, address = %local_addr, "smtp listener accepting");
+        let tracker = TaskTracker::new();
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly rather than
+                        // spinning; the permit is dropped so the count stays right.
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        }
+                    }
+                },
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(listener = %name, error = %e, "set_nodelay failed");
+            }
+            tracker.spawn(session::run(
+                stream,
+                peer,
+                shared.clone(),
+                shutdown.clone(),
+                permit,
+            ));
+        }
+        drop(listener);
+        tracker.close();
+        tracing::info!(listener = %name, sessions = tracker.len(), "smtp listener stopped accepting; waiting for sessions");
+        tracker.wait().await;
+        tracing::info!(listener = %name, "smtp listener finished");
+    }
+}

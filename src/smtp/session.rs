@@ -1,0 +1,220 @@
+//! The socket loop of one SMTP connection: reads bytes into a reusable buffer, feeds them to
+//! the [`Protocol`] state machine, writes its replies, and performs the actions it asks for
+//! (TLS handshake, password check, hand-off to the acceptor) strictly in order.
+//!
+//! Owns the connection, its timeouts and its reaction to shutdown. Replies are written when
+//! the protocol has consumed everything read so far, so a pipelined group of commands gets one
+//! write (RFC 2920). Never interprets SMTP itself; never reads further commands while the
+//! acceptor is making a message durable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use prometheus::IntGauge;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::listener::{IpLimiter, Shared};
+use super::protocol::{Action, Protocol, canonical_ip};
+use super::tls::Conn;
+
+/// Bytes asked for per read. The buffer is empty before every read (the protocol consumes all
+/// it is given), so this is also the most a session holds unparsed.
+const READ_CHUNK: usize = 32 * 1024;
+
+const TOO_MANY_FROM_IP: &[u8] = b"421 4.7.0 Too many connections from your address\r\n";
+
+/// Why a session ended other than by the protocol closing it.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("client closed the connection")]
+    ClientClosed,
+    #[error("client closed the connection in the middle of a message; nothing was handed on")]
+    ClientClosedInMessage,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no reply written within {0:?} (client not reading)")]
+    WriteTimeout(Duration),
+    #[error("tls handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("tls handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("shutdown during the tls handshake")]
+    HandshakeShutdown,
+}
+
+struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serve one accepted connection. `_permit` is the listener's session slot, released on return.
+pub(super) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    shared.sessions.inc();
+    let _gauge = GaugeGuard(shared.sessions.clone());
+    let ip = canonical_ip(peer.ip());
+    let Some(_ip_slot) = IpLimiter::claim(&shared, ip) else {
+        tracing::info!(%peer, listener = %shared.proto.listener, "too many sessions from this address");
+        if !shared.implicit_tls {
+            let mut stream = stream;
+            let _ = tokio::time::timeout(shared.command_timeout, async {
+                stream.write_all(TOO_MANY_FROM_IP).await?;
+                stream.shutdown().await
+            })
+            .await;
+        }
+        return;
+    };
+    let conn = if shared.implicit_tls {
+        match handshake(stream, &shared, &shutdown).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "implicit tls session ended");
+                return;
+            }
+        }
+    } else {
+        Conn::Plain(stream)
+    };
+    let mut proto = Protocol::new(shared.proto.clone(), ip, conn.is_tls());
+    if shutdown.is_cancelled() {
+        proto.shutting_down();
+    }
+    let session = proto.session_id().to_string();
+    tracing::debug!(%peer, %session, listener = %shared.proto.listener, "smtp session started");
+    match drive(conn, &mut proto, &shared, &shutdown).await {
+        Ok(()) => tracing::debug!(%peer, %session, "smtp session closed"),
+        Err(e) => tracing::debug!(%peer, %session, error = %e, "smtp session ended"),
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<Conn, SessionEnd> {
+    let Some(acceptor) = shared.tls.as_ref() else {
+        return Err(SessionEnd::Handshake(std::io::Error::other(
+            "no tls configured",
+        )));
+    };
+    let limit = shared.command_timeout;
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(SessionEnd::HandshakeShutdown),
+        done = tokio::time::timeout(limit, acceptor.accept(stream)) => match done {
+            Err(_) => Err(SessionEnd::HandshakeTimeout(limit)),
+            Ok(Err(e)) => Err(SessionEnd::Handshake(e)),
+            Ok(Ok(tls)) => Ok(Conn::Tls(Box::new(tls))),
+        },
+    }
+}
+
+async fn flush(conn: &mut Conn, proto: &mut Protocol, limit: Duration) -> Result<(), SessionEnd> {
+    if proto.output().is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(limit, async {
+        conn.write_all(proto.output()).await?;
+        conn.flush().await
+    })
+    .await
+    .map_err(|_| SessionEnd::WriteTimeout(limit))??;
+    proto.clear_output();
+    Ok(())
+}
+
+async fn drive(
+    mut conn: Conn,
+    proto: &mut Protocol,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let write_limit = shared.command_timeout;
+    loop {
+        let action = {
+            let mut input: &[u8] = &inbuf;
+            let action = proto.advance(&mut input);
+            let consumed = inbuf.len() - input.len();
+            inbuf.advance(consumed);
+            action
+        };
+        match action {
+            Action::Read => {
+                debug_assert!(inbuf.is_empty());
+                if shutdown.is_cancelled() && !proto.in_body() {
+                    proto.shutting_down();
+                    continue;
+                }
+                flush(&mut conn, proto, write_limit).await?;
+                let in_body = proto.in_body();
+                let limit = if in_body {
+                    shared.data_timeout
+                } else {
+                    shared.command_timeout
+                };
+                inbuf.reserve(READ_CHUNK);
+                let read = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled(), if !in_body => {
+                        proto.shutting_down();
+                        continue;
+                    }
+                    read = tokio::time::timeout(limit, conn.read_buf(&mut inbuf)) => read,
+                };
+                match read {
+                    Err(_elapsed) => proto.timed_out(),
+                    Ok(Ok(0)) if in_body => return Err(SessionEnd::ClientClosedInMessage),
+                    Ok(Ok(0)) => return Err(SessionEnd::ClientClosed),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(SessionEnd::Io(e)),
+                }
+            }
+            Action::StartTls => {
+                flush(&mut conn, proto, write_limit).await?;
+                // RFC 3207 §4.2: anything the client pipelined after STARTTLS is discarded.
+                inbuf.clear();
+                conn = match conn {
+                    Conn::Plain(tcp) => handshake(tcp, shared, shutdown).await?,
+                    tls @ Conn::Tls(_) => tls,
+                };
+                proto.tls_established();
+            }
+            Action::Authenticate(credentials) => {
+                let ok = shared.authenticator.verify(credentials).await;
+                proto.auth_result(ok);
+            }
+            Action::Submit(submission) => {
+                let started = Instant::now();
+                let result = shared.acceptor.accept(submission).await;
+                if result.is_ok() {
+                    shared
+                        .accept_latency
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                proto.submitted(result);
+                if shutdown.is_cancelled() {
+                    proto.shutting_down();
+                }
+            }
+            Action::Close => {
+                flush(&mut conn, proto, write_limit).await?;
+                let _ = tokio::time::timeout(write_limit, conn.shutdown()).await;
+                return Ok(());
+            }
+        }
+    }
+}

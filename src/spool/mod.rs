@@ -1,0 +1,482 @@
+//! The durable spool: message bodies in append-only segment files that Gannet fdatasyncs itself,
+//! and a sled index of per-message delivery state.
+//!
+//! Owns: the `segments/` directory (files named by segment number, never by anything personal),
+//! the group-commit writer thread, and the sled database under `index/`.
+//!
+//! Invariants:
+//! - `append` resolves only after the record is on stable storage (write + fdatasync; a new
+//!   segment's directory entry is fsynced too). Many appends share one fdatasync.
+//! - The segment files are the truth about which messages exist. sled holds only what changes
+//!   afterwards (per-recipient outcomes, "done" tombstones); sled's flush is not durable
+//!   (CRATES.md), so a lost sled update can only cause a redelivery, never a lost message. A
+//!   missing or torn index is rebuilt by scanning the segments: every message is then pending.
+//! - A segment file is deleted once every message in it is done and it is no longer written to;
+//!   its tombstones are removed from the index after the deletion is durable.
+//!
+//! Never does: decide when or where to deliver (queue/), parse messages (message/).
+
+mod record;
+mod writer;
+
+pub use record::{MessageRecord, RecordError};
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::SpoolConfig;
+use crate::metrics::Metrics;
+
+/// Identifies a spooled message: the segment it lives in and the record's offset there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsgKey {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl MsgKey {
+    /// Big-endian bytes, so sled keys sort by segment and a segment is one key prefix.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.segment.to_be_bytes());
+        b[8..].copy_from_slice(&self.offset.to_be_bytes());
+        b
+    }
+
+    /// The queue id shown to clients and in logs.
+    pub fn queue_id(self) -> String {
+        format!("{:013X}{:08X}", self.segment, self.offset)
+    }
+}
+
+/// Where a record is: its key and its length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub key: MsgKey,
+    pub len: u32,
+}
+
+/// Delivery state of one recipient as the index records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RcptState {
+    Pending = 0,
+    Delivered = 1,
+    Failed = 2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "spool index at {path} cannot be opened: {source} (it can be deleted; it is rebuilt from the segments)"
+    )]
+    Index { path: PathBuf, source: sled::Error },
+    #[error("spool write to {path} failed: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool read of message {queue_id} from {path} failed: {reason}")]
+    Read {
+        queue_id: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("spool writer is not running (shutting down)")]
+    Closed,
+    #[error("spool is busy: {0} submissions already wait for the disk")]
+    Busy(usize),
+}
+
+/// A message found in the spool at start-up that still has recipients to deliver.
+#[derive(Debug)]
+pub struct Recovered {
+    pub location: Location,
+    pub record: MessageRecord,
+    pub states: Vec<RcptState>,
+}
+
+/// One request to the group-commit writer.
+struct WriteReq {
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<Location, SpoolError>>,
+}
+
+/// Per-segment bookkeeping, for deleting a segment once all its messages are done.
+#[derive(Default)]
+struct SegState {
+    live: usize,
+    /// No longer written to: may be deleted when `live` reaches zero.
+    sealed: bool,
+}
+
+/// Handle to the spool. Cheap to clone; all clones share one writer and one index.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<WriteReq>,
+    queue_limit: usize,
+    db: sled::Db,
+    segments: Arc<Segments>,
+}
+
+/// Segment files and their live-message counts; shared by the handle and the writer thread
+/// (which must not hold the handle, or the channel would never close).
+struct Segments {
+    dir: PathBuf,
+    index: sled::Tree,
+    /// Short critical sections only (counter updates), never held across I/O or `.await`:
+    /// a std Mutex is cheaper than an async one here.
+    segs: Mutex<HashMap<u64, SegState>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:016x}.seg"))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Spool {
+    /// Open (or create) the spool under `config.path`, scan existing segments and return the
+    /// messages that still need delivery. Blocking: call before serving, or via spawn_blocking.
+    pub fn open(
+        config: &SpoolConfig,
+        base: &Path,
+        metrics: Metrics,
+    ) -> Result<(Spool, Vec<Recovered>), SpoolError> {
+        let root = if config.path.is_relative() {
+            base.join(&config.path)
+        } else {
+            config.path.clone()
+        };
+        let segments_dir = root.join("segments");
+        std::fs::create_dir_all(&segments_dir).map_err(|e| SpoolError::Dir {
+            path: segments_dir.clone(),
+            source: e,
+        })?;
+        let index_path = root.join("index");
+        let db = sled::Config::new()
+            .path(&index_path)
+            .cache_capacity(32 * 1024 * 1024)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| SpoolError::Index {
+                path: index_path.clone(),
+                source: e,
+            })?;
+        let index = db.open_tree("msg").map_err(|e| SpoolError::Index {
+            path: index_path.clone(),
+            source: e,
+        })?;
+
+        let (recovered, segs, max_seg) = scan(&segments_dir, &index)?;
+
+        let (tx, rx) = mpsc::channel(config.commit_queue.max(1));
+        let segments = Arc::new(Segments {
+            dir: segments_dir.clone(),
+            index,
+            segs: Mutex::new(segs),
+        });
+        // Segments left with nothing to deliver can go now.
+        let empty: Vec<u64> = segments
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.live == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for seg in empty {
+            segments.delete(seg);
+        }
+        let inner = Arc::new(Inner {
+            tx,
+            queue_limit: config.commit_queue.max(1),
+            db,
+            segments: segments.clone(),
+        });
+        let spool = Spool { inner };
+        let first_segment = (now_ms() * 1000).max(max_seg + 1);
+        writer::start(
+            writer::WriterConfig {
+                dir: segments_dir,
+                first_segment,
+                max_segment_bytes: config.max_segment_bytes,
+                max_commit_bytes: config.max_commit_bytes,
+            },
+            rx,
+            segments,
+            metrics,
+        );
+        Ok((spool, recovered))
+    }
+
+    /// Make a message durable. Resolves after the fdatasync that covers it.
+    pub async fn append(&self, record: &MessageRecord) -> Result<Location, SpoolError> {
+        let bytes = record::encode(record);
+        let (reply, rx) = oneshot::channel();
+        // Bounded channel: when the disk falls behind, callers wait here (and SMTP clients
+        // wait for their 250) instead of buffering without limit; if even the queue is full
+        // for long, the caller's timeout turns it into a 4xx.
+        let permit = match self.inner.tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                match tokio::time::timeout(Duration::from_secs(30), self.inner.tx.reserve()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(SpoolError::Closed),
+                    Err(_) => return Err(SpoolError::Busy(self.inner.queue_limit)),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SpoolError::Closed),
+        };
+        permit.send(WriteReq { bytes, reply });
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Read a message back (for a retry, or after a restart). Runs the file read on the
+    /// blocking pool.
+    pub async fn read(&self, loc: Location) -> Result<MessageRecord, SpoolError> {
+        let path = segment_path(&self.inner.segments.dir, loc.key.segment);
+        tokio::task::spawn_blocking(move || {
+            let fail = |reason: String| SpoolError::Read {
+                queue_id: loc.key.queue_id(),
+                path: path.clone(),
+                reason,
+            };
+            let file = File::open(&path).map_err(|e| fail(e.to_string()))?;
+            let mut buf = vec![0u8; loc.len as usize];
+            file.read_exact_at(&mut buf, loc.key.offset)
+                .map_err(|e| fail(e.to_string()))?;
+            record::decode(&buf).map_err(|e| fail(e.to_string()))
+        })
+        .await
+        .map_err(|e| SpoolError::Read {
+            queue_id: loc.key.queue_id(),
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?
+    }
+
+    /// Record per-recipient outcomes of a message that still has pending recipients.
+    pub fn record_states(&self, key: MsgKey, states: &[RcptState]) {
+        let mut v = Vec::with_capacity(states.len() + 1);
+        v.push(0u8);
+        v.extend(states.iter().map(|s| *s as u8));
+        if let Err(e) = self.inner.segments.index.insert(key.to_bytes(), v) {
+            tracing::warn!(queue_id = %key.queue_id(), error = %e, "spool index update failed; recipients may be retried after a restart");
+        }
+    }
+
+    /// Every recipient of the message has a final outcome: mark it done and release its
+    /// segment when that was the segment's last live message.
+    pub fn complete(&self, key: MsgKey) {
+        if let Err(e) = self.inner.segments.index.insert(key.to_bytes(), &[1u8][..]) {
+            tracing::warn!(queue_id = %key.queue_id(), error = %e, "spool index update failed; message may be redelivered after a restart");
+        }
+        if self.inner.segments.release_one(key.segment) {
+            let segments = self.inner.segments.clone();
+            let seg = key.segment;
+            // File deletion and directory fsync are blocking I/O.
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn_blocking(move || segments.delete(seg));
+                }
+                Err(_) => segments.delete(seg),
+            }
+        }
+    }
+
+    /// Number of segment files currently tracked (for tests and metrics).
+    pub fn segment_count(&self) -> usize {
+        self.inner.segments.lock().len()
+    }
+
+    /// A named sled tree for small operator state that must survive restarts (suspensions,
+    /// warm-up counters). Not for message data.
+    pub fn state_tree(&self, name: &str) -> Result<sled::Tree, SpoolError> {
+        self.inner
+            .db
+            .open_tree(format!("state:{name}"))
+            .map_err(|e| SpoolError::Index {
+                path: self.inner.segments.dir.clone(),
+                source: e,
+            })
+    }
+
+    /// Push sled's buffered index updates to the OS (not a durability point; see module docs).
+    pub fn flush_index(&self) {
+        if let Err(e) = self.inner.db.flush() {
+            tracing::warn!(error = %e, "spool index flush failed");
+        }
+    }
+}
+
+impl Segments {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SegState>> {
+        // A poisoned lock means a panic while updating counters; the counters are still
+        // usable (worst case a segment is kept longer), so carry on.
+        self.segs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One message of `segment` is done; true when the segment may now be deleted.
+    fn release_one(&self, segment: u64) -> bool {
+        let mut segs = self.lock();
+        match segs.get_mut(&segment) {
+            Some(s) => {
+                s.live = s.live.saturating_sub(1);
+                s.live == 0 && s.sealed
+            }
+            None => false,
+        }
+    }
+
+    /// Called by the writer for each record it made durable.
+    fn note_appended(&self, segment: u64, count: usize) {
+        self.lock().entry(segment).or_default().live += count;
+    }
+
+    /// Called by the writer when it stops writing to a segment.
+    fn seal(&self, segment: u64) {
+        let delete = {
+            let mut segs = self.lock();
+            let s = segs.entry(segment).or_default();
+            s.sealed = true;
+            s.live == 0
+        };
+        if delete {
+            self.delete(segment);
+        }
+    }
+
+    fn delete(&self, segment: u64) {
+        let path = segment_path(&self.dir, segment);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete finished spool segment");
+                return;
+            }
+        }
+        if let Err(e) = fsync_dir(&self.dir) {
+            tracing::warn!(path = %self.dir.display(), error = %e, "directory fsync failed");
+            return;
+        }
+        self.lock().remove(&segment);
+        // Only now that the file is durably gone may its tombstones go.
+        let prefix = segment.to_be_bytes();
+        let mut batch = sled::Batch::default();
+        for item in self.index.scan_prefix(prefix).keys().flatten() {
+            batch.remove(item);
+        }
+        if let Err(e) = self.index.apply_batch(batch) {
+            tracing::warn!(error = %e, "spool index cleanup failed");
+        }
+    }
+}
+
+type ScanResult = (Vec<Recovered>, HashMap<u64, SegState>, u64);
+
+/// Read every segment, skip messages the index marks done, and count live messages per segment.
+fn scan(dir: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
+    let mut segments: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(|e| SpoolError::Dir {
+            path: dir.to_path_buf(),
+            source: e,
+        })?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let hex = name.strip_suffix(".seg")?;
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .collect();
+    segments.sort_unstable();
+    let mut recovered = Vec::new();
+    let mut segs = HashMap::new();
+    let mut max_seg = 0;
+    for seg in segments {
+        max_seg = max_seg.max(seg);
+        let path = segment_path(dir, seg);
+        let data = std::fs::read(&path).map_err(|e| SpoolError::Dir {
+            path: path.clone(),
+            source: e,
+        })?;
+        let mut live = 0;
+        let mut off = 0usize;
+        while off < data.len() {
+            let rest = &data[off..];
+            let len = match record::record_len(rest)
+                .and_then(|len| record::decode(&rest[..len.min(rest.len())]).map(|rec| (len, rec)))
+            {
+                Ok((len, rec)) => {
+                    let key = MsgKey {
+                        segment: seg,
+                        offset: off as u64,
+                    };
+                    let states = match index.get(key.to_bytes()) {
+                        Ok(Some(v)) if v.first() == Some(&1) => None,
+                        Ok(Some(v)) => Some(
+                            (0..rec.rcpts.len())
+                                .map(|i| match v.get(i + 1) {
+                                    Some(1) => RcptState::Delivered,
+                                    Some(2) => RcptState::Failed,
+                                    _ => RcptState::Pending,
+                                })
+                                .collect(),
+                        ),
+                        _ => Some(vec![RcptState::Pending; rec.rcpts.len()]),
+                    };
+                    if let Some(states) = states {
+                        live += 1;
+                        recovered.push(Recovered {
+                            location: Location {
+                                key,
+                                len: len as u32,
+                            },
+                            record: MessageRecord {
+                                body: Vec::new(), // read again at delivery time
+                                ..rec
+                            },
+                            states,
+                        });
+                    }
+                    len
+                }
+                Err(e) => {
+                    // A torn tail from a crash mid-write: nothing after it was acknowledged.
+                    tracing::warn!(segment = %path.display(), offset = off, error = %e,
+                        "spool segment ends in an incomplete record; ignoring the rest");
+                    break;
+                }
+            };
+            off += len;
+        }
+        segs.insert(seg, SegState { live, sealed: true });
+    }
+    Ok((recovered, segs, max_seg))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! The group-commit writer: one thread that owns the active segment file.
+//!
+//! It takes every write request waiting in the channel (up to `max_commit_bytes`), appends them
+//! with one `write`, makes them durable with one `fdatasync`, and only then answers each
+//! request. While it syncs, new requests queue up and form the next batch, so the number of
+//! syncs per second stays bounded by the disk's latency, not by the message rate.
+//!
+//! A dedicated OS thread rather than a tokio task: every step here is blocking file I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use std::sync::Arc;
+
+use super::{Location, MsgKey, Segments, SpoolError, WriteReq, fsync_dir, segment_path};
+use crate::metrics::Metrics;
+
+pub(super) struct WriterConfig {
+    pub dir: PathBuf,
+    pub first_segment: u64,
+    pub max_segment_bytes: u64,
+    pub max_commit_bytes: usize,
+}
+
+struct Active {
+    id: u64,
+    file: File,
+    len: u64,
+}
+
+pub(super) fn start(
+    cfg: WriterConfig,
+    rx: mpsc::Receiver<WriteReq>,
+    spool: Arc<Segments>,
+    metrics: Metrics,
+) {
+    std::thread::Builder::new()
+        .name("gannet-spool-writer".into())
+        .spawn(move || run(cfg, rx, spool, metrics))
+        .expect("spawning the spool writer thread");
+}
+
+fn open_segment(cfg: &WriterConfig, id: u64) -> Result<Active, SpoolError> {
+    let path = segment_path(&cfg.dir, id);
+    let err = |e| SpoolError::Write {
+        path: path.clone(),
+        source: e,
+    };
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(err)?;
+    // The new directory entry must be durable before anything in the file is acknowledged.
+    fsync_dir(&cfg.dir).map_err(err)?;
+    Ok(Active { id, file, len: 0 })
+}
+
+fn run(
+    cfg: WriterConfig,
+    mut rx: mpsc::Receiver<WriteReq>,
+    spool: Arc<Segments>,
+    metrics: Metrics,
+) {
+    let mut next_id = cfg.first_segment;
+    let mut active: Option<Active> = None;
+    let mut batch: Vec<WriteReq> = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(cfg.max_commit_bytes.min(16 << 20));
+    while let Some(first) = rx.blocking_recv() {
+        batch.clear();
+        buf.clear();
+        let mut bytes = first.bytes.len();
+        batch.push(first);
+        while bytes < cfg.max_commit_bytes {
+            match rx.try_recv() {
+                Ok(req) => {
+                    bytes += req.bytes.len();
+                    batch.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        // Rotate before writing when the active segment is full.
+        if let Some(a) = &active
+            && a.len >= cfg.max_segment_bytes
+        {
+            let id = a.id;
+            active = None;
+            spool.seal(id);
+        }
+        if active.is_none() {
+            match open_segment(&cfg, next_id) {
+                Ok(a) => {
+                    next_id += 1;
+                    active = Some(a);
+                }
+                Err(e) => {
+                    fail_batch(&mut batch, &e);
+                    continue;
+                }
+            }
+        }
+        let Some(a) = active.as_mut() else { continue };
+        let mut locs = Vec::with_capacity(batch.len());
+        for req in &batch {
+            let offset = a.len + buf.len() as u64;
+            locs.push(Location {
+                key: MsgKey {
+                    segment: a.id,
+                    offset,
+                },
+                len: req.bytes.len() as u32,
+            });
+            buf.extend_from_slice(&req.bytes);
+        }
+        let result = a.file.write_all(&buf).and_then(|()| a.file.sync_data());
+        match result {
+            Ok(()) => {
+                a.len += buf.len() as u64;
+                spool.note_appended(a.id, batch.len());
+                metrics.spool_commits.inc();
+                metrics.spool_commit_messages.observe(batch.len() as f64);
+                for (req, loc) in batch.drain(..).zip(locs) {
+                    let _ = req.reply.send(Ok(loc));
+                }
+            }
+            Err(e) => {
+                let err = SpoolError::Write {
+                    path: segment_path(&cfg.dir, a.id),
+                    source: e,
+                };
+                tracing::error!(error = %err, "spool commit failed; answering 4xx and starting a new segment");
+                fail_batch(&mut batch, &err);
+                // What was written is unknown: stop using this file. Messages in it that were
+                // acknowledged earlier stay valid; the failed tail is skipped by the scan.
+                let id = a.id;
+                active = None;
+                spool.seal(id);
+            }
+        }
+    }
+    if let Some(a) = active {
+        spool.seal(a.id);
+    }
+}
+
+fn fail_batch(batch: &mut Vec<WriteReq>, err: &SpoolError) {
+    for req in batch.drain(..) {
+        let _ = req.reply.send(Err(SpoolError::Write {
+            path: PathBuf::new(),
+            source: std::io::Error::other(err.to_string()),
+        }));
+    }
+}

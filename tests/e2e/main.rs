@@ -1,0 +1,21 @@
+//! Gannet's end-to-end tests: the real `gannet` binary between real clients (Python smtplib,
+//! swaks, Postfix smtp-source, raw sockets) and real SMTP sinks, resolving through a real DNS
+//! server, all on loopback. One test binary (one link) for all modules; the harness is in
+//! `common/` and documented there.
+//!
+//! Modules:
+//! - `harness`: self-tests of the harness (DNS, sinks, tools) that need no Gannet;
+//! - `relay`: MX resolution, delivery, header handling, static routes (issue 2, items 1 and 8);
+//! - `retry`: deferral, permanent failure, expiry, DSNs (item 2);
+//! - `durability`: kill -9 and SIGTERM with queued mail (items 3 and 6);
+//! - `smtp_input`: open-relay refusal and malformed input (items 4 and 5);
+//! - `cli`: `gannet queue list` / `flush` against a running instance (item 7).
+
+mod common;
+
+mod cli;
+mod durability;
+mod harness;
+mod relay;
+mod retry;
+mod smtp_input;
