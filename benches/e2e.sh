@@ -82,6 +82,15 @@ sources = [{ ip = \"127.0.0.1\", ehlo = \"out.bench.test\" }]
 pool = \"default\""
   tx_listener=""
 fi
+# The relay host takes what Postfix's baseline gives it: 20 connections (Postfix's
+# smtp_destination_concurrency_limit), from one source or split over the pools.
+cat >"$work/shaping.toml" <<SHAPING
+[defaults]
+max_connection_rate = 50
+[domain."dest.test"]
+max_connections = 20
+per_source = { max_connections = 20 }
+SHAPING
 cat >"$work/gannet.toml" <<CONF
 hostname = "gannet.bench.test"
 [spool]
@@ -97,6 +106,8 @@ $tx_listener
 address = "127.0.0.1:$HTTP_PORT"
 [delivery]
 max_connections_per_destination = 20
+[shaping]
+file = "$work/shaping.toml"
 [[route]]
 domain = "dest.test"
 host = "127.0.0.1:$SINK_PORT"
