@@ -1,0 +1,118 @@
+//! Per-destination shaping (issue 4): connection and rate limits from a test shaping file,
+//! priority of transactional over promotional mail at a slow site, adaptive backoff on
+//! `421 4.7.28`, and operator queue control (suspend, resume, purge) by campaign and site.
+//!
+//! Every test writes its own shaping file (`TestConfig::shaping`), which replaces the
+//! built-in `config/shaping.toml` as a whole, so limits and rules are exactly what the test
+//! says. Sink addresses of this module: 127.0.0.121–139.
+
+use std::time::Duration;
+
+use crate::common::tools::smtp_source;
+use crate::common::*;
+
+/// The largest number of messages in any stretch of time, beyond what a steady `rate` would
+/// allow in that stretch: `max over i <= j of (j - i + 1) - rate * (t[j] - t[i])` over sorted
+/// arrival times. A GCRA limiter with burst `b` keeps this at most `b`.
+fn excess_over_rate(times: &[Duration], rate: f64) -> f64 {
+    let mut best = f64::MIN;
+    let mut max_start = f64::MIN; // max over i <= j of rate * t[i] - i
+    for (j, t) in times.iter().enumerate() {
+        let x = rate * t.as_secs_f64();
+        max_start = max_start.max(x - j as f64);
+        best = best.max((j + 1) as f64 + max_start - x);
+    }
+    best
+}
+
+/// Most messages whose arrival falls in any window `[t, t + window)`.
+fn max_in_window(times: &[Duration], window: Duration) -> usize {
+    let mut best = 0;
+    let mut i = 0;
+    for j in 0..times.len() {
+        while times[j] - times[i] >= window {
+            i += 1;
+        }
+        best = best.max(j - i + 1);
+    }
+    best
+}
+
+/// Thousands of messages from Postfix `smtp-source` (20 parallel sessions into Gannet) to one
+/// destination whose shaping override says `max_connections = 3` and
+/// `max_messages_per_second = 300`: the sink never sees more than 3 connections at once, and
+/// the arrivals never run ahead of 300 msg/s by more than the limiter's burst.
+///
+/// The exact bound (src/shaping/limiter.rs, `QuotaKey::per_second`): a GCRA with one token per
+/// 1/300 s and a burst of one second's worth (300), so any stretch of T seconds holds at most
+/// 300 + 300·T messages — 600 in any 1 s window, and over the whole run the last message
+/// cannot arrive earlier than (N − 300) / 300 s after the first. Arrival times are taken at the
+/// sink, after the token, so a little slack covers the jitter of the delivery itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_and_message_rate_hold_over_thousands_of_messages() {
+    const N: usize = 2500;
+    const RATE: f64 = 300.0;
+    const BURST: f64 = 300.0;
+    const CAP: usize = 3;
+    let w = World::start(
+        &["127.0.0.121"],
+        Zone::new().mail_domain("rate.test", "127.0.0.121"),
+        |c| {
+            c.shaping(
+                "[domain.\"rate.test\"]\nmax_connections = 3\nmax_messages_per_second = 300\n",
+            )
+        },
+    )
+    .await;
+    let sink = &w.sinks[0];
+    smtp_source(
+        w.gannet.smtp_addr(),
+        N,
+        20,
+        "load@origin.test",
+        "r@rate.test",
+        300,
+    )
+    .await
+    .assert_success();
+    let ts = sink
+        .wait_until(Duration::from_secs(90), |ts| {
+            ts.iter().filter(|t| t.accepted).count() >= N
+        })
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {N} messages: {e}"));
+    let mut times: Vec<Duration> = ts
+        .iter()
+        .filter(|t| t.accepted)
+        .map(|t| t.elapsed)
+        .collect();
+    times.sort();
+    let max_conc = sink.max_concurrent();
+    let peak_1s = max_in_window(&times, Duration::from_secs(1));
+    let excess = excess_over_rate(&times, RATE);
+    let span = times[times.len() - 1] - times[0];
+    eprintln!(
+        "rate test: {N} messages over {:.2}s, max concurrent connections {max_conc}, \
+         connections opened {}, peak in any 1 s window {peak_1s}, excess over {RATE}/s {excess:.1}, \
+         per-second counts {:?}",
+        span.as_secs_f64(),
+        sink.connections_opened(),
+        sink.per_second_counts()
+    );
+    assert_eq!(ts.len(), N, "every message arrives once, none refused");
+    assert!(
+        max_conc <= CAP,
+        "max_connections = {CAP}, but the sink saw {max_conc} connections at once"
+    );
+    // Jitter between taking the token and the sink's reply: 100 ms worth of messages.
+    let slack = RATE * 0.1;
+    assert!(
+        excess <= BURST + slack,
+        "max_messages_per_second = {RATE}: arrivals ran {excess:.0} messages ahead of the rate \
+         (the limiter's burst is {BURST}); peak in a 1 s window {peak_1s}"
+    );
+    assert!(
+        peak_1s as f64 <= BURST + RATE + slack,
+        "at most {BURST} + {RATE} messages in any 1 s window, saw {peak_1s}"
+    );
+}
