@@ -453,10 +453,11 @@ impl Sink {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => {
+                    // One lock at a time: a guard held across `transcript()` would deadlock.
+                    let seen = self.shared.lock().transactions.len();
                     return Err(format!(
-                        "sink {}: condition not reached within {timeout:?}; {} transaction(s) so far\n--- sink transcript ---\n{}",
+                        "sink {}: condition not reached within {timeout:?}; {seen} transaction(s) so far\n--- sink transcript ---\n{}",
                         self.addr,
-                        self.shared.lock().transactions.len(),
                         self.transcript()
                     ));
                 }
