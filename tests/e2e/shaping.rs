@@ -490,3 +490,243 @@ async fn a_421_reply_closes_the_connection_and_the_next_message_gets_a_new_one()
         .wait_event("delivered", "first@closing.test", WAIT)
         .await;
 }
+
+/// Sends one message per recipient, each labelled `X-Gannet-Campaign: campaign`, in one SMTP
+/// session.
+async fn send_campaign(g: &Gannet, campaign: &str, rcpts: &[&str]) {
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    for r in rcpts {
+        let subject = format!("{campaign} news for {r}");
+        let msg = message(
+            &[("X-Gannet-Campaign", campaign), ("Subject", &subject)],
+            "hello",
+        );
+        c.send("news@origin.test", &[r], &msg).await;
+    }
+    c.quit().await;
+}
+
+/// `gannet queue list --json ARGS...`, parsed.
+async fn queue_list(g: &Gannet, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["queue", "list", "--json"];
+    all.extend_from_slice(args);
+    let out = g.cli(&all).await;
+    out.assert_success();
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("`queue list --json` prints JSON ({e}):\n{out}"))
+}
+
+/// Recipients per `state` in a `queue list --json` answer, e.g. `{"suspended": 4}`.
+fn recipients_by_state(v: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for q in v["queues"].as_array().into_iter().flatten() {
+        let state = q["state"].as_str().unwrap_or_default().to_string();
+        *m.entry(state).or_default() += q["recipients"].as_u64().unwrap_or(0);
+    }
+    m
+}
+
+/// Waits until `gannet queue list --json ARGS` shows `n` recipients in `state` (the queue
+/// settles: resolution, recovery after a restart); panics with the last listing after
+/// [`WAIT`].
+async fn wait_listed(g: &Gannet, args: &[&str], state: &str, n: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = queue_list(g, args).await;
+        if recipients_by_state(&v).get(state) == Some(&n) {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("`queue list {args:?}` should show {n} recipients {state}, got {v:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two domains on the site `bigmail.test` (MX mx1.bigmail.test → sink 0), and `b.test` and
+/// the senders' `origin.test` (sink 1).
+async fn control_world(ips: [&str; 2]) -> World {
+    World::start(
+        &ips,
+        Zone::new()
+            .mx("a.test", 10, "mx1.bigmail.test")
+            .mx("a2.test", 10, "mx1.bigmail.test")
+            .a("mx1.bigmail.test", ips[0])
+            .mail_domain("b.test", ips[1])
+            // The sender's domain: a DSN to news@origin.test would arrive at sink 1.
+            .mail_domain("origin.test", ips[1]),
+        |c| c.shaping(""),
+    )
+    .await
+}
+
+fn rcpts_of(sink: &Sink) -> Vec<String> {
+    let mut v = sink.delivered_rcpts();
+    v.sort();
+    v
+}
+
+/// `gannet queue suspend --campaign spring --site bigmail.test`: spring's mail to the site's
+/// domains (a.test, a2.test) is held — not deferred, not delivered — while another campaign
+/// to that site and spring's mail to another site flow. `queue list` shows it suspended; the
+/// suspension survives a restart; `gannet queue resume` with the same filter lets it drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_a_campaign_for_one_site_survives_restart_and_resumes() {
+    let mut w = control_world(["127.0.0.131", "127.0.0.132"]).await;
+    let filter = ["--campaign", "spring", "--site", "bigmail.test"];
+    let mut args = vec!["queue", "suspend"];
+    args.extend_from_slice(&filter);
+    w.gannet.cli(&args).await.assert_success();
+
+    let held = ["s1@a.test", "s2@a.test", "s3@a.test", "s4@a2.test"];
+    send_campaign(&w.gannet, "spring", &held).await;
+    send_campaign(&w.gannet, "spring", &["s5@b.test", "s6@b.test"]).await;
+    send_campaign(&w.gannet, "autumn", &["f1@a.test", "f2@a2.test"]).await;
+    w.sinks[1].wait_for(2, WAIT).await;
+    w.sinks[0].wait_for(2, WAIT).await;
+    assert_eq!(rcpts_of(&w.sinks[1]), ["s5@b.test", "s6@b.test"]);
+    assert_eq!(
+        rcpts_of(&w.sinks[0]),
+        ["f1@a.test", "f2@a2.test"],
+        "only the other campaign reaches bigmail.test"
+    );
+
+    wait_listed(&w.gannet, &["--campaign", "spring"], "suspended", 4).await;
+    let (status, body) = w.gannet.http_get("/api/v1/queues?campaign=spring").await;
+    assert_eq!(status, 200, "{body}");
+    let api: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        recipients_by_state(&api).get("suspended"),
+        Some(&4),
+        "{api:#}"
+    );
+    for o in w.gannet.outcomes() {
+        assert!(
+            !held.contains(&o.recipient.as_str()),
+            "a suspension neither defers nor delivers: {:?}",
+            o.raw
+        );
+    }
+
+    // Stop (SIGTERM) and start again: the suspension and the held mail are still there.
+    w.gannet.sigterm().await;
+    w.gannet.restart().await;
+    let (_, body) = w.gannet.http_get("/api/v1/queues/suspensions").await;
+    assert!(
+        body.contains("spring") && body.contains("bigmail.test"),
+        "the suspension survives a restart: {body}"
+    );
+    send_campaign(&w.gannet, "autumn", &["f3@a.test"]).await;
+    w.sinks[0].wait_for(3, WAIT).await;
+    wait_listed(&w.gannet, &["--campaign", "spring"], "suspended", 4).await;
+    assert_eq!(
+        rcpts_of(&w.sinks[0]),
+        ["f1@a.test", "f2@a2.test", "f3@a.test"],
+        "still nothing of spring at bigmail.test after the restart"
+    );
+
+    let mut args = vec!["queue", "resume"];
+    args.extend_from_slice(&filter);
+    let out = w.gannet.cli(&args).await;
+    out.assert_success();
+    w.sinks[0].wait_for(7, WAIT).await;
+    let mut expected: Vec<&str> = held.to_vec();
+    expected.extend(["f1@a.test", "f2@a2.test", "f3@a.test"]);
+    expected.sort();
+    assert_eq!(rcpts_of(&w.sinks[0]), expected, "resumed mail drains once");
+    for r in held {
+        w.gannet.wait_event("delivered", r, WAIT).await;
+    }
+    let (_, body) = w.gannet.http_get("/api/v1/queues/suspensions").await;
+    assert!(!body.contains("spring"), "resume removed it: {body}");
+}
+
+/// `gannet queue purge --campaign winter` on a suspended campaign: every held recipient gets a
+/// `purged` outcome (with its campaign), none is delivered, no DSN goes to the sender, and the
+/// queue is empty — also after a restart and after the suspension is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_of_a_suspended_campaign_logs_purged_and_empties_the_queue() {
+    let mut w = control_world(["127.0.0.133", "127.0.0.134"]).await;
+    w.gannet
+        .cli(&["queue", "suspend", "--campaign", "winter"])
+        .await
+        .assert_success();
+    let doomed = [
+        "w1@a.test",
+        "w2@a.test",
+        "w3@a2.test",
+        "w4@b.test",
+        "w5@b.test",
+    ];
+    send_campaign(&w.gannet, "winter", &doomed).await;
+    send_campaign(&w.gannet, "autumn", &["f1@a.test"]).await;
+    w.gannet.wait_event("delivered", "f1@a.test", WAIT).await;
+    wait_listed(&w.gannet, &["--campaign", "winter"], "suspended", 5).await;
+
+    let out = w
+        .gannet
+        .cli(&["queue", "purge", "--campaign", "winter"])
+        .await;
+    out.assert_success();
+    assert!(out.stdout.contains('5'), "purge says how many: {out}");
+    let os = w
+        .gannet
+        .wait_outcomes(WAIT, "5 purged outcomes", |os| {
+            os.iter().filter(|o| o.event == "purged").count() >= 5
+        })
+        .await;
+    for r in doomed {
+        let mine: Vec<&Outcome> = os.iter().filter(|o| o.recipient == r).collect();
+        assert!(
+            mine.len() == 1 && mine[0].event == "purged" && mine[0].raw["campaign"] == "winter",
+            "{r}: exactly one `purged` outcome with its campaign: {mine:#?}"
+        );
+    }
+    let status = w.gannet.queue_status().await;
+    assert_eq!(
+        status.queued_recipients, 0,
+        "the queue is empty: {:#}",
+        status.raw
+    );
+    let listed = queue_list(&w.gannet, &["--campaign", "winter"]).await;
+    assert!(
+        recipients_by_state(&listed).is_empty(),
+        "nothing of winter left: {listed:#}"
+    );
+
+    // Lifting the suspension and restarting bring nothing back.
+    w.gannet
+        .cli(&["queue", "resume", "--campaign", "winter"])
+        .await
+        .assert_success();
+    w.gannet.sigterm().await;
+    w.gannet.restart().await;
+    send_campaign(&w.gannet, "autumn", &["f2@b.test"]).await;
+    w.gannet.wait_event("delivered", "f2@b.test", WAIT).await;
+    assert_eq!(w.gannet.queue_status().await.queued_recipients, 0);
+    assert_eq!(
+        rcpts_of(&w.sinks[0]),
+        ["f1@a.test"],
+        "no winter mail delivered"
+    );
+    assert_eq!(
+        rcpts_of(&w.sinks[1]),
+        ["f2@b.test"],
+        "no winter mail delivered"
+    );
+    for s in &w.sinks {
+        assert!(
+            s.transactions().iter().all(|t| !t.mail_from.is_empty()),
+            "a purge sends no DSN"
+        );
+    }
+    assert!(
+        !w.gannet
+            .outcomes()
+            .iter()
+            .any(|o| o.event == "dsn"
+                || (doomed.contains(&o.recipient.as_str()) && o.event != "purged")),
+        "only purged outcomes for winter, no DSN"
+    );
+}
