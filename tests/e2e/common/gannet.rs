@@ -286,6 +286,13 @@ impl TestConfig {
         self
     }
 
+    /// Uses `toml` as the shaping file (`[shaping] file`), replacing the built-in
+    /// `config/shaping.toml` as a whole (limits, backoff rules, warm-up schedules).
+    pub fn shaping(self, toml: &str) -> Self {
+        self.file("shaping.toml", toml)
+            .extra("[shaping]\nfile = \"${DIR}/shaping.toml\"")
+    }
+
     /// The config text, with placeholders.
     pub fn build(&self) -> String {
         let q = |s: &str| toml_str(s);
@@ -714,6 +721,44 @@ impl Gannet {
         QueueStatus::from_json(v)
     }
 
+    /// JSON log lines of one tracing target (e.g. `gannet::shaping`), oldest first, across
+    /// restarts.
+    pub fn log_events(&self, target: &str) -> Vec<Value> {
+        self.log_json()
+            .into_iter()
+            .filter(|v| field_str(v, "target") == target)
+            .collect()
+    }
+
+    /// Sum of the samples of Prometheus metric `name` (from `GET /metrics`) whose labels
+    /// include every `(label, value)` of `labels`; 0 when there is none.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, body) = self.http_get("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
+        let mut sum = 0.0;
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                continue;
+            }
+            let have = prometheus_labels(label_text);
+            let all = labels
+                .iter()
+                .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v));
+            if all {
+                sum += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+        sum
+    }
+
     /// `POST /api/v1/queues/flush`: retry everything now. Panics unless 2xx.
     pub async fn flush(&self) {
         let (status, body) = self.http_post("/api/v1/queues/flush", None).await;
@@ -819,6 +864,36 @@ impl Drop for Gannet {
             );
         }
     }
+}
+
+/// `a="x",b="y,z"` (the inside of a Prometheus sample's braces) as (name, value) pairs, with
+/// `\"` and `\\` unescaped.
+fn prometheus_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq].trim_start_matches(',').trim().to_string();
+        let mut value = String::new();
+        let mut chars = rest[eq + 2..].char_indices();
+        let mut end = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = eq + 2 + i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((name, value));
+        rest = &rest[end.min(rest.len())..];
+    }
+    out
 }
 
 /// Replaces the `${...}` placeholders (see the module doc).

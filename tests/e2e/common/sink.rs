@@ -283,6 +283,9 @@ impl Sink {
                 let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
+                // Replies go out at once (no Nagle delay): the sink must not be the bottleneck
+                // of throughput tests.
+                let _ = stream.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -450,10 +453,11 @@ impl Sink {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => {
+                    // One lock at a time: a guard held across `transcript()` would deadlock.
+                    let seen = self.shared.lock().transactions.len();
                     return Err(format!(
-                        "sink {}: condition not reached within {timeout:?}; {} transaction(s) so far\n--- sink transcript ---\n{}",
+                        "sink {}: condition not reached within {timeout:?}; {seen} transaction(s) so far\n--- sink transcript ---\n{}",
                         self.addr,
-                        self.shared.lock().transactions.len(),
                         self.transcript()
                     ));
                 }
@@ -529,9 +533,13 @@ struct Conn {
 impl Conn {
     async fn reply(&mut self, text: &str) -> std::io::Result<()> {
         self.shared.note(self.id, "<-", text);
+        // One write per reply: with the line end in a second write, Nagle's algorithm holds
+        // it until the client's delayed ACK (~40 ms per reply on Linux).
+        let mut line = Vec::with_capacity(text.len() + 2);
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\r\n");
         let w = self.io.get_mut();
-        w.write_all(text.as_bytes()).await?;
-        w.write_all(b"\r\n").await?;
+        w.write_all(&line).await?;
         w.flush().await
     }
 

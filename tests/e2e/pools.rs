@@ -1,0 +1,1 @@
+//! Traffic classes and IP pools (issue 4).
