@@ -145,83 +145,63 @@ fn defer_all(q: &Queue, rq: &ReadyQueue, job: Job, reply: Reply) {
     }
 }
 
-/// Wait for a connection permit. None when the site or source is held back by backoff (the
-/// job and the queue were deferred) or shutdown began.
-async fn permit_for(
-    q: &Queue,
-    rq: &ReadyQueue,
-    source: &Source,
-) -> Result<ConnectionPermit, Reply> {
+/// Ask the limiter until it says yes, waiting out rate limits and full connection slots.
+/// Err when backoff holds the site or source (the caller defers), or shutdown began.
+async fn ask_limiter<T, F, Fut>(q: &Queue, rq: &ReadyQueue, mut ask: F) -> Result<T, Reply>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Refusal>>,
+{
     loop {
-        match q
-            .inner
-            .limiter
-            .acquire_connection(&rq.shaping_key, &source.name, &rq.limits)
-            .await
-        {
-            Ok(p) => return Ok(p),
-            Err(r) => {
-                q.inner
-                    .metrics
-                    .limiter_refusals
-                    .with_label_values(&[r.as_str()])
-                    .inc();
-                if matches!(
-                    r,
-                    Refusal::Suspended { .. } | Refusal::SourceDisabled { .. }
-                ) {
-                    return Err(refusal_reply(&r, &rq.site));
-                }
-                let wait = r
-                    .retry_after(now())
-                    .unwrap_or(Duration::from_millis(50))
-                    .clamp(Duration::from_millis(5), Duration::from_secs(5));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = q.inner.shutdown.cancelled() => {
-                        return Err(Reply::new(451, "4.3.2", "shutting down"));
-                    }
-                }
+        let r = match ask().await {
+            Ok(v) => return Ok(v),
+            Err(r) => r,
+        };
+        q.inner
+            .metrics
+            .limiter_refusals
+            .with_label_values(&[r.as_str()])
+            .inc();
+        if matches!(
+            r,
+            Refusal::Suspended { .. } | Refusal::SourceDisabled { .. }
+        ) {
+            return Err(refusal_reply(&r, &rq.site));
+        }
+        // None: a connection slot frees when another connection ends; poll gently.
+        let wait = r
+            .retry_after(now())
+            .unwrap_or(Duration::from_millis(50))
+            .clamp(Duration::from_millis(1), Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = q.inner.shutdown.cancelled() => {
+                return Err(Reply::new(451, "4.3.2", "shutting down"));
             }
         }
     }
 }
 
-/// Take a message token, waiting out rate limits. Err when backoff holds the site or source.
+async fn permit_for(
+    q: &Queue,
+    rq: &ReadyQueue,
+    source: &Source,
+) -> Result<ConnectionPermit, Reply> {
+    ask_limiter(q, rq, || {
+        q.inner
+            .limiter
+            .acquire_connection(&rq.shaping_key, &source.name, &rq.limits)
+    })
+    .await
+}
+
 async fn message_token(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<(), Reply> {
-    loop {
-        match q
-            .inner
+    ask_limiter(q, rq, || {
+        q.inner
             .limiter
             .try_acquire_message(&rq.shaping_key, &source.name, &rq.limits)
-            .await
-        {
-            Ok(()) => return Ok(()),
-            Err(r) => {
-                q.inner
-                    .metrics
-                    .limiter_refusals
-                    .with_label_values(&[r.as_str()])
-                    .inc();
-                if matches!(
-                    r,
-                    Refusal::Suspended { .. } | Refusal::SourceDisabled { .. }
-                ) {
-                    return Err(refusal_reply(&r, &rq.site));
-                }
-                let wait = r
-                    .retry_after(now())
-                    .unwrap_or(Duration::from_millis(50))
-                    .clamp(Duration::from_millis(1), Duration::from_secs(5));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = q.inner.shutdown.cancelled() => {
-                        return Err(Reply::new(451, "4.3.2", "shutting down"));
-                    }
-                }
-            }
-        }
-    }
+    })
+    .await
 }
 
 /// Apply the warm-up cap of `source`. Returns the job back when it may be sent from it.
