@@ -4,7 +4,7 @@
 //! to an unknown one; warm-up caps with overflow to another pool or deferral.
 //!
 //! Sink addresses of this module: 127.0.0.2–3 (the example) and 127.0.0.101–119;
-//! source addresses 127.0.0.10–11, .20, .30–31, .40–43.
+//! source addresses 127.0.0.10–11, .20, .30–31, .40–42.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
