@@ -82,6 +82,15 @@ sources = [{ ip = \"127.0.0.1\", ehlo = \"out.bench.test\" }]
 pool = \"default\""
   tx_listener=""
 fi
+# The relay host takes what Postfix's baseline gives it: 20 connections (Postfix's
+# smtp_destination_concurrency_limit), from one source or split over the pools.
+cat >"$work/shaping.toml" <<SHAPING
+[defaults]
+max_connection_rate = 50
+[domain."dest.test"]
+max_connections = 20
+per_source = { max_connections = 20 }
+SHAPING
 cat >"$work/gannet.toml" <<CONF
 hostname = "gannet.bench.test"
 [spool]
@@ -97,6 +106,8 @@ $tx_listener
 address = "127.0.0.1:$HTTP_PORT"
 [delivery]
 max_connections_per_destination = 20
+[shaping]
+file = "$work/shaping.toml"
 [[route]]
 domain = "dest.test"
 host = "127.0.0.1:$SINK_PORT"
@@ -128,7 +139,8 @@ PY
 t0=$(date +%s.%N)
 if [ "$MIX" = 1 ]; then
   NT=$((N / 10)); NP=$((N - NT))
-  smtp-source -s $((S / 2 > 0 ? S / 2 : 1)) -l "$L" -m "$NP" -f bench@sender.test -t user@dest.test 127.0.0.1:$SMTP_PORT &
+  # Same 20 sessions in all as the plain run: 18 promotional, 2 transactional.
+  smtp-source -s $((S > 2 ? S - 2 : 1)) -l "$L" -m "$NP" -f bench@sender.test -t user@dest.test 127.0.0.1:$SMTP_PORT &
   P1=$!
   sleep 0.5  # let the promotional backlog start first
   smtp-source -s 2 -l "$L" -m "$NT" -f bench@sender.test -t user@dest.test 127.0.0.1:$SMTP_TX_PORT &

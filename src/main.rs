@@ -241,7 +241,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::CheckConfig(arg) => {
-            load_config(&arg)?;
+            let config = load_config(&arg)?;
+            // Everything `serve` refuses at start, short of binding sockets.
+            gannet::auth::DkimSigner::from_config(&config)?;
+            let shaping = gannet::shaping::Shaping::from_config(&config)?;
+            gannet::shaping::Warmup::new(&shaping, &config.pools)?;
             println!("configuration is valid");
             Ok(())
         }

@@ -788,9 +788,10 @@ async fn ptr_checks(auth: &MessageAuthenticator, sources: &[(IpAddr, String)]) -
         }
         let subject = ip.to_string();
         let rev = reverse_name(ip);
+        let rr = if ip.is_ipv4() { "A" } else { "AAAA" };
         let ask = format!(
             "ask the owner of {ip} (your hosting provider) to set {rev} PTR {ehlo}., and publish \
-             {ehlo}. A/AAAA {ip}"
+             {ehlo}. {rr} {ip}"
         );
         let iprev = auth.verify_iprev(Parameters::new(*ip)).await;
         let names: Vec<String> = iprev
@@ -840,7 +841,7 @@ async fn ptr_checks(auth: &MessageAuthenticator, sources: &[(IpAddr, String)]) -
                         names.join(", ")
                     ),
                 ),
-                format!("publish {}. A/AAAA {ip}", names[0]),
+                format!("publish {}. {rr} {ip}", names[0]),
             ),
             _ => with_fix(
                 finding(

@@ -329,6 +329,7 @@ async fn missing_and_unconfirmed_ptr_are_named() {
     let sources = format!("{SOURCES}, {{ ip = \"192.0.2.12\", ehlo = \"mx3.example.test\" }}");
     let c = config(&dns, &sources, &all_keys());
     let r = check_domain(&c, "example.test", None).await.unwrap();
+    eprintln!("{}", r.render_human());
     let f = get(&r, CheckKind::Ptr, "192.0.2.12");
     assert!(
         !f.ok && f.detail.contains("no PTR record"),

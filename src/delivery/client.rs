@@ -342,8 +342,18 @@ impl Connection {
                 self.rpos += before - it.len();
                 match res {
                     Ok(r) => {
-                        out.push(Reply::from_proto(&r));
+                        let reply = Reply::from_proto(&r);
                         self.parser.reset();
+                        if reply.code == 421 {
+                            // RFC 5321 §3.8: 421 means the server is closing the channel; no
+                            // further replies will come, and the connection is not reusable.
+                            self.broken = true;
+                            while out.len() < n {
+                                out.push(reply.clone());
+                            }
+                            return Ok(out);
+                        }
+                        out.push(reply);
                     }
                     Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
                     Err(e) => {
@@ -551,6 +561,7 @@ impl Connection {
     async fn reset_after_failure(&mut self, data_reply: Option<&Reply>) -> Result<(), ClientError> {
         if let Some(d) = data_reply
             && d.is_intermediate()
+            && !self.broken
         {
             // Server said 354 although MAIL failed: end the empty DATA first.
             self.wbuf.extend_from_slice(b".\r\n");
@@ -562,6 +573,9 @@ impl Connection {
     }
 
     async fn rset(&mut self) -> Result<(), ClientError> {
+        if self.broken {
+            return Ok(()); // the server closed the channel (421); nothing to reset
+        }
         self.wbuf.extend_from_slice(b"RSET\r\n");
         self.flush_wbuf("RSET").await?;
         let r = self
@@ -576,6 +590,10 @@ impl Connection {
 
     /// Say QUIT and close; errors are irrelevant at this point.
     pub async fn quit(mut self) {
+        if self.broken {
+            let _ = self.io.shutdown().await;
+            return;
+        }
         self.wbuf.extend_from_slice(b"QUIT\r\n");
         if self.flush_wbuf("QUIT").await.is_ok() {
             let _ = self

@@ -101,7 +101,7 @@ impl Metrics {
             .expect("metric"),
             delivery_latency: HistogramVec::new(
                 HistogramOpts::new("gannet_delivery_latency_seconds", "Acceptance to delivery")
-                    .buckets(prometheus::exponential_buckets(0.01, 2.0, 18).expect("buckets")),
+                    .buckets(prometheus::exponential_buckets(0.001, 2.0, 22).expect("buckets")),
                 &["class"],
             )
             .expect("metric"),

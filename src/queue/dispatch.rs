@@ -10,6 +10,12 @@
 //!
 //! A connection that cannot be made to any host defers its job and every job waiting in the
 //! queue (they would meet the same wall), rather than hammering a dead site.
+//!
+//! Limits and backoff state are kept per (site, pool) — the ready queue's `shaping_key` — the
+//! way PowerMTA applies `max-smtp-out` per VirtualMTA: each traffic class's pool has its own
+//! connection budget toward a site, so promotional traffic can never take the connections a
+//! transactional message needs, and a provider throttling the promotional IPs does not slow
+//! the transactional ones.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -52,7 +58,7 @@ fn pick_source(q: &Queue, rq: &ReadyQueue) -> Result<Source, Reply> {
         .filter(|(_, name)| {
             q.inner
                 .backoff
-                .effective(&rq.site, name, t)
+                .effective(&rq.shaping_key, name, t)
                 .source_disabled
                 .is_none()
         })
@@ -118,7 +124,7 @@ async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connecti
                 Err(e) => {
                     tracing::debug!(site = %rq.site, host = %host.name, %addr, error = %e, "connection attempt failed");
                     let r = e.as_reply();
-                    q.observe_reply(&rq.site, &source.name, &r);
+                    q.observe_reply(&rq.shaping_key, &source.name, &r);
                     last = r;
                     last.code = last.code.clamp(400, 499);
                     if last.enhanced.starts_with('5') {
@@ -150,7 +156,7 @@ async fn permit_for(
         match q
             .inner
             .limiter
-            .acquire_connection(&rq.site, &source.name, &rq.limits)
+            .acquire_connection(&rq.shaping_key, &source.name, &rq.limits)
             .await
         {
             Ok(p) => return Ok(p),
@@ -187,7 +193,7 @@ async fn message_token(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<()
         match q
             .inner
             .limiter
-            .try_acquire_message(&rq.site, &source.name, &rq.limits)
+            .try_acquire_message(&rq.shaping_key, &source.name, &rq.limits)
             .await
         {
             Ok(()) => return Ok(()),
@@ -414,7 +420,7 @@ async fn deliver(q: &Queue, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
     q.inner.in_flight.remove(&job.id);
     for out in &outcomes {
         if !matches!(out, Outcome::Delivered(_)) {
-            q.observe_reply(&rq.site, &o.source.name, out.reply());
+            q.observe_reply(&rq.shaping_key, &o.source.name, out.reply());
         }
     }
     let host = o.conn.host.clone();

@@ -276,6 +276,12 @@ impl Queue {
             }
         }
         let pending: usize = by_domain.values().map(|v| v.len()).sum::<usize>() + bounced.len();
+        if pending == 0 {
+            // Recovered with every recipient already final (a crash between the last outcome
+            // and the release): nothing to send, so release it now.
+            self.inner.spool.complete(msg.location.key);
+            return;
+        }
         self.inner.metrics.queued_recipients.add(pending as i64);
         if let Some(body) = body
             && self.inner.cache_bytes.load(Ordering::Relaxed) + body.len() <= BODY_CACHE_BYTES

@@ -21,6 +21,8 @@ pub struct ReadyQueue {
     pub pool: String,
     /// Shaping limits for this site (from the first domain routed here).
     pub limits: SiteLimits,
+    /// Key under which limits and backoff state are kept: "site|pool".
+    pub shaping_key: String,
     /// Hosts to connect to; refreshed when a domain of this site is resolved again.
     dest: Mutex<Destination>,
     /// Lanes and counters. Short critical sections, never across `.await`: std Mutex.
@@ -48,6 +50,7 @@ impl ReadyQueue {
         max_connections: usize,
     ) -> Self {
         ReadyQueue {
+            shaping_key: format!("{site}|{pool}"),
             site,
             pool,
             limits,

@@ -143,6 +143,12 @@ impl SmtpListener {
             tls.is_some() && authenticator.has_users(),
             metrics.clone(),
         );
+        if l.require_auth && !(tls.is_some() && authenticator.has_users()) {
+            tracing::warn!(
+                listener = %l.name,
+                "require_auth is set but AUTH can never be offered (it needs tls_cert/tls_key and at least one [[smtp_user]]): every MAIL will get 530"
+            );
+        }
         let bind_err = |source| SmtpError::Bind {
             listener: l.name.clone(),
             address: l.address,

@@ -250,6 +250,12 @@ impl Protocol {
         matches!(self.state, State::Data { .. } | State::Bdat { .. })
     }
 
+    /// Capacity of the partial-line buffer (tests check it stays bounded).
+    #[cfg(test)]
+    pub(crate) fn buffered_line_capacity(&self) -> usize {
+        self.line.capacity()
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
@@ -398,6 +404,10 @@ impl Protocol {
                     format!("{class}.0.0")
                 };
                 self.reply(code, &enhanced, &one_line(&rejection.message));
+                if code == 421 {
+                    // 421 means the server is closing the channel (RFC 5321 §3.8).
+                    self.state = State::Closed;
+                }
             }
         }
     }

@@ -68,6 +68,8 @@ pub(super) async fn run(
     let ip = canonical_ip(peer.ip());
     let Some(_ip_slot) = IpLimiter::claim(&shared, ip) else {
         tracing::info!(%peer, listener = %shared.proto.listener, "too many sessions from this address");
+        // On an implicit-TLS listener a reply would need a handshake first; a client already
+        // holding its share of sessions just gets the connection closed.
         if !shared.implicit_tls {
             let mut stream = stream;
             let _ = tokio::time::timeout(shared.command_timeout, async {

@@ -3,7 +3,7 @@
 //! from (`X-Gannet-Class`, the SMTP user's default, the listener's default) and what happens
 //! to an unknown one; warm-up caps with overflow to another pool or deferral.
 //!
-//! Sink addresses of this module: 127.0.0.2–3 (the example) and 127.0.0.101–119;
+//! Sink addresses of this module: 127.0.0.2–3 (the example) and 127.0.0.111–119;
 //! source addresses 127.0.0.10–11, .20, .30–31, .40–42.
 
 use std::collections::BTreeMap;
@@ -149,8 +149,8 @@ async fn send_many(g: &Gannet, domain: &str, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_cap_overflows_to_the_overflow_pool() {
     let w = World::start(
-        &["127.0.0.101"],
-        Zone::new().mail_domain("warmup.test", "127.0.0.101"),
+        &["127.0.0.111"],
+        Zone::new().mail_domain("warmup.test", "127.0.0.111"),
         |c| warmup_config(c, "overflow"),
     )
     .await;
@@ -187,8 +187,8 @@ async fn warmup_cap_overflows_to_the_overflow_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_cap_defers_the_rest_when_told_to() {
     let w = World::start(
-        &["127.0.0.102"],
-        Zone::new().mail_domain("warmup.test", "127.0.0.102"),
+        &["127.0.0.112"],
+        Zone::new().mail_domain("warmup.test", "127.0.0.112"),
         |c| warmup_config(c, "defer"),
     )
     .await;
@@ -248,8 +248,8 @@ async fn warmup_cap_defers_the_rest_when_told_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_class_is_refused_after_data_and_labels_travel_with_the_message() {
     let w = World::start(
-        &["127.0.0.103"],
-        Zone::new().mail_domain("labels.test", "127.0.0.103"),
+        &["127.0.0.113"],
+        Zone::new().mail_domain("labels.test", "127.0.0.113"),
         |c| c,
     )
     .await;
@@ -334,8 +334,8 @@ async fn class_comes_from_the_header_then_the_smtp_user_then_the_listener() {
             .to_string()
     };
     let w = World::start(
-        &["127.0.0.104"],
-        Zone::new().mail_domain("classes.test", "127.0.0.104"),
+        &["127.0.0.114"],
+        Zone::new().mail_domain("classes.test", "127.0.0.114"),
         |c| {
             c.listener_option("tls_cert = \"${CERT}\"")
                 .listener_option("tls_key = \"${KEY}\"")

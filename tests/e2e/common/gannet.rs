@@ -799,6 +799,53 @@ impl Gannet {
     }
 }
 
+/// A config written to a fresh directory (placeholders filled in, [`TestConfig::file`]s
+/// written) without starting Gannet: for commands that must refuse it (`serve` stopping at
+/// start, `check-config`) or that need no running instance.
+pub struct ConfigDir {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl ConfigDir {
+    pub fn write(config: &TestConfig) -> ConfigDir {
+        let dir = tempfile::Builder::new()
+            .prefix("gannet-e2e-cfg-")
+            .tempdir()
+            .expect("create temp dir");
+        for (name, contents) in config.files() {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        let path = dir.path().join("gannet.toml");
+        std::fs::write(&path, fill_placeholders(&config.build(), dir.path()))
+            .expect("write config");
+        ConfigDir { dir, path }
+    }
+
+    /// The config file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory (`${DIR}`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `gannet ARGS... --config FILE` in the directory; killed after `timeout` (then
+    /// `status` is `None`).
+    pub async fn run(&self, args: &[&str], timeout: Duration) -> super::ToolOutput {
+        let mut cmd = Command::new(GANNET_BIN);
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.path)
+            .current_dir(self.dir.path());
+        super::tools::run(cmd, None, timeout).await
+    }
+}
+
 impl Drop for Gannet {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
