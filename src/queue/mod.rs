@@ -450,7 +450,7 @@ impl Queue {
                     )),
                     o => o,
                 };
-                self.log_outcome(&msg, i, &outcome, attempt, host, ip);
+                self.log_outcome(&msg, i, outcome.name(), outcome.reply(), attempt, host, ip);
                 match outcome {
                     Outcome::Delivered(_) => {
                         states[i] = RcptState::Delivered;
@@ -544,20 +544,22 @@ impl Queue {
         delay.min(left)
     }
 
+    /// Log one recipient's outcome (one JSON line, target `gannet::outcome`) and count it.
+    #[allow(clippy::too_many_arguments)]
     fn log_outcome(
         &self,
         msg: &QueuedMessage,
         i: usize,
-        outcome: &Outcome,
+        event: &str,
+        reply: &Reply,
         attempt: u32,
         host: Option<&str>,
         ip: Option<IpAddr>,
     ) {
-        let reply = outcome.reply().to_string();
         let ip = ip.map(|i| i.to_string()).unwrap_or_default();
         tracing::info!(
             target: "gannet::outcome",
-            event = outcome.name(),
+            event,
             queue_id = %msg.queue_id,
             recipient = %msg.rcpts[i],
             sender = %msg.mail_from,
@@ -572,7 +574,7 @@ impl Queue {
         self.inner
             .metrics
             .outcomes
-            .with_label_values(&[outcome.name(), msg.class.as_str()])
+            .with_label_values(&[event, msg.class.as_str()])
             .inc();
     }
 
@@ -879,22 +881,7 @@ impl Queue {
             for idx in &job.rcpts {
                 let i = *idx as usize;
                 states[i] = RcptState::Failed;
-                tracing::info!(
-                    target: "gannet::outcome",
-                    event = "purged",
-                    queue_id = %msg.queue_id,
-                    recipient = %msg.rcpts[i],
-                    sender = %msg.mail_from,
-                    reply = %reply,
-                    class = %msg.class,
-                    tenant = %msg.tenant,
-                    campaign = %msg.campaign,
-                );
-                self.inner
-                    .metrics
-                    .outcomes
-                    .with_label_values(&["purged", msg.class.as_str()])
-                    .inc();
+                self.log_outcome(&msg, i, "purged", &reply, job.attempts, None, None);
             }
             let done = states.iter().all(|s| *s != RcptState::Pending);
             if !done {
