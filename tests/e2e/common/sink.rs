@@ -353,9 +353,12 @@ impl Sink {
         self
     }
 
-    /// Wait this long before the final reply to each message body (a slow site).
+    /// Wait this long before the final reply to each message body (a slow site). Also applies
+    /// to replies held right now: shortening the delay (e.g. to zero after killing the client)
+    /// releases them at once, so their outcome is recorded without waiting out the old delay.
     pub fn set_delay(&self, d: Duration) -> &Self {
         self.shared.lock().delay = d;
+        self.shared.bump();
         self
     }
 
@@ -805,14 +808,20 @@ async fn session(
 
 /// Applies the delay and the DATA rule, records the transaction, returns the final reply.
 async fn finish(shared: &Arc<Shared>, c: &mut Conn, mut t: Transaction) -> std::io::Result<String> {
-    let delay = {
-        let mut st = shared.lock();
-        st.pending += 1;
-        st.delay
-    };
+    shared.lock().pending += 1;
     shared.bump();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    // Hold the reply for the current delay, re-read whenever it may have changed.
+    let held_since = Instant::now();
+    loop {
+        let mut changed = shared.changed.subscribe();
+        let left = shared.lock().delay.saturating_sub(held_since.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = changed.changed() => {}
+        }
     }
     // A client that went away while we held the reply (e.g. killed) never learns the outcome;
     // this sink then does not keep the message either (like an MTA that commits only as it
