@@ -401,16 +401,17 @@ fn queue_command(action: QueueAction) -> Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<32} {:<14} {:<10} {:<12} {:<12} {:>10} {:>10}",
-                "DOMAIN", "CLASS", "POOL", "TENANT", "STATE", "RCPTS", "OLDEST"
+                "{:<32} {:<14} {:<10} {:<12} {:<14} {:<10} {:>10} {:>10}",
+                "DOMAIN", "CLASS", "POOL", "TENANT", "CAMPAIGN", "STATE", "RCPTS", "OLDEST"
             );
             for q in v["queues"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<32} {:<14} {:<10} {:<12} {:<12} {:>10} {:>9}s",
+                    "{:<32} {:<14} {:<10} {:<12} {:<14} {:<10} {:>10} {:>9}s",
                     q["domain"].as_str().unwrap_or(""),
                     q["class"].as_str().unwrap_or(""),
                     q["pool"].as_str().unwrap_or(""),
                     q["tenant"].as_str().unwrap_or(""),
+                    q["campaign"].as_str().unwrap_or(""),
                     q["state"].as_str().unwrap_or(""),
                     q["recipients"].as_u64().unwrap_or(0),
                     q["oldest_age_secs"].as_u64().unwrap_or(0),
