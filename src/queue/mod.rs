@@ -598,12 +598,29 @@ impl Queue {
     /// Everything queued that matches `filter`, grouped by (domain, class, tenant, campaign,
     /// pool, state).
     pub async fn list(&self, filter: &Filter) -> QueueListing {
+        // Waiting jobs of the scheduler are visited on its task; collect what a row needs.
+        let (tx, rx) = oneshot::channel();
+        let visit: scheduler::Visitor = Box::new(move |it| {
+            let v: Vec<(Arc<QueuedMessage>, String, usize)> = it
+                .map(|j| (j.msg.clone(), j.domain.clone(), j.rcpts.len()))
+                .collect();
+            let _ = tx.send(v);
+        });
+        let scheduled = match self.inner.sched_tx.send(scheduler::Cmd::Visit(visit)).await {
+            Ok(()) => rx.await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+
         type Key = (String, String, String, String, String, String);
         let mut rows: HashMap<Key, QueueRow> = HashMap::new();
-        let mut add = |job: &Job, site: Option<&str>, pool: &str, state: &str| {
-            let m = &job.msg;
+        let mut add = |m: &QueuedMessage,
+                       domain: &str,
+                       n: usize,
+                       site: Option<&str>,
+                       pool: &str,
+                       state: &str| {
             let key = (
-                job.domain.clone(),
+                domain.to_string(),
                 m.class.clone(),
                 m.tenant.clone(),
                 m.campaign.clone(),
@@ -611,7 +628,7 @@ impl Queue {
                 state.to_string(),
             );
             let row = rows.entry(key).or_insert_with(|| QueueRow {
-                domain: job.domain.clone(),
+                domain: domain.to_string(),
                 site: site.map(str::to_string),
                 class: m.class.clone(),
                 tenant: m.tenant.clone(),
@@ -621,109 +638,55 @@ impl Queue {
                 oldest_age_secs: 0,
                 state: state.to_string(),
             });
-            row.recipients += job.rcpts.len();
+            row.recipients += n;
             row.oldest_age_secs = row.oldest_age_secs.max(m.age().as_secs());
         };
         for rq in self.inner.ready.iter() {
-            rq.for_each(|j| add(j, Some(&rq.site), &rq.pool, "ready"));
+            rq.for_each(|j| {
+                add(
+                    &j.msg,
+                    &j.domain,
+                    j.rcpts.len(),
+                    Some(&rq.site),
+                    &rq.pool,
+                    "ready",
+                )
+            });
         }
+        for (j, site, pool) in self
+            .inner
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
         {
-            let parked = self.inner.parked.lock().unwrap_or_else(|p| p.into_inner());
-            for (j, site, pool) in parked.iter() {
-                add(j, Some(site), pool, "suspended");
-            }
+            add(
+                &j.msg,
+                &j.domain,
+                j.rcpts.len(),
+                Some(site),
+                pool,
+                "suspended",
+            );
         }
+        for jobs in self
+            .inner
+            .resolving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
         {
-            let r = self
-                .inner
-                .resolving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for jobs in r.values() {
-                for j in jobs {
-                    add(j, None, &self.class_pool(&j.msg.class), "resolving");
-                }
+            for j in jobs {
+                let pool = self.class_pool(&j.msg.class);
+                add(&j.msg, &j.domain, j.rcpts.len(), None, &pool, "resolving");
             }
         }
         for e in self.inner.in_flight.iter() {
             let (m, domain, n) = e.value();
-            let key = (
-                domain.clone(),
-                m.class.clone(),
-                m.tenant.clone(),
-                m.campaign.clone(),
-                self.class_pool(&m.class),
-                "in-flight".to_string(),
-            );
-            let row = rows.entry(key).or_insert_with(|| QueueRow {
-                domain: domain.clone(),
-                site: None,
-                class: m.class.clone(),
-                tenant: m.tenant.clone(),
-                campaign: m.campaign.clone(),
-                pool: self.class_pool(&m.class),
-                recipients: 0,
-                oldest_age_secs: 0,
-                state: "in-flight".into(),
-            });
-            row.recipients += n;
-            row.oldest_age_secs = row.oldest_age_secs.max(m.age().as_secs());
+            add(m, domain, *n, None, &self.class_pool(&m.class), "in-flight");
         }
-        let (tx, rx) = oneshot::channel();
-        let pools: HashMap<String, String> = self
-            .inner
-            .config
-            .classes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.pool.clone()))
-            .collect();
-        let visit: scheduler::Visitor = Box::new(move |it| {
-            let v: Vec<(String, String, String, String, String, usize, u64)> = it
-                .map(|j| {
-                    (
-                        j.domain.clone(),
-                        j.msg.class.clone(),
-                        j.msg.tenant.clone(),
-                        j.msg.campaign.clone(),
-                        pools.get(&j.msg.class).cloned().unwrap_or_default(),
-                        j.rcpts.len(),
-                        j.msg.age().as_secs(),
-                    )
-                })
-                .collect();
-            let _ = tx.send(v);
-        });
-        if self
-            .inner
-            .sched_tx
-            .send(scheduler::Cmd::Visit(visit))
-            .await
-            .is_ok()
-            && let Ok(v) = rx.await
-        {
-            for (domain, class, tenant, campaign, pool, n, age) in v {
-                let key = (
-                    domain.clone(),
-                    class.clone(),
-                    tenant.clone(),
-                    campaign.clone(),
-                    pool.clone(),
-                    "scheduled".to_string(),
-                );
-                let row = rows.entry(key).or_insert_with(|| QueueRow {
-                    domain,
-                    site: None,
-                    class,
-                    tenant,
-                    campaign,
-                    pool,
-                    recipients: 0,
-                    oldest_age_secs: 0,
-                    state: "scheduled".into(),
-                });
-                row.recipients += n;
-                row.oldest_age_secs = row.oldest_age_secs.max(age);
-            }
+        for (m, domain, n) in &scheduled {
+            add(m, domain, *n, None, &self.class_pool(&m.class), "scheduled");
         }
         let mut queues: Vec<QueueRow> = rows
             .into_values()
@@ -840,19 +803,11 @@ impl Queue {
         }
         let (tx, rx) = oneshot::channel();
         let f = filter.clone();
-        let pools: HashMap<String, String> = self
-            .inner
-            .config
-            .classes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.pool.clone()))
-            .collect();
-        let dests = self.clone();
+        let q = self.clone();
         let pred: scheduler::Predicate = Box::new(move |j: &Job| {
-            let pool = pools.get(&j.msg.class).map(String::as_str).unwrap_or("");
             // Waiting jobs do not carry their site; the last resolution of the domain does.
-            let site = dests.inner.dests.get(&j.domain).map(|d| d.0.site.clone());
-            f.matches(j, site.as_deref(), pool)
+            let site = q.inner.dests.get(&j.domain).map(|d| d.0.site.clone());
+            f.matches(j, site.as_deref(), &q.class_pool(&j.msg.class))
         });
         if self
             .inner
