@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -119,6 +120,30 @@ pub fn authorize(
     }
 }
 
+/// Extractor for handlers that need the `admin` scope: checks the bearer token (or, with no
+/// tokens configured, that the client is on loopback) before the handler runs.
+pub struct Admin;
+
+impl FromRequestParts<ApiState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "client address unknown",
+                )
+            })?;
+        authorize(&s.config, &parts.headers, peer, "admin")?;
+        Ok(Admin)
+    }
+}
+
 async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -141,11 +166,9 @@ fn bad_request(e: impl std::fmt::Display, field: &str) -> ApiError {
 
 async fn queues(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Admin,
     filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
     let Query(filter) = filter.map_err(|e| bad_request(e.body_text(), "query"))?;
     Ok(Json(s.queue.list(&filter).await))
 }
@@ -157,11 +180,9 @@ fn filter_body(body: Result<Json<Filter>, JsonRejection>) -> Result<Filter, ApiE
 
 async fn suspend(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Admin,
     body: Result<Json<Filter>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
     let filter = filter_body(body)?;
     let (suspension, held) = s.queue.suspend(filter);
     Ok(Json(json!({"suspension": suspension, "held": held})))
@@ -169,11 +190,9 @@ async fn suspend(
 
 async fn resume(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Admin,
     body: Result<Json<Filter>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
     let filter = filter_body(body)?;
     let (removed, released) = s.queue.resume(&filter);
     Ok(Json(json!({"removed": removed, "released": released})))
@@ -181,11 +200,9 @@ async fn resume(
 
 async fn purge(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Admin,
     body: Result<Json<Filter>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
     let filter = filter_body(body)?;
     if filter.is_empty() {
         return Err(bad_request(
@@ -197,33 +214,21 @@ async fn purge(
     Ok(Json(json!({"purged": n})))
 }
 
-async fn suspensions(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
+async fn suspensions(State(s): State<ApiState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(json!({"suspensions": s.queue.suspensions()})))
 }
 
-async fn flush(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
+async fn flush(State(s): State<ApiState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     let n = s.queue.flush().await;
     Ok(Json(json!({"flushed": n})))
 }
 
 async fn domain_check(
     State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Admin,
     axum::extract::Path(domain): axum::extract::Path<String>,
     params: Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s.config, &headers, peer, "admin")?;
     let rp = params.get("return_path").map(String::as_str);
     match crate::auth::check_domain(&s.config, &domain, rp).await {
         Ok(report) => Ok(Json(report)),
