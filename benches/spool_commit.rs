@@ -24,6 +24,7 @@ fn record() -> MessageRecord {
         tenant: String::new(),
         campaign: String::new(),
         body,
+        attrs: Default::default(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bounce;
 pub mod config;
 pub mod delivery;
+pub mod events;
 pub mod http;
 pub mod intake;
 pub mod message;

@@ -165,6 +165,7 @@ impl Intake {
             tenant,
             campaign,
             body,
+            attrs: Default::default(),
         };
         let location = self
             .inner

@@ -15,7 +15,12 @@
 //!   tenant         u16 LE length + bytes
 //!   campaign       u16 LE length + bytes
 //!   body           u32 LE length + bytes
+//!   (optional, absent in records written before it existed)
+//!   attr count     u16 LE, then each: key u16 LE length + bytes, value u16 LE length + bytes
 //! ```
+//!
+//! Attributes carry what later stages add about a message (`message_id`, `variant`, `auth`,
+//! ...) without another format change: unknown keys are kept and ignored.
 //!
 //! Hand-written rather than serde/bincode: the format must stay readable by any later version
 //! and carry its own framing and checksum; it is a dozen lines either way.
@@ -37,6 +42,15 @@ pub struct MessageRecord {
     pub tenant: String,
     pub campaign: String,
     pub body: Vec<u8>,
+    /// Named extra fields (see the module doc); sorted by key when encoded.
+    pub attrs: std::collections::BTreeMap<String, String>,
+}
+
+impl MessageRecord {
+    /// An attribute's value, "" when absent.
+    pub fn attr(&self, key: &str) -> &str {
+        self.attrs.get(key).map_or("", String::as_str)
+    }
 }
 
 /// Why a record could not be decoded.
@@ -68,7 +82,12 @@ pub fn encode(rec: &MessageRecord) -> Vec<u8> {
         + rec.class.len()
         + rec.tenant.len()
         + rec.campaign.len()
-        + rec.body.len();
+        + rec.body.len()
+        + rec
+            .attrs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
     let mut out = Vec::with_capacity(approx);
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0u8; 8]); // length and CRC, filled below
@@ -83,6 +102,13 @@ pub fn encode(rec: &MessageRecord) -> Vec<u8> {
     put_str16(&mut out, &rec.campaign);
     out.extend_from_slice(&(rec.body.len() as u32).to_le_bytes());
     out.extend_from_slice(&rec.body);
+    if !rec.attrs.is_empty() {
+        out.extend_from_slice(&(rec.attrs.len().min(u16::MAX as usize) as u16).to_le_bytes());
+        for (k, v) in rec.attrs.iter().take(u16::MAX as usize) {
+            put_str16(&mut out, k);
+            put_str16(&mut out, v);
+        }
+    }
     let payload_len = (out.len() - HEADER_LEN) as u32;
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[4..8].copy_from_slice(&payload_len.to_le_bytes());
@@ -169,6 +195,15 @@ pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
     let campaign = r.str16()?;
     let body_len = r.u32()?;
     let body = r.take(body_len)?.to_vec();
+    let mut attrs = std::collections::BTreeMap::new();
+    if !r.buf.is_empty() {
+        let n = r.u16()?;
+        for _ in 0..n {
+            let k = r.str16()?;
+            let v = r.str16()?;
+            attrs.insert(k, v);
+        }
+    }
     Ok(MessageRecord {
         received_at_ms,
         mail_from,
@@ -177,6 +212,7 @@ pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
         tenant,
         campaign,
         body,
+        attrs,
     })
 }
 
@@ -193,7 +229,21 @@ mod tests {
             tenant: "t1".into(),
             campaign: "".into(),
             body: b"Subject: hi\r\n\r\n\xe2\x82\xac body\r\n".to_vec(),
+            attrs: Default::default(),
         }
+    }
+
+    #[test]
+    fn attributes_round_trip_and_old_records_read_without_them() {
+        let mut rec = sample();
+        let old = encode(&rec);
+        assert!(decode(&old).unwrap().attrs.is_empty());
+        rec.attrs.insert("message_id".into(), "x@y".into());
+        rec.attrs.insert("variant".into(), "B".into());
+        let enc = encode(&rec);
+        assert_eq!(decode(&enc).unwrap(), rec);
+        assert_eq!(decode(&enc).unwrap().attr("variant"), "B");
+        assert_eq!(decode(&enc).unwrap().attr("nope"), "");
     }
 
     #[test]

@@ -10,6 +10,7 @@ fn rec(n: usize) -> MessageRecord {
         tenant: String::new(),
         campaign: String::new(),
         body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+        attrs: Default::default(),
     }
 }
 

@@ -1,0 +1,186 @@
+//! The kinds of event and the facts each carries.
+//!
+//! Serialised with a `type` field (`"delivered"`, `"bounced"`, ...) flattened into the event, so
+//! one JSON object per event: the shape the send log, webhooks, AMQP and JSONL all share. Add
+//! variants and fields freely (with `#[serde(default)]` on new fields, so stored events stay
+//! readable); never rename one.
+
+use serde::{Deserialize, Serialize};
+
+/// TLS of one outbound delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`
+    pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`
+    pub cipher: String,
+}
+
+/// Whether a delivery status notification went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DsnStatus {
+    /// Built and durably queued to the original sender.
+    Sent,
+    /// Could not be built or queued (retried; see `error`).
+    Failed,
+}
+
+/// What happened. Delivery facts (`site`, `mx_host`, `remote_ip`, `source_ip`) are empty when
+/// no connection was made (DNS failure, expiry while queued, limits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A message was accepted (durable) from a listener or the HTTP API. One per message;
+    /// `recipient` is empty, `recipients` counts them.
+    Received {
+        /// Listener name, `"http"` or `"dsn"`.
+        listener: String,
+        client_ip: String,
+        /// AUTH user or API token name; empty when none.
+        #[serde(default)]
+        auth: String,
+        size: u64,
+        recipients: u32,
+        /// A/B label given at injection.
+        #[serde(default)]
+        variant: String,
+    },
+    /// The remote MX accepted the recipient.
+    Delivered {
+        site: String,
+        mx_host: String,
+        remote_ip: String,
+        source_ip: String,
+        #[serde(default)]
+        tls: Option<TlsInfo>,
+        reply: String,
+        /// Seconds from acceptance to this delivery.
+        #[serde(default)]
+        queue_secs: f64,
+    },
+    /// A temporary failure; the recipient will be retried.
+    Deferred {
+        #[serde(default)]
+        site: String,
+        #[serde(default)]
+        mx_host: String,
+        #[serde(default)]
+        remote_ip: String,
+        #[serde(default)]
+        source_ip: String,
+        reply: String,
+        /// Bounce category (bounce rules), empty until classified.
+        #[serde(default)]
+        category: String,
+        /// Seconds until the next attempt.
+        #[serde(default)]
+        retry_in_secs: u64,
+    },
+    /// A permanent failure; the recipient is final.
+    Bounced {
+        #[serde(default)]
+        site: String,
+        #[serde(default)]
+        mx_host: String,
+        #[serde(default)]
+        remote_ip: String,
+        #[serde(default)]
+        source_ip: String,
+        reply: String,
+        #[serde(default)]
+        category: String,
+    },
+    /// The recipient stayed deferred past `[delivery] max_age` and was given up (a bounce
+    /// with status 5.4.7, reported separately so expiries can be counted).
+    Expired {
+        reply: String,
+        #[serde(default)]
+        category: String,
+    },
+    /// A delivery status notification about this message's failed recipients.
+    Dsn {
+        status: DsnStatus,
+        /// Queue id of the DSN message itself (when sent).
+        #[serde(default)]
+        dsn_queue_id: String,
+        /// How many failed recipients it reports.
+        failed: u32,
+        #[serde(default)]
+        error: String,
+    },
+    /// An operator removed the recipient from the queue (no DSN).
+    Purged { actor: String },
+    /// Operator: queued mail matching `filter` is held until resumed.
+    Suspended {
+        actor: String,
+        suspension_id: u64,
+        filter: serde_json::Value,
+        held: u64,
+        /// Why, when not an operator's own decision (e.g. the anomaly that tripped a breaker).
+        #[serde(default)]
+        reason: String,
+    },
+    /// Operator: suspensions with `filter` removed.
+    Resumed {
+        actor: String,
+        filter: serde_json::Value,
+        removed: u64,
+        released: u64,
+    },
+    /// Operator: every deferred delivery retried now.
+    Flushed { actor: String, released: u64 },
+    /// A backoff rule changed the state of a (site, source).
+    Backoff {
+        /// `started`, `extended`, `ended`
+        change: String,
+        /// `throttle`, `suspend`, `disable-source`
+        action: String,
+        site: String,
+        #[serde(default)]
+        source: String,
+        rule: String,
+        seconds: u64,
+    },
+}
+
+impl EventKind {
+    /// The `type` value in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Received { .. } => "received",
+            EventKind::Delivered { .. } => "delivered",
+            EventKind::Deferred { .. } => "deferred",
+            EventKind::Bounced { .. } => "bounced",
+            EventKind::Expired { .. } => "expired",
+            EventKind::Dsn { .. } => "dsn",
+            EventKind::Purged { .. } => "purged",
+            EventKind::Suspended { .. } => "suspended",
+            EventKind::Resumed { .. } => "resumed",
+            EventKind::Flushed { .. } => "flushed",
+            EventKind::Backoff { .. } => "backoff",
+        }
+    }
+
+    /// The reply text of an outcome, if this kind has one.
+    pub fn reply(&self) -> Option<&str> {
+        match self {
+            EventKind::Delivered { reply, .. }
+            | EventKind::Deferred { reply, .. }
+            | EventKind::Bounced { reply, .. }
+            | EventKind::Expired { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// True for a recipient's final outcome (no further attempt follows).
+    pub fn is_final_outcome(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Delivered { .. }
+                | EventKind::Bounced { .. }
+                | EventKind::Expired { .. }
+                | EventKind::Purged { .. }
+        )
+    }
+}
