@@ -21,3 +21,4 @@ pub mod serve;
 pub mod shaping;
 pub mod smtp;
 pub mod spool;
+pub mod suppression;

@@ -41,6 +41,8 @@ pub struct Config {
     pub dkim_policy: DkimPolicyConfig,
     #[serde(default)]
     pub shaping: ShapingRef,
+    #[serde(default)]
+    pub unsubscribe: UnsubscribeConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -480,4 +482,19 @@ pub struct ShapingRef {
     /// Shaping data file (limits, provider presets, backoff rules, warm-up schedules; see
     /// `config/shaping.toml`). None means the shipped `config/shaping.toml`, embedded in the binary.
     pub file: Option<PathBuf>,
+}
+
+/// The one-click unsubscribe token key and URL (`suppression::token`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// 32-byte key file (64 hex characters or 32 raw bytes). Created with mode 0600 on first
+    /// start when absent. Default: `unsubscribe.key` in the spool directory.
+    pub key_file: Option<PathBuf>,
+    /// Derive the key from this secret (HKDF-SHA256) instead of a key file, so every node of a
+    /// cluster that shares the secret accepts the same tokens.
+    pub secret: Option<String>,
+    /// Base of the https unsubscribe URL: `{base_url}/u/{token}`. Default:
+    /// `https://{hostname}`.
+    pub base_url: Option<String>,
 }

@@ -25,6 +25,20 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    if c.unsubscribe.key_file.is_some() && c.unsubscribe.secret.is_some() {
+        return Err(invalid(
+            "unsubscribe.secret",
+            "give either key_file or secret, not both",
+        ));
+    }
+    if let Some(url) = &c.unsubscribe.base_url
+        && (!url.starts_with("https://") || url.contains(char::is_whitespace))
+    {
+        return Err(invalid(
+            "unsubscribe.base_url",
+            format!("expected an https:// URL without spaces, got {url:?} (RFC 8058 needs https)"),
+        ));
+    }
     if c.hostname.trim().is_empty() || c.hostname.contains(char::is_whitespace) {
         return Err(invalid(
             "hostname",
