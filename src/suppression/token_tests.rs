@@ -81,7 +81,8 @@ fn altered_forged_or_foreign_tokens_fail() {
     // (input, what verify must say)
     let mut wrong_version = raw.clone();
     wrong_version[0] = 2;
-    let table: Vec<(String, fn(&TokenError) -> bool)> = vec![
+    type Expect = fn(&TokenError) -> bool;
+    let table: Vec<(String, Expect)> = vec![
         (String::new(), |e| matches!(e, TokenError::TooShort)),
         ("!!!not base64!!!".into(), |e| {
             matches!(e, TokenError::Malformed)
