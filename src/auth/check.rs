@@ -579,6 +579,46 @@ fn loosely_aligned(a: &str, b: &str) -> bool {
     a == b || a.ends_with(&format!(".{b}")) || b.ends_with(&format!(".{a}"))
 }
 
+/// The names the RFC 9989 DMARC tree walk asks for `domain`, in order: the domain itself, then
+/// at most seven labels, then one label fewer each time down to the top-level domain.
+fn tree_walk_names(domain: &str) -> Vec<String> {
+    let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
+    let total = labels.len();
+    let mut names = Vec::new();
+    if total < 2 {
+        return names;
+    }
+    let mut count = total;
+    loop {
+        names.push(format!("_dmarc.{}", labels[total - count..].join(".")));
+        if count == 1 {
+            break;
+        }
+        count = if count >= 8 { 7 } else { count - 1 };
+    }
+    names
+}
+
+/// Repeat the tree walk's lookups and return the first that fails with a DNS error.
+async fn failed_tree_walk_lookup(
+    auth: &MessageAuthenticator,
+    domain: &str,
+) -> Option<(String, String)> {
+    for name in tree_walk_names(domain) {
+        if let Txt::Error(e) = dns::txt(auth, &name).await {
+            return Some((name, e));
+        }
+    }
+    None
+}
+
+fn temp_error_text(a: &DmarcResult, b: &DmarcResult) -> String {
+    match (a, b) {
+        (DmarcResult::TempError(e), _) | (_, DmarcResult::TempError(e)) => e.to_string(),
+        _ => "no detail".to_string(),
+    }
+}
+
 async fn dmarc_checks(
     auth: &MessageAuthenticator,
     domain: &str,
@@ -656,6 +696,29 @@ async fn dmarc_checks(
                 ),
             ));
         }
+        (None, _) if temp_error(dmarc.dkim_result()) || temp_error(dmarc.spf_result()) => {
+            // A lookup of the RFC 9989 tree walk (the record and the organisational domain's)
+            // failed; mail-auth does not say which, so ask again to name it.
+            let what = match &raw_record {
+                Txt::Records(r) if r.iter().any(|t| t.trim_start().starts_with("v=DMARC1")) => {
+                    format!("the DMARC record at {dmarc_name} could not be evaluated")
+                }
+                _ => format!("the DMARC record of {domain} could not be looked up"),
+            };
+            let detail = match failed_tree_walk_lookup(auth, domain).await {
+                Some((name, e)) => format!(
+                    "{what}: the DNS lookup of {name} TXT (finding the organisational domain) \
+                     failed: {e}; check that the resolvers in [dns] can answer it, then run \
+                     the check again"
+                ),
+                None => format!(
+                    "{what}: a DNS lookup failed while finding the organisational domain ({}); \
+                     it answers now, so run the check again",
+                    temp_error_text(dmarc.dkim_result(), dmarc.spf_result())
+                ),
+            };
+            out.push(finding(CheckKind::Dmarc, domain, false, detail))
+        }
         (None, Txt::Records(r)) if r.iter().any(|t| t.trim_start().starts_with("v=DMARC1")) => out
             .push(with_fix(
                 finding(
@@ -670,14 +733,6 @@ async fn dmarc_checks(
                 ),
                 suggested.clone(),
             )),
-        (None, _) if temp_error(dmarc.dkim_result()) || temp_error(dmarc.spf_result()) => {
-            out.push(finding(
-                CheckKind::Dmarc,
-                domain,
-                false,
-                format!("DNS lookups for the DMARC record of {domain} failed"),
-            ))
-        }
         (None, _) => out.push(with_fix(
             finding(
                 CheckKind::Dmarc,

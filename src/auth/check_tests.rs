@@ -503,3 +503,46 @@ async fn periodic_checks_set_the_gauge_and_stop_on_shutdown() {
     run_periodic_checks(c, off.clone(), Duration::ZERO, CancellationToken::new()).await;
     assert!(!off.render().contains("gannet_domain_check_ok"));
 }
+
+/// Issue 15 item 15: the record at `_dmarc.x.walkfail` exists, but the RFC 9989 tree walk's
+/// next lookup (`_dmarc.walkfail`, outside every zone the test server holds, so it answers
+/// REFUSED) fails. The finding must say that a DNS lookup failed and which one, not that the
+/// record is unusable.
+#[tokio::test]
+async fn dmarc_message_names_the_failed_tree_walk_lookup() {
+    let mut zone = soa("x.walkfail.");
+    zone.push_str("_dmarc.x.walkfail. IN TXT \"v=DMARC1; p=reject\"\n");
+    let dns = TestDns::start(&[("x.walkfail.", zone)]).await;
+    let c = config(&dns, SOURCES, "");
+    let r = check_domain(&c, "x.walkfail", None).await.unwrap();
+    let f = get(&r, CheckKind::Dmarc, "x.walkfail");
+    assert!(!f.ok, "{}", r.render_human());
+    assert!(
+        !f.detail.contains("not usable"),
+        "blames the record for a DNS failure: {}",
+        f.detail
+    );
+    assert!(
+        f.detail.contains("DNS lookup") && f.detail.contains("_dmarc.walkfail"),
+        "does not name the failed lookup: {}",
+        f.detail
+    );
+}
+
+#[test]
+fn dmarc_tree_walk_names_follow_rfc_9989() {
+    assert_eq!(
+        tree_walk_names("a.b.example.com"),
+        [
+            "_dmarc.a.b.example.com",
+            "_dmarc.b.example.com",
+            "_dmarc.example.com",
+            "_dmarc.com"
+        ]
+    );
+    assert_eq!(
+        tree_walk_names("1.2.3.4.5.6.7.8.9")[..2],
+        ["_dmarc.1.2.3.4.5.6.7.8.9", "_dmarc.3.4.5.6.7.8.9"]
+    );
+    assert!(tree_walk_names("localhost").is_empty());
+}

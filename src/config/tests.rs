@@ -51,3 +51,45 @@ fn listener_default_class_must_exist() {
     ));
     assert!(e.contains("default_class"), "{e}");
 }
+
+fn pools(overflows: &[(&str, Option<&str>)]) -> String {
+    let mut t = String::new();
+    for (name, o) in overflows {
+        t.push_str(&format!(
+            "[[pool]]\nname = \"{name}\"\nsources = [{{ ip = \"127.0.0.1\", ehlo = \"h\" }}]\n"
+        ));
+        if let Some(o) = o {
+            t.push_str(&format!("overflow = \"{o}\"\n"));
+        }
+    }
+    t + "[class.c]\npool = \"a\"\n"
+}
+
+/// Issue 15 item 9: an overflow cycle spun a dispatcher at 100% once a warm-up cap was hit.
+#[test]
+fn warmup_overflow_cycles_are_rejected_naming_the_cycle() {
+    let e = err_of(&pools(&[("a", Some("a"))]));
+    assert!(e.contains("pool[0].overflow") && e.contains("a → a"), "{e}");
+    let e = err_of(&pools(&[("a", Some("b")), ("b", Some("a"))]));
+    assert!(
+        e.contains("pool[0].overflow") && e.contains("a → b → a"),
+        "{e}"
+    );
+    // A chain that enters a cycle further on names the cycle, not the way in.
+    let e = err_of(&pools(&[
+        ("a", Some("b")),
+        ("b", Some("c")),
+        ("c", Some("d")),
+        ("d", Some("b")),
+    ]));
+    assert!(
+        e.contains("pool[1].overflow") && e.contains("b → c → d → b"),
+        "{e}"
+    );
+    // Chains that end are fine.
+    Config::from_toml(
+        &pools(&[("a", Some("b")), ("b", Some("c")), ("c", None)]),
+        "t",
+    )
+    .unwrap();
+}

@@ -151,6 +151,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    overflow_cycles(c)?;
     if c.classes.is_empty() {
         return Err(invalid(
             "class",
@@ -194,6 +195,39 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                     format!("api_token[{i}].scopes"),
                     format!("unknown scope {s:?}; expected inject, suppression, logs or admin"),
                 ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A pool's `overflow` chain must end: a pool that overflows to itself, or A → B → A, would
+/// hand a capped job round the cycle forever (a worker spinning at 100%). The error names the
+/// whole cycle so the operator sees which `overflow` keys to change.
+fn overflow_cycles(c: &Config) -> Result<(), ConfigError> {
+    for (i, start) in c.pools.iter().enumerate() {
+        let mut path = vec![start.name.as_str()];
+        let mut current = start;
+        while let Some(next) = current.overflow.as_deref() {
+            if let Some(pos) = path.iter().position(|p| *p == next) {
+                // Report each cycle once, from the pool listed first in it.
+                if pos != 0 {
+                    break;
+                }
+                path.push(next);
+                return Err(invalid(
+                    format!("pool[{i}].overflow"),
+                    format!(
+                        "warm-up overflow goes round in a cycle: {}; the last pool of a chain \
+                         must have no overflow (capped mail then waits for the next day's cap)",
+                        path.join(" → ")
+                    ),
+                ));
+            }
+            path.push(next);
+            match c.pools.iter().find(|p| p.name == next) {
+                Some(p) => current = p,
+                None => break,
             }
         }
     }
