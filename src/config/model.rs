@@ -271,6 +271,10 @@ pub struct DeliveryConfig {
     /// Try STARTTLS when the server offers it (opportunistic, certificates not verified).
     #[serde(default = "default_true")]
     pub opportunistic_tls: bool,
+    /// Never deliver in plaintext: a host without STARTTLS, or whose STARTTLS fails, is
+    /// deferred. Off by default: a failed STARTTLS is retried in plaintext (Postfix `may`).
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 fn default_mx_port() -> u16 {

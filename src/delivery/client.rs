@@ -5,7 +5,11 @@
 //! replies read back in order), dot-stuffing, and a timeout per phase.
 //!
 //! mail-send does the session set-up (greeting, EHLO, STARTTLS with its certificate-tolerant
-//! connector: opportunistic TLS, like Postfix's `may` level). The transaction part is ours:
+//! connector: opportunistic TLS, like Postfix's `may` level). When STARTTLS is offered but fails
+//! (an error reply, a handshake rustls refuses: old protocol version, no common cipher, a broken
+//! peer), the same address is tried again in plaintext, as Postfix's `may` does, and the
+//! connection records why it is not encrypted ([`Connection::tls_fallback`]); only with
+//! `require_tls` does a TLS failure fail the connection. The transaction part is ours:
 //! mail-send's `send()` is not pipelined, stops at the first refused recipient, reads with a
 //! fresh buffer each time (dropping pipelined replies that arrive together) and resolves DNS
 //! itself when binding a source address (CRATES.md). smtp-proto parses the replies.
@@ -33,6 +37,9 @@ pub struct ClientOptions {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub opportunistic_tls: bool,
+    /// Policy: never send in plaintext. A host that does not offer STARTTLS, or whose STARTTLS
+    /// fails, is a failed connection (deferred) instead of a plaintext fallback.
+    pub require_tls: bool,
 }
 
 /// Why a connection or transaction failed as a whole (not a recipient's reply).
@@ -115,6 +122,9 @@ pub struct Connection {
     pub addr: SocketAddr,
     pub source_ip: IpAddr,
     pub tls: bool,
+    /// Why this session is in plaintext although the server offered STARTTLS (the TLS error
+    /// that made us reconnect without it); None when encrypted or TLS was never offered.
+    pub tls_fallback: Option<String>,
     opts: ClientOptions,
     /// Set when the session is in an unknown state and must not be reused.
     pub broken: bool,
@@ -148,7 +158,9 @@ async fn bind_connect(source_ip: IpAddr, addr: SocketAddr) -> std::io::Result<Tc
 
 impl Connection {
     /// Connect from `source_ip` to `addr`, read the greeting, say EHLO (HELO as fallback), and
-    /// upgrade with STARTTLS when offered and allowed.
+    /// upgrade with STARTTLS when offered and allowed. A failed STARTTLS is retried once on a
+    /// fresh connection in plaintext unless `require_tls` (opportunistic TLS, RFC 3207 §4.1
+    /// and Postfix's `may` level); the connection then carries the reason in `tls_fallback`.
     pub async fn open(
         source_ip: IpAddr,
         ehlo_name: &str,
@@ -156,6 +168,36 @@ impl Connection {
         addr: SocketAddr,
         opts: &ClientOptions,
         tls: &tokio_rustls::TlsConnector,
+    ) -> Result<Connection, ClientError> {
+        let try_tls = opts.opportunistic_tls || opts.require_tls;
+        match Self::setup(source_ip, ehlo_name, host, addr, opts, tls, try_tls).await {
+            Err(ClientError::Tls { error, .. }) if !opts.require_tls => {
+                tracing::warn!(
+                    target: "gannet::tls",
+                    event = "tls_fallback",
+                    host,
+                    %addr,
+                    error = %error,
+                    "STARTTLS with {host}[{addr}] failed ({error}); retrying without TLS: this \
+                     delivery will not be encrypted (set [delivery] require_tls = true to defer instead)"
+                );
+                let mut conn =
+                    Self::setup(source_ip, ehlo_name, host, addr, opts, tls, false).await?;
+                conn.tls_fallback = Some(error);
+                Ok(conn)
+            }
+            other => other,
+        }
+    }
+
+    async fn setup(
+        source_ip: IpAddr,
+        ehlo_name: &str,
+        host: &str,
+        addr: SocketAddr,
+        opts: &ClientOptions,
+        tls: &tokio_rustls::TlsConnector,
+        try_tls: bool,
     ) -> Result<Connection, ClientError> {
         let timeout_err = |phase, after| ClientError::Timeout {
             host: host.to_string(),
@@ -229,7 +271,15 @@ impl Connection {
             }
             Err(e) => return Err(proto_err("EHLO", e)),
         };
-        if caps.starttls && opts.opportunistic_tls {
+        if opts.require_tls && !(caps.starttls && try_tls) {
+            return Err(ClientError::Tls {
+                host: host.to_string(),
+                addr,
+                error: "the server does not offer STARTTLS and [delivery] require_tls is set"
+                    .into(),
+            });
+        }
+        if caps.starttls && try_tls {
             let name = host.trim_end_matches('.');
             let mut tls_client =
                 client
@@ -287,6 +337,7 @@ impl Connection {
             addr,
             source_ip,
             tls,
+            tls_fallback: None,
             opts: opts.clone(),
             broken: false,
         }

@@ -130,6 +130,7 @@ impl Queue {
             command_timeout: d.command_timeout,
             data_timeout: d.data_timeout,
             opportunistic_tls: d.opportunistic_tls,
+            require_tls: d.require_tls,
         };
         let tls = crate::delivery::opportunistic_tls_connector()?;
         let shaping = Arc::new(Shaping::from_config(&config).map_err(|e| e.to_string())?);

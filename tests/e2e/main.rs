@@ -11,12 +11,14 @@
 //! - `smtp_input`: open-relay refusal and malformed input (items 4 and 5);
 //! - `cli`: `gannet queue list` / `flush` against a running instance (item 7);
 //! - `dkim`: DKIM signing, key rotation, keygen, `[dkim_policy]`, sending-domain checks (issue 3);
+//! - `delivery_faults` (issue 15 items 3, 4, 7): MX refresh, mail loops, STARTTLS fallback;
 //! - `pools` (issue 4): traffic classes, IP pools and their sources, warm-up caps;
 //! - `shaping` (issue 4): connection and rate limits, priority, backoff, queue control.
 
 mod common;
 
 mod cli;
+mod delivery_faults;
 mod dkim;
 mod durability;
 mod harness;

@@ -197,6 +197,8 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 struct State {
     rules: Vec<Rule>,
     starttls: bool,
+    /// STARTTLS is offered and answered 220, but the handshake then fails.
+    tls_broken: bool,
     chunking: bool,
     delay: Duration,
     transactions: Vec<Transaction>,
@@ -348,6 +350,19 @@ impl Sink {
     }
 
     /// Offer CHUNKING (BDAT) from now on.
+    /// Offer STARTTLS but break every handshake (answer 220, then send bytes that are not TLS
+    /// and close): a server whose TLS a client cannot use.
+    pub fn set_tls_broken(&self, on: bool) -> &Self {
+        {
+            let mut st = self.shared.lock();
+            st.tls_broken = on;
+            if on {
+                st.starttls = true;
+            }
+        }
+        self
+    }
+
     pub fn set_chunking(&self, on: bool) -> &Self {
         self.shared.lock().chunking = on;
         self
@@ -669,6 +684,14 @@ async fn session(
                     "502 5.5.1 STARTTLS not offered".into()
                 } else {
                     c.reply("220 2.0.0 ready to start TLS").await?;
+                    if shared.lock().tls_broken {
+                        // Not a TLS ServerHello: the client's handshake fails (as with a
+                        // server that only speaks a protocol version rustls refuses).
+                        c.io.get_mut().write_all(b"this is not TLS\r\n").await?;
+                        c.io.get_mut().flush().await?;
+                        shared.note(id, "--", "TLS handshake broken on purpose; closing");
+                        return Ok(());
+                    }
                     // Anything the client pipelined after STARTTLS is discarded (RFC 3207 §5).
                     let plain =
                         std::mem::replace(&mut c.io, BufReader::new(Box::new(tokio::io::empty())))
