@@ -17,6 +17,7 @@
 //! Never does: decide when or where to deliver (queue/), parse messages (message/).
 
 mod record;
+mod storage;
 mod writer;
 
 pub use record::{MessageRecord, RecordError};
@@ -167,6 +168,17 @@ impl Spool {
         base: &Path,
         metrics: Metrics,
     ) -> Result<(Spool, Vec<Recovered>), SpoolError> {
+        Self::open_with_storage(config, base, metrics, Arc::new(storage::OsStorage))
+    }
+
+    /// [`Spool::open`] with the writer's file-system calls going through `storage` (tests
+    /// count syncs and inject failures this way).
+    pub(crate) fn open_with_storage(
+        config: &SpoolConfig,
+        base: &Path,
+        metrics: Metrics,
+        storage: Arc<dyn storage::Storage>,
+    ) -> Result<(Spool, Vec<Recovered>), SpoolError> {
         let root = if config.path.is_relative() {
             base.join(&config.path)
         } else {
@@ -225,6 +237,7 @@ impl Spool {
                 max_segment_bytes: config.max_segment_bytes,
                 max_commit_bytes: config.max_commit_bytes,
             },
+            storage,
             rx,
             segments,
             metrics,

@@ -5,17 +5,18 @@
 //! request. While it syncs, new requests queue up and form the next batch, so the number of
 //! syncs per second stays bounded by the disk's latency, not by the message rate.
 //!
-//! A dedicated OS thread rather than a tokio task: every step here is blocking file I/O.
+//! A dedicated OS thread rather than a tokio task: every step here is blocking file I/O. All
+//! file-system calls go through the [`Storage`] seam, so tests can count syncs and inject
+//! failures.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use super::{Location, MsgKey, Segments, SpoolError, WriteReq, fsync_dir, segment_path};
+use super::storage::{SegmentFile, Storage};
+use super::{Location, MsgKey, Segments, SpoolError, WriteReq, segment_path};
 use crate::metrics::Metrics;
 
 pub(super) struct WriterConfig {
@@ -27,40 +28,47 @@ pub(super) struct WriterConfig {
 
 struct Active {
     id: u64,
-    file: File,
+    file: Box<dyn SegmentFile>,
     len: u64,
 }
 
 pub(super) fn start(
     cfg: WriterConfig,
+    storage: Arc<dyn Storage>,
     rx: mpsc::Receiver<WriteReq>,
     spool: Arc<Segments>,
     metrics: Metrics,
 ) {
     std::thread::Builder::new()
         .name("gannet-spool-writer".into())
-        .spawn(move || run(cfg, rx, spool, metrics))
+        .spawn(move || run(cfg, &*storage, rx, spool, metrics))
         .expect("spawning the spool writer thread");
 }
 
-fn open_segment(cfg: &WriterConfig, id: u64) -> Result<Active, SpoolError> {
+fn open_segment(cfg: &WriterConfig, storage: &dyn Storage, id: u64) -> Result<Active, SpoolError> {
     let path = segment_path(&cfg.dir, id);
     let err = |e| SpoolError::Write {
         path: path.clone(),
         source: e,
     };
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .map_err(err)?;
+    let file = storage.create_new(&path).map_err(err)?;
     // The new directory entry must be durable before anything in the file is acknowledged.
-    fsync_dir(&cfg.dir).map_err(err)?;
+    if let Err(e) = storage.sync_dir(&cfg.dir) {
+        // Give the empty file up rather than write into one whose name may not survive a
+        // crash. Should the removal fail too, the file is empty and the next start-up scan
+        // deletes it.
+        drop(file);
+        if let Err(rm) = storage.remove(&path) {
+            tracing::warn!(path = %path.display(), error = %rm, "cannot remove an abandoned empty spool segment; the next start-up deletes it");
+        }
+        return Err(err(e));
+    }
     Ok(Active { id, file, len: 0 })
 }
 
 fn run(
     cfg: WriterConfig,
+    storage: &dyn Storage,
     mut rx: mpsc::Receiver<WriteReq>,
     spool: Arc<Segments>,
     metrics: Metrics,
@@ -92,12 +100,15 @@ fn run(
             spool.seal(id);
         }
         if active.is_none() {
-            match open_segment(&cfg, next_id) {
-                Ok(a) => {
-                    next_id += 1;
-                    active = Some(a);
-                }
+            // A segment number is used once, whether or not opening it worked: a failure after
+            // the file was created (its directory fsync) must not make every later batch fail
+            // with "file exists".
+            let id = next_id;
+            next_id += 1;
+            match open_segment(&cfg, storage, id) {
+                Ok(a) => active = Some(a),
                 Err(e) => {
+                    tracing::error!(error = %e, "cannot start a new spool segment; answering 4xx to this batch and trying a new segment with the next one");
                     fail_batch(&mut batch, &e);
                     continue;
                 }
@@ -116,7 +127,7 @@ fn run(
             });
             buf.extend_from_slice(&req.bytes);
         }
-        let result = a.file.write_all(&buf).and_then(|()| a.file.sync_data());
+        let result = a.file.append(&buf).and_then(|()| a.file.sync_data());
         match result {
             Ok(()) => {
                 a.len += buf.len() as u64;
