@@ -5,7 +5,9 @@
 //! [`Acceptor`] trait the listeners call, and header helpers in [`headers`]. Listeners never touch
 //! the spool or the queue directly: they call an `Acceptor` and reply according to its answer.
 
+pub mod compose;
 pub mod headers;
+pub mod template;
 
 use std::net::IpAddr;
 use std::sync::Arc;
