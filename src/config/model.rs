@@ -15,6 +15,10 @@ pub struct Config {
     /// Our own name: SMTP greeting, `Received:`, `Message-ID`, DSN reporting MTA.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// A message with more `Received:` headers than this is refused at DATA with 554 5.4.6
+    /// (a mail loop; Postfix's `hopcount_limit`).
+    #[serde(default = "default_hop_limit")]
+    pub hop_limit: usize,
     #[serde(default)]
     pub spool: SpoolConfig,
     #[serde(default, rename = "listener")]
@@ -46,6 +50,10 @@ pub struct Config {
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+}
+
+fn default_hop_limit() -> usize {
+    50
 }
 
 fn default_hostname() -> String {
@@ -275,6 +283,11 @@ pub struct DeliveryConfig {
     /// deferred. Off by default: a failed STARTTLS is retried in plaintext (Postfix `may`).
     #[serde(default)]
     pub require_tls: bool,
+    /// An MX (not a `[[route]]`) resolving to any loopback address counts as Gannet itself: the
+    /// domain is bounced 5.4.6 "loops back to myself". MX addresses equal to a listener's
+    /// address always count. Turn off only where MX hosts live on loopback (tests).
+    #[serde(default = "default_true")]
+    pub loopback_is_self: bool,
 }
 
 fn default_mx_port() -> u16 {

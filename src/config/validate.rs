@@ -45,6 +45,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             format!("expected a host name without spaces, got {:?}", c.hostname),
         ));
     }
+    if c.hop_limit == 0 {
+        return Err(invalid(
+            "hop_limit",
+            "expected at least 1 (every relayed message carries a Received: header; 50 is usual)",
+        ));
+    }
     let mut names = HashSet::new();
     for (i, l) in c.listeners.iter().enumerate() {
         let key = format!("listener[{i}]");

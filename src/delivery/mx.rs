@@ -7,6 +7,10 @@
 //! Rules: MX records in preference order, equal preferences shuffled; a domain with no MX but
 //! an A/AAAA record is its own MX (implicit MX); a single MX of "." is a null MX (RFC 7505) and
 //! a permanent failure; NXDOMAIN is permanent; SERVFAIL and timeouts are temporary.
+//! Loop protection (like Postfix): an MX host that resolves to one of Gannet's own listener
+//! addresses (or to loopback, unless `[delivery] loopback_is_self = false`) is Gannet itself;
+//! it and every MX host of equal or lower preference are dropped, and a domain left with none is
+//! a permanent 5.4.6 "mail for D loops back to myself". `[[route]]` next hops are never checked.
 //! Never does: connect anywhere.
 
 use std::collections::HashMap;
@@ -27,6 +31,8 @@ use crate::config::Config;
 pub struct Host {
     pub name: String,
     pub addrs: Vec<SocketAddr>,
+    /// MX preference (0 for routes and implicit MX); lower is tried first.
+    pub preference: u16,
 }
 
 /// Where to deliver a domain's mail.
@@ -70,6 +76,9 @@ pub struct MxResolver {
     /// domain → (temporary failure, until). Short critical sections; std Mutex.
     negative: Arc<Mutex<HashMap<String, (Reply, Instant)>>>,
     negative_ttl: Duration,
+    /// Addresses that are Gannet itself: every listener's socket address.
+    own: Arc<Vec<SocketAddr>>,
+    loopback_is_self: bool,
 }
 
 impl MxResolver {
@@ -114,7 +123,52 @@ impl MxResolver {
             port: config.delivery.port,
             negative: Arc::new(Mutex::new(HashMap::new())),
             negative_ttl: config.dns.negative_ttl,
+            own: Arc::new(config.listeners.iter().map(|l| l.address).collect()),
+            loopback_is_self: config.delivery.loopback_is_self,
         })
+    }
+
+    /// Whether delivering to `addr` would connect to Gannet itself.
+    fn is_self(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip();
+        if ip.is_unspecified() || (self.loopback_is_self && ip.is_loopback()) {
+            return true;
+        }
+        self.own.iter().any(|l| {
+            *l == addr
+                || (l.ip().is_unspecified()
+                    && l.port() == addr.port()
+                    && (ip.is_loopback() || ip.is_unspecified()))
+        })
+    }
+
+    /// Drop MX hosts that are Gannet itself and every host not preferred over them (they
+    /// would be backups of ourselves); a domain left with nothing loops back to us.
+    fn without_self(&self, domain: &str, hosts: Vec<Host>) -> Result<Vec<Host>, ResolveError> {
+        let Some((me, addr)) = hosts
+            .iter()
+            .find_map(|h| h.addrs.iter().find(|a| self.is_self(**a)).map(|a| (h, *a)))
+        else {
+            return Ok(hosts);
+        };
+        let (pref, name) = (me.preference, me.name.clone());
+        let kept: Vec<Host> = hosts.into_iter().filter(|h| h.preference < pref).collect();
+        if kept.is_empty() {
+            return Err(ResolveError::Permanent(Reply::new(
+                554,
+                "5.4.6",
+                format!(
+                    "mail for {domain} loops back to myself: MX host {name} resolves to {addr}, \
+                     which is this Gannet (a listener address{}); fix the domain's MX records",
+                    if self.loopback_is_self {
+                        " or loopback"
+                    } else {
+                        ""
+                    }
+                ),
+            )));
+        }
+        Ok(kept)
     }
 
     /// Forget remembered temporary failures (an operator flush should ask DNS again).
@@ -178,6 +232,7 @@ impl MxResolver {
             hosts: vec![Host {
                 name: host.to_string(),
                 addrs,
+                preference: 0,
             }],
         })
     }
@@ -251,27 +306,32 @@ impl MxResolver {
                     format!("{domain} has no MX and no address record"),
                 )));
             }
+            let hosts = self.without_self(
+                domain,
+                vec![Host {
+                    name: domain.to_string(),
+                    addrs,
+                    preference: 0,
+                }],
+            )?;
             return Ok(Destination {
                 site: site_key(&[domain.to_string()]),
                 mx_names: vec![domain.to_string()],
-                hosts: vec![Host {
-                    name: domain.to_string(),
-                    addrs,
-                }],
+                hosts,
             });
         }
         // Shuffle equal preferences (RFC 5321 §5.1), keep preference order.
-        let mut ordered: Vec<String> = Vec::with_capacity(mx.len());
+        let mut ordered: Vec<(u16, String)> = Vec::with_capacity(mx.len());
         let mut i = 0;
         while i < mx.len() {
             let j = mx[i..]
                 .iter()
                 .position(|(p, _)| *p != mx[i].0)
                 .map_or(mx.len(), |k| i + k);
-            let mut group: Vec<String> = mx[i..j]
+            let mut group: Vec<(u16, String)> = mx[i..j]
                 .iter()
                 .filter(|(_, n)| !n.is_empty())
-                .map(|(_, n)| n.clone())
+                .cloned()
                 .collect();
             group.shuffle(&mut rand::thread_rng());
             ordered.extend(group);
@@ -279,11 +339,12 @@ impl MxResolver {
         }
         let mut hosts = Vec::with_capacity(ordered.len());
         let mut last_err = None;
-        for name in &ordered {
+        for (preference, name) in &ordered {
             match self.addresses(name, self.port).await {
                 Ok(addrs) if !addrs.is_empty() => hosts.push(Host {
                     name: name.clone(),
                     addrs,
+                    preference: *preference,
                 }),
                 Ok(_) => {}
                 Err(ResolveError::Temporary(r)) => last_err = Some(r),
@@ -299,9 +360,11 @@ impl MxResolver {
                 )
             })));
         }
+        let hosts = self.without_self(domain, hosts)?;
+        let names: Vec<String> = ordered.into_iter().map(|(_, n)| n).collect();
         Ok(Destination {
-            site: site_key(&ordered),
-            mx_names: ordered,
+            site: site_key(&names),
+            mx_names: names,
             hosts,
         })
     }

@@ -114,6 +114,7 @@ impl Intake {
             tenant,
             campaign,
         } = sub;
+        check_hops(&body, self.inner.config.hop_limit)?;
         let header_class = headers::get(&body, "X-Gannet-Class");
         let header_tenant = headers::get(&body, "X-Gannet-Tenant");
         let header_campaign = headers::get(&body, "X-Gannet-Campaign");
@@ -230,6 +231,28 @@ impl Acceptor for Intake {
     }
 }
 
+/// Loop protection (RFC 5321 §6.3): more than `limit` `Received:` headers means the message
+/// is going round in circles. Refused at DATA rather than bounced later: the loop shows in the
+/// message itself, so it is known while the sending MTA is still connected; a refusal leaves the
+/// notice to that MTA (which knows where it came from), sends no DSN of ours into the loop and
+/// takes no spool space.
+fn check_hops(body: &[u8], limit: usize) -> Result<(), Rejection> {
+    let hops = headers::fields(body)
+        .iter()
+        .filter(|(n, _, _)| n.eq_ignore_ascii_case("received"))
+        .count();
+    if hops > limit {
+        return Err(Rejection::new(
+            554,
+            "5.4.6",
+            format!(
+                "mail loop: the message has {hops} Received: headers, more than hop_limit {limit}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Tenant / campaign ids: printable, no spaces, bounded; absent is "".
 fn clean_id(v: Option<String>, field: &str) -> Result<String, Rejection> {
     let Some(v) = v else {
@@ -270,6 +293,41 @@ mod tests {
                 .to_vec();
         strip_control_headers(&mut b);
         assert_eq!(b, b"From: a@b\r\n\r\nX-Gannet-Body: stays\r\n");
+    }
+
+    /// Loop protection: more than `hop_limit` Received: headers (header block only) → 554 5.4.6.
+    #[test]
+    fn hop_limit_table() {
+        let msg = |n: usize| {
+            let mut m = String::new();
+            for i in 0..n {
+                m.push_str(&format!(
+                    "Received: from h{i} by h{};\r\n\tThu, 3 Dec 2026\r\n",
+                    i + 1
+                ));
+            }
+            m.push_str("Subject: x\r\n\r\nReceived: in the body does not count\r\n");
+            m.into_bytes()
+        };
+        let cases = [
+            (0, 1, true),
+            (1, 1, true),
+            (2, 1, false),
+            (50, 50, true),
+            (51, 50, false),
+        ];
+        for (n, limit, ok) in cases {
+            let r = check_hops(&msg(n), limit);
+            assert_eq!(r.is_ok(), ok, "{n} headers, limit {limit}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!((e.code, e.enhanced.as_str()), (554, "5.4.6"));
+                assert!(
+                    e.message.contains(&format!("{n} Received:")),
+                    "{}",
+                    e.message
+                );
+            }
+        }
     }
 
     #[test]

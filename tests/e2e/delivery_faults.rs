@@ -3,6 +3,9 @@
 //!
 //! - item 7: a STARTTLS that fails falls back to plaintext at the opportunistic level, and
 //!   defers where `[delivery] require_tls` demands encryption;
+//! - item 4: loops — a message over `hop_limit` is refused at DATA; an MX that is Gannet's own
+//!   listener (or loopback, by default) bounces 5.4.6. The harness sets `[delivery]
+//!   loopback_is_self = false` because sinks are MX hosts on 127.0.0.x.
 
 use crate::common::*;
 
@@ -87,4 +90,134 @@ async fn starttls_failure_defers_when_tls_is_required() {
         "no transaction may be sent in plaintext:\n{}",
         w.sinks[0].transcript()
     );
+}
+
+/// `n` made-up `Received:` headers, then a small message.
+fn message_with_hops(n: usize) -> Vec<u8> {
+    let mut m = String::new();
+    for i in 0..n {
+        m.push_str(&format!(
+            "Received: from hop{i}.test by hop{}.test; Thu, 3 Dec 2026 21:00:00 +0000\r\n",
+            i + 1
+        ));
+    }
+    m.push_str("Subject: hops\r\n\r\nbody\r\n");
+    m.into_bytes()
+}
+
+/// Item 4, RFC 5321 §6.3: a message with more `Received:` headers than `hop_limit` (default 50,
+/// counting the one Gannet adds) is a mail loop. Gannet refuses it at DATA with 554 5.4.6 (the
+/// sending MTA is still connected and bounces it to its sender; no DSN of ours joins the loop);
+/// it accepted and relayed it before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_over_the_hop_limit_is_refused_as_a_loop() {
+    let w = World::start(
+        &["127.0.0.215"],
+        Zone::new().mail_domain("hops.test", "127.0.0.215"),
+        |c| c,
+    )
+    .await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    // 49 + Gannet's own = 50 headers: at the limit, still fine.
+    c.send("s@origin.test", &["ok@hops.test"], &message_with_hops(49))
+        .await;
+    // 50 + Gannet's own = 51: one too many.
+    c.cmd("MAIL FROM:<s@origin.test>", "250").await;
+    c.cmd("RCPT TO:<loop@hops.test>", "250").await;
+    let r = c.data(&message_with_hops(50), "554").await;
+    assert!(
+        r.text().contains("5.4.6") && r.text().contains("hop_limit"),
+        "{}",
+        r.text()
+    );
+    c.quit().await;
+    w.gannet.wait_event("delivered", "ok@hops.test", WAIT).await;
+    assert!(
+        w.gannet.outcomes_for("loop@hops.test").is_empty(),
+        "the looping message must not be queued"
+    );
+    assert_eq!(w.sinks[0].messages().len(), 1);
+}
+
+/// Item 4, Postfix's "mail for D loops back to myself": a domain whose MX points at Gannet's
+/// own listener address is bounced 5.4.6 at once. Before the fix Gannet delivered the message
+/// to itself, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_pointing_at_our_own_listener_bounces_as_a_loop() {
+    let dns = TestDns::start(
+        Zone::new()
+            .mail_domain("loop.test", "127.0.0.1")
+            .mail_domain("origin.test", "127.0.0.216"),
+    )
+    .await;
+    let (port, sinks) = bind_sinks(&["127.0.0.216"]).await;
+    // Gannet listens on 127.0.0.1:P and delivers to port P of every MX host (the sink for the
+    // sender's DSN listens on P' and gets its mail through a route).
+    let cfg = TestConfig::new(&dns, 0)
+        .route("origin.test", &format!("127.0.0.216:{port}"))
+        .build()
+        .replace(
+            "address = \"${SMTP}\"",
+            "address = \"127.0.0.1:${PORT_self}\"",
+        )
+        .replace("\nport = 0\n", "\nport = ${PORT_self}\n");
+    let g = Gannet::start(&cfg).await;
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.send_message(
+        "s@origin.test",
+        &["x@loop.test"],
+        b"Subject: loop\r\n\r\nx\r\n",
+    )
+    .await;
+    let o = g.wait_event("bounced", "x@loop.test", WAIT).await;
+    assert!(
+        o.reply.starts_with("554 5.4.6")
+            && o.reply.contains("mail for loop.test loops back to myself"),
+        "{}",
+        o.reply
+    );
+    assert!(
+        g.outcomes_for("x@loop.test")
+            .iter()
+            .all(|o| o.event == "bounced"),
+        "never delivered to ourselves: {:?}",
+        g.outcomes_for("x@loop.test")
+    );
+    let dsn = &sinks[0].wait_for(1, WAIT).await[0];
+    assert_dsn(dsn, "x@loop.test", "failed");
+    assert!(dsn.text().contains("5.4.6"), "{}", dsn.text());
+}
+
+/// Item 4: with the production default `loopback_is_self = true`, an MX on any loopback address
+/// is Gannet itself (a `MX 10 localhost` mistake) and bounces 5.4.6; a `[[route]]` to loopback
+/// is an operator's explicit choice and is still delivered. The other e2e tests turn the switch
+/// off because their MX hosts are sinks on 127.0.0.x.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_on_loopback_bounces_as_a_loop_but_a_route_does_not() {
+    let (port, sinks) = bind_sinks(&["127.0.0.217"]).await;
+    let dns = TestDns::start(Zone::new().mail_domain("lo.test", "127.0.0.217")).await;
+    let cfg = TestConfig::new(&dns, port)
+        .delivery_option("loopback_is_self = true")
+        .route("routed-lo.test", &format!("127.0.0.217:{port}"));
+    let g = Gannet::start_config(&cfg).await;
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.send("s@origin.test", &["x@lo.test"], b"Subject: lo\r\n\r\nx\r\n")
+        .await;
+    c.send(
+        "s@origin.test",
+        &["y@routed-lo.test"],
+        b"Subject: routed\r\n\r\ny\r\n",
+    )
+    .await;
+    c.quit().await;
+    let o = g.wait_event("bounced", "x@lo.test", WAIT).await;
+    assert!(
+        o.reply.starts_with("554 5.4.6") && o.reply.contains("loops back to myself"),
+        "{}",
+        o.reply
+    );
+    g.wait_event("delivered", "y@routed-lo.test", WAIT).await;
+    assert_eq!(sinks[0].delivered_rcpts(), ["y@routed-lo.test"]);
 }

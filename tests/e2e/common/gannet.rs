@@ -320,6 +320,14 @@ impl TestConfig {
         t += &format!("max_age = {}\n", q(&self.max_age));
         t += "connect_timeout = \"5s\"\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\n";
         t += "idle_timeout = \"2s\"\n";
+        // Sinks are MX hosts on loopback: only Gannet's own listener address is "myself".
+        if !self
+            .delivery_options
+            .iter()
+            .any(|l| l.trim_start().starts_with("loopback_is_self"))
+        {
+            t += "loopback_is_self = false\n";
+        }
         for l in &self.delivery_options {
             t += l;
             t += "\n";
