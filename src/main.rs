@@ -353,6 +353,7 @@ fn api(
                 .config()
                 .http_status_as_error(false)
                 .build();
+            req = req.header("User-Agent", gannet::http::CLI_USER_AGENT);
             if let Some(t) = &token {
                 req = req.header("Authorization", &format!("Bearer {t}"));
             }
@@ -363,6 +364,7 @@ fn api(
         }
         _ => {
             let mut req = agent.get(&url).config().http_status_as_error(false).build();
+            req = req.header("User-Agent", gannet::http::CLI_USER_AGENT);
             if let Some(t) = &token {
                 req = req.header("Authorization", &format!("Bearer {t}"));
             }

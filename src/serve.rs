@@ -1,7 +1,8 @@
 //! `gannet serve`: builds every stage from the configuration, runs them, and shuts them down
 //! in order.
 //!
-//! Start: open the spool (recovering what it holds), start the queue and re-queue the
+//! Start: create the event bus and register its subscribers (the JSON outcome log and the
+//! metrics counters, both lossless, then whatever the caller's [`BusHook`] adds), open the spool (recovering what it holds), start the queue and re-queue the
 //! recovered messages, bind every listener (so a bad address fails before anything runs), then
 //! serve. Shutdown (SIGTERM, SIGINT, or the token being cancelled): listeners stop accepting
 //! and finish their sessions (a message in DATA still gets its durable 250), dispatchers finish
@@ -9,12 +10,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::delivery::MxResolver;
+use crate::events::{EventBus, Mode};
 use crate::intake::{Intake, Signer};
 use crate::message::SharedAcceptor;
 use crate::metrics::Metrics;
@@ -58,11 +60,29 @@ impl Signer for crate::auth::DkimSigner {
     }
 }
 
+/// Registers extra event subscribers before any stage starts (tests, embedders).
+pub type BusHook = Box<dyn FnOnce(&EventBus) + Send>;
+
+/// Events the log and metrics subscribers may fall behind by before intake waits (see
+/// `EventBus::admit`): far more than a burst produces, so only a stuck subscriber pushes back.
+const BUILTIN_SUBSCRIBER_BOUND: usize = 65_536;
+
 /// Run Gannet until shutdown. `ready` is told the bound addresses once everything listens.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), ServeError> {
+    run_with(config, shutdown, ready, None).await
+}
+
+/// [`run`], with `hook` called on the event bus right after the built-in subscribers are
+/// registered and before anything can publish.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+    hook: Option<BusHook>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     // Keys are loaded and checked before anything listens: a bad key stops the start.
@@ -75,6 +95,18 @@ pub async fn run(
         Some(Arc::new(dkim))
     };
     let metrics = Metrics::new();
+    let bus = EventBus::new(&metrics.registry);
+    let bound = Mode::Lossless {
+        bound: BUILTIN_SUBSCRIBER_BOUND,
+    };
+    let log_task = tokio::spawn(crate::events::log::run(bus.subscribe("log", bound)));
+    let metrics_task = tokio::spawn(crate::metrics::events::run(
+        metrics.clone(),
+        bus.subscribe("metrics", bound),
+    ));
+    if let Some(hook) = hook {
+        hook(&bus);
+    }
     let base = config
         .base_dir
         .clone()
@@ -90,25 +122,22 @@ pub async fn run(
         spool.clone(),
         resolver,
         metrics.clone(),
+        bus.clone(),
         shutdown.clone(),
     )
     .map_err(ServeError::Tls)?;
-    let intake = Intake::new(config.clone(), queue.clone(), signer, metrics.clone());
+    let intake = Intake::new(
+        config.clone(),
+        queue.clone(),
+        signer,
+        metrics.clone(),
+        bus.clone(),
+    );
     let acceptor: SharedAcceptor = Arc::new(intake);
 
     let n = recovered.len();
     for r in recovered {
-        let rec = r.record;
-        let msg = QueuedMessage::new(
-            r.location,
-            rec.mail_from,
-            rec.rcpts,
-            rec.class,
-            rec.tenant,
-            rec.campaign,
-            UNIX_EPOCH + Duration::from_millis(rec.received_at_ms),
-            r.states,
-        );
+        let (msg, _body) = QueuedMessage::from_record(r.location, r.record, r.states);
         queue.enqueue(Arc::new(msg), None);
     }
     if n > 0 {
@@ -120,6 +149,7 @@ pub async fn run(
         acceptor.clone(),
         spool.clone(),
         config.hostname.clone(),
+        bus.clone(),
     ));
 
     let mut listeners = Vec::new();
@@ -148,6 +178,7 @@ pub async fn run(
         config: config.clone(),
         queue: queue.clone(),
         metrics: metrics.clone(),
+        bus: bus.clone(),
     });
     let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(
@@ -195,6 +226,15 @@ pub async fn run(
     let _ = flusher.await;
     let s = spool.clone();
     let _ = tokio::task::spawn_blocking(move || s.flush_index()).await;
+    // Let the log and the counters take every event published before stopping.
+    if tokio::time::timeout(Duration::from_secs(5), bus.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!("event subscribers still behind after 5s; stopping anyway");
+    }
+    log_task.abort();
+    metrics_task.abort();
     tracing::info!("stopped; queued mail stays in the spool");
     Ok(())
 }

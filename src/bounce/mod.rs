@@ -12,17 +12,20 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use crate::events::{DsnStatus, Event, EventBus, EventKind};
 use crate::message::{Envelope, Origin, SharedAcceptor, Submission};
 use crate::queue::BounceRequest;
 use crate::spool::Spool;
 
 /// Turn bounce requests into DSN messages and submit them like any other mail. Runs until the
 /// channel closes. The failed message is released from the spool only after its DSN is durable.
+/// Publishes one `dsn` event per request (sent, or failed with the error).
 pub async fn notify_loop(
     mut rx: mpsc::Receiver<BounceRequest>,
     acceptor: SharedAcceptor,
     spool: Spool,
     hostname: String,
+    bus: EventBus,
 ) {
     while let Some(req) = rx.recv().await {
         let msg = &req.msg;
@@ -59,10 +62,31 @@ pub async fn notify_loop(
                 .collect(),
             original: &original,
         };
+        let dsn_event = |status, dsn_queue_id: String, error: String| {
+            let mut e = Event::new(EventKind::Dsn {
+                status,
+                dsn_queue_id,
+                failed: req.failed.len() as u32,
+                error,
+            });
+            e.queue_id = msg.queue_id.clone();
+            e.message_id = msg.message_id.clone();
+            e.recipient = msg.mail_from.clone();
+            e.sender = msg.mail_from.clone();
+            e.tenant = msg.tenant.clone();
+            e.campaign = msg.campaign.clone();
+            e.class = msg.class.clone();
+            e.pool = req.pool.clone();
+            e
+        };
         let body = match dsn::build(&input) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(queue_id = %msg.queue_id, error = %e, "cannot build DSN");
+                bus.publish(dsn_event(
+                    DsnStatus::Failed,
+                    String::new(),
+                    format!("cannot build DSN: {e}"),
+                ));
                 continue;
             }
         };
@@ -84,14 +108,14 @@ pub async fn notify_loop(
         };
         match acceptor.accept(sub).await {
             Ok(a) => {
-                tracing::info!(target: "gannet::outcome", event = "dsn", queue_id = %msg.queue_id,
-                    dsn_queue_id = %a.queue_id, recipient = %msg.mail_from, failed = req.failed.len());
+                let seq = bus.publish(dsn_event(DsnStatus::Sent, a.queue_id, String::new()));
                 if req.release_after {
+                    bus.wait_durable(seq).await;
                     spool.complete(msg.location.key);
                 }
             }
             Err(e) => {
-                tracing::error!(queue_id = %msg.queue_id, error = %e, "cannot queue DSN; it will be retried after a restart");
+                bus.publish(dsn_event(DsnStatus::Failed, String::new(), e.to_string()));
             }
         }
     }

@@ -125,6 +125,9 @@ pub struct Connection {
     /// Why this session is in plaintext although the server offered STARTTLS (the TLS error
     /// that made us reconnect without it); None when encrypted or TLS was never offered.
     pub tls_fallback: Option<String>,
+    /// TLS version and cipher suite negotiated by STARTTLS (e.g. `TLSv1.3`,
+    /// `TLS13_AES_256_GCM_SHA384`); None in plaintext.
+    tls_params: Option<(String, String)>,
     opts: ClientOptions,
     /// Set when the session is in an unknown state and must not be reused.
     pub broken: bool,
@@ -290,13 +293,27 @@ impl Connection {
                         addr,
                         error: e.to_string(),
                     })?;
+            let params = {
+                let (_, session) = tls_client.stream.get_ref();
+                let version = session
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .map(|v| v.replace('_', "."))
+                    .unwrap_or_default();
+                let cipher = session
+                    .negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                (version, cipher)
+            };
             let caps = caps_of(
                 &tls_client
                     .ehlo(ehlo_name)
                     .await
                     .map_err(|e| proto_err("EHLO after STARTTLS", e))?,
             );
-            return Ok(Connection::new(
+            let mut conn = Connection::new(
                 Box::new(tls_client.stream),
                 caps,
                 host,
@@ -304,7 +321,9 @@ impl Connection {
                 source_ip,
                 true,
                 opts,
-            ));
+            );
+            conn.tls_params = Some(params);
+            return Ok(conn);
         }
         Ok(Connection::new(
             Box::new(client.stream),
@@ -338,9 +357,17 @@ impl Connection {
             source_ip,
             tls,
             tls_fallback: None,
+            tls_params: None,
             opts: opts.clone(),
             broken: false,
         }
+    }
+
+    /// (TLS version, cipher suite) of the session, None in plaintext.
+    pub fn tls_params(&self) -> Option<(&str, &str)> {
+        self.tls_params
+            .as_ref()
+            .map(|(v, c)| (v.as_str(), c.as_str()))
     }
 
     fn err_timeout(&self, phase: &'static str, after: Duration) -> ClientError {

@@ -30,6 +30,7 @@
 //!   subscriber, everything counts as durable at once.
 
 mod kind;
+pub mod log;
 
 pub use kind::{DsnStatus, EventKind, TlsInfo};
 
@@ -309,12 +310,43 @@ impl EventBus {
         seq
     }
 
+    /// Sequence number of the last event published (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.state().next_seq - 1
+    }
+
+    /// True when a durable subscriber is registered (then state changes wait for
+    /// [`EventBus::wait_durable`]; without one, everything is durable at once).
+    pub fn has_durable(&self) -> bool {
+        self.state()
+            .subs
+            .iter()
+            .any(|s| matches!(s.mode, Mode::Durable { .. }))
+    }
+
     /// Wait until every lossless subscriber is within its bound. Stages that admit new work
     /// (intake, before accepting a message) call this; delivery never does.
     pub async fn admit(&self) {
         loop {
             let notified = self.inner.progress.notified();
             if !self.over_bound() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until every lossless subscriber has read everything published (at shutdown, so
+    /// the log has every line before the process exits).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.inner.progress.notified();
+            let behind = self.state().subs.iter().any(|s| {
+                !matches!(s.mode, Mode::Lossy { .. })
+                    && !s.shared.closed.load(Ordering::Acquire)
+                    && s.shared.unread.load(Ordering::Relaxed) > 0
+            });
+            if !behind {
                 return;
             }
             notified.await;

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::queue::{Filter, Queue};
 
@@ -32,6 +33,9 @@ pub struct ApiState {
     pub config: Arc<Config>,
     pub queue: Queue,
     pub metrics: Metrics,
+    /// The event stream (handlers that change state publish through the stage they call;
+    /// `/metrics` uses it to wait until the counters include every event published).
+    pub bus: EventBus,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.
@@ -78,6 +82,18 @@ pub fn authorize(
     peer: SocketAddr,
     scope: &str,
 ) -> Result<(), ApiError> {
+    authorize_actor(config, headers, peer, scope).map(|_| ())
+}
+
+/// [`authorize`], returning who is acting (for events): the token's name, or, with no tokens
+/// configured, `"cli"` for the `gannet` command line (its User-Agent) and `"loopback"` for
+/// any other local client.
+pub fn authorize_actor(
+    config: &Config,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    scope: &str,
+) -> Result<String, ApiError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -85,7 +101,11 @@ pub fn authorize(
         .map(str::trim);
     if config.api_tokens.is_empty() {
         if peer.ip().is_loopback() {
-            return Ok(());
+            let cli = headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ua| ua.starts_with(CLI_USER_AGENT));
+            return Ok(if cli { "cli" } else { "loopback" }.to_string());
         }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -111,7 +131,7 @@ pub fn authorize(
             "unauthorized",
             "unknown API token",
         )),
-        Some(t) if t.scopes.iter().any(|s| s == scope) => Ok(()),
+        Some(t) if t.scopes.iter().any(|s| s == scope) => Ok(t.name.clone()),
         Some(t) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -120,9 +140,15 @@ pub fn authorize(
     }
 }
 
+/// The User-Agent the `gannet` CLI sends (its actions show actor `"cli"` in events).
+pub const CLI_USER_AGENT: &str = "gannet-cli";
+
 /// Extractor for handlers that need the `admin` scope: checks the bearer token (or, with no
-/// tokens configured, that the client is on loopback) before the handler runs.
-pub struct Admin;
+/// tokens configured, that the client is on loopback) before the handler runs, and names the
+/// actor for the events the action publishes.
+pub struct Admin {
+    pub actor: String,
+}
 
 impl FromRequestParts<ApiState> for Admin {
     type Rejection = ApiError;
@@ -139,8 +165,8 @@ impl FromRequestParts<ApiState> for Admin {
                     "client address unknown",
                 )
             })?;
-        authorize(&s.config, &parts.headers, peer, "admin")?;
-        Ok(Admin)
+        let actor = authorize_actor(&s.config, &parts.headers, peer, "admin")?;
+        Ok(Admin { actor })
     }
 }
 
@@ -148,7 +174,20 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// How long a scrape waits for the metrics subscriber to count what was published before it.
+const SCRAPE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    // Counters come from the event stream: wait until they include every event published
+    // before this request, so a scrape agrees with the log lines already written.
+    let seq = s.bus.last_seq();
+    if !s.metrics.events_seen.wait_for(seq, SCRAPE_CATCH_UP).await {
+        tracing::warn!(
+            seq,
+            "metrics subscriber is behind; serving counters as they are"
+        );
+    }
+    s.bus.update_backlog_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -180,27 +219,27 @@ fn filter_body(body: Result<Json<Filter>, JsonRejection>) -> Result<Filter, ApiE
 
 async fn suspend(
     State(s): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     body: Result<Json<Filter>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = filter_body(body)?;
-    let (suspension, held) = s.queue.suspend(filter);
+    let (suspension, held) = s.queue.suspend(filter, &admin.actor);
     Ok(Json(json!({"suspension": suspension, "held": held})))
 }
 
 async fn resume(
     State(s): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     body: Result<Json<Filter>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = filter_body(body)?;
-    let (removed, released) = s.queue.resume(&filter);
+    let (removed, released) = s.queue.resume(&filter, &admin.actor);
     Ok(Json(json!({"removed": removed, "released": released})))
 }
 
 async fn purge(
     State(s): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     body: Result<Json<Filter>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = filter_body(body)?;
@@ -210,7 +249,7 @@ async fn purge(
             "filter",
         ));
     }
-    let n = s.queue.purge(&filter).await;
+    let n = s.queue.purge(&filter, &admin.actor).await;
     Ok(Json(json!({"purged": n})))
 }
 
@@ -218,8 +257,8 @@ async fn suspensions(State(s): State<ApiState>, _: Admin) -> Result<impl IntoRes
     Ok(Json(json!({"suspensions": s.queue.suspensions()})))
 }
 
-async fn flush(State(s): State<ApiState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
-    let n = s.queue.flush().await;
+async fn flush(State(s): State<ApiState>, admin: Admin) -> Result<impl IntoResponse, ApiError> {
+    let n = s.queue.flush(&admin.actor).await;
     Ok(Json(json!({"flushed": n})))
 }
 

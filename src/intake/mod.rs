@@ -7,6 +7,11 @@
 //! `Date` when missing, DKIM signing, making the message durable in the spool, and queueing it.
 //!
 //! Invariant: `accept` resolves Ok only after the spool's fdatasync covered the message.
+//! Invariant: the `received` event is published here and nowhere else, after the fdatasync
+//! and before the message is queued (so it precedes every outcome event of the message).
+//! Invariant: before any work, intake waits on [`EventBus::admit`]: a lossless event
+//! subscriber that falls behind holds back acceptance (451 after [`ADMIT_WAIT`]), never
+//! delivery, and never loses an event.
 //! Never does: talk to clients (listeners do) or deliver (queue/).
 
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 
 use crate::config::Config;
+use crate::events::{Event, EventBus, EventKind};
 use crate::message::{Accepted, Acceptor, Rejection, Submission, headers};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueuedMessage};
@@ -37,11 +43,17 @@ struct Inner {
     config: Arc<Config>,
     queue: Queue,
     signer: Option<Arc<dyn Signer>>,
+    #[allow(dead_code)] // kept for intake's own gauges; counters come from the event stream
     metrics: Metrics,
+    bus: EventBus,
 }
 
 /// Longest value accepted in X-Gannet-Tenant / X-Gannet-Campaign.
 const MAX_ID_LEN: usize = 128;
+
+/// How long a submission waits for lossless event subscribers to catch up before it is
+/// refused with a temporary error (the client retries; nothing is lost).
+pub const ADMIT_WAIT: Duration = Duration::from_secs(30);
 
 impl Intake {
     pub fn new(
@@ -49,6 +61,7 @@ impl Intake {
         queue: Queue,
         signer: Option<Arc<dyn Signer>>,
         metrics: Metrics,
+        bus: EventBus,
     ) -> Intake {
         Intake {
             inner: Arc::new(Inner {
@@ -56,6 +69,7 @@ impl Intake {
                 queue,
                 signer,
                 metrics,
+                bus,
             }),
         }
     }
@@ -106,6 +120,21 @@ impl Intake {
     }
 
     async fn process(&self, sub: Submission) -> Result<Accepted, Rejection> {
+        if tokio::time::timeout(ADMIT_WAIT, self.inner.bus.admit())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = %sub.origin.listener,
+                "event subscribers are {}s behind; answering 4xx until they catch up",
+                ADMIT_WAIT.as_secs()
+            );
+            return Err(Rejection::new(
+                451,
+                "4.3.2",
+                "event log behind, try again shortly",
+            ));
+        }
         let Submission {
             envelope,
             mut body,
@@ -139,6 +168,14 @@ impl Intake {
             rand::random::<u64>()
         );
         headers::ensure_message_id_and_date(&mut body, &self.inner.config.hostname, &seed);
+        let message_id = headers::get(&body, "Message-ID")
+            .map(|v| {
+                v.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+            .unwrap_or_default();
         if let Some(signer) = &self.inner.signer {
             let signer = signer.clone();
             // RSA signing costs about a millisecond: keep it off the async workers.
@@ -166,7 +203,7 @@ impl Intake {
             tenant,
             campaign,
             body,
-            attrs: Default::default(),
+            attrs: [("message_id".to_string(), message_id)].into(),
         };
         let location = self
             .inner
@@ -184,41 +221,25 @@ impl Intake {
                 }
             })?;
         let states = vec![RcptState::Pending; record.rcpts.len()];
-        let MessageRecord {
-            mail_from,
-            rcpts,
-            class,
-            tenant,
-            campaign,
-            body,
-            ..
-        } = record;
-        let msg = Arc::new(QueuedMessage::new(
-            location,
-            mail_from,
-            rcpts,
-            class,
-            tenant,
-            campaign,
-            received_at,
-            states,
-        ));
+        let (msg, body) = QueuedMessage::from_record(location, record, states);
+        let msg = Arc::new(msg);
         let queue_id = msg.queue_id.clone();
-        self.inner
-            .metrics
-            .accepted
-            .with_label_values(&[origin.listener.as_str()])
-            .inc();
-        tracing::info!(
-            target: "gannet::accept",
-            event = "accepted",
-            queue_id = %queue_id,
-            listener = %origin.listener,
-            client_ip = %origin.client_ip,
-            recipients = msg.rcpts.len(),
-            class = %msg.class,
-            size = body.len(),
-        );
+        let mut ev = Event::new(EventKind::Received {
+            listener: origin.listener.clone(),
+            client_ip: origin.client_ip.to_string(),
+            auth: origin.auth_user.clone().unwrap_or_default(),
+            size: body.len() as u64,
+            recipients: msg.rcpts.len() as u32,
+            variant: msg.attrs.get("variant").cloned().unwrap_or_default(),
+        });
+        ev.queue_id = queue_id.clone();
+        ev.message_id = msg.message_id.clone();
+        ev.sender = msg.mail_from.clone();
+        ev.tenant = msg.tenant.clone();
+        ev.campaign = msg.campaign.clone();
+        ev.class = msg.class.clone();
+        ev.pool = self.inner.queue.class_pool(&msg.class);
+        self.inner.bus.publish(ev);
         self.inner.queue.enqueue(msg, Some(Arc::new(body)));
         Ok(Accepted { queue_id })
     }

@@ -1,7 +1,13 @@
 //! Prometheus metrics: one registry per running instance, handed to each stage as a cheap
 //! handle (no process-wide statics, so tests can run several instances in one process).
 //!
-//! Owns the metric definitions (all prefixed `gannet_`); stages only increment them.
+//! Owns the metric definitions (all prefixed `gannet_`); stages only increment the ones about
+//! their own state (queue length, connections, limiter refusals). Counters of *facts*
+//! (accepted, outcomes, backoff transitions) are fed by the [`events`] subscriber only.
+
+pub mod events;
+
+use std::sync::Arc;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -36,6 +42,10 @@ pub struct Metrics {
     pub limiter_refusals: IntCounterVec,
     /// Messages that met a source's warm-up cap, per source and what happened (overflow, defer).
     pub warmup_capped: IntCounterVec,
+    /// Events counted by the metrics subscriber, per type.
+    pub events: IntCounterVec,
+    /// How far the metrics subscriber has counted (for consistent scrapes).
+    pub events_seen: Arc<events::EventsSeen>,
 }
 
 impl Metrics {
@@ -123,6 +133,12 @@ impl Metrics {
                 &["source", "action"],
             )
             .expect("metric"),
+            events: IntCounterVec::new(
+                Opts::new("gannet_events_total", "Events published, per type"),
+                &["type"],
+            )
+            .expect("metric"),
+            events_seen: Arc::new(events::EventsSeen::default()),
             registry,
         };
         for c in [
@@ -139,6 +155,7 @@ impl Metrics {
             Box::new(m.backoff_transitions.clone()),
             Box::new(m.limiter_refusals.clone()),
             Box::new(m.warmup_capped.clone()),
+            Box::new(m.events.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

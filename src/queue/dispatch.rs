@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Job, Queue, ReadyQueue};
+use super::{Job, Queue, ReadyQueue, Via};
 use crate::config::WarmupCapAction;
 use crate::delivery::{Connection, Outcome, Reply};
 use crate::shaping::{ConnectionPermit, Day, Refusal, source_name};
@@ -88,6 +88,34 @@ fn pick_source(q: &Queue, rq: &ReadyQueue) -> Result<Source, Reply> {
     Err(Reply::new(451, "4.3.0", "no source chosen"))
 }
 
+/// Where an attempt that made no connection was headed.
+fn via_queue(rq: &ReadyQueue, source: Option<&Source>) -> Via {
+    Via {
+        site: rq.site.clone(),
+        pool: rq.pool.clone(),
+        source_ip: source.map(|s| s.ip).filter(|ip| !ip.is_unspecified()),
+        ..Via::default()
+    }
+}
+
+/// Where an attempt on an open connection went.
+fn via_conn(rq: &ReadyQueue, o: &Open) -> Via {
+    let c = &o.conn;
+    Via {
+        site: rq.site.clone(),
+        pool: rq.pool.clone(),
+        mx_host: c.host.clone(),
+        remote_ip: Some(c.addr.ip()),
+        source_ip: Some(c.source_ip).filter(|ip| !ip.is_unspecified()),
+        tls: c
+            .tls_params()
+            .map(|(version, cipher)| crate::events::TlsInfo {
+                version: version.to_string(),
+                cipher: cipher.to_string(),
+            }),
+    }
+}
+
 fn refusal_reply(r: &Refusal, site: &str) -> Reply {
     Reply::new(451, "4.7.0", format!("delivery to {site} held back: {r}"))
 }
@@ -139,9 +167,10 @@ async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connecti
 
 /// Defer `job` and everything waiting in the queue with the same reply.
 fn defer_all(q: &Queue, rq: &ReadyQueue, job: Job, reply: Reply) {
-    q.complete_all(job, Outcome::Deferred(reply.clone()), None, None);
+    let via = via_queue(rq, None);
+    q.complete_all(job, Outcome::Deferred(reply.clone()), &via);
     for j in rq.drain() {
-        q.complete_all(j, Outcome::Deferred(reply.clone()), None, None);
+        q.complete_all(j, Outcome::Deferred(reply.clone()), &via);
     }
 }
 
@@ -246,7 +275,7 @@ fn warmup_gate(q: &Queue, rq: &ReadyQueue, source: &Source, job: Job) -> Option<
                             provider.unwrap_or(&rq.site)
                         ),
                     );
-                    q.complete_all(job, Outcome::Deferred(reply), None, None);
+                    q.complete_all(job, Outcome::Deferred(reply), &via_queue(rq, Some(source)));
                 }
             }
             None
@@ -323,7 +352,7 @@ async fn run(q: &Queue, rq: &ReadyQueue) {
             continue;
         };
         if let Err(reply) = message_token(q, rq, &o.source).await {
-            q.complete_all(job, Outcome::Deferred(reply), None, None);
+            q.complete_all(job, Outcome::Deferred(reply), &via_conn(rq, o));
             if let Some(o) = open.take() {
                 close(q, rq, o).await;
             }
@@ -361,7 +390,11 @@ async fn deliver(q: &Queue, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
                 tracing::error!(queue_id = %job.msg.queue_id, error = %e, "cannot read message from the spool");
                 q.inner.in_flight.remove(&job.id);
                 let reply = Reply::new(451, "4.3.0", format!("local spool read error: {e}"));
-                q.complete_all(job, Outcome::Deferred(reply), None, None);
+                q.complete_all(
+                    job,
+                    Outcome::Deferred(reply),
+                    &via_queue(rq, Some(&o.source)),
+                );
                 return true;
             }
         },
@@ -403,8 +436,6 @@ async fn deliver(q: &Queue, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
             q.observe_reply(&rq.shaping_key, &o.source.name, out.reply());
         }
     }
-    let host = o.conn.host.clone();
-    let ip = o.conn.addr.ip();
-    q.complete(job, outcomes, Some(&host), Some(ip));
+    q.complete(job, outcomes, &via_conn(rq, o));
     ok
 }

@@ -2,9 +2,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::spool::{Location, RcptState};
+use crate::spool::{Location, MessageRecord, RcptState};
 
 /// A message in the queue: envelope, attributes and per-recipient state. Shared (Arc) by the
 /// jobs of its recipient domains.
@@ -17,6 +17,11 @@ pub struct QueuedMessage {
     pub class: String,
     pub tenant: String,
     pub campaign: String,
+    /// The `Message-ID` header value without angle brackets (the record's
+    /// `attrs["message_id"]`), empty for records written before it was kept.
+    pub message_id: String,
+    /// The record's other named fields (`variant`, ...), for events and later stages.
+    pub attrs: std::collections::BTreeMap<String, String>,
     pub received_at: SystemTime,
     /// Per-recipient state. Short critical sections; std Mutex.
     states: Mutex<Vec<RcptState>>,
@@ -27,18 +32,25 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// The one way to make a queued message: from the spool record at `location` (as intake
+    /// wrote it or recovery read it back) and its recipients' states. The body is handed back
+    /// (the queue keeps bodies only in its cache, see [`super::Queue::enqueue`]).
+    pub fn from_record(
         location: Location,
-        mail_from: String,
-        rcpts: Vec<String>,
-        class: String,
-        tenant: String,
-        campaign: String,
-        received_at: SystemTime,
+        record: MessageRecord,
         states: Vec<RcptState>,
-    ) -> QueuedMessage {
-        QueuedMessage {
+    ) -> (QueuedMessage, Vec<u8>) {
+        let MessageRecord {
+            received_at_ms,
+            mail_from,
+            rcpts,
+            class,
+            tenant,
+            campaign,
+            body,
+            attrs,
+        } = record;
+        let msg = QueuedMessage {
             queue_id: location.key.queue_id(),
             location,
             mail_from,
@@ -46,11 +58,14 @@ impl QueuedMessage {
             class,
             tenant,
             campaign,
-            received_at,
+            message_id: attrs.get("message_id").cloned().unwrap_or_default(),
+            attrs,
+            received_at: UNIX_EPOCH + Duration::from_millis(received_at_ms),
             states: Mutex::new(states),
             body: Mutex::new(None),
             cached: AtomicUsize::new(0),
-        }
+        };
+        (msg, body)
     }
 
     pub fn states(&self) -> std::sync::MutexGuard<'_, Vec<RcptState>> {

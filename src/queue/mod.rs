@@ -6,8 +6,10 @@
 //! expired, with a bounce request handed on for a DSN).
 //!
 //! Invariants:
-//! - Every recipient outcome is logged exactly once per attempt as one JSON line
-//!   (target `gannet::outcome`) and counted in `gannet_recipients_total`.
+//! - Every recipient outcome is published exactly once per attempt as one event
+//!   (`delivered`, `deferred`, `bounced`, `expired`, `purged`); the outcome log line and the
+//!   counters are the event stream's subscribers (`events::log`, `metrics::events`).
+//! - An outcome's events are published before the spool records the state they describe.
 //! - A message's spool record is released only when all its recipients are final.
 //! - Never does: write bodies (spool/), speak SMTP (delivery/), build DSNs (bounce/).
 
@@ -36,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::delivery::{ClientOptions, Destination, MxResolver, Outcome, Reply, ResolveError};
+use crate::events::{Event, EventBus, EventKind, TlsInfo};
 use crate::metrics::Metrics;
 use crate::shaping::{BackoffState, Limiter, Shaping, Transition, Warmup};
 use crate::spool::{RcptState, Spool};
@@ -46,10 +49,28 @@ pub struct BounceRequest {
     pub msg: Arc<QueuedMessage>,
     /// (recipient, final reply, remote host if any)
     pub failed: Vec<(String, Reply, Option<String>)>,
+    /// The pool the failed attempt used (for the `dsn` event).
+    pub pool: String,
     /// The message has no pending recipients left: once the DSN is durable, release the
     /// message from the spool (not before, so a crash cannot lose the bounce).
     pub release_after: bool,
 }
+
+/// Where one attempt went: the facts an outcome event carries. Empty strings / None when no
+/// connection was made (DNS failure, limits, expiry while queued).
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    pub site: String,
+    /// The pool the attempt used; empty means the class's pool.
+    pub pool: String,
+    pub mx_host: String,
+    pub remote_ip: Option<IpAddr>,
+    pub source_ip: Option<IpAddr>,
+    pub tls: Option<TlsInfo>,
+}
+
+/// A spool state change held until its events are durable.
+type StateChange = Box<dyn FnOnce() + Send>;
 
 /// Resolved destinations are reused this long before the domain is looked up again.
 const DEST_TTL: Duration = Duration::from_secs(300);
@@ -67,6 +88,7 @@ struct Inner {
     spool: Spool,
     resolver: MxResolver,
     metrics: Metrics,
+    bus: EventBus,
     client: ClientOptions,
     tls: tokio_rustls::TlsConnector,
     ready: DashMap<(String, String), Arc<ReadyQueue>>,
@@ -80,6 +102,10 @@ struct Inner {
     /// std Mutex: short sections.
     parked: Mutex<Vec<(Job, String, String)>>,
     sched_tx: mpsc::Sender<scheduler::Cmd>,
+    /// Spool state changes waiting for their events to be durable (see `after_durable`).
+    /// Unbounded: its length is bounded by the durable subscriber's bound, which holds back
+    /// acceptance through `EventBus::admit`.
+    durable_tx: mpsc::UnboundedSender<(u64, StateChange)>,
     bounce_tx: mpsc::Sender<BounceRequest>,
     next_job: AtomicU64,
     cache_bytes: AtomicUsize,
@@ -119,9 +145,20 @@ impl Queue {
         spool: Spool,
         resolver: MxResolver,
         metrics: Metrics,
+        bus: EventBus,
         shutdown: CancellationToken,
     ) -> Result<(Queue, mpsc::Receiver<BounceRequest>), String> {
         let (sched_tx, sched_rx) = mpsc::channel(1024);
+        let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<(u64, StateChange)>();
+        {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                while let Some((seq, change)) = durable_rx.recv().await {
+                    bus.wait_durable(seq).await;
+                    change();
+                }
+            });
+        }
         // Bounce requests are few; when the DSN writer falls behind, senders wait.
         let (bounce_tx, bounce_rx) = mpsc::channel(1024);
         let d = &config.delivery;
@@ -151,6 +188,7 @@ impl Queue {
                 spool,
                 resolver,
                 metrics,
+                bus,
                 client,
                 tls,
                 ready: DashMap::new(),
@@ -160,6 +198,7 @@ impl Queue {
                 suspensions,
                 parked: Mutex::new(Vec::new()),
                 sched_tx,
+                durable_tx,
                 bounce_tx,
                 next_job: AtomicU64::new(1),
                 cache_bytes: AtomicUsize::new(0),
@@ -221,24 +260,20 @@ impl Queue {
         }
     }
 
-    /// Log and count a backoff state change.
+    /// Publish a backoff state change (logged and counted by the subscribers).
     pub(super) fn log_transition(&self, t: &Transition) {
-        tracing::info!(
-            target: "gannet::shaping",
-            event = "backoff",
-            kind = t.kind.as_str(),
-            action = t.action.as_str(),
-            site = %t.site,
-            source = t.source.as_deref().unwrap_or(""),
-            rule = %t.rule,
-            seconds = t.duration.as_secs(),
-            "{t}"
-        );
-        self.inner
-            .metrics
-            .backoff_transitions
-            .with_label_values(&[t.kind.as_str(), t.action.as_str(), &t.rule])
-            .inc();
+        // Backoff state is kept per (site, pool): the key is `site|pool`.
+        let (site, pool) = t.site.split_once('|').unwrap_or((t.site.as_str(), ""));
+        let mut e = Event::new(EventKind::Backoff {
+            change: t.kind.as_str().to_string(),
+            action: t.action.as_str().to_string(),
+            site: site.to_string(),
+            source: t.source.clone().unwrap_or_default(),
+            rule: t.rule.to_string(),
+            seconds: t.duration.as_secs(),
+        });
+        e.pool = pool.to_string();
+        self.inner.bus.publish(e);
     }
 
     fn class_priority(&self, class: &str) -> i32 {
@@ -249,7 +284,8 @@ impl Queue {
             .map_or(0, |c| c.priority)
     }
 
-    fn class_pool(&self, class: &str) -> String {
+    /// The pool a class sends from (the first pool for an unknown class).
+    pub fn class_pool(&self, class: &str) -> String {
         self.inner
             .config
             .classes
@@ -294,7 +330,7 @@ impl Queue {
         if !bounced.is_empty() {
             let job = self.new_job(msg.clone(), String::new(), bounced, 0, priority);
             let reply = Reply::new(553, "5.1.3", "recipient address has no domain");
-            self.complete_all(job, Outcome::Bounced(reply), None, None);
+            self.complete_all(job, Outcome::Bounced(reply), &Via::default());
         }
         for (domain, rcpts) in by_domain {
             let job = self.new_job(msg.clone(), domain, rcpts, 0, priority);
@@ -363,12 +399,12 @@ impl Queue {
                     }
                     Err(ResolveError::Temporary(reply)) => {
                         for j in jobs {
-                            q.complete_all(j, Outcome::Deferred(reply.clone()), None, None);
+                            q.complete_all(j, Outcome::Deferred(reply.clone()), &Via::default());
                         }
                     }
                     Err(ResolveError::Permanent(reply)) => {
                         for j in jobs {
-                            q.complete_all(j, Outcome::Bounced(reply.clone()), None, None);
+                            q.complete_all(j, Outcome::Bounced(reply.clone()), &Via::default());
                         }
                     }
                 }
@@ -421,27 +457,32 @@ impl Queue {
     }
 
     /// Record outcomes of one attempt for a job's recipients (one outcome per entry of
-    /// `job.rcpts`, same order).
-    pub fn complete(
-        &self,
-        job: Job,
-        outcomes: Vec<Outcome>,
-        host: Option<&str>,
-        ip: Option<IpAddr>,
-    ) {
+    /// `job.rcpts`, same order): one event per recipient first, then the spool's state (held
+    /// until the events are durable when a durable subscriber is registered), then the DSN
+    /// request and the retry.
+    pub fn complete(&self, job: Job, outcomes: Vec<Outcome>, via: &Via) {
         let msg = job.msg.clone();
         let attempt = job.attempts + 1;
         let max_age = self.inner.config.delivery.max_age;
+        let pool = if via.pool.is_empty() {
+            self.class_pool(&msg.class)
+        } else {
+            via.pool.clone()
+        };
         let mut deferred = Vec::new();
         let mut failed = Vec::new();
         let mut finals = 0usize;
-        let all_done = {
+        let mut delay = None;
+        let mut last_seq = 0;
+        let host = (!via.mx_host.is_empty()).then(|| via.mx_host.clone());
+        let (all_done, snapshot) = {
             let mut states = msg.states();
             for (idx, outcome) in job.rcpts.iter().zip(outcomes) {
                 let i = *idx as usize;
+                let expired = matches!(outcome, Outcome::Deferred(_)) && msg.age() >= max_age;
                 let outcome = match outcome {
                     // RFC 3463 X.4.7 "delivery time expired", as a permanent failure.
-                    Outcome::Deferred(r) if msg.age() >= max_age => Outcome::Bounced(Reply::new(
+                    Outcome::Deferred(r) if expired => Outcome::Bounced(Reply::new(
                         554,
                         "5.4.7",
                         format!(
@@ -451,30 +492,57 @@ impl Queue {
                     )),
                     o => o,
                 };
-                self.log_outcome(&msg, i, outcome.name(), outcome.reply(), attempt, host, ip);
+                let kind = match &outcome {
+                    Outcome::Delivered(r) => EventKind::Delivered {
+                        site: via.site.clone(),
+                        mx_host: via.mx_host.clone(),
+                        remote_ip: ip_text(via.remote_ip),
+                        source_ip: ip_text(via.source_ip),
+                        tls: via.tls.clone(),
+                        reply: r.to_string(),
+                        queue_secs: msg.age().as_secs_f64(),
+                    },
+                    Outcome::Deferred(r) => {
+                        let d = *delay.get_or_insert_with(|| self.retry_delay(attempt, &msg));
+                        EventKind::Deferred {
+                            site: via.site.clone(),
+                            mx_host: via.mx_host.clone(),
+                            remote_ip: ip_text(via.remote_ip),
+                            source_ip: ip_text(via.source_ip),
+                            reply: r.to_string(),
+                            category: String::new(),
+                            retry_in_secs: d.as_secs(),
+                        }
+                    }
+                    Outcome::Bounced(r) if expired => EventKind::Expired {
+                        reply: r.to_string(),
+                        category: String::new(),
+                    },
+                    Outcome::Bounced(r) => EventKind::Bounced {
+                        site: via.site.clone(),
+                        mx_host: via.mx_host.clone(),
+                        remote_ip: ip_text(via.remote_ip),
+                        source_ip: ip_text(via.source_ip),
+                        reply: r.to_string(),
+                        category: String::new(),
+                    },
+                };
+                last_seq = self.publish_for(&msg, i, attempt, &pool, kind);
                 match outcome {
                     Outcome::Delivered(_) => {
                         states[i] = RcptState::Delivered;
                         finals += 1;
-                        self.inner
-                            .metrics
-                            .delivery_latency
-                            .with_label_values(&[msg.class.as_str()])
-                            .observe(msg.age().as_secs_f64());
                     }
                     Outcome::Bounced(r) => {
                         states[i] = RcptState::Failed;
                         finals += 1;
-                        failed.push((msg.rcpts[i].clone(), r, host.map(str::to_string)));
+                        failed.push((msg.rcpts[i].clone(), r, host.clone()));
                     }
                     Outcome::Deferred(_) => deferred.push(*idx),
                 }
             }
             let done = states.iter().all(|s| *s != RcptState::Pending);
-            if !done && finals > 0 {
-                self.inner.spool.record_states(msg.location.key, &states);
-            }
-            done
+            (done, (!done && finals > 0).then(|| states.clone()))
         };
         self.inner.metrics.queued_recipients.sub(finals as i64);
         if all_done || !deferred.is_empty() {
@@ -484,24 +552,34 @@ impl Queue {
                 .fetch_sub(released, Ordering::Relaxed);
         }
         let dsn = !failed.is_empty() && !msg.mail_from.is_empty();
-        if all_done && !dsn {
-            self.inner.spool.complete(msg.location.key);
-        }
-        if dsn {
-            let req = BounceRequest {
-                msg: msg.clone(),
-                failed,
-                release_after: all_done,
-            };
-            if let Err(mpsc::error::TrySendError::Full(req)) = self.inner.bounce_tx.try_send(req) {
-                let tx = self.inner.bounce_tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(req).await;
-                });
+        let spool = self.inner.spool.clone();
+        let bounce_tx = self.inner.bounce_tx.clone();
+        let key = msg.location.key;
+        let m = msg.clone();
+        let dsn_pool = pool.clone();
+        self.after_durable(last_seq, move || {
+            if let Some(states) = snapshot {
+                spool.record_states(key, &states);
             }
-        }
+            if all_done && !dsn {
+                spool.complete(key);
+            }
+            if dsn {
+                let req = BounceRequest {
+                    msg: m,
+                    failed,
+                    pool: dsn_pool,
+                    release_after: all_done,
+                };
+                if let Err(mpsc::error::TrySendError::Full(req)) = bounce_tx.try_send(req) {
+                    tokio::spawn(async move {
+                        let _ = bounce_tx.send(req).await;
+                    });
+                }
+            }
+        });
         if !deferred.is_empty() {
-            let delay = self.retry_delay(attempt, &msg);
+            let delay = delay.unwrap_or_else(|| self.retry_delay(attempt, &msg));
             let retry = Job {
                 rcpts: deferred,
                 attempts: attempt,
@@ -521,9 +599,43 @@ impl Queue {
     }
 
     /// The same outcome for every recipient of the job.
-    pub fn complete_all(&self, job: Job, outcome: Outcome, host: Option<&str>, ip: Option<IpAddr>) {
+    pub fn complete_all(&self, job: Job, outcome: Outcome, via: &Via) {
         let outcomes = vec![outcome; job.rcpts.len()];
-        self.complete(job, outcomes, host, ip);
+        self.complete(job, outcomes, via);
+    }
+
+    /// Publish an event about recipient `i` of `msg`, with the common fields filled.
+    fn publish_for(
+        &self,
+        msg: &QueuedMessage,
+        i: usize,
+        attempt: u32,
+        pool: &str,
+        kind: EventKind,
+    ) -> u64 {
+        let mut e = Event::new(kind);
+        e.queue_id = msg.queue_id.clone();
+        e.message_id = msg.message_id.clone();
+        e.recipient = msg.rcpts[i].clone();
+        e.sender = msg.mail_from.clone();
+        e.tenant = msg.tenant.clone();
+        e.campaign = msg.campaign.clone();
+        e.class = msg.class.clone();
+        e.pool = pool.to_string();
+        e.attempt = attempt;
+        self.inner.bus.publish(e)
+    }
+
+    /// Run a spool state change once the events up to `seq` are durable. Without a durable
+    /// subscriber that is now; with one, state changes queue on one task in publish order,
+    /// so a crash can leave an event without its state change (the work is repeated) but
+    /// never a state change without its event.
+    fn after_durable(&self, seq: u64, f: impl FnOnce() + Send + 'static) {
+        if !self.inner.bus.has_durable() {
+            f();
+            return;
+        }
+        let _ = self.inner.durable_tx.send((seq, Box::new(f)));
     }
 
     /// Delay before attempt `attempt + 1`: the configured schedule (last entry repeats) with
@@ -545,42 +657,8 @@ impl Queue {
         delay.min(left)
     }
 
-    /// Log one recipient's outcome (one JSON line, target `gannet::outcome`) and count it.
-    #[allow(clippy::too_many_arguments)]
-    fn log_outcome(
-        &self,
-        msg: &QueuedMessage,
-        i: usize,
-        event: &str,
-        reply: &Reply,
-        attempt: u32,
-        host: Option<&str>,
-        ip: Option<IpAddr>,
-    ) {
-        let ip = ip.map(|i| i.to_string()).unwrap_or_default();
-        tracing::info!(
-            target: "gannet::outcome",
-            event,
-            queue_id = %msg.queue_id,
-            recipient = %msg.rcpts[i],
-            sender = %msg.mail_from,
-            host = host.unwrap_or(""),
-            ip = %ip,
-            reply = %reply,
-            attempt,
-            class = %msg.class,
-            tenant = %msg.tenant,
-            campaign = %msg.campaign,
-        );
-        self.inner
-            .metrics
-            .outcomes
-            .with_label_values(&[event, msg.class.as_str()])
-            .inc();
-    }
-
     /// Release every job waiting for a retry now. Returns how many were released.
-    pub async fn flush(&self) -> usize {
+    pub async fn flush(&self, actor: &str) -> usize {
         self.inner.resolver.clear_negative_cache();
         self.inner.dests.clear();
         let (tx, rx) = oneshot::channel();
@@ -593,7 +671,12 @@ impl Queue {
         {
             return 0;
         }
-        rx.await.unwrap_or(0)
+        let n = rx.await.unwrap_or(0);
+        self.inner.bus.publish(Event::new(EventKind::Flushed {
+            actor: actor.to_string(),
+            released: n as u64,
+        }));
+        n
     }
 
     /// Everything queued that matches `filter`, grouped by (domain, class, tenant, campaign,
@@ -725,7 +808,7 @@ impl Queue {
 
     /// Hold every job matching `filter` out of delivery until resumed (survives restarts).
     /// Returns the suspension and how many recipients were held at once.
-    pub fn suspend(&self, filter: Filter) -> (Suspension, usize) {
+    pub fn suspend(&self, filter: Filter, actor: &str) -> (Suspension, usize) {
         let s = self.inner.suspensions.add(filter.clone());
         let mut held = 0;
         for rq in self.inner.ready.iter() {
@@ -734,14 +817,20 @@ impl Queue {
                 self.park(j, rq.site.clone(), rq.pool.clone());
             }
         }
-        tracing::info!(target: "gannet::control", event = "suspended", id = s.id, filter = ?s.filter, held);
+        self.inner.bus.publish(Event::new(EventKind::Suspended {
+            actor: actor.to_string(),
+            suspension_id: s.id,
+            filter: serde_json::to_value(&s.filter).unwrap_or_default(),
+            held: held as u64,
+            reason: String::new(),
+        }));
         (s, held)
     }
 
     /// Remove the suspensions with exactly this filter (all of them for an empty filter) and
     /// release the jobs no other suspension holds. Returns (suspensions removed, recipients
     /// released).
-    pub fn resume(&self, filter: &Filter) -> (usize, usize) {
+    pub fn resume(&self, filter: &Filter, actor: &str) -> (usize, usize) {
         let removed = self.inner.suspensions.remove(filter);
         let parked =
             std::mem::take(&mut *self.inner.parked.lock().unwrap_or_else(|p| p.into_inner()));
@@ -758,7 +847,12 @@ impl Queue {
                 self.route(job);
             }
         }
-        tracing::info!(target: "gannet::control", event = "resumed", filter = ?filter, removed, released);
+        self.inner.bus.publish(Event::new(EventKind::Resumed {
+            actor: actor.to_string(),
+            filter: serde_json::to_value(filter).unwrap_or_default(),
+            removed: removed as u64,
+            released: released as u64,
+        }));
         (removed, released)
     }
 
@@ -768,7 +862,7 @@ impl Queue {
 
     /// Delete matching queued mail (not what is being delivered this instant): recipients are
     /// logged as `purged`, get no DSN, and leave the spool. Returns recipients purged.
-    pub async fn purge(&self, filter: &Filter) -> usize {
+    pub async fn purge(&self, filter: &Filter, actor: &str) -> usize {
         let mut jobs = Vec::new();
         for rq in self.inner.ready.iter() {
             jobs.extend(rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)));
@@ -823,27 +917,28 @@ impl Queue {
         let mut n = 0;
         for job in jobs {
             n += job.rcpts.len();
-            self.finalize_purged(job);
+            self.finalize_purged(job, actor);
         }
-        tracing::info!(target: "gannet::control", event = "purged", filter = ?filter, recipients = n);
+        tracing::info!(target: "gannet::control", event = "purged", filter = ?filter, recipients = n, actor);
         n
     }
 
-    fn finalize_purged(&self, job: Job) {
+    fn finalize_purged(&self, job: Job, actor: &str) {
         let msg = job.msg.clone();
-        let reply = Reply::new(550, "5.0.0", "purged from the queue by an operator");
-        let all_done = {
+        let pool = self.class_pool(&msg.class);
+        let mut last_seq = 0;
+        let (all_done, snapshot) = {
             let mut states = msg.states();
             for idx in &job.rcpts {
                 let i = *idx as usize;
                 states[i] = RcptState::Failed;
-                self.log_outcome(&msg, i, "purged", &reply, job.attempts, None, None);
+                let kind = EventKind::Purged {
+                    actor: actor.to_string(),
+                };
+                last_seq = self.publish_for(&msg, i, job.attempts, &pool, kind);
             }
             let done = states.iter().all(|s| *s != RcptState::Pending);
-            if !done {
-                self.inner.spool.record_states(msg.location.key, &states);
-            }
-            done
+            (done, (!done).then(|| states.clone()))
         };
         self.inner
             .metrics
@@ -854,8 +949,13 @@ impl Queue {
             self.inner
                 .cache_bytes
                 .fetch_sub(released, Ordering::Relaxed);
-            self.inner.spool.complete(msg.location.key);
         }
+        let spool = self.inner.spool.clone();
+        let key = msg.location.key;
+        self.after_durable(last_seq, move || match snapshot {
+            Some(states) => spool.record_states(key, &states),
+            None => spool.complete(key),
+        });
     }
 
     /// Wait until every dispatcher and resolver task has finished (after shutdown).
@@ -867,6 +967,11 @@ impl Queue {
     pub fn spool(&self) -> &Spool {
         &self.inner.spool
     }
+}
+
+/// An address as event text ("" for none).
+fn ip_text(ip: Option<IpAddr>) -> String {
+    ip.map(|i| i.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -115,20 +115,23 @@ async fn pipeline(dir: &std::path::Path, sink: SocketAddr, extra: &str) -> (Inta
     let metrics = Metrics::new();
     let (spool, _) = Spool::open(&config.spool, dir, metrics.clone()).unwrap();
     let resolver = MxResolver::new(&config).unwrap();
+    let bus = crate::events::EventBus::new(&metrics.registry);
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
         spool.clone(),
         resolver,
         metrics.clone(),
+        bus.clone(),
         CancellationToken::new(),
     )
     .unwrap();
-    let intake = Intake::new(config.clone(), queue.clone(), None, metrics);
+    let intake = Intake::new(config.clone(), queue.clone(), None, metrics, bus.clone());
     tokio::spawn(crate::bounce::notify_loop(
         bounce_rx,
         Arc::new(intake.clone()),
         spool,
         "gannet.test".into(),
+        bus,
     ));
     (intake, queue)
 }
@@ -273,7 +276,7 @@ async fn suspended_campaign_waits_then_drains_on_resume_and_purge_deletes() {
         campaign: Some("spring".into()),
         ..Default::default()
     };
-    q.suspend(f.clone());
+    q.suspend(f.clone(), "test");
     let mut held = submission("s@s.test", &["a@d1.test"]);
     held.campaign = Some("spring".into());
     intake.accept(held).await.unwrap();
@@ -290,7 +293,7 @@ async fn suspended_campaign_waits_then_drains_on_resume_and_purge_deletes() {
     let listing = q.list(&f).await;
     assert_eq!(listing.queues.len(), 1);
     assert_eq!(listing.queues[0].state, "suspended");
-    let (removed, released) = q.resume(&f);
+    let (removed, released) = q.resume(&f, "test");
     assert_eq!((removed, released), (1, 1));
     wait_for(&log, 2).await;
 
@@ -299,13 +302,13 @@ async fn suspended_campaign_waits_then_drains_on_resume_and_purge_deletes() {
         campaign: Some("winter".into()),
         ..Default::default()
     };
-    q.suspend(g.clone());
+    q.suspend(g.clone(), "test");
     let mut w = submission("s@s.test", &["c@d1.test", "d@d1.test"]);
     w.campaign = Some("winter".into());
     intake.accept(w).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(q.purge(&g).await, 2);
-    q.resume(&g);
+    assert_eq!(q.purge(&g, "test").await, 2);
+    q.resume(&g, "test");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(log.lock().unwrap().messages.len(), 2);
     assert_eq!(q.list(&g).await.queues.len(), 0);

@@ -18,7 +18,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use prometheus::IntCounter;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
 
 use super::auth::{self, Credentials, SaslError};
@@ -49,7 +48,6 @@ pub struct ProtocolConfig {
     /// AUTH PLAIN/LOGIN can be offered once the session is under TLS (SMTP users exist).
     pub auth: bool,
     metrics: Metrics,
-    accepted: IntCounter,
 }
 
 impl ProtocolConfig {
@@ -60,9 +58,6 @@ impl ProtocolConfig {
         auth: bool,
         metrics: Metrics,
     ) -> ProtocolConfig {
-        let accepted = metrics
-            .accepted
-            .with_label_values(&[listener.name.as_str()]);
         ProtocolConfig {
             hostname: config.hostname.clone(),
             listener: listener.name.clone(),
@@ -75,7 +70,6 @@ impl ProtocolConfig {
             starttls,
             auth,
             metrics,
-            accepted,
         }
     }
 
@@ -386,7 +380,6 @@ impl Protocol {
         self.state = State::Command;
         match result {
             Ok(accepted) => {
-                self.cfg.accepted.inc();
                 let text = format!("Ok: queued as {}", one_line(&accepted.queue_id));
                 self.reply(250, "2.0.0", &text);
             }

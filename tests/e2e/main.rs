@@ -13,7 +13,9 @@
 //! - `dkim`: DKIM signing, key rotation, keygen, `[dkim_policy]`, sending-domain checks (issue 3);
 //! - `delivery_faults` (issue 15 items 3, 4, 7): MX refresh, mail loops, STARTTLS fallback;
 //! - `pools` (issue 4): traffic classes, IP pools and their sources, warm-up caps;
-//! - `shaping` (issue 4): connection and rate limits, priority, backoff, queue control.
+//! - `shaping` (issue 4): connection and rate limits, priority, backoff, queue control;
+//! - `events` (issue 14): the event stream seen by an in-process subscriber: each event once,
+//!   in order, agreeing with the outcome log and `/metrics`; stuck lossy / lossless subscribers.
 
 mod common;
 
@@ -21,6 +23,7 @@ mod cli;
 mod delivery_faults;
 mod dkim;
 mod durability;
+mod events;
 mod harness;
 mod pools;
 mod relay;
