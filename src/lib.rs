@@ -17,6 +17,7 @@ pub mod intake;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod sendlog;
 pub mod serve;
 pub mod shaping;
 pub mod smtp;

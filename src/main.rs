@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Search the send log of a running instance (through its HTTP API; every query is recorded)
+    Logs {
+        #[command(subcommand)]
+        action: LogsAction,
+    },
     /// Check a configuration file and exit
     CheckConfig(ConfigArg),
     /// Hash a password (read from standard input) for [[smtp_user]] password_hash
@@ -131,6 +136,55 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[derive(Subcommand)]
+enum LogsAction {
+    /// Events matching the filters, oldest first (a table; --json or --csv for programs)
+    Query {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        recipient: Option<String>,
+        /// A Message-ID or a queue id
+        #[arg(long)]
+        message_id: Option<String>,
+        #[arg(long)]
+        campaign: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Event type: received, delivered, deferred, bounced, expired, dsn, ...
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// From this time on: RFC 3339, a date (2026-12-03) or Unix seconds
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time
+        #[arg(long)]
+        until: Option<String>,
+        /// Most events printed (table and --json; --csv exports everything)
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON (`{"events": [...], "next": cursor}`)
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV (every matching event, streamed)
+        #[arg(long)]
+        csv: bool,
+    },
+    /// The story of one message: every recipient, attempt, IP and reply
+    Message {
+        /// A Message-ID or a queue id
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Statistics of a campaign by variant and provider
+    Stats {
+        campaign: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +304,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Queue { action } => queue_command(action),
+        Command::Logs { action } => logs_command(action),
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin()
@@ -386,6 +441,133 @@ fn api(
         );
     }
     Ok(v)
+}
+
+/// GET `path` from the running instance and return the body as text (CSV exports).
+fn api_text(config: &Config, path: &str) -> Result<String> {
+    let url = format!("http://{}{}", config.http.address, path);
+    let agent = ureq::Agent::new_with_defaults();
+    let mut req = agent.get(&url).config().http_status_as_error(false).build();
+    if let Ok(t) = std::env::var("GANNET_API_TOKEN") {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.call().with_context(|| {
+        format!("cannot reach gannet's HTTP API at {url}: is `gannet serve` running with this config? (set GANNET_API_TOKEN if [[api_token]] is configured)")
+    })?;
+    let status = resp.status();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .with_context(|| format!("{url}: cannot read the answer (HTTP {status})"))?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        bail!("{url}: HTTP {status}: {msg}");
+    }
+    Ok(text)
+}
+
+fn logs_command(action: LogsAction) -> Result<()> {
+    match action {
+        LogsAction::Query {
+            config,
+            recipient,
+            message_id,
+            campaign,
+            tenant,
+            kind,
+            since,
+            until,
+            limit,
+            json,
+            csv,
+        } => {
+            let config = load_config(&config)?;
+            let mut q: Vec<String> = [
+                ("recipient", &recipient),
+                ("message_id", &message_id),
+                ("campaign", &campaign),
+                ("tenant", &tenant),
+                ("type", &kind),
+                ("since", &since),
+                ("until", &until),
+            ]
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v))))
+            .collect();
+            if csv {
+                q.push("format=csv".into());
+                print!(
+                    "{}",
+                    api_text(&config, &format!("/api/v1/events?{}", q.join("&")))?
+                );
+                return Ok(());
+            }
+            // Page through until `limit` events are gathered or the log ends.
+            let mut events: Vec<serde_json::Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            let mut next = serde_json::Value::Null;
+            while events.len() < limit {
+                let mut page = q.clone();
+                page.push(format!("limit={}", (limit - events.len()).min(1000)));
+                if let Some(c) = &cursor {
+                    page.push(format!("cursor={c}"));
+                }
+                let v = api(
+                    &config,
+                    "GET",
+                    &format!("/api/v1/events?{}", page.join("&")),
+                    None,
+                )?;
+                events.extend(v["events"].as_array().cloned().unwrap_or_default());
+                next = v["next"].clone();
+                match next.as_str() {
+                    Some(c) => cursor = Some(c.to_string()),
+                    None => break,
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"events": events, "next": next})
+                    )?
+                );
+            } else {
+                print!("{}", gannet::sendlog::render::table(&events));
+                if !next.is_null() {
+                    eprintln!("(more events: raise --limit, or use --csv to export everything)");
+                }
+            }
+            Ok(())
+        }
+        LogsAction::Message { id, config } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "GET",
+                &format!("/api/v1/messages/{}", urlencode(&id)),
+                None,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        LogsAction::Stats { campaign, config } => {
+            let config = load_config(&config)?;
+            let v = api(
+                &config,
+                "GET",
+                &format!("/api/v1/campaigns/{}/stats", urlencode(&campaign)),
+                None,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+    }
 }
 
 fn queue_command(action: QueueAction) -> Result<()> {

@@ -40,6 +40,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Dkim(String),
+    #[error(transparent)]
+    SendLog(#[from] crate::sendlog::SendLogError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -107,6 +109,26 @@ pub async fn run_with(
     if let Some(hook) = hook {
         hook(&bus);
     }
+    // The send log opens (and checks its key) before anything listens: a missing or wrong
+    // key stops the start with a message, never a silent re-key.
+    let sendlog_writer = if config.sendlog.enabled {
+        let c = config.clone();
+        Some(
+            tokio::task::spawn_blocking(move || crate::sendlog::open(&c))
+                .await
+                .map_err(|e| ServeError::Resolver(e.to_string()))??,
+        )
+    } else {
+        None
+    };
+    let sendlog_stop = CancellationToken::new();
+    let (sendlog, sendlog_task) = match sendlog_writer {
+        Some(w) => {
+            let (h, t) = crate::sendlog::SendLog::start(&config, w, &bus, sendlog_stop.clone());
+            (Some(h), Some(t))
+        }
+        None => (None, None),
+    };
     let base = config
         .base_dir
         .clone()
@@ -179,6 +201,7 @@ pub async fn run_with(
         queue: queue.clone(),
         metrics: metrics.clone(),
         bus: bus.clone(),
+        sendlog: sendlog.clone(),
     });
     let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(
@@ -235,6 +258,11 @@ pub async fn run_with(
     }
     log_task.abort();
     metrics_task.abort();
+    // Last: everything published until now goes into the send log before we exit.
+    sendlog_stop.cancel();
+    if let Some(t) = sendlog_task {
+        let _ = t.await;
+    }
     tracing::info!("stopped; queued mail stays in the spool");
     Ok(())
 }

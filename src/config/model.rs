@@ -47,6 +47,10 @@ pub struct Config {
     pub shaping: ShapingRef,
     #[serde(default)]
     pub unsubscribe: UnsubscribeConfig,
+    #[serde(default)]
+    pub sendlog: SendlogConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -514,4 +518,79 @@ pub struct UnsubscribeConfig {
     /// Base of the https unsubscribe URL: `{base_url}/u/{token}`. Default:
     /// `https://{hostname}`.
     pub base_url: Option<String>,
+}
+
+/// The send log (`sendlog/`): every event, queryable, kept `retention_days`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendlogConfig {
+    /// Record events at all. Off: no send log, the queries answer 503.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// SQLite database file; None = `sendlog.sqlite` in the spool directory.
+    pub path: Option<PathBuf>,
+    /// Days an event is kept; whole days older than this are pruned. 0 = keep forever.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Most events written in one SQLite transaction (one fsync).
+    #[serde(default = "default_sendlog_batch")]
+    pub batch: usize,
+    /// Events the send log may fall behind before intake waits (lossless back-pressure).
+    #[serde(default = "default_sendlog_bound")]
+    pub bound: usize,
+    /// What the log is kept for, quoted in access exports (GDPR Art. 15).
+    #[serde(default = "default_purposes")]
+    pub purposes: Vec<String>,
+}
+
+fn default_retention_days() -> u32 {
+    365
+}
+fn default_sendlog_batch() -> usize {
+    2000
+}
+fn default_sendlog_bound() -> usize {
+    100_000
+}
+fn default_purposes() -> Vec<String> {
+    vec![
+        "delivery of mail the sender asked us to send".to_string(),
+        "proof of delivery and consent disputes".to_string(),
+        "suppression of addresses that bounced, complained or unsubscribed".to_string(),
+    ]
+}
+
+impl Default for SendlogConfig {
+    fn default() -> Self {
+        SendlogConfig {
+            enabled: true,
+            path: None,
+            retention_days: default_retention_days(),
+            batch: default_sendlog_batch(),
+            bound: default_sendlog_bound(),
+            purposes: default_purposes(),
+        }
+    }
+}
+
+/// Encryption at rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Master key (32 random bytes, hex). Created with mode 0600 on first start when absent;
+    /// keep it apart from the data directory: without it nothing personal there is readable.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+}
+
+fn default_key_file() -> PathBuf {
+    PathBuf::from("gannet.key")
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            key_file: default_key_file(),
+        }
+    }
 }

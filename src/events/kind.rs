@@ -130,6 +130,23 @@ pub enum EventKind {
     },
     /// Operator: every deferred delivery retried now.
     Flushed { actor: String, released: u64 },
+    /// Operator: someone read the send log (GDPR accountability: who looked up whom, when).
+    /// `recipient` is the person looked up, when the query named one.
+    LogAccess {
+        /// API token name, `"loopback"` or `"cli"`.
+        actor: String,
+        /// `events`, `message`, `campaign_stats`, `subject_export`, `erasure`.
+        action: String,
+        /// The filter as given (personal values in it are stored sealed like any recipient).
+        #[serde(default)]
+        filter: serde_json::Value,
+        /// `json`, `csv`, `ndjson`.
+        #[serde(default)]
+        format: String,
+        /// Rows returned (for streamed exports: rows sent before the stream ended).
+        #[serde(default)]
+        rows: u64,
+    },
     /// A backoff rule changed the state of a (site, source).
     Backoff {
         /// `started`, `extended`, `ended`
@@ -159,6 +176,7 @@ impl EventKind {
             EventKind::Resumed { .. } => "resumed",
             EventKind::Flushed { .. } => "flushed",
             EventKind::Backoff { .. } => "backoff",
+            EventKind::LogAccess { .. } => "log_access",
         }
     }
 

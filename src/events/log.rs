@@ -148,6 +148,21 @@ pub fn log_event(e: &Event) {
             released = *released,
             actor = %actor,
         ),
+        // Who read the send log; the person looked up stays in the (sealed) send log only.
+        EventKind::LogAccess {
+            actor,
+            action,
+            format,
+            rows,
+            ..
+        } => tracing::info!(
+            target: "gannet::control",
+            event = "log_access",
+            action = %action,
+            format = %format,
+            rows = *rows,
+            actor = %actor,
+        ),
         EventKind::Flushed { actor, released } => tracing::info!(
             target: "gannet::control",
             event = "flushed",

@@ -27,6 +27,8 @@ use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::queue::{Filter, Queue};
 
+pub mod logs;
+
 /// What handlers may use.
 #[derive(Clone)]
 pub struct ApiState {
@@ -36,6 +38,8 @@ pub struct ApiState {
     /// The event stream (handlers that change state publish through the stage they call;
     /// `/metrics` uses it to wait until the counters include every event published).
     pub bus: EventBus,
+    /// The send log's read side; None when `[sendlog] enabled = false`.
+    pub sendlog: Option<crate::sendlog::SendLog>,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.
@@ -291,6 +295,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/queues/purge", post(purge))
         .route("/api/v1/queues/suspensions", get(suspensions))
         .route("/api/v1/domains/{domain}/check", get(domain_check))
+        .route("/api/v1/events", get(logs::events))
+        .route("/api/v1/messages/{id}", get(logs::message))
+        .route(
+            "/api/v1/campaigns/{campaign}/stats",
+            get(logs::campaign_stats),
+        )
         .fallback(not_found)
         .with_state(state)
 }

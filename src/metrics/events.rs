@@ -100,6 +100,7 @@ fn count(m: &Metrics, p: &Published) {
         EventKind::Dsn { .. }
         | EventKind::Suspended { .. }
         | EventKind::Resumed { .. }
-        | EventKind::Flushed { .. } => {}
+        | EventKind::Flushed { .. }
+        | EventKind::LogAccess { .. } => {}
     }
 }

@@ -16,6 +16,7 @@
 //! - `shaping` (issue 4): connection and rate limits, priority, backoff, queue control;
 //! - `events` (issue 14): the event stream seen by an in-process subscriber: each event once,
 //!   in order, agreeing with the outcome log and `/metrics`; stuck lossy / lossless subscribers.
+//! - `sendlog` (issue 18): the send log's queries, exports, accountability and master key.
 
 mod common;
 
@@ -28,5 +29,6 @@ mod harness;
 mod pools;
 mod relay;
 mod retry;
+mod sendlog;
 mod shaping;
 mod smtp_input;

@@ -1,0 +1,395 @@
+//! Send-log endpoints (scope `logs`): event search with cursor paging and streamed CSV/NDJSON
+//! export, the story of one message, and campaign statistics.
+//!
+//! Owns: parsing query parameters into an `EventFilter`, choosing the format from `Accept`,
+//! and recording every query as a `log_access` event (who looked up whom, when).
+//! Never does: SQL or decryption (that is `sendlog/`), or anything outside the send log.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState, authorize, bad_request, token_hash};
+use crate::sendlog::{EventFilter, SendLog, SendLogError, render};
+
+/// Most events in one JSON page.
+const MAX_PAGE: usize = 1000;
+/// Rows fetched per database read while streaming an export.
+const STREAM_CHUNK: usize = 2000;
+
+/// Extractor for the `logs` scope; carries who is asking (token name, or `loopback`).
+pub struct LogsReader {
+    pub actor: String,
+}
+
+/// Who sent a request that `authorize` accepted.
+pub fn actor_of(config: &crate::config::Config, headers: &HeaderMap) -> String {
+    if config.api_tokens.is_empty() {
+        return "loopback".to_string();
+    }
+    let hash = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| token_hash(t.trim()))
+        .unwrap_or_default();
+    config
+        .api_tokens
+        .iter()
+        .find(|t| t.hash.eq_ignore_ascii_case(&hash))
+        .map(|t| t.name.clone())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "client address unknown",
+            )
+        })
+}
+
+impl FromRequestParts<ApiState> for LogsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
+        let peer = peer(parts)?;
+        authorize(&s.config, &parts.headers, peer, "logs")?;
+        Ok(LogsReader {
+            actor: actor_of(&s.config, &parts.headers),
+        })
+    }
+}
+
+fn sendlog(s: &ApiState) -> Result<&SendLog, ApiError> {
+    s.sendlog.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sendlog_disabled",
+            "the send log is turned off ([sendlog] enabled = false)",
+        )
+    })
+}
+
+fn store_error(e: SendLogError) -> ApiError {
+    tracing::error!(error = %e, "send-log query failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "sendlog_error",
+        e.to_string(),
+    )
+}
+
+/// Query parameters of `GET /api/v1/events`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    pub recipient: Option<String>,
+    pub message_id: Option<String>,
+    pub queue_id: Option<String>,
+    pub campaign: Option<String>,
+    pub tenant: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+    /// `json`, `csv` or `ndjson`: overrides `Accept`.
+    pub format: Option<String>,
+}
+
+impl EventsQuery {
+    fn filter(&self) -> Result<EventFilter, ApiError> {
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let time = |v: &Option<String>, field: &str| -> Result<Option<i64>, ApiError> {
+            match nonempty(v) {
+                None => Ok(None),
+                Some(t) => crate::sendlog::parse_time(&t).map(Some).ok_or_else(|| {
+                    bad_request(
+                        format!("{field}={t:?} is not a time: use RFC 3339 (2026-12-03T10:00:00Z), a date (2026-12-03) or Unix seconds"),
+                        field,
+                    )
+                }),
+            }
+        };
+        let after = match nonempty(&self.cursor) {
+            None => 0,
+            Some(c) => c.parse::<u64>().map_err(|_| {
+                bad_request(
+                    format!(
+                        "cursor={c:?} is not a cursor: pass the \"next\" value of the previous page"
+                    ),
+                    "cursor",
+                )
+            })?,
+        };
+        let limit = self.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(bad_request(
+                format!("limit={limit} is out of range: 1 to {MAX_PAGE}"),
+                "limit",
+            ));
+        }
+        if let Some(k) = nonempty(&self.kind)
+            && !k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            return Err(bad_request(
+                format!("type={k:?} is not an event type (e.g. delivered, bounced)"),
+                "type",
+            ));
+        }
+        Ok(EventFilter {
+            recipient: nonempty(&self.recipient),
+            message_id: nonempty(&self.message_id),
+            queue_id: nonempty(&self.queue_id),
+            campaign: nonempty(&self.campaign),
+            tenant: nonempty(&self.tenant),
+            kind: nonempty(&self.kind),
+            since_us: time(&self.since, "since")?,
+            until_us: time(&self.until, "until")?,
+            after,
+            through: None,
+            limit,
+        })
+    }
+}
+
+/// The filter as recorded in the `log_access` event (without the recipient, which the event
+/// carries in its own, sealed, field).
+fn filter_json(f: &EventFilter) -> Value {
+    json!({
+        "message_id": f.message_id, "queue_id": f.queue_id, "campaign": f.campaign,
+        "tenant": f.tenant, "type": f.kind, "since_us": f.since_us, "until_us": f.until_us,
+        "cursor": f.after, "by_recipient": f.recipient.is_some(),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Ndjson,
+}
+
+fn format_of(q: &EventsQuery, headers: &HeaderMap) -> Result<Format, ApiError> {
+    if let Some(f) = &q.format {
+        return match f.as_str() {
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            "ndjson" => Ok(Format::Ndjson),
+            other => Err(bad_request(
+                format!("format={other:?}: use json, csv or ndjson"),
+                "format",
+            )),
+        };
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(if accept.contains("text/csv") {
+        Format::Csv
+    } else if accept.contains("application/x-ndjson") {
+        Format::Ndjson
+    } else {
+        Format::Json
+    })
+}
+
+/// `GET /api/v1/events`
+pub async fn events(
+    State(s): State<ApiState>,
+    who: LogsReader,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(e.body_text(), "query"))?;
+    let log = sendlog(&s)?.clone();
+    let filter = q.filter()?;
+    let format = format_of(&q, &headers)?;
+    if format == Format::Json {
+        let f = filter.clone();
+        let rows = log.read(move |r| r.events(&f)).await.map_err(store_error)?;
+        let next = (rows.len() == filter.limit)
+            .then(|| rows.last().and_then(|e| e["seq"].as_u64()))
+            .flatten()
+            .map(|n| n.to_string());
+        log.record_access(
+            &who.actor,
+            "events",
+            filter.recipient.as_deref(),
+            filter_json(&filter),
+            "json",
+            rows.len() as u64,
+        );
+        return Ok(axum::Json(json!({"events": rows, "next": next})).into_response());
+    }
+    // Streamed export: every matching row up to the end of the log as it is now, read in
+    // chunks so memory stays flat however large the export is.
+    let through = log.read(|r| r.last_seq()).await.map_err(store_error)?;
+    let (name, ctype) = match format {
+        Format::Csv => ("csv", "text/csv; charset=utf-8"),
+        _ => ("ndjson", "application/x-ndjson"),
+    };
+    log.record_access(
+        &who.actor,
+        "events",
+        filter.recipient.as_deref(),
+        filter_json(&filter),
+        name,
+        0,
+    );
+    let start = EventFilter {
+        through: Some(through),
+        limit: STREAM_CHUNK,
+        ..filter
+    };
+    let header_line = (format == Format::Csv).then(render::csv_header);
+    let stream = futures::stream::unfold(
+        (Some(start), header_line, log),
+        move |(state, header_line, log)| async move {
+            if let Some(h) = header_line {
+                return Some((Ok(bytes::Bytes::from(h)), (state, None, log)));
+            }
+            let f = state?;
+            let q = f.clone();
+            match log.read(move |r| r.events(&q)).await {
+                Err(e) => {
+                    tracing::error!(error = %e, "send-log export stopped");
+                    Some((Err(std::io::Error::other(e.to_string())), (None, None, log)))
+                }
+                Ok(rows) if rows.is_empty() => None,
+                Ok(rows) => {
+                    let mut out = String::new();
+                    for r in &rows {
+                        out.push_str(&match format {
+                            Format::Csv => render::csv_row(r),
+                            _ => render::ndjson_row(r),
+                        });
+                    }
+                    let next = (rows.len() == f.limit)
+                        .then(|| rows.last().and_then(|e| e["seq"].as_u64()))
+                        .flatten()
+                        .map(|after| EventFilter { after, ..f });
+                    Some((Ok(bytes::Bytes::from(out)), (next, None, log)))
+                }
+            }
+        },
+    );
+    Ok(([(header::CONTENT_TYPE, ctype)], Body::from_stream(stream)).into_response())
+}
+
+/// `GET /api/v1/messages/{id}`: every event of one message (by Message-ID or queue id),
+/// grouped by recipient, with attempts, IPs and replies.
+pub async fn message(
+    State(s): State<ApiState>,
+    who: LogsReader,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let log = sendlog(&s)?.clone();
+    let f = EventFilter {
+        message_id: Some(id.clone()),
+        limit: 100_000,
+        ..EventFilter::default()
+    };
+    let rows = log.read(move |r| r.events(&f)).await.map_err(store_error)?;
+    log.record_access(
+        &who.actor,
+        "message",
+        None,
+        json!({"message_id": id}),
+        "json",
+        rows.len() as u64,
+    );
+    if rows.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!(
+                "no event in the send log for message {id:?} (a Message-ID or a queue id)"
+            ),
+            field: Some("id".into()),
+        });
+    }
+    Ok(axum::Json(message_story(&id, rows)).into_response())
+}
+
+/// The story of a message from its events (in log order).
+pub fn message_story(id: &str, rows: Vec<Value>) -> Value {
+    let mut queue_ids: Vec<String> = Vec::new();
+    let mut message_id = String::new();
+    let mut recipients: Vec<(String, Vec<Value>)> = Vec::new();
+    for e in &rows {
+        let qid = e["queue_id"].as_str().unwrap_or("").to_string();
+        if !qid.is_empty() && !queue_ids.contains(&qid) {
+            queue_ids.push(qid);
+        }
+        if message_id.is_empty() {
+            message_id = e["message_id"].as_str().unwrap_or("").to_string();
+        }
+        let r = e["recipient"].as_str().unwrap_or("");
+        if r.is_empty() {
+            continue;
+        }
+        match recipients.iter_mut().find(|(a, _)| a == r) {
+            Some((_, evs)) => evs.push(e.clone()),
+            None => recipients.push((r.to_string(), vec![e.clone()])),
+        }
+    }
+    let recipients: Vec<Value> = recipients
+        .into_iter()
+        .map(|(r, evs)| {
+            let last = evs.last().cloned().unwrap_or(Value::Null);
+            json!({
+                "recipient": r,
+                "state": last["type"],
+                "attempts": evs.iter().filter(|e| e["attempt"].as_u64().unwrap_or(0) > 0).count(),
+                "events": evs,
+            })
+        })
+        .collect();
+    json!({
+        "id": id,
+        "message_id": message_id,
+        "queue_ids": queue_ids,
+        "recipients": recipients,
+        "events": rows,
+    })
+}
+
+/// `GET /api/v1/campaigns/{campaign}/stats`
+pub async fn campaign_stats(
+    State(s): State<ApiState>,
+    who: LogsReader,
+    Path(campaign): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let log = sendlog(&s)?.clone();
+    let c = campaign.clone();
+    let rows = log
+        .read(move |r| r.campaign_counts(&c))
+        .await
+        .map_err(store_error)?;
+    log.record_access(
+        &who.actor,
+        "campaign_stats",
+        None,
+        json!({"campaign": campaign}),
+        "json",
+        rows.len() as u64,
+    );
+    Ok(axum::Json(render::campaign_stats(&campaign, &rows)))
+}

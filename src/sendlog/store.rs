@@ -1,0 +1,775 @@
+//! The SQLite store of the send log: schema, the batched append, and the read queries.
+//!
+//! Owns: the database file (WAL, `synchronous = FULL` so a commit is on stable storage before
+//! the events are acknowledged, `secure_delete` so destroyed keys do not linger in free pages),
+//! the `events` table (one row per event, personal fields sealed per person, a SHA-256 hash
+//! chain over the stored bytes), `subjects` (the per-person key salts crypto-shredding deletes)
+//! and `campaign_counts` (counters kept at append time, so statistics are one small read and
+//! stay true when rows are pruned or shredded).
+//! Never does: talk to the event bus, the network or the async runtime (callers run it on
+//! blocking threads); write a clear address anywhere.
+//!
+//! The SQL is plain and portable on purpose: cluster mode can put the same tables on
+//! PostgreSQL behind the same query code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::keys::{MasterKey, PersonKey};
+use crate::events::{Event, EventKind};
+
+/// What went wrong with the send-log database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "send log {path}: {source} (check [sendlog] path, free disk space and file permissions)"
+    )]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "send log {path} was written with a different master key than {key_file}; start with the key file it was written with (gannet never re-keys silently)"
+    )]
+    WrongKey { path: PathBuf, key_file: PathBuf },
+    #[error("cannot create the send log directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    hash BLOB PRIMARY KEY,
+    salt BLOB NOT NULL,
+    created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    time_us INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    campaign TEXT NOT NULL,
+    class TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    variant TEXT NOT NULL,
+    site TEXT NOT NULL,
+    category TEXT NOT NULL,
+    rcpt_hash BLOB,
+    sender_hash BLOB,
+    rcpt BLOB,
+    sender BLOB,
+    data_key BLOB,
+    data BLOB NOT NULL,
+    prev BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_rcpt ON events (rcpt_hash, seq) WHERE rcpt_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_sender ON events (sender_hash) WHERE sender_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id, seq);
+CREATE INDEX IF NOT EXISTS events_queue ON events (queue_id, seq);
+CREATE INDEX IF NOT EXISTS events_campaign ON events (campaign, seq);
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, seq);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_us);
+CREATE TABLE IF NOT EXISTS campaign_counts (
+    campaign TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    site TEXT NOT NULL,
+    type TEXT NOT NULL,
+    category TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (campaign, variant, site, type, category)
+) WITHOUT ROWID;
+";
+
+fn open_conn(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let c = Connection::open_with_flags(path, flags)?;
+    c.busy_timeout(std::time::Duration::from_secs(30))?;
+    c.pragma_update(None, "secure_delete", "ON")?;
+    Ok(c)
+}
+
+/// The database location and key, shared by the writer and every reader.
+#[derive(Clone)]
+pub struct StoreInfo {
+    pub path: PathBuf,
+    pub key: MasterKey,
+}
+
+impl StoreInfo {
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// The one writer (owned by the send-log task; moved to a blocking thread for each batch).
+pub struct Writer {
+    info: StoreInfo,
+    conn: Connection,
+    /// Hash of the last stored row (the chain's head).
+    head: [u8; 32],
+    /// Per-person keys already derived, by address hash. Cleared when large.
+    keys: HashMap<[u8; 32], Arc<PersonKey>>,
+    /// Variant of each recent message (from its `received` event), by queue id.
+    variants: HashMap<String, String>,
+}
+
+/// Create or open the database at `path`, checking it was written with `key`.
+pub fn open_writer(path: &Path, key: MasterKey, key_file: &Path) -> Result<Writer, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let info = StoreInfo {
+        path: path.to_path_buf(),
+        key,
+    };
+    let conn = open_conn(path, OpenFlags::default()).map_err(info.err())?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(info.err())?;
+    let fp = info.key.fingerprint();
+    let stored: Option<Vec<u8>> = conn
+        .query_row("SELECT v FROM meta WHERE k = 'key_check'", [], |r| r.get(0))
+        .optional()
+        .map_err(info.err())?;
+    match stored {
+        Some(v) if v != fp => {
+            return Err(StoreError::WrongKey {
+                path: path.to_path_buf(),
+                key_file: key_file.to_path_buf(),
+            });
+        }
+        Some(_) => {}
+        None => {
+            conn.execute(
+                "INSERT INTO meta (k, v) VALUES ('key_check', ?1)",
+                params![fp.to_vec()],
+            )
+            .map_err(info.err())?;
+        }
+    }
+    let head: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(info.err())?;
+    let head = head
+        .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+        .unwrap_or([0u8; 32]);
+    Ok(Writer {
+        info,
+        conn,
+        head,
+        keys: HashMap::new(),
+        variants: HashMap::new(),
+    })
+}
+
+/// The fields of one stored row, in chain order.
+struct Row<'a> {
+    id: &'a str,
+    time_us: i64,
+    kind: &'a str,
+    queue_id: &'a str,
+    message_id: &'a str,
+    tenant: &'a str,
+    campaign: &'a str,
+    class: &'a str,
+    pool: &'a str,
+    attempt: i64,
+    variant: &'a str,
+    site: &'a str,
+    category: &'a str,
+    rcpt_hash: Option<&'a [u8]>,
+    sender_hash: Option<&'a [u8]>,
+    rcpt: Option<&'a [u8]>,
+    sender: Option<&'a [u8]>,
+    data_key: Option<&'a [u8]>,
+    data: &'a [u8],
+}
+
+/// SHA-256 over the previous row's hash and every stored column (length-prefixed, so no two
+/// rows encode alike). Computed over what is stored, so crypto-shredding leaves it intact.
+fn chain_hash(prev: &[u8], r: &Row<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    let mut field = |b: Option<&[u8]>| match b {
+        None => h.update(u32::MAX.to_be_bytes()),
+        Some(b) => {
+            h.update((b.len() as u32).to_be_bytes());
+            h.update(b);
+        }
+    };
+    field(Some(r.id.as_bytes()));
+    field(Some(&r.time_us.to_be_bytes()));
+    field(Some(r.kind.as_bytes()));
+    field(Some(r.queue_id.as_bytes()));
+    field(Some(r.message_id.as_bytes()));
+    field(Some(r.tenant.as_bytes()));
+    field(Some(r.campaign.as_bytes()));
+    field(Some(r.class.as_bytes()));
+    field(Some(r.pool.as_bytes()));
+    field(Some(&r.attempt.to_be_bytes()));
+    field(Some(r.variant.as_bytes()));
+    field(Some(r.site.as_bytes()));
+    field(Some(r.category.as_bytes()));
+    field(r.rcpt_hash);
+    field(r.sender_hash);
+    field(r.rcpt);
+    field(r.sender);
+    field(r.data_key);
+    field(Some(r.data));
+    h.finalize().into()
+}
+
+/// The clear, non-personal facts kept in columns for indexes and statistics.
+fn site_and_category(kind: &EventKind) -> (&str, &str) {
+    match kind {
+        EventKind::Delivered { site, .. } => (site, ""),
+        EventKind::Deferred { site, category, .. } | EventKind::Bounced { site, category, .. } => {
+            (site, category)
+        }
+        EventKind::Expired { category, .. } => ("", category),
+        EventKind::Backoff { site, .. } => (site, ""),
+        _ => ("", ""),
+    }
+}
+
+impl Writer {
+    pub fn info(&self) -> &StoreInfo {
+        &self.info
+    }
+
+    fn person(&mut self, hash: &[u8; 32], now_us: i64) -> rusqlite::Result<Arc<PersonKey>> {
+        if let Some(k) = self.keys.get(hash) {
+            return Ok(k.clone());
+        }
+        let salt: [u8; 32] = rand::random();
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO subjects (hash, salt, created_us) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![hash.to_vec(), salt.to_vec(), now_us])?;
+        let salt: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT salt FROM subjects WHERE hash = ?1")?
+            .query_row(params![hash.to_vec()], |r| r.get(0))?;
+        let key = Arc::new(self.info.key.person_key(&salt));
+        if self.keys.len() > 100_000 {
+            self.keys.clear();
+        }
+        self.keys.insert(*hash, key.clone());
+        Ok(key)
+    }
+
+    fn variant_of(&mut self, queue_id: &str) -> rusqlite::Result<String> {
+        if queue_id.is_empty() {
+            return Ok(String::new());
+        }
+        if let Some(v) = self.variants.get(queue_id) {
+            return Ok(v.clone());
+        }
+        let v: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT variant FROM events WHERE queue_id = ?1 AND type = 'received' LIMIT 1",
+            )?
+            .query_row(params![queue_id], |r| r.get(0))
+            .optional()?;
+        Ok(v.unwrap_or_default())
+    }
+
+    /// Append `events` in one transaction (one fsync). On error nothing of the batch is kept.
+    pub fn append<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<usize, StoreError> {
+        let path = self.info.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let r = self.append_in_tx(events);
+        match r {
+            Ok(n) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(n),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.reload_head();
+                    Err(err(e))
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.reload_head();
+                Err(err(e))
+            }
+        }
+    }
+
+    fn reload_head(&mut self) {
+        let head: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten();
+        self.head = head
+            .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .unwrap_or([0u8; 32]);
+        self.variants.clear();
+    }
+
+    fn append_in_tx<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> rusqlite::Result<usize> {
+        let mut counts: HashMap<(String, String, String, &'static str, String), i64> =
+            HashMap::new();
+        let mut n = 0;
+        for ev in events {
+            let now = ev.time_us as i64;
+            let rcpt_hash =
+                (!ev.recipient.is_empty()).then(|| self.info.key.address_hash(&ev.recipient));
+            let sender_hash =
+                (!ev.sender.is_empty()).then(|| self.info.key.address_hash(&ev.sender));
+            let rcpt_key = match &rcpt_hash {
+                Some(h) => Some(self.person(h, now)?),
+                None => None,
+            };
+            let sender_key = match &sender_hash {
+                Some(h) => Some(self.person(h, now)?),
+                None => None,
+            };
+            let aad = ev.id.as_bytes();
+            let rcpt = rcpt_key
+                .as_ref()
+                .map(|k| k.seal(aad, ev.recipient.as_bytes()));
+            let sender = sender_key
+                .as_ref()
+                .map(|k| k.seal(aad, ev.sender.as_bytes()));
+            // Everything else about the event (replies, IPs, operator filters) is sealed under
+            // the recipient's key, or the sender's when there is no recipient.
+            let mut rest = ev.clone();
+            rest.recipient.clear();
+            rest.sender.clear();
+            let json = serde_json::to_vec(&rest).unwrap_or_default();
+            let (data_key, data) = match (&rcpt_hash, &rcpt_key, &sender_hash, &sender_key) {
+                (Some(h), Some(k), _, _) | (None, None, Some(h), Some(k)) => {
+                    (Some(h.to_vec()), k.seal(aad, &json))
+                }
+                _ => (None, json),
+            };
+            let variant = match &ev.kind {
+                EventKind::Received { variant, .. } => {
+                    if self.variants.len() > 200_000 {
+                        self.variants.clear();
+                    }
+                    self.variants.insert(ev.queue_id.clone(), variant.clone());
+                    variant.clone()
+                }
+                _ => self.variant_of(&ev.queue_id)?,
+            };
+            let (site, category) = site_and_category(&ev.kind);
+            let row = Row {
+                id: &ev.id,
+                time_us: now,
+                kind: ev.type_name(),
+                queue_id: &ev.queue_id,
+                message_id: &ev.message_id,
+                tenant: &ev.tenant,
+                campaign: &ev.campaign,
+                class: &ev.class,
+                pool: &ev.pool,
+                attempt: ev.attempt as i64,
+                variant: &variant,
+                site,
+                category,
+                rcpt_hash: rcpt_hash.as_ref().map(|h| &h[..]),
+                sender_hash: sender_hash.as_ref().map(|h| &h[..]),
+                rcpt: rcpt.as_deref(),
+                sender: sender.as_deref(),
+                data_key: data_key.as_deref(),
+                data: &data,
+            };
+            let hash = chain_hash(&self.head, &row);
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO events (id, time_us, type, queue_id, message_id, tenant, campaign, \
+                     class, pool, attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, \
+                     sender, data_key, data, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                )?
+                .execute(params![
+                    row.id,
+                    row.time_us,
+                    row.kind,
+                    row.queue_id,
+                    row.message_id,
+                    row.tenant,
+                    row.campaign,
+                    row.class,
+                    row.pool,
+                    row.attempt,
+                    row.variant,
+                    row.site,
+                    row.category,
+                    row.rcpt_hash,
+                    row.sender_hash,
+                    row.rcpt,
+                    row.sender,
+                    row.data_key,
+                    row.data,
+                    &self.head[..],
+                    &hash[..],
+                ])?;
+            self.head = hash;
+            if !ev.campaign.is_empty() {
+                *counts
+                    .entry((
+                        ev.campaign.clone(),
+                        variant.clone(),
+                        site.to_string(),
+                        ev.type_name(),
+                        category.to_string(),
+                    ))
+                    .or_default() += match &ev.kind {
+                    EventKind::Received { recipients, .. } => *recipients as i64,
+                    _ => 1,
+                };
+            }
+            n += 1;
+        }
+        for ((campaign, variant, site, kind, category), n) in counts {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO campaign_counts (campaign, variant, site, type, category, n) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (campaign, variant, site, type, \
+                     category) DO UPDATE SET n = n + excluded.n",
+                )?
+                .execute(params![campaign, variant, site, kind, category, n])?;
+        }
+        Ok(n)
+    }
+
+    /// Delete every event before `cutoff_us` (a day boundary). Returns how many went.
+    pub fn prune_before(&mut self, cutoff_us: i64) -> Result<usize, StoreError> {
+        let path = self.info.path.clone();
+        self.conn
+            .execute("DELETE FROM events WHERE time_us < ?1", params![cutoff_us])
+            .map_err(|source| StoreError::Sqlite { path, source })
+    }
+}
+
+/// A read-only connection for one query (WAL: readers never block the writer).
+pub struct Reader {
+    info: StoreInfo,
+    conn: Connection,
+    salts: HashMap<Vec<u8>, Option<Arc<PersonKey>>>,
+}
+
+impl Reader {
+    pub fn open(info: &StoreInfo) -> Result<Reader, StoreError> {
+        let conn = open_conn(
+            &info.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(info.err())?;
+        Ok(Reader {
+            info: info.clone(),
+            conn,
+            salts: HashMap::new(),
+        })
+    }
+
+    pub fn address_hash(&self, address: &str) -> [u8; 32] {
+        self.info.key.address_hash(address)
+    }
+
+    /// The highest `seq` stored (0 when empty).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.info.err())
+    }
+
+    fn key_of(&mut self, hash: &[u8]) -> rusqlite::Result<Option<Arc<PersonKey>>> {
+        if let Some(k) = self.salts.get(hash) {
+            return Ok(k.clone());
+        }
+        let salt: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT salt FROM subjects WHERE hash = ?1")?
+            .query_row(params![hash], |r| r.get(0))
+            .optional()?;
+        let key = salt.map(|s| Arc::new(self.info.key.person_key(&s)));
+        self.salts.insert(hash.to_vec(), key.clone());
+        Ok(key)
+    }
+
+    /// Events matching `f`, after `f.after`, at most `f.limit`, in log order.
+    pub fn events(&mut self, f: &EventFilter) -> Result<Vec<Value>, StoreError> {
+        let info = self.info.clone();
+        self.events_inner(f).map_err(info.err())
+    }
+
+    fn events_inner(&mut self, f: &EventFilter) -> rusqlite::Result<Vec<Value>> {
+        let mut sql = String::from(
+            "SELECT seq, id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, \
+             attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, data \
+             FROM events WHERE seq > ?1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![(f.after as i64).into()];
+        fn add(
+            sql: &mut String,
+            args: &mut Vec<rusqlite::types::Value>,
+            cond: &str,
+            v: rusqlite::types::Value,
+        ) {
+            args.push(v);
+            sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+        }
+        if let Some(r) = &f.recipient {
+            add(
+                &mut sql,
+                &mut args,
+                "rcpt_hash =",
+                self.info.key.address_hash(r).to_vec().into(),
+            );
+        }
+        if let Some(m) = &f.message_id {
+            let m = m.trim_matches(['<', '>']).to_string();
+            args.push(m.into());
+            let n = args.len();
+            sql.push_str(&format!(" AND (message_id = ?{n} OR queue_id = ?{n})"));
+        }
+        if let Some(v) = &f.queue_id {
+            add(&mut sql, &mut args, "queue_id =", v.clone().into());
+        }
+        if let Some(v) = &f.campaign {
+            add(&mut sql, &mut args, "campaign =", v.clone().into());
+        }
+        if let Some(v) = &f.tenant {
+            add(&mut sql, &mut args, "tenant =", v.clone().into());
+        }
+        if let Some(v) = &f.kind {
+            add(&mut sql, &mut args, "type =", v.clone().into());
+        }
+        if let Some(v) = f.since_us {
+            add(&mut sql, &mut args, "time_us >=", v.into());
+        }
+        if let Some(v) = f.until_us {
+            add(&mut sql, &mut args, "time_us <", v.into());
+        }
+        if let Some(v) = f.through {
+            add(&mut sql, &mut args, "seq <=", (v as i64).into());
+        }
+        args.push((f.limit as i64).into());
+        sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let raw: Vec<RawRow> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(RawRow {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    time_us: r.get(2)?,
+                    kind: r.get(3)?,
+                    queue_id: r.get(4)?,
+                    message_id: r.get(5)?,
+                    tenant: r.get(6)?,
+                    campaign: r.get(7)?,
+                    class: r.get(8)?,
+                    pool: r.get(9)?,
+                    attempt: r.get(10)?,
+                    variant: r.get(11)?,
+                    site: r.get(12)?,
+                    category: r.get(13)?,
+                    rcpt_hash: r.get(14)?,
+                    sender_hash: r.get(15)?,
+                    rcpt: r.get(16)?,
+                    sender: r.get(17)?,
+                    data_key: r.get(18)?,
+                    data: r.get(19)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        drop(stmt);
+        let mut out = Vec::with_capacity(raw.len());
+        for r in raw {
+            out.push(self.render(r)?);
+        }
+        Ok(out)
+    }
+
+    fn open_with(
+        &mut self,
+        hash: &Option<Vec<u8>>,
+        aad: &[u8],
+        sealed: &Option<Vec<u8>>,
+    ) -> rusqlite::Result<Option<Vec<u8>>> {
+        let (Some(h), Some(s)) = (hash, sealed) else {
+            return Ok(None);
+        };
+        Ok(self.key_of(h)?.and_then(|k| k.open(aad, s)))
+    }
+
+    /// One stored row as the event's JSON (plus `seq`). A row whose person was erased keeps
+    /// only its clear columns and says `"erased": true`.
+    fn render(&mut self, r: RawRow) -> rusqlite::Result<Value> {
+        let aad = r.id.clone().into_bytes();
+        let rcpt = self.open_with(&r.rcpt_hash, &aad, &r.rcpt)?;
+        let sender = self.open_with(&r.sender_hash, &aad, &r.sender)?;
+        let data = match &r.data_key {
+            None => Some(r.data.clone()),
+            Some(_) => self.open_with(&r.data_key, &aad, &Some(r.data.clone()))?,
+        };
+        let parsed: Option<Map<String, Value>> = data
+            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+            .and_then(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            });
+        let erased = parsed.is_none()
+            || (r.rcpt_hash.is_some() && rcpt.is_none())
+            || (r.sender_hash.is_some() && sender.is_none());
+        let mut m = parsed.unwrap_or_else(|| {
+            let mut m = Map::new();
+            m.insert("id".into(), r.id.clone().into());
+            m.insert("time_us".into(), r.time_us.into());
+            m.insert("type".into(), r.kind.clone().into());
+            m.insert("queue_id".into(), r.queue_id.clone().into());
+            m.insert("message_id".into(), r.message_id.clone().into());
+            m.insert("tenant".into(), r.tenant.clone().into());
+            m.insert("campaign".into(), r.campaign.clone().into());
+            m.insert("class".into(), r.class.clone().into());
+            m.insert("pool".into(), r.pool.clone().into());
+            m.insert("attempt".into(), r.attempt.into());
+            if !r.site.is_empty() {
+                m.insert("site".into(), r.site.clone().into());
+            }
+            if !r.category.is_empty() {
+                m.insert("category".into(), r.category.clone().into());
+            }
+            m
+        });
+        let text = |b: Option<Vec<u8>>| {
+            b.map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        m.insert("recipient".into(), text(rcpt).into());
+        m.insert("sender".into(), text(sender).into());
+        if !r.variant.is_empty() {
+            m.insert("variant".into(), r.variant.into());
+        }
+        if erased {
+            m.insert("erased".into(), true.into());
+        }
+        let mut out = Map::with_capacity(m.len() + 1);
+        out.insert("seq".into(), r.seq.into());
+        out.extend(m);
+        Ok(Value::Object(out))
+    }
+
+    /// Counters of one campaign, by variant and provider (site).
+    pub fn campaign_counts(&mut self, campaign: &str) -> Result<Vec<CountRow>, StoreError> {
+        let info = self.info.clone();
+        let run = || -> rusqlite::Result<Vec<CountRow>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT variant, site, type, category, n FROM campaign_counts WHERE campaign = ?1",
+            )?;
+            stmt.query_map(params![campaign], |r| {
+                Ok(CountRow {
+                    variant: r.get(0)?,
+                    site: r.get(1)?,
+                    kind: r.get(2)?,
+                    category: r.get(3)?,
+                    n: r.get(4)?,
+                })
+            })?
+            .collect()
+        };
+        run().map_err(info.err())
+    }
+}
+
+struct RawRow {
+    seq: i64,
+    id: String,
+    time_us: i64,
+    kind: String,
+    queue_id: String,
+    message_id: String,
+    tenant: String,
+    campaign: String,
+    class: String,
+    pool: String,
+    attempt: i64,
+    variant: String,
+    site: String,
+    category: String,
+    rcpt_hash: Option<Vec<u8>>,
+    sender_hash: Option<Vec<u8>>,
+    rcpt: Option<Vec<u8>>,
+    sender: Option<Vec<u8>>,
+    data_key: Option<Vec<u8>>,
+    data: Vec<u8>,
+}
+
+/// One counter of `campaign_counts`.
+#[derive(Debug, Clone)]
+pub struct CountRow {
+    pub variant: String,
+    pub site: String,
+    pub kind: String,
+    pub category: String,
+    pub n: i64,
+}
+
+/// What `GET /api/v1/events` and `gannet logs query` filter on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub recipient: Option<String>,
+    /// A `Message-ID` (angle brackets optional) or a queue id (32 hex digits).
+    pub message_id: Option<String>,
+    pub queue_id: Option<String>,
+    pub campaign: Option<String>,
+    pub tenant: Option<String>,
+    /// Event type (`delivered`, `bounced`, ...).
+    pub kind: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    /// Cursor: only rows with a larger `seq`.
+    pub after: u64,
+    /// Only rows up to this `seq` (exports stop at the end the log had when they started).
+    pub through: Option<u64>,
+    pub limit: usize,
+}

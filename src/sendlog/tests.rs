@@ -1,0 +1,254 @@
+//! Store and rendering tests against real SQLite files in a temporary directory.
+
+use super::*;
+use crate::events::{Event, EventKind};
+
+fn ev(kind: EventKind, rcpt: &str, queue_id: &str, campaign: &str) -> Event {
+    let mut e = Event::new(kind);
+    e.recipient = rcpt.to_string();
+    e.sender = "news@shop.example".to_string();
+    e.queue_id = queue_id.to_string();
+    e.message_id = format!("{queue_id}@gannet.test");
+    e.campaign = campaign.to_string();
+    e.tenant = "acme".to_string();
+    e
+}
+
+fn received(queue_id: &str, variant: &str) -> Event {
+    ev(
+        EventKind::Received {
+            listener: "default".into(),
+            client_ip: "127.0.0.1".into(),
+            auth: String::new(),
+            size: 100,
+            recipients: 2,
+            variant: variant.into(),
+        },
+        "",
+        queue_id,
+        "spring",
+    )
+}
+
+fn delivered(rcpt: &str, queue_id: &str) -> Event {
+    ev(
+        EventKind::Delivered {
+            site: "example.org".into(),
+            mx_host: "mx.example.org".into(),
+            remote_ip: "127.0.0.5".into(),
+            source_ip: "127.0.0.1".into(),
+            tls: None,
+            reply: format!("250 2.0.0 ok <{rcpt}>"),
+            queue_secs: 0.5,
+        },
+        rcpt,
+        queue_id,
+        "spring",
+    )
+}
+
+fn bounced(rcpt: &str, queue_id: &str, category: &str) -> Event {
+    ev(
+        EventKind::Bounced {
+            site: "example.org".into(),
+            mx_host: "mx.example.org".into(),
+            remote_ip: "127.0.0.5".into(),
+            source_ip: "127.0.0.1".into(),
+            reply: "550 5.1.1 no such user".into(),
+            category: category.into(),
+        },
+        rcpt,
+        queue_id,
+        "spring",
+    )
+}
+
+fn open_tmp(dir: &std::path::Path) -> Writer {
+    let key = MasterKey::load_or_create(&dir.join("k"), &dir.join("db")).unwrap();
+    store::open_writer(&dir.join("db"), key, &dir.join("k")).unwrap()
+}
+
+fn all(w: &Writer, f: EventFilter) -> Vec<serde_json::Value> {
+    let mut r = Reader::open(w.info()).unwrap();
+    r.events(&EventFilter { limit: 1000, ..f }).unwrap()
+}
+
+#[test]
+fn events_are_found_by_recipient_message_campaign_and_type_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = open_tmp(dir.path());
+    let evs = [
+        received("Q1", "A"),
+        delivered("ann@example.org", "Q1"),
+        bounced("bob@example.org", "Q1", "bad-mailbox"),
+        received("Q2", "B"),
+        delivered("Ann@Example.org", "Q2"),
+    ];
+    w.append(evs.iter()).unwrap();
+    let ann = all(
+        &w,
+        EventFilter {
+            recipient: Some("ann@example.org".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(ann.len(), 2, "{ann:#?}");
+    assert_eq!(ann[0]["queue_id"], "Q1");
+    assert_eq!(ann[1]["recipient"], "Ann@Example.org");
+    assert_eq!(ann[0]["reply"], "250 2.0.0 ok <ann@example.org>");
+    assert_eq!(ann[0]["sender"], "news@shop.example");
+    assert_eq!(ann[0]["mx_host"], "mx.example.org");
+    assert_eq!(
+        ann[1]["variant"], "B",
+        "variant is carried from the received event"
+    );
+    let q1 = all(
+        &w,
+        EventFilter {
+            message_id: Some("<Q1@gannet.test>".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        q1.iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["received", "delivered", "bounced"]
+    );
+    let by_qid = all(
+        &w,
+        EventFilter {
+            message_id: Some("Q1".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(by_qid, q1);
+    let b = all(
+        &w,
+        EventFilter {
+            campaign: Some("spring".into()),
+            kind: Some("bounced".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["recipient"], "bob@example.org");
+    // Cursor paging: two pages of 3 and 2 cover everything once, in order.
+    let mut r = Reader::open(w.info()).unwrap();
+    let p1 = r
+        .events(&EventFilter {
+            limit: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    let after = p1.last().unwrap()["seq"].as_u64().unwrap();
+    let p2 = r
+        .events(&EventFilter {
+            limit: 3,
+            after,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p1.len() + p2.len(), 5);
+    assert!(p2[0]["seq"].as_u64().unwrap() > after);
+}
+
+#[test]
+fn no_clear_address_or_reply_reaches_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = open_tmp(dir.path());
+    w.append([delivered("zed.unique@example.org", "Q9")].iter())
+        .unwrap();
+    drop(w);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        for needle in ["zed.unique", "news@shop", "250 2.0.0 ok"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} found in {}",
+                p.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_different_key_is_refused_and_a_missing_key_is_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_tmp(dir.path()));
+    std::fs::remove_file(dir.path().join("k")).unwrap();
+    let e = MasterKey::load_or_create(&dir.path().join("k"), &dir.path().join("db")).unwrap_err();
+    assert!(matches!(e, KeyError::Missing { .. }), "{e}");
+    assert!(!dir.path().join("k").exists());
+    let other = MasterKey::from_bytes([7; 32]);
+    let e = store::open_writer(&dir.path().join("db"), other, &dir.path().join("k"))
+        .err()
+        .unwrap();
+    assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+}
+
+#[test]
+fn key_file_is_created_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let _ = open_tmp(dir.path());
+    let mode = std::fs::metadata(dir.path().join("k"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn campaign_stats_count_by_variant_provider_and_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = open_tmp(dir.path());
+    w.append(
+        [
+            received("Q1", "A"),
+            delivered("a@example.org", "Q1"),
+            bounced("b@example.org", "Q1", "bad-mailbox"),
+            received("Q2", "B"),
+            bounced("c@example.org", "Q2", "policy"),
+        ]
+        .iter(),
+    )
+    .unwrap();
+    let mut r = Reader::open(w.info()).unwrap();
+    let s = render::campaign_stats("spring", &r.campaign_counts("spring").unwrap());
+    assert_eq!(s.total.accepted, 4);
+    assert_eq!(s.total.sent, 3);
+    assert_eq!(s.total.delivered, 1);
+    assert_eq!(s.total.bounced, 2);
+    assert_eq!(s.total.bounced_by_category["policy"], 1);
+    let a = s
+        .by_variant_provider
+        .iter()
+        .find(|l| l.variant == "A" && l.provider == "example.org")
+        .unwrap();
+    assert_eq!((a.delivered, a.bounced), (1, 1));
+}
+
+#[test]
+fn csv_quotes_commas_quotes_and_newlines() {
+    let v = serde_json::json!({"seq": 1, "type": "bounced", "reply": "550 \"no\", really\r\nbye", "extra": 3});
+    let row = render::csv_row(&v);
+    assert!(row.contains("\"550 \"\"no\"\", really\r\nbye\""), "{row}");
+    assert!(row.contains("\"{\"\"extra\"\":3}\""), "{row}");
+}
+
+#[test]
+fn prune_cutoff_is_a_day_boundary() {
+    let day = 86_400_000_000i64;
+    assert_eq!(prune_cutoff(10 * day + 5, 3), 7 * day);
+    assert_eq!(prune_cutoff(10 * day, 0), 10 * day);
+}
+
+#[test]
+fn time_filters_parse() {
+    assert_eq!(parse_time("10"), Some(10_000_000));
+    assert_eq!(parse_time("1970-01-02"), Some(86_400_000_000));
+    assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000));
+    assert_eq!(parse_time("yesterday"), None);
+}
