@@ -24,7 +24,9 @@ use crate::config::Config;
 use crate::events::{Event, EventBus, EventKind, Mode, Published, Subscription};
 
 pub use keys::{KeyError, MasterKey};
-pub use store::{CountRow, EventFilter, Reader, StoreError, StoreInfo, Writer};
+pub use store::{
+    Broken, CountRow, EventFilter, Reader, StoreError, StoreInfo, VerifyReport, Writer,
+};
 
 /// Why the send log cannot start or answer.
 #[derive(Debug, thiserror::Error)]

@@ -126,6 +126,9 @@ pub struct Writer {
     keys: HashMap<[u8; 32], Arc<PersonKey>>,
     /// Variant of each recent message (from its `received` event), by queue id.
     variants: HashMap<String, String>,
+    /// Queue ids of recent DSN messages: they inherit the campaign of the message they report
+    /// on, but are not part of its statistics.
+    dsns: std::collections::HashSet<String>,
 }
 
 /// Create or open the database at `path`, checking it was written with `key`.
@@ -183,6 +186,7 @@ pub fn open_writer(path: &Path, key: MasterKey, key_file: &Path) -> Result<Write
         head,
         keys: HashMap::new(),
         variants: HashMap::new(),
+        dsns: std::collections::HashSet::new(),
     })
 }
 
@@ -386,6 +390,14 @@ impl Writer {
                 }
                 _ => (None, json),
             };
+            if let EventKind::Received { listener, .. } = &ev.kind
+                && listener == "dsn"
+            {
+                if self.dsns.len() > 100_000 {
+                    self.dsns.clear();
+                }
+                self.dsns.insert(ev.queue_id.clone());
+            }
             let variant = match &ev.kind {
                 EventKind::Received { variant, .. } => {
                     if self.variants.len() > 200_000 {
@@ -450,7 +462,7 @@ impl Writer {
                     &hash[..],
                 ])?;
             self.head = hash;
-            if !ev.campaign.is_empty() {
+            if !ev.campaign.is_empty() && !self.dsns.contains(&ev.queue_id) {
                 *counts
                     .entry((
                         ev.campaign.clone(),
@@ -478,12 +490,34 @@ impl Writer {
         Ok(n)
     }
 
-    /// Delete every event before `cutoff_us` (a day boundary). Returns how many went.
+    /// Delete every event before `cutoff_us` (a day boundary). Returns how many went. The hash
+    /// of the last deleted row is kept (`meta.pruned_head`) so the chain still verifies.
     pub fn prune_before(&mut self, cutoff_us: i64) -> Result<usize, StoreError> {
         let path = self.info.path.clone();
-        self.conn
-            .execute("DELETE FROM events WHERE time_us < ?1", params![cutoff_us])
-            .map_err(|source| StoreError::Sqlite { path, source })
+        let run = || -> rusqlite::Result<usize> {
+            let tx = self.conn.unchecked_transaction()?;
+            let last: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT hash FROM events WHERE seq = (SELECT MAX(seq) FROM events WHERE time_us < ?1)",
+                    params![cutoff_us],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(last) = last else {
+                return Ok(0);
+            };
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES ('pruned_head', ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                params![last],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events WHERE time_us < ?1)",
+                params![cutoff_us],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        };
+        run().map_err(|source| StoreError::Sqlite { path, source })
     }
 }
 
@@ -716,6 +750,142 @@ impl Reader {
                 })
             })?
             .collect()
+        };
+        run().map_err(info.err())
+    }
+}
+
+/// What `gannet logs verify` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyReport {
+    /// Rows checked.
+    pub rows: u64,
+    /// The first row whose stored bytes do not match the chain, and why.
+    pub first_broken: Option<Broken>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broken {
+    pub seq: i64,
+    pub id: String,
+    pub reason: String,
+}
+
+impl Reader {
+    /// Walk the whole log in order, recomputing every row's hash from its stored bytes and the
+    /// previous row's hash; stop at the first row that does not match.
+    pub fn verify(&mut self) -> Result<VerifyReport, StoreError> {
+        let info = self.info.clone();
+        let run = || -> rusqlite::Result<VerifyReport> {
+            let pruned: Option<Vec<u8>> = self
+                .conn
+                .query_row("SELECT v FROM meta WHERE k = 'pruned_head'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let mut expected_prev: Vec<u8> = pruned.unwrap_or_else(|| vec![0u8; 32]);
+            let mut stmt = self.conn.prepare(
+                "SELECT seq, id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, \
+                 attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, \
+                 data, prev, hash FROM events ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut n = 0u64;
+            while let Some(r) = rows.next()? {
+                n += 1;
+                let seq: i64 = r.get(0)?;
+                let id: String = r.get(1)?;
+                let text = |i: usize| -> rusqlite::Result<String> {
+                    // A damaged text column may no longer be UTF-8: hash its bytes as stored.
+                    match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Text(t) => {
+                            Ok(String::from_utf8_lossy(t).into_owned())
+                        }
+                        other => Ok(format!("{other:?}")),
+                    }
+                };
+                let blob = |i: usize| -> rusqlite::Result<Option<Vec<u8>>> {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => None,
+                        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                            Some(b.to_vec())
+                        }
+                        other => Some(format!("{other:?}").into_bytes()),
+                    })
+                };
+                let (
+                    kind,
+                    queue_id,
+                    message_id,
+                    tenant,
+                    campaign,
+                    class,
+                    pool,
+                    variant,
+                    site,
+                    category,
+                ) = (
+                    text(3)?,
+                    text(4)?,
+                    text(5)?,
+                    text(6)?,
+                    text(7)?,
+                    text(8)?,
+                    text(9)?,
+                    text(11)?,
+                    text(12)?,
+                    text(13)?,
+                );
+                let (rcpt_hash, sender_hash, rcpt, sender, data_key) =
+                    (blob(14)?, blob(15)?, blob(16)?, blob(17)?, blob(18)?);
+                let data = blob(19)?.unwrap_or_default();
+                let prev = blob(20)?.unwrap_or_default();
+                let hash = blob(21)?.unwrap_or_default();
+                let broken = |reason: String| VerifyReport {
+                    rows: n,
+                    first_broken: Some(Broken {
+                        seq,
+                        id: id.clone(),
+                        reason,
+                    }),
+                };
+                if prev != expected_prev {
+                    return Ok(broken(
+                        "its link to the previous record does not match (a record before it was changed, removed or inserted)".into(),
+                    ));
+                }
+                let row = Row {
+                    id: &id,
+                    time_us: r.get(2)?,
+                    kind: &kind,
+                    queue_id: &queue_id,
+                    message_id: &message_id,
+                    tenant: &tenant,
+                    campaign: &campaign,
+                    class: &class,
+                    pool: &pool,
+                    attempt: r.get(10)?,
+                    variant: &variant,
+                    site: &site,
+                    category: &category,
+                    rcpt_hash: rcpt_hash.as_deref(),
+                    sender_hash: sender_hash.as_deref(),
+                    rcpt: rcpt.as_deref(),
+                    sender: sender.as_deref(),
+                    data_key: data_key.as_deref(),
+                    data: &data,
+                };
+                if chain_hash(&prev, &row)[..] != hash[..] {
+                    return Ok(broken(
+                        "its stored contents do not match its hash (the record was changed)".into(),
+                    ));
+                }
+                expected_prev = hash;
+            }
+            Ok(VerifyReport {
+                rows: n,
+                first_broken: None,
+            })
         };
         run().map_err(info.err())
     }

@@ -228,3 +228,266 @@ async fn a_missing_master_key_stops_the_start() {
     );
     assert!(!key.exists(), "no new key was made");
 }
+
+/// Events of `path` about mail (not the `log_access` records of our own lookups, which a
+/// search by recipient also finds) once `n` of them exist.
+async fn wait_events(g: &Gannet, path: &str, n: usize) -> Vec<Value> {
+    let mail = |v: &Value| -> Vec<Value> {
+        v["events"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter(|e| e["type"] != "log_access")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let v = wait_json(g, path, &format!("{n} events"), |v| mail(v).len() >= n).await;
+    mail(&v)
+}
+
+fn types(evs: &[Value]) -> Vec<&str> {
+    evs.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+/// A run with a delivery, a deferral then delivery, and a bounce: every event is in the log,
+/// found by recipient, by message (Message-ID or queue id) and by campaign, in time order,
+/// with the MX, IPs and replies; campaign statistics count them; the CSV export of the
+/// campaign parses with Python's csv into the same rows as the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_deferrals_and_bounces_are_queryable_by_recipient_message_and_campaign() {
+    let w = World::start(
+        &["127.0.0.184"],
+        Zone::new().mail_domain("dest.test", "127.0.0.184"),
+        |c| c.retry_schedule(&["1s"]),
+    )
+    .await;
+    let g = &w.gannet;
+    let sink = &w.sinks[0];
+    sink.reject_rcpt("gone@dest.test", "550 5.1.1 no such user");
+    sink.add_rule(
+        Rule::new(Stage::Rcpt, "451 4.7.1 try again later")
+            .matching("later@dest.test")
+            .times(1),
+    );
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    let qid = c
+        .send(
+            "news@origin.test",
+            &["ok@dest.test", "later@dest.test", "gone@dest.test"],
+            b"Subject: spring\r\nMessage-ID: <spring-1@origin.test>\r\nX-Gannet-Campaign: spring\r\nX-Gannet-Tenant: acme\r\n\r\nhello\r\n",
+        )
+        .await;
+    c.quit().await;
+
+    let later = wait_events(g, "/api/v1/events?recipient=later%40dest.test", 2).await;
+    assert_eq!(types(&later), ["deferred", "delivered"], "{later:#?}");
+    assert_eq!(later[0]["attempt"], 1);
+    assert_eq!(later[1]["attempt"], 2);
+    assert!(
+        later[0]["reply"].as_str().unwrap().starts_with("451 4.7.1"),
+        "{later:#?}"
+    );
+    assert_eq!(later[1]["remote_ip"], "127.0.0.184");
+    assert_eq!(later[1]["sender"], "news@origin.test");
+    assert_eq!(later[1]["campaign"], "spring");
+    assert_eq!(later[1]["tenant"], "acme");
+    assert_eq!(later[1]["queue_id"], qid.as_str());
+    let gone = wait_events(g, "/api/v1/events?recipient=GONE%40dest.test", 1).await;
+    assert_eq!(types(&gone), ["bounced"]);
+    assert!(gone[0]["reply"].as_str().unwrap().starts_with("550 5.1.1"));
+
+    let by_msg = wait_events(
+        g,
+        "/api/v1/events?message_id=%3Cspring-1%40origin.test%3E",
+        5,
+    )
+    .await;
+    let by_qid = wait_events(g, &format!("/api/v1/events?message_id={qid}"), 5).await;
+    assert_eq!(by_msg, by_qid);
+    assert_eq!(by_msg[0]["type"], "received");
+    let t: Vec<u64> = by_msg
+        .iter()
+        .map(|e| e["time_us"].as_u64().unwrap())
+        .collect();
+    assert!(t.windows(2).all(|w| w[0] <= w[1]), "time order: {t:?}");
+
+    let (status, story) = g.http_get(&format!("/api/v1/messages/{qid}")).await;
+    assert_eq!(status, 200, "{story}");
+    let story: Value = serde_json::from_str(&story).unwrap();
+    assert_eq!(story["message_id"], "spring-1@origin.test");
+    let states: std::collections::BTreeMap<String, String> = story["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["recipient"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(states["ok@dest.test"], "delivered");
+    assert_eq!(states["later@dest.test"], "delivered");
+    assert_eq!(states["gone@dest.test"], "bounced");
+
+    let (status, stats) = g.http_get("/api/v1/campaigns/spring/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["total"]["accepted"], 3, "{stats:#}");
+    assert_eq!(stats["total"]["delivered"], 2, "{stats:#}");
+    assert_eq!(stats["total"]["deferred"], 1, "{stats:#}");
+    assert_eq!(stats["total"]["bounced"], 1, "{stats:#}");
+
+    let campaign = wait_events(g, "/api/v1/events?campaign=spring&limit=1000", 5).await;
+    // The campaign also holds the DSN about gone@ (it inherits the campaign).
+    let of_message: Vec<Value> = campaign
+        .iter()
+        .filter(|e| e["queue_id"] == qid.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(of_message, by_msg);
+    let (status, csv) = g
+        .http_get("/api/v1/events?campaign=spring&format=csv")
+        .await;
+    assert_eq!(status, 200);
+    assert_csv_matches_json(&python_csv(&csv).await, &campaign);
+
+    // The log's hash chain verifies while gannet runs.
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["logs", "verify", "--config"])
+        .arg(g.config_path());
+    let out = run(cmd, None, Duration::from_secs(60)).await;
+    out.assert_success();
+    assert!(out.stdout.contains("hash chain intact"), "{out}");
+}
+
+/// kill -9 during a run: afterwards (and after the restart redelivers what was not final),
+/// every recipient the MX accepted has its `delivered` event in the send log: no final state
+/// was recorded without its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_event_of_a_final_message() {
+    let mut w = World::start(
+        &["127.0.0.185"],
+        Zone::new().mail_domain("dest.test", "127.0.0.185"),
+        |c| c.delivery_option("max_connections_per_destination = 1"),
+    )
+    .await;
+    let sink = &w.sinks[0];
+    sink.set_delay(Duration::from_millis(100));
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    let mut rcpts = Vec::new();
+    for i in 0..15 {
+        let r = format!("k{i}@dest.test");
+        c.send("s@origin.test", &[r.as_str()], b"Subject: k\r\n\r\nx\r\n")
+            .await;
+        rcpts.push(r);
+    }
+    c.quit().await;
+    sink.wait_for(4, WAIT).await;
+    w.gannet.kill9().await;
+    sink.set_delay(Duration::ZERO);
+    w.gannet.restart().await;
+    let accepted_of = |ts: &[Transaction]| -> std::collections::BTreeSet<String> {
+        ts.iter()
+            .filter(|t| t.accepted)
+            .flat_map(|t| t.rcpts.iter().map(|r| r.to_lowercase()))
+            .collect()
+    };
+    let ts = sink
+        .wait_until(WAIT, |ts| accepted_of(ts).len() >= 15)
+        .await
+        .unwrap_or_else(|e| panic!("all 15 delivered after the restart: {e}"));
+    let accepted = accepted_of(&ts);
+    let g = &w.gannet;
+    let evs = wait_json(
+        g,
+        "/api/v1/events?type=delivered&limit=1000",
+        "delivered events",
+        |v| {
+            let got: std::collections::BTreeSet<String> = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["recipient"].as_str().unwrap().to_lowercase())
+                .collect();
+            accepted.iter().all(|r| got.contains(r))
+        },
+    )
+    .await;
+    assert!(!evs["events"].as_array().unwrap().is_empty());
+}
+
+/// One changed byte in a stored record: `gannet logs verify` fails and names that record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_changed_byte_fails_verify_naming_the_record() {
+    let mut w = World::start(&["127.0.0.186"], Zone::new(), |c| c).await;
+    for i in 0..5 {
+        let (status, _) = w
+            .gannet
+            .http_get(&format!("/api/v1/events?campaign=c{i}"))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let evs = wait_json(
+        &w.gannet,
+        "/api/v1/events?type=log_access",
+        "5 lookups",
+        |v| v["events"].as_array().is_some_and(|e| e.len() >= 5),
+    )
+    .await["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let target = evs[2]["seq"].as_u64().unwrap();
+    let target_id = evs[2]["id"].as_str().unwrap().to_string();
+    w.gannet.sigterm().await;
+    let db = w.gannet.dir().join("spool").join("sendlog.sqlite");
+    let db = if db.exists() {
+        db
+    } else {
+        find_file(w.gannet.dir(), "sendlog.sqlite").expect("sendlog.sqlite in the instance dir")
+    };
+    // Flip one byte of the stored (sealed) data of that record.
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             d = bytearray(c.execute('SELECT data FROM events WHERE seq = ?', (int(sys.argv[2]),)).fetchone()[0])\n\
+             d[len(d) // 2] ^= 1\n\
+             c.execute('UPDATE events SET data = ? WHERE seq = ?', (bytes(d), int(sys.argv[2])))\n\
+             c.commit()",
+        )
+        .arg(&db)
+        .arg(target.to_string());
+    run(cmd, None, Duration::from_secs(60))
+        .await
+        .assert_success();
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["logs", "verify", "--config"])
+        .arg(w.gannet.config_path());
+    let out = run(cmd, None, Duration::from_secs(60)).await;
+    out.assert_failure();
+    assert!(
+        out.stderr.contains(&format!("seq {target} ")) && out.stderr.contains(&target_id),
+        "{out}"
+    );
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
