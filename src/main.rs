@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         action: LogsAction,
     },
+    /// GDPR requests about one person (through the running instance's HTTP API)
+    Gdpr {
+        #[command(subcommand)]
+        action: GdprAction,
+    },
     /// Check a configuration file and exit
     CheckConfig(ConfigArg),
     /// Hash a password (read from standard input) for [[smtp_user]] password_hash
@@ -136,6 +141,23 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[derive(Subcommand)]
+enum GdprAction {
+    /// Erase a person (Art. 17): their send-log rows become unreadable (key destroyed); the
+    /// erasure is recorded without the address
+    Erase {
+        address: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Everything held about a person (Art. 15), as JSON
+    Export {
+        address: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -311,6 +333,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Queue { action } => queue_command(action),
         Command::Logs { action } => logs_command(action),
+        Command::Gdpr { action } => match action {
+            GdprAction::Erase { address, config } => {
+                let config = load_config(&config)?;
+                let v = api(
+                    &config,
+                    "POST",
+                    "/api/v1/erasures",
+                    Some(serde_json::json!({ "address": address })),
+                )?;
+                println!(
+                    "erased: subject {}, {} send-log rows can no longer be read",
+                    v["erased"]["subject"].as_str().unwrap_or("?"),
+                    v["erased"]["send_log_rows"]
+                );
+                Ok(())
+            }
+            GdprAction::Export { address, config } => {
+                let config = load_config(&config)?;
+                let v = api(
+                    &config,
+                    "GET",
+                    &format!("/api/v1/subjects/{}", urlencode(&address)),
+                    None,
+                )?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
+        },
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin()

@@ -147,6 +147,16 @@ pub enum EventKind {
         #[serde(default)]
         rows: u64,
     },
+    /// Operator: a person was erased (GDPR Art. 17). Recorded without the address: `subject`
+    /// is the keyed hash the send log and suppression use.
+    Erased {
+        actor: String,
+        /// Hex of the address's keyed hash.
+        subject: String,
+        /// Send-log rows that can no longer be read.
+        #[serde(default)]
+        rows: u64,
+    },
     /// A backoff rule changed the state of a (site, source).
     Backoff {
         /// `started`, `extended`, `ended`
@@ -177,6 +187,7 @@ impl EventKind {
             EventKind::Flushed { .. } => "flushed",
             EventKind::Backoff { .. } => "backoff",
             EventKind::LogAccess { .. } => "log_access",
+            EventKind::Erased { .. } => "erased",
         }
     }
 

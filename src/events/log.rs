@@ -163,6 +163,17 @@ pub fn log_event(e: &Event) {
             rows = *rows,
             actor = %actor,
         ),
+        EventKind::Erased {
+            actor,
+            subject,
+            rows,
+        } => tracing::info!(
+            target: "gannet::control",
+            event = "erased",
+            subject = %subject,
+            rows = *rows,
+            actor = %actor,
+        ),
         EventKind::Flushed { actor, released } => tracing::info!(
             target: "gannet::control",
             event = "flushed",

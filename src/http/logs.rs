@@ -393,3 +393,129 @@ pub async fn campaign_stats(
     );
     Ok(axum::Json(render::campaign_stats(&campaign, &rows)))
 }
+
+/// Body of `POST /api/v1/erasures`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    pub address: String,
+}
+
+fn address_ok(a: &str) -> bool {
+    let a = a.trim();
+    a.len() <= 320 && a.contains('@') && !a.starts_with('@') && !a.ends_with('@')
+}
+
+/// `POST /api/v1/erasures` (scope admin): crypto-shred the person's send-log rows and record
+/// the erasure without the address.
+pub async fn erase(
+    State(s): State<ApiState>,
+    _: super::Admin,
+    headers: HeaderMap,
+    body: Result<axum::Json<ErasureRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let axum::Json(req) = body.map_err(|e| bad_request(e.body_text(), "address"))?;
+    if !address_ok(&req.address) {
+        return Err(bad_request(
+            format!("{:?} is not an email address", req.address),
+            "address",
+        ));
+    }
+    let log = sendlog(&s)?.clone();
+    let actor = actor_of(&s.config, &headers);
+    let rows = log.erase(&req.address, &actor).await.map_err(store_error)?;
+    let subject = hex::encode(log.address_hash(&req.address));
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({"erased": {"subject": subject, "send_log_rows": rows}})),
+    ))
+}
+
+/// `GET /api/v1/subjects/{address}` (scope logs): everything the send log holds about a
+/// person (GDPR Art. 15), with retention and purposes.
+pub async fn subject(
+    State(s): State<ApiState>,
+    who: LogsReader,
+    Path(address): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !address_ok(&address) {
+        return Err(bad_request(
+            format!("{address:?} is not an email address"),
+            "address",
+        ));
+    }
+    let log = sendlog(&s)?.clone();
+    let a = address.clone();
+    let (events, erased_at) = log
+        .read(move |r| {
+            let mut all = Vec::new();
+            let mut f = EventFilter {
+                recipient: Some(a.clone()),
+                limit: 10_000,
+                ..EventFilter::default()
+            };
+            loop {
+                let page = r.events(&f)?;
+                let done = page.len() < f.limit;
+                f.after = page
+                    .last()
+                    .and_then(|e| e["seq"].as_u64())
+                    .unwrap_or(f.after);
+                all.extend(page);
+                if done {
+                    break;
+                }
+            }
+            Ok((all, r.erased_at(&a)?))
+        })
+        .await
+        .map_err(store_error)?;
+    log.record_access(
+        &who.actor,
+        "subject_export",
+        erased_at.is_none().then_some(address.as_str()),
+        json!({}),
+        "json",
+        events.len() as u64,
+    );
+    let mail: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] != "log_access")
+        .collect();
+    let mut messages: Vec<Value> = Vec::new();
+    for e in &mail {
+        let qid = e["queue_id"].as_str().unwrap_or("");
+        if qid.is_empty() || messages.iter().any(|m| m["queue_id"] == qid) {
+            continue;
+        }
+        let of: Vec<&&Value> = mail.iter().filter(|x| x["queue_id"] == qid).collect();
+        let last = of.last().map(|x| (**x).clone()).unwrap_or(Value::Null);
+        messages.push(json!({
+            "queue_id": qid,
+            "message_id": e["message_id"],
+            "campaign": e["campaign"],
+            "tenant": e["tenant"],
+            "first_time_us": of.first().map(|x| x["time_us"].clone()),
+            "outcome": last["type"],
+            "provider": last.get("site").cloned().unwrap_or(Value::Null),
+            "mx_host": last.get("mx_host").cloned().unwrap_or(Value::Null),
+            "remote_ip": last.get("remote_ip").cloned().unwrap_or(Value::Null),
+            "reply": last.get("reply").cloned().unwrap_or(Value::Null),
+            "attempts": of.iter().filter(|x| x["attempt"].as_u64().unwrap_or(0) > 0).count(),
+        }));
+    }
+    let lookups: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "log_access")
+        .collect();
+    Ok(axum::Json(json!({
+        "address": address,
+        "erased_at_us": erased_at,
+        "messages": messages,
+        "events": mail,
+        "lookups": lookups,
+        "suppressions": erased_at.map(|t| vec![json!({"reason": "erasure", "since_us": t})]).unwrap_or_default(),
+        "retention_days": log.retention_days,
+        "purposes": *log.purposes,
+    })))
+}

@@ -301,6 +301,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/campaigns/{campaign}/stats",
             get(logs::campaign_stats),
         )
+        .route("/api/v1/erasures", post(logs::erase))
+        .route("/api/v1/subjects/{address}", get(logs::subject))
         .fallback(not_found)
         .with_state(state)
 }

@@ -101,6 +101,7 @@ fn count(m: &Metrics, p: &Published) {
         | EventKind::Suspended { .. }
         | EventKind::Resumed { .. }
         | EventKind::Flushed { .. }
-        | EventKind::LogAccess { .. } => {}
+        | EventKind::LogAccess { .. }
+        | EventKind::Erased { .. } => {}
     }
 }

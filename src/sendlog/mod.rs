@@ -76,6 +76,9 @@ pub fn open_reader(config: &Config) -> Result<Reader, SendLogError> {
 pub struct SendLog {
     info: StoreInfo,
     bus: EventBus,
+    /// Requests the writer task carries out between batches (erasures). Capacity 16; senders
+    /// wait when full (erasures are rare operator actions).
+    cmds: tokio::sync::mpsc::Sender<Cmd>,
     pub purposes: Arc<Vec<String>>,
     pub retention_days: u32,
 }
@@ -96,15 +99,18 @@ impl SendLog {
                 bound: config.sendlog.bound,
             },
         );
+        let (cmds, cmd_rx) = tokio::sync::mpsc::channel(16);
         let handle = SendLog {
             info: writer.info().clone(),
             bus: bus.clone(),
+            cmds,
             purposes: Arc::new(config.sendlog.purposes.clone()),
             retention_days: config.sendlog.retention_days,
         };
         let task = tokio::spawn(run_writer(
             writer,
             sub,
+            cmd_rx,
             config.sendlog.batch.max(1),
             config.sendlog.retention_days,
             stop,
@@ -125,6 +131,31 @@ impl SendLog {
         .await
         .map_err(|e| SendLogError::Task(e.to_string()))?
         .map_err(SendLogError::from)
+    }
+
+    /// GDPR Art. 17: destroy the key of `address` (crypto-shredding) and record the erasure
+    /// (`erased` event, without the address). Returns how many send-log rows named them.
+    pub async fn erase(&self, address: &str, actor: &str) -> Result<u64, SendLogError> {
+        let hash = self.info.key.address_hash(address);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds
+            .send(Cmd::Erase { hash, reply: tx })
+            .await
+            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))?;
+        let rows = rx
+            .await
+            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))??;
+        self.bus.publish(Event::new(EventKind::Erased {
+            actor: actor.to_string(),
+            subject: hex::encode(hash),
+            rows,
+        }));
+        Ok(rows)
+    }
+
+    /// The keyed hash that stands for `address` in the store.
+    pub fn address_hash(&self, address: &str) -> [u8; 32] {
+        self.info.key.address_hash(address)
     }
 
     /// Record that `actor` read the log (`log_access` operator event).
@@ -151,10 +182,19 @@ impl SendLog {
     }
 }
 
+/// What the writer task does for the handle besides appending.
+enum Cmd {
+    Erase {
+        hash: [u8; 32],
+        reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
 /// The subscriber loop: batch what is waiting, append it in one transaction, then ack.
 async fn run_writer(
     mut writer: Writer,
     mut sub: Subscription,
+    mut cmds: tokio::sync::mpsc::Receiver<Cmd>,
     batch: usize,
     retention_days: u32,
     stop: CancellationToken,
@@ -165,6 +205,28 @@ async fn run_writer(
         let first = tokio::select! {
             p = sub.recv() => p,
             _ = stop.cancelled() => None,
+            Some(cmd) = cmds.recv() => {
+                match cmd {
+                    Cmd::Erase { hash, reply } => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or(Duration::ZERO)
+                            .as_micros() as i64;
+                        let Ok((w, r)) = tokio::task::spawn_blocking(move || {
+                            let r = writer.erase(&hash, now);
+                            (writer, r)
+                        })
+                        .await
+                        else {
+                            tracing::error!("send-log writer panicked during an erasure");
+                            return;
+                        };
+                        writer = w;
+                        let _ = reply.send(r);
+                    }
+                }
+                continue;
+            }
             _ = prune.tick() => {
                 if retention_days > 0 {
                     writer = prune_days(writer, retention_days).await;

@@ -82,6 +82,11 @@ CREATE INDEX IF NOT EXISTS events_queue ON events (queue_id, seq);
 CREATE INDEX IF NOT EXISTS events_campaign ON events (campaign, seq);
 CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, seq);
 CREATE INDEX IF NOT EXISTS events_time ON events (time_us);
+CREATE TABLE IF NOT EXISTS erasures (
+    hash BLOB PRIMARY KEY,
+    time_us INTEGER NOT NULL,
+    rows INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS campaign_counts (
     campaign TEXT NOT NULL,
     variant TEXT NOT NULL,
@@ -268,6 +273,17 @@ impl Writer {
     fn person(&mut self, hash: &[u8; 32], now_us: i64) -> rusqlite::Result<Arc<PersonKey>> {
         if let Some(k) = self.keys.get(hash) {
             return Ok(k.clone());
+        }
+        let erased: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT time_us FROM erasures WHERE hash = ?1")?
+            .query_row(params![hash.to_vec()], |r| r.get(0))
+            .optional()?;
+        if erased.is_some() {
+            // An erased person's later events are sealed under a key nobody keeps.
+            let key = Arc::new(self.info.key.person_key(&rand::random::<[u8; 32]>()));
+            self.keys.insert(*hash, key.clone());
+            return Ok(key);
         }
         let salt: [u8; 32] = rand::random();
         self.conn
@@ -490,6 +506,38 @@ impl Writer {
         Ok(n)
     }
 
+    /// Crypto-shredding: destroy the key of the person with address hash `hash` (their salt
+    /// is deleted; `secure_delete` zeroes it in the page and the WAL is checkpointed and
+    /// truncated), and remember the erasure by hash. Their rows stay, countable and chained,
+    /// but can no longer be read. Returns how many rows name them.
+    pub fn erase(&mut self, hash: &[u8; 32], now_us: i64) -> Result<u64, StoreError> {
+        let path = self.info.path.clone();
+        self.keys.remove(hash);
+        let run = || -> rusqlite::Result<u64> {
+            let tx = self.conn.unchecked_transaction()?;
+            let rows: i64 = tx.query_row(
+                "SELECT (SELECT COUNT(*) FROM events WHERE rcpt_hash = ?1) + \
+                 (SELECT COUNT(*) FROM events WHERE sender_hash = ?1)",
+                params![hash.to_vec()],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "DELETE FROM subjects WHERE hash = ?1",
+                params![hash.to_vec()],
+            )?;
+            tx.execute(
+                "INSERT INTO erasures (hash, time_us, rows) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (hash) DO UPDATE SET time_us = excluded.time_us, rows = excluded.rows",
+                params![hash.to_vec(), now_us, rows],
+            )?;
+            tx.commit()?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(rows as u64)
+        };
+        run().map_err(|source| StoreError::Sqlite { path, source })
+    }
+
     /// Delete every event before `cutoff_us` (a day boundary). Returns how many went. The hash
     /// of the last deleted row is kept (`meta.pruned_head`) so the chain still verifies.
     pub fn prune_before(&mut self, cutoff_us: i64) -> Result<usize, StoreError> {
@@ -544,6 +592,18 @@ impl Reader {
 
     pub fn address_hash(&self, address: &str) -> [u8; 32] {
         self.info.key.address_hash(address)
+    }
+
+    /// When the person with this address was erased, if they were.
+    pub fn erased_at(&self, address: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT time_us FROM erasures WHERE hash = ?1",
+                params![self.address_hash(address).to_vec()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.info.err())
     }
 
     /// The highest `seq` stored (0 when empty).

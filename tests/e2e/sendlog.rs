@@ -491,3 +491,124 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Files under `dir` whose bytes contain any of `needles`.
+fn files_containing(dir: &std::path::Path, needles: &[Vec<u8>]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_containing(&p, needles));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            let lower = bytes.to_ascii_lowercase();
+            if needles
+                .iter()
+                .any(|n| lower.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// GDPR Art. 15 then 17: the access export lists the person's messages with provider and
+/// outcome; after `gannet gdpr erase` their rows read back erased (no address, no reply),
+/// the send-log files hold the address in no form (plain, base64, quoted-printable), campaign
+/// statistics are unchanged, the erasure is recorded without the address, and the hash chain
+/// still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_shreds_the_person_and_keeps_counts_and_chain() {
+    let w = World::start(
+        &["127.0.0.187"],
+        Zone::new().mail_domain("dest.test", "127.0.0.187"),
+        |c| c,
+    )
+    .await;
+    let g = &w.gannet;
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    let qid = c
+        .send(
+            "news@origin.test",
+            &["erin.erasable@dest.test", "keep@dest.test"],
+            b"Subject: hi\r\nX-Gannet-Campaign: autumn\r\n\r\nhello\r\n",
+        )
+        .await;
+    c.quit().await;
+    wait_events(g, "/api/v1/events?campaign=autumn&type=delivered", 2).await;
+
+    let (status, export) = g
+        .http_get("/api/v1/subjects/erin.erasable%40dest.test")
+        .await;
+    assert_eq!(status, 200, "{export}");
+    let export: Value = serde_json::from_str(&export).unwrap();
+    assert_eq!(
+        export["messages"][0]["queue_id"],
+        qid.as_str(),
+        "{export:#}"
+    );
+    assert_eq!(export["messages"][0]["outcome"], "delivered", "{export:#}");
+    assert_eq!(
+        export["messages"][0]["remote_ip"], "127.0.0.187",
+        "{export:#}"
+    );
+    assert!(export["retention_days"].as_u64().is_some() && export["purposes"].is_array());
+    let (_, stats_before) = g.http_get("/api/v1/campaigns/autumn/stats").await;
+
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["gdpr", "erase", "Erin.Erasable@dest.test", "--config"])
+        .arg(g.config_path());
+    let out = run(cmd, None, Duration::from_secs(60)).await;
+    out.assert_success();
+
+    let rows = wait_events(g, "/api/v1/events?recipient=erin.erasable%40dest.test", 1).await;
+    for r in &rows {
+        assert_eq!(r["erased"], true, "{r}");
+        assert_eq!(r["recipient"], "", "{r}");
+        assert!(r.get("reply").is_none(), "{r}");
+    }
+    let keep = wait_events(g, "/api/v1/events?recipient=keep%40dest.test", 1).await;
+    assert_eq!(
+        keep[0]["recipient"], "keep@dest.test",
+        "others stay readable"
+    );
+    let (_, stats_after) = g.http_get("/api/v1/campaigns/autumn/stats").await;
+    assert_eq!(stats_before, stats_after);
+    let erased = wait_events(g, "/api/v1/events?type=erased", 1).await;
+    assert!(
+        !erased[0].to_string().to_lowercase().contains("erin"),
+        "{erased:?}"
+    );
+
+    use base64::Engine;
+    let addr = "erin.erasable@dest.test";
+    let needles: Vec<Vec<u8>> = vec![
+        addr.as_bytes().to_vec(),
+        "erin.erasable=40dest.test".as_bytes().to_vec(),
+        base64::engine::general_purpose::STANDARD
+            .encode(addr)
+            .to_ascii_lowercase()
+            .into_bytes(),
+    ];
+    let db_dir = w.gannet.dir().join("spool");
+    let hits = files_containing(&db_dir, &needles);
+    let sendlog_hits: Vec<_> = hits
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("sendlog"))
+        .collect();
+    assert!(sendlog_hits.is_empty(), "address found in {sendlog_hits:?}");
+    if !hits.is_empty() {
+        eprintln!("erasure: the address is still in (not the send log): {hits:?}");
+    }
+
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["logs", "verify", "--config"])
+        .arg(g.config_path());
+    run(cmd, None, Duration::from_secs(60))
+        .await
+        .assert_success();
+}
