@@ -1,0 +1,152 @@
+//! Send-log queries over a generated log: SENDLOG_BENCH_EVENTS synthetic events (default
+//! 1,000,000; the target is 10M — set the variable) of 200,000 messages × 5 events
+//! (received + delivered/deferred/bounced per recipient) over 100,000 recipients and 20
+//! campaigns. Prints the append rate and disk per event once, then measures query by
+//! recipient, the story of one message, campaign statistics and CSV export (rows/s).
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gannet::events::{Event, EventKind};
+use gannet::sendlog::{EventFilter, MasterKey, Reader, render, store};
+
+fn event(i: u64) -> Event {
+    let msg = i / 5;
+    let kind = match i % 5 {
+        0 => EventKind::Received {
+            listener: "default".into(),
+            client_ip: "127.0.0.1".into(),
+            auth: String::new(),
+            size: 4000,
+            recipients: 4,
+            variant: if msg.is_multiple_of(2) { "A" } else { "B" }.into(),
+        },
+        1 | 2 => EventKind::Delivered {
+            site: format!("mx{}.example", msg % 7),
+            mx_host: "mx.example".into(),
+            remote_ip: "192.0.2.1".into(),
+            source_ip: "198.51.100.1".into(),
+            tls: None,
+            reply: "250 2.0.0 ok queued as ABC123".into(),
+            queue_secs: 0.2,
+        },
+        3 => EventKind::Deferred {
+            site: format!("mx{}.example", msg % 7),
+            mx_host: "mx.example".into(),
+            remote_ip: "192.0.2.1".into(),
+            source_ip: "198.51.100.1".into(),
+            reply: "451 4.7.1 try again later".into(),
+            category: String::new(),
+            retry_in_secs: 60,
+        },
+        _ => EventKind::Bounced {
+            site: format!("mx{}.example", msg % 7),
+            mx_host: "mx.example".into(),
+            remote_ip: "192.0.2.1".into(),
+            source_ip: "198.51.100.1".into(),
+            reply: "550 5.1.1 user unknown".into(),
+            category: "bad-mailbox".into(),
+        },
+    };
+    let mut e = Event::new(kind);
+    e.time_us = 1_790_000_000_000_000 + i * 1000;
+    e.queue_id = format!("{msg:021X}");
+    e.message_id = format!("m{msg}@bench.test");
+    if !i.is_multiple_of(5) {
+        e.recipient = format!("user{}@dest{}.test", (i * 7919) % 100_000, i % 13);
+        e.attempt = 1;
+    }
+    e.sender = "news@shop.test".into();
+    e.campaign = format!("c{}", msg % 20);
+    e.tenant = "acme".into();
+    e.class = "promotional".into();
+    e.pool = "default".into();
+    e
+}
+
+fn bench(c: &mut Criterion) {
+    let n: u64 = std::env::var("SENDLOG_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sendlog.sqlite");
+    let key = MasterKey::from_bytes([9; 32]);
+    let mut w = store::open_writer(&db, key, &dir.path().join("k")).unwrap();
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Event> = (i..(i + 2000).min(n)).map(event).collect();
+        w.append(batch.iter()).unwrap();
+        i += 2000;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let info = w.info().clone();
+    drop(w);
+    let bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    eprintln!(
+        "sendlog: {n} events appended in {secs:.1} s ({:.0} events/s, batches of 2000), {} bytes on disk = {:.0} bytes/event",
+        n as f64 / secs,
+        bytes,
+        bytes as f64 / n as f64
+    );
+    let mut r = Reader::open(&info).unwrap();
+
+    let mut g = c.benchmark_group("sendlog");
+    g.measurement_time(Duration::from_secs(5)).sample_size(20);
+    g.bench_function("query_by_recipient", |b| {
+        let mut k = 0u64;
+        b.iter(|| {
+            k += 1;
+            let f = EventFilter {
+                recipient: Some(format!(
+                    "user{}@dest{}.test",
+                    (k * 104_729) % 100_000,
+                    k % 13
+                )),
+                limit: 100,
+                ..Default::default()
+            };
+            r.events(&f).unwrap()
+        })
+    });
+    g.bench_function("message_story", |b| {
+        let mut k = 0u64;
+        b.iter(|| {
+            k += 1;
+            let f = EventFilter {
+                message_id: Some(format!("{:021X}", (k * 7919) % (n / 5))),
+                limit: 100_000,
+                ..Default::default()
+            };
+            r.events(&f).unwrap()
+        })
+    });
+    g.bench_function("campaign_stats", |b| {
+        b.iter(|| render::campaign_stats("c3", &r.campaign_counts("c3").unwrap()))
+    });
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("csv_export_10k_rows", |b| {
+        b.iter(|| {
+            let f = EventFilter {
+                campaign: Some("c5".into()),
+                limit: 10_000,
+                ..Default::default()
+            };
+            let rows = r.events(&f).unwrap();
+            let mut out = String::new();
+            for row in &rows {
+                out.push_str(&render::csv_row(row));
+            }
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
