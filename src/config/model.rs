@@ -217,6 +217,21 @@ pub struct DnsConfig {
     /// How long a temporary DNS failure (SERVFAIL, timeout) is remembered before asking again.
     #[serde(default = "default_negative_ttl", with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// A resolved destination (MX and address records) is reused for the records' TTL, but at
+    /// least this long (a floor, so TTL 0 records do not mean a lookup per message)...
+    #[serde(default = "default_min_ttl", with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// ...and at most this long (a ceiling, so a renumbered MX is noticed within it).
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn default_min_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_negative_ttl() -> Duration {
@@ -233,6 +248,8 @@ impl Default for DnsConfig {
             nameservers: Vec::new(),
             timeout: default_dns_timeout(),
             negative_ttl: default_negative_ttl(),
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
         }
     }
 }

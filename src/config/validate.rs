@@ -45,6 +45,15 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             format!("expected a host name without spaces, got {:?}", c.hostname),
         ));
     }
+    if c.dns.min_ttl > c.dns.max_ttl {
+        return Err(invalid(
+            "dns.min_ttl",
+            format!(
+                "the floor ({:?}) is above the ceiling dns.max_ttl ({:?}); lower min_ttl or raise max_ttl",
+                c.dns.min_ttl, c.dns.max_ttl
+            ),
+        ));
+    }
     if c.hop_limit == 0 {
         return Err(invalid(
             "hop_limit",

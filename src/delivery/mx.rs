@@ -4,7 +4,10 @@
 //! negative cache for temporary DNS failures (hickory does not cache SERVFAIL or timeouts), and
 //! the turning of MX records into an ordered list of hosts with addresses.
 //!
-//! Rules: MX records in preference order, equal preferences shuffled; a domain with no MX but
+//! Rules: MX records in preference order, equal preferences shuffled again for every connection
+//! ([`Destination::connection_order`]); a destination is valid for the smallest TTL of the
+//! records it was built from, kept between `[dns] min_ttl` and `max_ttl`
+//! ([`Destination::valid_until`]); a domain with no MX but
 //! an A/AAAA record is its own MX (implicit MX); a single MX of "." is a null MX (RFC 7505) and
 //! a permanent failure; NXDOMAIN is permanent; SERVFAIL and timeouts are temporary.
 //! Loop protection (like Postfix): an MX host that resolves to one of Gannet's own listener
@@ -43,8 +46,49 @@ pub struct Destination {
     pub site: String,
     /// MX host names (for provider matching in shaping).
     pub mx_names: Vec<String>,
-    /// Hosts in the order to try them.
+    /// Hosts in preference order (equal preferences in resolution order; connections use
+    /// [`Destination::connection_order`]).
     pub hosts: Vec<Host>,
+    /// Re-resolve after this: the records' smallest TTL, clamped to `[dns] min_ttl..=max_ttl`.
+    pub valid_until: Instant,
+}
+
+impl Destination {
+    /// The hosts to try for one connection: preference order, hosts of equal preference in a
+    /// fresh random order each time (RFC 5321 §5.1), so load spreads over them for as long as
+    /// the destination is cached.
+    pub fn connection_order(&self) -> Vec<Host> {
+        let mut hosts = self.hosts.clone();
+        let mut i = 0;
+        while i < hosts.len() {
+            let p = hosts[i].preference;
+            let j = hosts[i..]
+                .iter()
+                .position(|h| h.preference != p)
+                .map_or(hosts.len(), |k| i + k);
+            hosts[i..j].shuffle(&mut rand::thread_rng());
+            i = j;
+        }
+        hosts
+    }
+
+    /// Same hosts and addresses as `other` (ignoring order within a preference and validity).
+    pub fn same_hosts(&self, other: &Destination) -> bool {
+        let key = |d: &Destination| {
+            let mut v: Vec<(u16, String, Vec<SocketAddr>)> = d
+                .hosts
+                .iter()
+                .map(|h| {
+                    let mut a = h.addrs.clone();
+                    a.sort();
+                    (h.preference, h.name.clone(), a)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        key(self) == key(other)
+    }
 }
 
 /// Why there is nowhere to deliver right now.
@@ -76,6 +120,8 @@ pub struct MxResolver {
     /// domain → (temporary failure, until). Short critical sections; std Mutex.
     negative: Arc<Mutex<HashMap<String, (Reply, Instant)>>>,
     negative_ttl: Duration,
+    min_ttl: Duration,
+    max_ttl: Duration,
     /// Addresses that are Gannet itself: every listener's socket address.
     own: Arc<Vec<SocketAddr>>,
     loopback_is_self: bool,
@@ -123,6 +169,8 @@ impl MxResolver {
             port: config.delivery.port,
             negative: Arc::new(Mutex::new(HashMap::new())),
             negative_ttl: config.dns.negative_ttl,
+            min_ttl: config.dns.min_ttl,
+            max_ttl: config.dns.max_ttl,
             own: Arc::new(config.listeners.iter().map(|l| l.address).collect()),
             loopback_is_self: config.delivery.loopback_is_self,
         })
@@ -171,12 +219,22 @@ impl MxResolver {
         Ok(kept)
     }
 
-    /// Forget remembered temporary failures (an operator flush should ask DNS again).
+    /// Forget remembered temporary failures and every cached record (an operator flush should
+    /// ask DNS again, e.g. after an MX was renumbered).
     pub fn clear_negative_cache(&self) {
         self.negative
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.resolver.clear_cache();
+    }
+
+    /// When a destination built from records valid until `until` (None: no TTL, e.g. an IP
+    /// literal) should be resolved again.
+    fn expiry(&self, until: Option<Instant>) -> Instant {
+        let now = Instant::now();
+        let ttl = until.map_or(self.max_ttl, |u| u.saturating_duration_since(now));
+        now + ttl.clamp(self.min_ttl, self.max_ttl)
     }
 
     /// The underlying resolver, for other stages that need DNS (domain checks).
@@ -225,8 +283,9 @@ impl MxResolver {
                     format!("route host {hostport:?} is not host:port"),
                 ))
             })?;
-        let addrs = self.addresses(host, port).await?;
+        let (addrs, until) = self.addresses(host, port).await?;
         Ok(Destination {
+            valid_until: self.expiry(until),
             site: format!("route:{hostport}"),
             mx_names: vec![host.to_string()],
             hosts: vec![Host {
@@ -237,13 +296,22 @@ impl MxResolver {
         })
     }
 
-    async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+    /// A host's addresses and until when the answer is valid (None for IP literals and for
+    /// names without addresses).
+    async fn addresses(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(Vec<SocketAddr>, Option<Instant>), ResolveError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port)]);
+            return Ok((vec![SocketAddr::new(ip, port)], None));
         }
         match self.resolver.lookup_ip(format!("{host}.")).await {
-            Ok(l) => Ok(l.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Ok(l) => Ok((
+                l.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+                Some(l.valid_until()),
+            )),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok((Vec::new(), None)),
             Err(e) => Err(ResolveError::Temporary(Reply::new(
                 451,
                 "4.4.3",
@@ -254,8 +322,10 @@ impl MxResolver {
 
     async fn resolve_mx(&self, domain: &str) -> Result<Destination, ResolveError> {
         let fqdn = format!("{domain}.");
+        let mut until: Option<Instant> = None;
         let mx = match self.resolver.mx_lookup(fqdn.as_str()).await {
             Ok(l) => {
+                until = Some(l.valid_until());
                 let mut v: Vec<(u16, String)> = l
                     .answers()
                     .iter()
@@ -298,7 +368,7 @@ impl MxResolver {
         }
         if mx.is_empty() {
             // Implicit MX (RFC 5321 §5.1): the domain itself, if it has an address.
-            let addrs = self.addresses(domain, self.port).await?;
+            let (addrs, a_until) = self.addresses(domain, self.port).await?;
             if addrs.is_empty() {
                 return Err(ResolveError::Permanent(Reply::new(
                     550,
@@ -315,6 +385,7 @@ impl MxResolver {
                 }],
             )?;
             return Ok(Destination {
+                valid_until: self.expiry(a_until),
                 site: site_key(&[domain.to_string()]),
                 mx_names: vec![domain.to_string()],
                 hosts,
@@ -341,11 +412,17 @@ impl MxResolver {
         let mut last_err = None;
         for (preference, name) in &ordered {
             match self.addresses(name, self.port).await {
-                Ok(addrs) if !addrs.is_empty() => hosts.push(Host {
-                    name: name.clone(),
-                    addrs,
-                    preference: *preference,
-                }),
+                Ok((addrs, a_until)) if !addrs.is_empty() => {
+                    until = match (until, a_until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    hosts.push(Host {
+                        name: name.clone(),
+                        addrs,
+                        preference: *preference,
+                    })
+                }
                 Ok(_) => {}
                 Err(ResolveError::Temporary(r)) => last_err = Some(r),
                 Err(ResolveError::Permanent(r)) => last_err = Some(r),
@@ -363,9 +440,68 @@ impl MxResolver {
         let hosts = self.without_self(domain, hosts)?;
         let names: Vec<String> = ordered.into_iter().map(|(_, n)| n).collect();
         Ok(Destination {
+            valid_until: self.expiry(until),
             site: site_key(&names),
             mx_names: names,
             hosts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, preference: u16, ip: &str) -> Host {
+        Host {
+            name: name.into(),
+            addrs: vec![SocketAddr::new(ip.parse().unwrap(), 25)],
+            preference,
+        }
+    }
+
+    fn dest(hosts: Vec<Host>) -> Destination {
+        Destination {
+            site: "s".into(),
+            mx_names: hosts.iter().map(|h| h.name.clone()).collect(),
+            hosts,
+            valid_until: Instant::now(),
+        }
+    }
+
+    /// Issue 15 item 3: equal-preference MX hosts are shuffled for every connection, not once
+    /// per resolution; preference order always holds.
+    #[test]
+    fn equal_preference_hosts_are_shuffled_per_connection() {
+        let d = dest(vec![
+            host("a", 10, "192.0.2.1"),
+            host("b", 10, "192.0.2.2"),
+            host("c", 10, "192.0.2.3"),
+            host("z", 20, "192.0.2.9"),
+        ]);
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let order = d.connection_order();
+            let names: Vec<&str> = order.iter().map(|h| h.name.as_str()).collect();
+            assert_eq!(names.len(), 4);
+            assert_eq!(names[3], "z", "the backup MX stays last: {names:?}");
+            firsts.insert(names[0].to_string());
+        }
+        // 300 draws: the chance that one of three equals is never first is ~3 * (2/3)^300.
+        assert_eq!(
+            firsts.len(),
+            3,
+            "every equal-preference host leads sometimes"
+        );
+    }
+
+    #[test]
+    fn same_hosts_ignores_order_and_validity() {
+        let a = dest(vec![host("a", 10, "192.0.2.1"), host("b", 10, "192.0.2.2")]);
+        let mut b = dest(vec![host("b", 10, "192.0.2.2"), host("a", 10, "192.0.2.1")]);
+        b.valid_until += Duration::from_secs(60);
+        assert!(a.same_hosts(&b));
+        let renumbered = dest(vec![host("a", 10, "192.0.2.7"), host("b", 10, "192.0.2.2")]);
+        assert!(!a.same_hosts(&renumbered));
     }
 }

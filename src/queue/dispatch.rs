@@ -133,7 +133,7 @@ pub(super) fn spawn_connection(q: Queue, rq: Arc<ReadyQueue>) {
 async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connection, Reply> {
     let dest = rq.destination();
     let mut last = Reply::new(451, "4.4.1", format!("no usable address for {}", rq.site));
-    for host in &dest.hosts {
+    for host in &dest.connection_order() {
         for addr in &host.addrs {
             if !source.ip.is_unspecified() && source.ip.is_ipv4() != addr.is_ipv4() {
                 continue;
