@@ -42,6 +42,8 @@ pub enum ServeError {
     Dkim(String),
     #[error(transparent)]
     SendLog(#[from] crate::sendlog::SendLogError),
+    #[error(transparent)]
+    Unsubscribe(#[from] crate::suppression::token::TokenError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -155,6 +157,15 @@ pub async fn run_with(
         metrics.clone(),
         bus.clone(),
     );
+    // A small key file read (or created) once at start.
+    let unsubscribe = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::suppression::token::UnsubscribeKey::from_config(&c)
+        })
+        .await
+        .map_err(|e| ServeError::Dkim(format!("unsubscribe key task failed: {e}")))??
+    };
     let acceptor: SharedAcceptor = Arc::new(intake);
 
     let n = recovered.len();
@@ -202,6 +213,8 @@ pub async fn run_with(
         metrics: metrics.clone(),
         bus: bus.clone(),
         sendlog: sendlog.clone(),
+        acceptor: acceptor.clone(),
+        unsubscribe: Some(unsubscribe),
     });
     let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(

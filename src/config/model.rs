@@ -51,6 +51,8 @@ pub struct Config {
     pub sendlog: SendlogConfig,
     #[serde(default)]
     pub storage: StorageConfig,
+    #[serde(default)]
+    pub inject: InjectConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -431,6 +433,10 @@ pub struct ClassConfig {
     /// Higher goes first when classes wait for the same site.
     #[serde(default)]
     pub priority: i32,
+    /// Promotional mail: add `List-Unsubscribe` (https + mailto with a signed token),
+    /// `List-Unsubscribe-Post` (RFC 8058 one-click) and `Feedback-ID` to each message.
+    #[serde(default)]
+    pub list_unsubscribe: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -608,6 +614,55 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             key_file: default_key_file(),
+        }
+    }
+}
+
+/// HTTP injection (`POST /api/v1/messages`) limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// Most recipients in one request (413 above it).
+    #[serde(default = "default_inject_recipients")]
+    pub max_recipients: usize,
+    /// Largest request body in bytes (413 above it).
+    #[serde(default = "default_inject_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Largest single template in bytes (413 above it).
+    #[serde(default = "default_inject_template_bytes")]
+    pub max_template_bytes: usize,
+    /// Largest rendered message in bytes (that recipient is refused above it).
+    #[serde(default = "default_inject_rendered_bytes")]
+    pub max_rendered_bytes: usize,
+    /// Messages of one request handed to intake at once (they share group commits).
+    #[serde(default = "default_inject_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_inject_recipients() -> usize {
+    10_000
+}
+fn default_inject_request_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_inject_template_bytes() -> usize {
+    256 * 1024
+}
+fn default_inject_rendered_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_inject_concurrency() -> usize {
+    512
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            max_recipients: default_inject_recipients(),
+            max_request_bytes: default_inject_request_bytes(),
+            max_template_bytes: default_inject_template_bytes(),
+            max_rendered_bytes: default_inject_rendered_bytes(),
+            concurrency: default_inject_concurrency(),
         }
     }
 }

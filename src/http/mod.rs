@@ -22,6 +22,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+pub mod inject;
+
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
@@ -40,6 +42,10 @@ pub struct ApiState {
     pub bus: EventBus,
     /// The send log's read side; None when `[sendlog] enabled = false`.
     pub sendlog: Option<crate::sendlog::SendLog>,
+    /// Intake, the same pipeline SMTP uses (HTTP injection hands messages to it).
+    pub acceptor: crate::message::SharedAcceptor,
+    /// Signs one-click unsubscribe tokens for promotional injected mail.
+    pub unsubscribe: Option<crate::suppression::token::UnsubscribeKey>,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.
@@ -285,7 +291,12 @@ async fn not_found() -> ApiError {
 
 /// All routes. Later API work adds routers here.
 pub fn router(state: ApiState) -> Router {
+    let inject_limit = state.config.inject.max_request_bytes;
     Router::new()
+        .route(
+            "/api/v1/messages",
+            post(inject::post_messages).layer(axum::extract::DefaultBodyLimit::max(inject_limit)),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/queues", get(queues))

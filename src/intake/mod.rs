@@ -147,6 +147,9 @@ impl Intake {
         let header_class = headers::get(&body, "X-Gannet-Class");
         let header_tenant = headers::get(&body, "X-Gannet-Tenant");
         let header_campaign = headers::get(&body, "X-Gannet-Campaign");
+        // A/B label (set by HTTP injection's `variant`, or by an SMTP client): kept in the
+        // record's attrs so logs and events can carry it.
+        let variant = clean_id(headers::get(&body, "X-Gannet-Variant"), "variant")?;
         let probe = Submission {
             envelope: envelope.clone(),
             body: Vec::new(),
@@ -205,6 +208,10 @@ impl Intake {
             body,
             attrs: [("message_id".to_string(), message_id)].into(),
         };
+        let mut record = record;
+        if !variant.is_empty() {
+            record.attrs.insert("variant".into(), variant);
+        }
         let location = self
             .inner
             .queue

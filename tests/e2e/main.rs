@@ -26,6 +26,7 @@ mod dkim;
 mod durability;
 mod events;
 mod harness;
+mod inject;
 mod pools;
 mod relay;
 mod retry;

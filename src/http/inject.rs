@@ -1,0 +1,414 @@
+//! `POST /api/v1/messages`: personalised campaign batches over HTTP (scope `inject`).
+//!
+//! Owns: reading the request (size limit → 413, malformed JSON → 400 naming the field, too
+//! many recipients → 413 with the limit, template errors → 400 naming the template and line),
+//! building one message per recipient (`message::compose`, on a blocking thread, streamed),
+//! adding one-click unsubscribe headers for classes with `list_unsubscribe`, and handing every
+//! message to the same `Acceptor` as SMTP, many at once so they share group commits. The
+//! answer goes out only after every accepted message is durable; it lists each recipient's
+//! queue id and Message-ID, or why it was refused.
+//! Never does: touch the spool or queue itself (intake does), decide suppression (later stage).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::{ApiError, ApiState, authorize};
+use crate::message::compose::{Batch, BatchRequest, Extras, RecipientError};
+use crate::message::template::TemplateLimits;
+use crate::message::{Envelope, Origin, Rejection, Submission};
+use crate::suppression::token::{self, Claims};
+
+/// The answer for one recipient, in request order.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RecipientResult {
+    pub email: String,
+    /// `queued` (durable, will be delivered) or `rejected`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    /// The `Message-ID` (without angle brackets) of the recipient's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RecipientErrorBody>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RecipientErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// True when retrying later may succeed (spool busy, storage error).
+    #[serde(default)]
+    pub temporary: bool,
+}
+
+/// The whole answer.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct InjectResponse {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<RecipientResult>,
+}
+
+/// Ids passed to intake: printable, no spaces, at most 128 characters (intake's own rule).
+fn check_id(v: &Option<String>, field: &str) -> Result<(), ApiError> {
+    if let Some(v) = v
+        && (v.is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()))
+    {
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field} must be 1 to 128 printable characters without spaces"),
+            field,
+        ));
+    }
+    Ok(())
+}
+
+fn field_error(
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+    field: &str,
+) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+        field: Some(field.to_string()),
+    }
+}
+
+/// Parse the body, naming the field at fault (`recipients[3].email`) when it does not fit.
+pub fn parse_request(body: &[u8]) -> Result<BatchRequest, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        let field = if path.is_empty() || path == "." {
+            // "missing field `from`" / "unknown field `x`": name the field in the message.
+            inner
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_else(|| "body".to_string())
+        } else {
+            path
+        };
+        field_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("request body is not a valid batch: {inner}"),
+            &field,
+        )
+    })
+}
+
+/// What one recipient's build produced before intake.
+type Built = Result<(Submission, String), RecipientError>;
+
+/// One recipient's end: (queue id, Message-ID) or why not.
+type Outcome = Result<(String, String), Failure>;
+
+/// Unsubscribe and Feedback-ID header fields for one recipient of a promotional class.
+fn promotional_headers(
+    s: &ApiState,
+    key: &token::UnsubscribeKey,
+    email: &str,
+    req: &BatchRequest,
+    class: &str,
+) -> Result<Vec<String>, RecipientError> {
+    let claims = Claims {
+        address: email.to_string(),
+        tenant: req.tenant.clone(),
+        scope: format!("class:{class}"),
+        campaign: req.campaign.clone(),
+        issued: Claims::today(),
+    };
+    let t = key
+        .issue(&claims)
+        .map_err(|e| RecipientError::InvalidName {
+            what: format!("no unsubscribe token ({e})"),
+        })?;
+    let base = s
+        .config
+        .unsubscribe
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", s.config.hostname));
+    let clean = |v: &Option<String>| v.as_deref().unwrap_or("").replace(':', "-");
+    Ok(vec![
+        format!(
+            "List-Unsubscribe: <{}>,\r\n <mailto:{}>",
+            token::https_url(&base, &t),
+            token::mailto_address(&t, &s.config.hostname)
+        ),
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click".to_string(),
+        format!(
+            "Feedback-ID: {}:{}:{}:{}",
+            clean(&req.campaign),
+            clean(&req.tenant),
+            class.replace(':', "-"),
+            s.config.hostname
+        ),
+    ])
+}
+
+/// `POST /api/v1/messages`.
+pub async fn post_messages(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InjectResponse>, ApiError> {
+    authorize(&s.config, &headers, peer, "inject")?;
+    let limits = &s.config.inject;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            field_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "request body is over the limit of {} bytes ([inject] max_request_bytes); split the batch",
+                    limits.max_request_bytes
+                ),
+                "body",
+            )
+        } else {
+            field_error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text(), "body")
+        }
+    })?;
+    let req = parse_request(&body)?;
+    drop(body);
+    if req.recipients.len() > limits.max_recipients {
+        return Err(field_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_recipients",
+            format!(
+                "{} recipients is over the limit of {} per request ([inject] max_recipients); split the batch",
+                req.recipients.len(),
+                limits.max_recipients
+            ),
+            "recipients",
+        ));
+    }
+    if req.recipients.is_empty() {
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "recipients is empty",
+            "recipients",
+        ));
+    }
+    check_id(&req.tenant, "tenant")?;
+    check_id(&req.campaign, "campaign")?;
+    check_id(&req.variant, "variant")?;
+    check_id(&req.class, "class")?;
+    // The class intake will choose (the request's, else the first configured one), so the
+    // promotional headers match it.
+    let class = match &req.class {
+        Some(c) if s.config.classes.contains_key(c) => c.clone(),
+        Some(c) => {
+            let known: Vec<&str> = s.config.classes.keys().map(String::as_str).collect();
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "unknown_class",
+                format!(
+                    "unknown traffic class {c:?}; configured classes: {}",
+                    known.join(", ")
+                ),
+                "class",
+            ));
+        }
+        None => s.config.classes.keys().next().cloned().unwrap_or_default(),
+    };
+    let promotional = s
+        .config
+        .classes
+        .get(&class)
+        .is_some_and(|c| c.list_unsubscribe);
+    let tl = TemplateLimits {
+        max_template_bytes: limits.max_template_bytes,
+        max_rendered_bytes: limits.max_rendered_bytes,
+        ..TemplateLimits::default()
+    };
+    let batch = Batch::prepare(&req, tl).map_err(|e| {
+        let status = if e.too_large {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let code = if e.too_large {
+            "too_large"
+        } else {
+            "template_error"
+        };
+        field_error(status, code, e.message, &e.field)
+    })?;
+    let unsubscribe_key = match (promotional, &s.unsubscribe) {
+        (true, Some(k)) => Some(k.clone()),
+        _ => None,
+    };
+
+    let req = Arc::new(req);
+    let batch = Arc::new(batch);
+    let concurrency = limits.concurrency.max(1);
+    // Bounded: the renderer waits when intake is `concurrency` messages behind.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Built)>(concurrency);
+    let producer = {
+        let (req, batch, s) = (req.clone(), batch.clone(), s.clone());
+        let class = class.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            for (i, r) in req.recipients.iter().enumerate() {
+                let id = uuid::Uuid::now_v7().simple().to_string();
+                let built = (|| {
+                    let extra_headers = match &unsubscribe_key {
+                        Some(k) => promotional_headers(&s, k, &r.email, &req, &class)?,
+                        None => Vec::new(),
+                    };
+                    let extras = Extras {
+                        message_id: id.clone(),
+                        hostname: s.config.hostname.clone(),
+                        date: now,
+                        extra_headers,
+                    };
+                    let mut body = batch.build(r, &extras)?;
+                    if let Some(v) = &req.variant {
+                        let line = format!("X-Gannet-Variant: {v}\r\n");
+                        body.splice(0..0, line.into_bytes());
+                    }
+                    let sub = Submission {
+                        envelope: Envelope {
+                            mail_from: req.from.email().to_string(),
+                            rcpts: vec![r.email.clone()],
+                        },
+                        body,
+                        origin: Origin {
+                            listener: "http".to_string(),
+                            client_ip: peer.ip(),
+                            helo: String::new(),
+                            auth_user: None,
+                        },
+                        class: Some(class.clone()),
+                        tenant: req.tenant.clone(),
+                        campaign: req.campaign.clone(),
+                    };
+                    Ok((sub, format!("{id}@{}", s.config.hostname)))
+                })();
+                if tx.blocking_send((i, built)).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let acceptor = s.acceptor.clone();
+    let mut outcomes: Vec<(usize, Outcome)> = stream
+        .map(|(i, built)| {
+            let acceptor = acceptor.clone();
+            async move {
+                match built {
+                    Ok((sub, mid)) => match acceptor.accept(sub).await {
+                        Ok(a) => (i, Ok((a.queue_id, mid))),
+                        Err(r) => (i, Err(Failure::Intake(r))),
+                    },
+                    Err(e) => (i, Err(Failure::Build(e))),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let _ = producer.await;
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut accepted = 0;
+    let results: Vec<RecipientResult> = outcomes
+        .into_iter()
+        .map(|(i, o)| {
+            let email = req.recipients[i].email.clone();
+            match o {
+                Ok((queue_id, message_id)) => {
+                    accepted += 1;
+                    RecipientResult {
+                        email,
+                        status: "queued".into(),
+                        queue_id: Some(queue_id),
+                        message_id: Some(message_id),
+                        error: None,
+                    }
+                }
+                Err(f) => RecipientResult {
+                    email,
+                    status: "rejected".into(),
+                    queue_id: None,
+                    message_id: None,
+                    error: Some(f.body()),
+                },
+            }
+        })
+        .collect();
+    let rejected = results.len() - accepted;
+    tracing::info!(
+        target: "gannet::inject",
+        accepted,
+        rejected,
+        client_ip = %peer.ip(),
+        class = %class,
+        campaign = req.campaign.as_deref().unwrap_or(""),
+        "batch injected"
+    );
+    Ok(Json(InjectResponse {
+        accepted,
+        rejected,
+        results,
+    }))
+}
+
+/// Why a recipient got no queue id.
+enum Failure {
+    Build(RecipientError),
+    Intake(Rejection),
+}
+
+impl Failure {
+    fn body(self) -> RecipientErrorBody {
+        match self {
+            Failure::Build(e) => RecipientErrorBody {
+                code: e.code().to_string(),
+                field: Some(
+                    match &e {
+                        RecipientError::InvalidAddress { .. } => "email",
+                        RecipientError::InvalidName { .. } => "name",
+                        _ => "substitutions",
+                    }
+                    .to_string(),
+                ),
+                message: e.to_string(),
+                temporary: false,
+            },
+            Failure::Intake(r) => RecipientErrorBody {
+                code: format!("smtp_{}", r.enhanced.replace('.', "_")),
+                temporary: !r.is_permanent(),
+                message: format!("{} {} {}", r.code, r.enhanced, r.message),
+                field: r.field,
+            },
+        }
+    }
+}
