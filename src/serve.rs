@@ -20,17 +20,26 @@ use crate::events::{EventBus, Mode};
 use crate::intake::{Intake, Signer};
 use crate::message::SharedAcceptor;
 use crate::metrics::Metrics;
-use crate::queue::{Queue, QueuedMessage};
+use crate::queue::{Queue, QueuedMessage, Shapers};
 use crate::spool::Spool;
 
+/// Why `serve` could not start; each names the stage and what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
-    #[error("DNS resolver: {0}")]
+    #[error(
+        "opening the spool stopped unexpectedly: {0} (see the log above; the spool is untouched)"
+    )]
+    SpoolTask(String),
+    #[error("DNS resolver: {0} (check [dns] nameservers)")]
     Resolver(String),
-    #[error("TLS set-up: {0}")]
-    Tls(String),
+    #[error(
+        "shaping data: {0} (fix the [shaping] file or remove the key to use the built-in data)"
+    )]
+    Shaping(#[from] crate::shaping::ShapingError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
     #[error(transparent)]
     Smtp(#[from] crate::smtp::SmtpError),
     #[error("cannot listen for HTTP on {addr}: {source} (change [http] address)")]
@@ -139,17 +148,20 @@ pub async fn run_with(
     let m = metrics.clone();
     let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &base, m))
         .await
-        .map_err(|e| ServeError::Resolver(e.to_string()))??;
+        .map_err(|e| ServeError::SpoolTask(e.to_string()))??;
     let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
+    // The shaping handles (limits data, backoff, the limiter over its in-process backend,
+    // warm-up): built here so a cluster backend can replace them without touching the queue.
+    let shapers = Shapers::in_process(crate::shaping::Shaping::from_config(&config)?, &config)?;
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
         spool.clone(),
         resolver,
         metrics.clone(),
         bus.clone(),
+        shapers,
         shutdown.clone(),
-    )
-    .map_err(ServeError::Tls)?;
+    )?;
     let intake = Intake::new(
         config.clone(),
         queue.clone(),

@@ -102,6 +102,16 @@ async fn sink(
 }
 
 async fn pipeline(dir: &std::path::Path, sink: SocketAddr, extra: &str) -> (Intake, Queue) {
+    let (intake, queue, _) = pipeline_with_events(dir, sink, extra).await;
+    (intake, queue)
+}
+
+/// [`pipeline`], plus a lossless subscription to every event it publishes.
+async fn pipeline_with_events(
+    dir: &std::path::Path,
+    sink: SocketAddr,
+    extra: &str,
+) -> (Intake, Queue, crate::events::Subscription) {
     let text = format!(
         "hostname = \"gannet.test\"\n\
          [spool]\npath = \"{}\"\n\
@@ -116,12 +126,18 @@ async fn pipeline(dir: &std::path::Path, sink: SocketAddr, extra: &str) -> (Inta
     let (spool, _) = Spool::open(&config.spool, dir, metrics.clone()).unwrap();
     let resolver = MxResolver::new(&config).unwrap();
     let bus = crate::events::EventBus::new(&metrics.registry);
+    let events = bus.subscribe("test", crate::events::Mode::Lossless { bound: 100_000 });
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
         spool.clone(),
         resolver,
         metrics.clone(),
         bus.clone(),
+        crate::queue::Shapers::in_process(
+            crate::shaping::Shaping::from_config(&config).unwrap(),
+            &config,
+        )
+        .unwrap(),
         CancellationToken::new(),
     )
     .unwrap();
@@ -133,7 +149,7 @@ async fn pipeline(dir: &std::path::Path, sink: SocketAddr, extra: &str) -> (Inta
         "gannet.test".into(),
         bus,
     ));
-    (intake, queue)
+    (intake, queue, events)
 }
 
 fn submission(from: &str, rcpts: &[&str]) -> Submission {
@@ -172,7 +188,7 @@ async fn wait_for(log: &Arc<Mutex<SinkLog>>, n: usize) {
 async fn delivers_each_recipient_once_with_headers_added() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, log) = sink(|_, _| "250 ok\r\n".into()).await;
-    let (intake, _q) = pipeline(dir.path(), addr, "").await;
+    let (intake, q, mut events) = pipeline_with_events(dir.path(), addr, "").await;
     let a = intake
         .accept(submission(
             "s@s.test",
@@ -181,10 +197,48 @@ async fn delivers_each_recipient_once_with_headers_added() {
         .await
         .unwrap();
     assert!(!a.queue_id.is_empty());
+    // Every recipient reaches a final outcome: three `delivered` events.
+    let mut outcomes = Vec::new();
+    while outcomes
+        .iter()
+        .filter(|(t, _): &&(String, String)| t == "delivered")
+        .count()
+        < 3
+    {
+        let p = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("three deliveries within 10 s")
+            .expect("bus alive");
+        if p.event.kind.reply().is_some() {
+            outcomes.push((p.event.type_name().to_string(), p.event.recipient.clone()));
+        }
+    }
+    // Nothing is left to deliver again: the queue is empty and no outcome but `delivered`.
+    assert!(
+        q.list(&crate::queue::Filter::default())
+            .await
+            .queues
+            .is_empty()
+    );
+    let mut rcpts: Vec<&str> = outcomes.iter().map(|(_, r)| r.as_str()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        ["a@d1.test", "b@d1.test", "c@d2.test"],
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|(t, _)| t == "delivered"),
+        "{outcomes:?}"
+    );
     wait_for(&log, 2).await;
     let l = log.lock().unwrap();
-    let all: usize = l.messages.iter().map(|m| m.1.len()).sum();
-    assert_eq!(all, 3);
+    // Each recipient was offered to the sink exactly once (one per domain transaction).
+    let mut sent: Vec<String> = l.messages.iter().flat_map(|m| m.1.clone()).collect();
+    sent.sort();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(l.rcpt_attempts, 3, "no recipient was tried twice");
+    assert_eq!(l.messages.len(), 2, "one transaction per recipient domain");
     let data = &l.messages[0].2;
     assert!(data.contains("Message-ID: <"), "{data}");
     assert!(data.contains("Date: "), "{data}");

@@ -23,7 +23,11 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Job, Queue, ReadyQueue, Via};
+mod context;
+
+pub(crate) use context::{Context, JobResult, Report, publish_transition};
+
+use super::{Job, ReadyQueue, Via};
 use crate::config::WarmupCapAction;
 use crate::delivery::{Connection, Outcome, Reply};
 use crate::shaping::{ConnectionPermit, Day, Refusal, source_name};
@@ -41,8 +45,8 @@ fn now() -> std::time::Instant {
 }
 
 /// Weighted choice among the pool's sources that backoff has not disabled for this site.
-fn pick_source(q: &Queue, rq: &ReadyQueue) -> Result<Source, Reply> {
-    let cfg = &q.inner.config;
+fn pick_source(cx: &Context, rq: &ReadyQueue) -> Result<Source, Reply> {
+    let cfg = &cx.config;
     let Some(p) = cfg.pools.iter().find(|p| p.name == rq.pool) else {
         return Ok(Source {
             ip: IpAddr::from([0, 0, 0, 0]),
@@ -56,8 +60,7 @@ fn pick_source(q: &Queue, rq: &ReadyQueue) -> Result<Source, Reply> {
         .iter()
         .map(|s| (s, source_name(s)))
         .filter(|(_, name)| {
-            q.inner
-                .backoff
+            cx.backoff
                 .effective(&rq.shaping_key, name, t)
                 .source_disabled
                 .is_none()
@@ -120,17 +123,18 @@ fn refusal_reply(r: &Refusal, site: &str) -> Reply {
     Reply::new(451, "4.7.0", format!("delivery to {site} held back: {r}"))
 }
 
-pub(super) fn spawn_connection(q: Queue, rq: Arc<ReadyQueue>) {
-    let tasks = q.inner.tasks.clone();
+/// Start a dispatcher task for `rq` (the queue calls this when a ready queue needs one).
+pub(crate) fn spawn_connection(cx: Arc<Context>, rq: Arc<ReadyQueue>) {
+    let tasks = cx.tasks.clone();
     tasks.spawn(async move {
-        run(&q, &rq).await;
-        if rq.connection_ended() && !q.inner.shutdown.is_cancelled() {
-            spawn_connection(q, rq);
+        run(&cx, &rq).await;
+        if rq.connection_ended() && !cx.shutdown.is_cancelled() {
+            spawn_connection(cx, rq);
         }
     });
 }
 
-async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connection, Reply> {
+async fn connect(cx: &Context, rq: &ReadyQueue, source: &Source) -> Result<Connection, Reply> {
     let dest = rq.destination();
     let mut last = Reply::new(451, "4.4.1", format!("no usable address for {}", rq.site));
     for host in &dest.connection_order() {
@@ -143,8 +147,8 @@ async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connecti
                 &source.ehlo,
                 &host.name,
                 *addr,
-                &q.inner.client,
-                &q.inner.tls,
+                &cx.client,
+                &cx.tls,
             )
             .await
             {
@@ -152,7 +156,7 @@ async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connecti
                 Err(e) => {
                     tracing::debug!(site = %rq.site, host = %host.name, %addr, error = %e, "connection attempt failed");
                     let r = e.as_reply();
-                    q.observe_reply(&rq.shaping_key, &source.name, &r);
+                    cx.observe_reply(&rq.shaping_key, &source.name, &r);
                     last = r;
                     last.code = last.code.clamp(400, 499);
                     if last.enhanced.starts_with('5') {
@@ -166,17 +170,17 @@ async fn connect(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<Connecti
 }
 
 /// Defer `job` and everything waiting in the queue with the same reply.
-fn defer_all(q: &Queue, rq: &ReadyQueue, job: Job, reply: Reply) {
+fn defer_all(cx: &Context, rq: &ReadyQueue, job: Job, reply: Reply) {
     let via = via_queue(rq, None);
-    q.complete_all(job, Outcome::Deferred(reply.clone()), &via);
+    cx.done_all(job, Outcome::Deferred(reply.clone()), &via);
     for j in rq.drain() {
-        q.complete_all(j, Outcome::Deferred(reply.clone()), &via);
+        cx.done_all(j, Outcome::Deferred(reply.clone()), &via);
     }
 }
 
 /// Ask the limiter until it says yes, waiting out rate limits and full connection slots.
 /// Err when backoff holds the site or source (the caller defers), or shutdown began.
-async fn ask_limiter<T, F, Fut>(q: &Queue, rq: &ReadyQueue, mut ask: F) -> Result<T, Reply>
+async fn ask_limiter<T, F, Fut>(cx: &Context, rq: &ReadyQueue, mut ask: F) -> Result<T, Reply>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Refusal>>,
@@ -186,8 +190,7 @@ where
             Ok(v) => return Ok(v),
             Err(r) => r,
         };
-        q.inner
-            .metrics
+        cx.metrics
             .limiter_refusals
             .with_label_values(&[r.as_str()])
             .inc();
@@ -204,7 +207,7 @@ where
             .clamp(Duration::from_millis(1), Duration::from_secs(5));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = q.inner.shutdown.cancelled() => {
+            _ = cx.shutdown.cancelled() => {
                 return Err(Reply::new(451, "4.3.2", "shutting down"));
             }
         }
@@ -212,57 +215,53 @@ where
 }
 
 async fn permit_for(
-    q: &Queue,
+    cx: &Context,
     rq: &ReadyQueue,
     source: &Source,
 ) -> Result<ConnectionPermit, Reply> {
-    ask_limiter(q, rq, || {
-        q.inner
-            .limiter
+    ask_limiter(cx, rq, || {
+        cx.limiter
             .acquire_connection(&rq.shaping_key, &source.name, &rq.limits)
     })
     .await
 }
 
-async fn message_token(q: &Queue, rq: &ReadyQueue, source: &Source) -> Result<(), Reply> {
-    ask_limiter(q, rq, || {
-        q.inner
-            .limiter
+async fn message_token(cx: &Context, rq: &ReadyQueue, source: &Source) -> Result<(), Reply> {
+    ask_limiter(cx, rq, || {
+        cx.limiter
             .try_acquire_message(&rq.shaping_key, &source.name, &rq.limits)
     })
     .await
 }
 
 /// Apply the warm-up cap of `source`. Returns the job back when it may be sent from it.
-fn warmup_gate(q: &Queue, rq: &ReadyQueue, source: &Source, job: Job) -> Option<Job> {
-    if !q.inner.warmup.is_warming(&source.name) {
+fn warmup_gate(cx: &Context, rq: &ReadyQueue, source: &Source, job: Job) -> Option<Job> {
+    if !cx.warmup.is_warming(&source.name) {
         return Some(job);
     }
     let provider = rq.limits.provider.as_deref();
-    match q
-        .inner
-        .warmup
-        .try_take(&source.name, provider, Day::today())
-    {
+    match cx.warmup.try_take(&source.name, provider, Day::today()) {
         crate::shaping::WarmupDecision::Allowed => Some(job),
         crate::shaping::WarmupDecision::Capped { cap } => {
-            let pool = q.inner.config.pools.iter().find(|p| p.name == rq.pool);
+            let pool = cx.config.pools.iter().find(|p| p.name == rq.pool);
             let overflow = pool
                 .filter(|p| p.on_warmup_cap == WarmupCapAction::Overflow)
                 .and_then(|p| p.overflow.clone());
             match overflow {
                 Some(o) => {
-                    q.inner
-                        .metrics
+                    cx.metrics
                         .warmup_capped
                         .with_label_values(&[source.name.as_str(), "overflow"])
                         .inc();
                     tracing::debug!(source = %source.name, site = %rq.site, overflow = %o, "warm-up cap reached; overflowing");
-                    q.push_ready_to(job, rq.destination(), o);
+                    cx.report.report(JobResult::Overflow {
+                        job,
+                        dest: rq.destination(),
+                        pool: o,
+                    });
                 }
                 None => {
-                    q.inner
-                        .metrics
+                    cx.metrics
                         .warmup_capped
                         .with_label_values(&[source.name.as_str(), "defer"])
                         .inc();
@@ -275,7 +274,7 @@ fn warmup_gate(q: &Queue, rq: &ReadyQueue, source: &Source, job: Job) -> Option<
                             provider.unwrap_or(&rq.site)
                         ),
                     );
-                    q.complete_all(job, Outcome::Deferred(reply), &via_queue(rq, Some(source)));
+                    cx.done_all(job, Outcome::Deferred(reply), &via_queue(rq, Some(source)));
                 }
             }
             None
@@ -290,47 +289,52 @@ struct Open {
     sent: usize,
 }
 
-async fn close(q: &Queue, rq: &ReadyQueue, open: Open) {
-    q.inner
-        .metrics
+async fn close(cx: &Context, rq: &ReadyQueue, open: Open) {
+    cx.metrics
         .outbound_connections
         .with_label_values(&[rq.site.as_str(), open.source.name.as_str()])
         .dec();
     open.conn.quit().await;
 }
 
-async fn run(q: &Queue, rq: &ReadyQueue) {
+async fn run(cx: &Context, rq: &ReadyQueue) {
     let max_per_conn = rq.limits.max_messages_per_connection().max(1) as usize;
     let idle = rq.limits.idle_timeout();
     let mut open: Option<Open> = None;
     loop {
         let job = tokio::select! {
             j = rq.next(idle) => j,
-            _ = q.inner.shutdown.cancelled() => None,
+            _ = cx.shutdown.cancelled() => None,
         };
         let Some(job) = job else { break };
-        let Some(job) = q.hold_if_suspended(job, rq) else {
+        let job = if cx.report.is_suspended(&job, rq) {
+            cx.report.report(JobResult::Held {
+                job,
+                site: rq.site.clone(),
+                pool: rq.pool.clone(),
+            });
             continue;
+        } else {
+            job
         };
         if open.is_none() {
-            let source = match pick_source(q, rq) {
+            let source = match pick_source(cx, rq) {
                 Ok(s) => s,
                 Err(reply) => {
-                    defer_all(q, rq, job, reply);
+                    defer_all(cx, rq, job, reply);
                     break;
                 }
             };
-            let permit = match permit_for(q, rq, &source).await {
+            let permit = match permit_for(cx, rq, &source).await {
                 Ok(p) => p,
                 Err(reply) => {
-                    defer_all(q, rq, job, reply);
+                    defer_all(cx, rq, job, reply);
                     break;
                 }
             };
-            match connect(q, rq, &source).await {
+            match connect(cx, rq, &source).await {
                 Ok(conn) => {
-                    q.inner
-                        .metrics
+                    cx.metrics
                         .outbound_connections
                         .with_label_values(&[rq.site.as_str(), source.name.as_str()])
                         .inc();
@@ -342,28 +346,28 @@ async fn run(q: &Queue, rq: &ReadyQueue) {
                     });
                 }
                 Err(reply) => {
-                    defer_all(q, rq, job, reply);
+                    defer_all(cx, rq, job, reply);
                     break;
                 }
             }
         }
         let Some(o) = open.as_mut() else { break };
-        let Some(job) = warmup_gate(q, rq, &o.source, job) else {
+        let Some(job) = warmup_gate(cx, rq, &o.source, job) else {
             continue;
         };
-        if let Err(reply) = message_token(q, rq, &o.source).await {
-            q.complete_all(job, Outcome::Deferred(reply), &via_conn(rq, o));
+        if let Err(reply) = message_token(cx, rq, &o.source).await {
+            cx.done_all(job, Outcome::Deferred(reply), &via_conn(rq, o));
             if let Some(o) = open.take() {
-                close(q, rq, o).await;
+                close(cx, rq, o).await;
             }
             continue;
         }
-        let keep = deliver(q, rq, o, job).await;
+        let keep = deliver(cx, rq, o, job).await;
         o.sent += 1;
         if !keep || o.conn.broken || o.sent >= max_per_conn {
             let renew = o.sent >= max_per_conn;
             if let Some(o) = open.take() {
-                close(q, rq, o).await;
+                close(cx, rq, o).await;
             }
             if renew {
                 break; // a fresh task (and connection) picks up the rest
@@ -371,26 +375,23 @@ async fn run(q: &Queue, rq: &ReadyQueue) {
         }
     }
     if let Some(o) = open.take() {
-        close(q, rq, o).await;
+        close(cx, rq, o).await;
     }
 }
 
 /// Deliver one job on an open connection. Returns false when the session failed and the
 /// connection must not be reused.
-async fn deliver(q: &Queue, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
-    q.inner.in_flight.insert(
-        job.id,
-        (job.msg.clone(), job.domain.clone(), job.rcpts.len()),
-    );
+async fn deliver(cx: &Context, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
+    cx.report.in_flight(&job, true);
     let body = match job.msg.cached_body() {
         Some(b) => b,
-        None => match q.inner.spool.read(job.msg.location).await {
+        None => match cx.spool.read(job.msg.location).await {
             Ok(r) => Arc::new(r.body),
             Err(e) => {
                 tracing::error!(queue_id = %job.msg.queue_id, error = %e, "cannot read message from the spool");
-                q.inner.in_flight.remove(&job.id);
+                cx.report.in_flight(&job, false);
                 let reply = Reply::new(451, "4.3.0", format!("local spool read error: {e}"));
-                q.complete_all(
+                cx.done_all(
                     job,
                     Outcome::Deferred(reply),
                     &via_queue(rq, Some(&o.source)),
@@ -430,12 +431,13 @@ async fn deliver(q: &Queue, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool {
             }
         }
     }
-    q.inner.in_flight.remove(&job.id);
+    cx.report.in_flight(&job, false);
     for out in &outcomes {
         if !matches!(out, Outcome::Delivered(_)) {
-            q.observe_reply(&rq.shaping_key, &o.source.name, out.reply());
+            cx.observe_reply(&rq.shaping_key, &o.source.name, out.reply());
         }
     }
-    q.complete(job, outcomes, &via_conn(rq, o));
+    let via = via_conn(rq, o);
+    cx.report.report(JobResult::Done { job, outcomes, via });
     ok
 }
