@@ -22,6 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+pub mod idempotency;
 pub mod inject;
 
 use crate::config::Config;
