@@ -101,6 +101,7 @@ pub async fn notify_loop(
                 client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 helo: hostname.clone(),
                 auth_user: None,
+                api_token: None,
             },
             class: Some(msg.class.clone()),
             tenant: (!msg.tenant.is_empty()).then(|| msg.tenant.clone()),

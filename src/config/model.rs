@@ -19,6 +19,10 @@ pub struct Config {
     /// (a mail loop; Postfix's `hopcount_limit`).
     #[serde(default = "default_hop_limit")]
     pub hop_limit: usize,
+    /// Where mail to the bare `<postmaster>` recipient goes (RFC 5321 §4.5.1); None means
+    /// `postmaster@` + `hostname`. Use [`Config::postmaster_address`].
+    #[serde(default)]
+    pub postmaster: Option<String>,
     #[serde(default)]
     pub spool: SpoolConfig,
     #[serde(default, rename = "listener")]
@@ -60,6 +64,15 @@ pub struct Config {
 
 fn default_hop_limit() -> usize {
     50
+}
+
+impl Config {
+    /// The address `RCPT TO:<postmaster>` is delivered to.
+    pub fn postmaster_address(&self) -> String {
+        self.postmaster
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", self.hostname))
+    }
 }
 
 fn default_hostname() -> String {
@@ -155,9 +168,21 @@ pub struct ListenerConfig {
     pub command_timeout: Duration,
     #[serde(default = "default_data_timeout", with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// After a shutdown starts, a session in the middle of a message gets this long to finish
+    /// it; then it gets `421 4.3.2` and is closed (its message was not acknowledged, so the
+    /// client sends it again later). Bounds how long SIGTERM can take.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Errors (bad commands) tolerated before the session is closed with 421.
     #[serde(default = "default_max_errors")]
     pub max_errors: usize,
+    /// Sender authorisation: From domains this listener may send as (`example.com`, or
+    /// `*.example.com` for its subdomains); absent means any. Outside it: 550 5.7.1.
+    #[serde(default)]
+    pub allowed_from_domains: Option<Vec<String>>,
+    /// Traffic classes this listener may use; absent means any. Outside it: 550 5.7.1.
+    #[serde(default)]
+    pub allowed_classes: Option<Vec<String>>,
 }
 
 fn default_listener_name() -> String {
@@ -183,6 +208,9 @@ fn default_command_timeout() -> Duration {
 }
 fn default_data_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_errors() -> usize {
     10
@@ -446,6 +474,13 @@ pub struct SmtpUserConfig {
     /// PHC string (argon2id), e.g. made with `gannet hash-password`.
     pub password_hash: String,
     pub default_class: Option<String>,
+    /// Sender authorisation: From domains this user may send as (`example.com`, or
+    /// `*.example.com` for its subdomains); absent means any. Outside it: 550 5.7.1.
+    #[serde(default)]
+    pub allowed_from_domains: Option<Vec<String>>,
+    /// Traffic classes this user may use; absent means any. Outside it: 550 5.7.1.
+    #[serde(default)]
+    pub allowed_classes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -456,6 +491,13 @@ pub struct ApiTokenConfig {
     pub hash: String,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Sender authorisation: From domains this token (HTTP injection) may send as (`example.com`, or
+    /// `*.example.com` for its subdomains); absent means any. Outside it: 550 5.7.1.
+    #[serde(default)]
+    pub allowed_from_domains: Option<Vec<String>>,
+    /// Traffic classes this token (HTTP injection) may use; absent means any. Outside it: 550 5.7.1.
+    #[serde(default)]
+    pub allowed_classes: Option<Vec<String>>,
 }
 
 /// DKIM signing algorithms Gannet supports.

@@ -60,6 +60,14 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             "expected at least 1 (every relayed message carries a Received: header; 50 is usual)",
         ));
     }
+    if let Some(pm) = &c.postmaster
+        && let Err(e) = crate::message::address::from_unquoted(pm)
+    {
+        return Err(invalid(
+            "postmaster",
+            format!("expected a mailbox such as ops@example.com: {e}"),
+        ));
+    }
     let mut names = HashSet::new();
     for (i, l) in c.listeners.iter().enumerate() {
         let key = format!("listener[{i}]");
@@ -197,6 +205,30 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (i, l) in c.listeners.iter().enumerate() {
+        check_allowed(
+            c,
+            &format!("listener[{i}]"),
+            &l.allowed_from_domains,
+            &l.allowed_classes,
+        )?;
+    }
+    for (i, u) in c.smtp_users.iter().enumerate() {
+        check_allowed(
+            c,
+            &format!("smtp_user[{i}]"),
+            &u.allowed_from_domains,
+            &u.allowed_classes,
+        )?;
+    }
+    for (i, t) in c.api_tokens.iter().enumerate() {
+        check_allowed(
+            c,
+            &format!("api_token[{i}]"),
+            &t.allowed_from_domains,
+            &t.allowed_classes,
+        )?;
+    }
     for (i, t) in c.api_tokens.iter().enumerate() {
         if t.hash.len() != 64 || !t.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid(
@@ -211,6 +243,42 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                     format!("unknown scope {s:?}; expected inject, suppression, logs or admin"),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// `allowed_classes` name defined classes; `allowed_from_domains` are domain names, optionally
+/// `*.` for subdomains.
+fn check_allowed(
+    c: &Config,
+    key: &str,
+    domains: &Option<Vec<String>>,
+    classes: &Option<Vec<String>>,
+) -> Result<(), ConfigError> {
+    for class in classes.iter().flatten() {
+        if !c.classes.contains_key(class) {
+            return Err(invalid(
+                format!("{key}.allowed_classes"),
+                format!("no [class.{class}] is defined"),
+            ));
+        }
+    }
+    for d in domains.iter().flatten() {
+        let name = d.strip_prefix("*.").unwrap_or(d);
+        let ok = !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|ch| ch.is_alphanumeric() || ch == '-' || ch == '_')
+            });
+        if !ok {
+            return Err(invalid(
+                format!("{key}.allowed_from_domains"),
+                format!(
+                    "expected a domain such as \"example.com\" or \"*.example.com\", got {d:?}"
+                ),
+            ));
         }
     }
     Ok(())

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::reply::Reply;
+use crate::message::address;
 
 /// Anything we can speak SMTP over (plain TCP or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -475,7 +476,69 @@ impl Connection {
     /// Run one transaction: MAIL FROM, RCPT TO for each recipient, DATA and the body.
     /// Returns one final reply per recipient. An `Err` means the session failed as a whole
     /// (timeout, disconnect) and every recipient's fate is unknown: treat as deferred.
+    ///
+    /// Addresses are written in RFC 5321 form ([`address::to_wire`]): a local part that is not
+    /// a dot-string goes out quoted, and an address that cannot be written safely is refused
+    /// here (553) instead of being sent, so no address can close the path early and add an
+    /// ESMTP parameter (`"x> NOTIFY=NEVER"@d`).
     pub async fn send(
+        &mut self,
+        mail_from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Result<TxnReplies, ClientError> {
+        let mail_path = match address::to_wire(mail_from) {
+            Ok(p) => p,
+            Err(e) => {
+                let r = Reply::new(
+                    553,
+                    "5.1.7",
+                    format!("sender not sent to the next hop: {e}"),
+                );
+                return Ok(TxnReplies {
+                    rcpts: vec![r; rcpts.len()],
+                });
+            }
+        };
+        let mut paths = Vec::with_capacity(rcpts.len());
+        let mut refused = Vec::with_capacity(rcpts.len());
+        for r in rcpts {
+            match address::to_wire(r) {
+                Ok(p) => {
+                    paths.push(p);
+                    refused.push(None);
+                }
+                Err(e) => refused.push(Some(Reply::new(
+                    553,
+                    "5.1.3",
+                    format!("recipient not sent to the next hop: {e}"),
+                ))),
+            }
+        }
+        if refused.iter().all(Option::is_none) {
+            let paths: Vec<&str> = paths.iter().map(|p| p.as_ref()).collect();
+            return self.transact(&mail_path, &paths, body).await;
+        }
+        let sent = if paths.is_empty() {
+            Vec::new()
+        } else {
+            let paths: Vec<&str> = paths.iter().map(|p| p.as_ref()).collect();
+            self.transact(&mail_path, &paths, body).await?.rcpts
+        };
+        let mut sent = sent.into_iter();
+        let rcpts = refused
+            .into_iter()
+            .map(|r| {
+                r.or_else(|| sent.next()).unwrap_or_else(|| {
+                    Reply::new(451, "4.3.0", "no reply recorded for this recipient")
+                })
+            })
+            .collect();
+        Ok(TxnReplies { rcpts })
+    }
+
+    /// [`Connection::send`] once every address is in its wire form.
+    async fn transact(
         &mut self,
         mail_from: &str,
         rcpts: &[&str],

@@ -4,7 +4,9 @@
 //! class (injection field, then `X-Gannet-Class`, then the authenticated user's default, then
 //! the listener's default), reading tenant and campaign (`X-Gannet-Tenant`,
 //! `X-Gannet-Campaign`), removing every `X-Gannet-*` control header, adding `Message-ID` and
-//! `Date` when missing, DKIM signing, making the message durable in the spool, and queueing it.
+//! `Date` when missing, sender authorisation (`authz`: allowed From domains and classes per
+//! listener, SMTP user and API token), DKIM signing, making the message durable in the spool,
+//! and queueing it.
 //!
 //! Invariant: `accept` resolves Ok only after the spool's fdatasync covered the message.
 //! Invariant: the `received` event is published here and nowhere else, after the fdatasync
@@ -13,6 +15,8 @@
 //! subscriber that falls behind holds back acceptance (451 after [`ADMIT_WAIT`]), never
 //! delivery, and never loses an event.
 //! Never does: talk to clients (listeners do) or deliver (queue/).
+
+mod authz;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -159,6 +163,7 @@ impl Intake {
             campaign: None,
         };
         let class = self.choose_class(&probe, header_class)?;
+        authz::check(&self.inner.config, &origin, &class, &envelope.rcpts, &body)?;
         let tenant = clean_id(tenant.or(header_tenant), "tenant")?;
         let campaign = clean_id(campaign.or(header_campaign), "campaign")?;
         strip_control_headers(&mut body);

@@ -5,6 +5,7 @@
 //! [`Acceptor`] trait the listeners call, and header helpers in [`headers`]. Listeners never touch
 //! the spool or the queue directly: they call an `Acceptor` and reply according to its answer.
 
+pub mod address;
 pub mod compose;
 pub mod headers;
 pub mod template;
@@ -31,6 +32,8 @@ pub struct Origin {
     pub helo: String,
     /// Authenticated SMTP user, if any.
     pub auth_user: Option<String>,
+    /// Name (`[[api_token]] name`) of the API token an HTTP injection was made with, if any.
+    pub api_token: Option<String>,
 }
 
 /// A complete message handed over by a client, not yet durable.

@@ -164,6 +164,7 @@ fn submission(from: &str, rcpts: &[&str]) -> Submission {
             client_ip: "127.0.0.1".parse().unwrap(),
             helo: "c".into(),
             auth_user: None,
+            api_token: None,
         },
         class: None,
         tenant: None,

@@ -202,6 +202,8 @@ mod tests {
             name: "alice".into(),
             password_hash: hash,
             default_class: None,
+            allowed_from_domains: None,
+            allowed_classes: None,
         }]));
         let creds = |u: &str, p: &str| Credentials {
             user: u.into(),

@@ -35,6 +35,8 @@ pub(super) struct Shared {
     pub implicit_tls: bool,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// How long a session in the middle of a message may go on once shutdown started.
+    pub shutdown_grace: Duration,
     pub per_ip: IpLimiter,
     pub acceptor: SharedAcceptor,
     pub authenticator: Arc<Authenticator>,
@@ -162,6 +164,7 @@ impl SmtpListener {
             implicit_tls,
             command_timeout: l.command_timeout,
             data_timeout: l.data_timeout,
+            shutdown_grace: l.shutdown_grace,
             per_ip: IpLimiter::new(l.max_sessions_per_ip.max(1)),
             acceptor,
             authenticator,
@@ -183,7 +186,8 @@ impl SmtpListener {
 
     /// Accept connections until `shutdown` fires, then stop accepting (the socket is closed)
     /// and return once every session has ended. Sessions see the same token: idle ones get
-    /// `421 4.3.2` at once, one in the middle of a message finishes it first.
+    /// `421 4.3.2` at once, one in the middle of a message may finish it within the listener's
+    /// `shutdown_grace`, then gets `421 4.3.2` too.
     pub async fn run(self, shutdown: CancellationToken) {
         let SmtpListener {
             listener,

@@ -23,6 +23,7 @@ use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
 use super::auth::{self, Credentials, SaslError};
 use super::data::{self, DataDecoder};
 use crate::config::{Config, ListenerConfig};
+use crate::message::address;
 use crate::message::{Accepted, Envelope, Origin, Rejection, Submission};
 use crate::metrics::Metrics;
 
@@ -47,6 +48,8 @@ pub struct ProtocolConfig {
     pub starttls: bool,
     /// AUTH PLAIN/LOGIN can be offered once the session is under TLS (SMTP users exist).
     pub auth: bool,
+    /// Where `RCPT TO:<postmaster>` goes (`postmaster` key; RFC 5321 §4.5.1).
+    pub postmaster: String,
     metrics: Metrics,
 }
 
@@ -69,6 +72,7 @@ impl ProtocolConfig {
             relay_from: listener.relay_from.clone(),
             starttls,
             auth,
+            postmaster: config.postmaster_address(),
             metrics,
         }
     }
@@ -238,10 +242,15 @@ impl Protocol {
         self.out.clear();
     }
 
-    /// True while message content is being read (DATA or a BDAT chunk): the data timeout
-    /// applies, and a shutdown waits for the message to end.
+    /// True while message content is being read (DATA or a BDAT chunk of a transaction that
+    /// can take it): the data timeout applies, and a shutdown waits (a bounded time) for the
+    /// message to end. A chunk refused for sequence is only being skipped: not a message.
     pub fn in_body(&self) -> bool {
-        matches!(self.state, State::Data { .. } | State::Bdat { .. })
+        match &self.state {
+            State::Data { .. } => true,
+            State::Bdat { refusal, .. } => !matches!(refusal, Some(ChunkRefusal::Sequence(..))),
+            _ => false,
+        }
     }
 
     /// Capacity of the partial-line buffer (tests check it stays bounded).
@@ -490,7 +499,11 @@ impl Protocol {
             Request::Ehlo { host } => self.hello(host, true),
             Request::Helo { host } => self.hello(host, false),
             Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Rcpt { to } => {
+                // smtp-proto returns "" for both `<>` and `<postmaster>`: look at the line.
+                let postmaster = to.address.is_empty() && names_postmaster(line);
+                self.rcpt(to, postmaster)
+            }
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,
@@ -630,9 +643,21 @@ impl Protocol {
         if !smtputf8 && !address.is_ascii() {
             return self.error(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8");
         }
+        // Re-quote a quoted local part smtp-proto unquoted; refuse `a@` and other broken paths.
+        let mail_from = if address.is_empty() {
+            String::new()
+        } else {
+            match address::from_unquoted(&address) {
+                Ok(a) => a,
+                Err(e) => {
+                    let text = format!("Bad sender address syntax: {}", one_line(&e.to_string()));
+                    return self.error(501, "5.1.7", &text);
+                }
+            }
+        };
         self.reset_body();
         self.txn = Some(Txn {
-            mail_from: address.into_owned(),
+            mail_from,
             rcpts: Vec::new(),
             rcpt_attempts: 0,
             smtputf8,
@@ -642,7 +667,7 @@ impl Protocol {
         self.reply(250, "2.1.0", "Ok");
     }
 
-    fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) {
+    fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>, postmaster: bool) {
         let relay_allowed = self.relay_ip || self.auth_user.is_some();
         let (smtputf8, accepted) = match self.txn.as_mut() {
             None => return self.error(503, "5.5.1", "Need MAIL command"),
@@ -657,6 +682,18 @@ impl Protocol {
         if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
             return self.error(555, "5.5.4", "Unsupported RCPT parameter");
         }
+        if postmaster {
+            // RFC 5321 §4.5.1: mail to <postmaster> is accepted from anyone (no relay right
+            // needed) and goes to the configured postmaster address.
+            if accepted >= self.cfg.max_recipients {
+                return self.reply(452, "4.5.3", "Too many recipients");
+            }
+            let address = self.cfg.postmaster.clone();
+            if let Some(txn) = self.txn.as_mut() {
+                txn.rcpts.push(address);
+            }
+            return self.reply(250, "2.1.5", "Ok");
+        }
         let address = to.address;
         if address.is_empty() || address.contains('\u{FFFD}') {
             return self.error(501, "5.1.3", "Bad recipient address syntax");
@@ -664,6 +701,13 @@ impl Protocol {
         if !smtputf8 && !address.is_ascii() {
             return self.error(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8");
         }
+        let address = match address::from_unquoted(&address) {
+            Ok(a) => a,
+            Err(e) => {
+                let text = format!("Bad recipient address syntax: {}", one_line(&e.to_string()));
+                return self.error(501, "5.1.3", &text);
+            }
+        };
         if !relay_allowed {
             self.cfg.count_rejected(550);
             return self.error(550, "5.7.1", "Relay access denied");
@@ -672,7 +716,7 @@ impl Protocol {
             return self.reply(452, "4.5.3", "Too many recipients");
         }
         if let Some(txn) = self.txn.as_mut() {
-            txn.rcpts.push(address.into_owned());
+            txn.rcpts.push(address);
         }
         self.reply(250, "2.1.5", "Ok");
     }
@@ -706,7 +750,11 @@ impl Protocol {
 
     fn bdat(&mut self, size: usize, last: bool) {
         // The chunk's bytes follow the command whatever we answer (RFC 3030 §2): read them in
-        // every case, keep them only when the transaction can take them.
+        // every case, so the session stays in step with the client (reading them as commands
+        // would let a message body smuggle commands in), and keep them only when the
+        // transaction can take them. A chunk refused for sequence (no MAIL, no RCPT) is only
+        // skipped: the session counts as in the command state ([`Protocol::in_body`] is false),
+        // so the command timeout and a shutdown apply while a client trickles its bytes.
         let refusal = if let Some((code, enhanced, text)) = self.content_refusal() {
             Some(ChunkRefusal::Sequence(code, enhanced, text))
         } else if let Some(txn) = self.txn.as_mut() {
@@ -797,6 +845,7 @@ impl Protocol {
                 client_ip: self.client_ip,
                 helo: self.helo.clone().unwrap_or_default(),
                 auth_user: self.auth_user.clone(),
+                api_token: None,
             },
             class: None,
             tenant: None,
@@ -1001,6 +1050,18 @@ fn sasl_text(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     String::from_utf8_lossy(line).into_owned()
+}
+
+/// True when the path of a `RCPT TO:` line is `<postmaster>` (any case, RFC 5321 §4.5.1).
+fn names_postmaster(line: &[u8]) -> bool {
+    let Some(start) = memchr::memchr(b'<', line) else {
+        return false;
+    };
+    let rest = &line[start + 1..];
+    let Some(end) = memchr::memchr(b'>', rest) else {
+        return false;
+    };
+    rest[..end].eq_ignore_ascii_case(b"postmaster")
 }
 
 /// Text safe to put in a reply line.

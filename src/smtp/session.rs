@@ -146,6 +146,9 @@ async fn drive(
 ) -> Result<(), SessionEnd> {
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let write_limit = shared.command_timeout;
+    // When a session in the middle of a message must give up after shutdown started (its
+    // grace period), set the first time the loop sees the shutdown.
+    let mut grace_ends: Option<tokio::time::Instant> = None;
     loop {
         let action = {
             let mut input: &[u8] = &inbuf;
@@ -169,9 +172,33 @@ async fn drive(
                     shared.command_timeout
                 };
                 inbuf.reserve(READ_CHUNK);
+                if shutdown.is_cancelled() && grace_ends.is_none() {
+                    grace_ends = Some(tokio::time::Instant::now() + shared.shutdown_grace);
+                }
+                // A message in progress may finish during the grace period, however slowly
+                // its bytes come, but no longer: SIGTERM ends every session in bounded time.
+                let grace_over = async {
+                    match grace_ends {
+                        Some(end) => tokio::time::sleep_until(end).await,
+                        None => {
+                            shutdown.cancelled().await;
+                            tokio::time::sleep(shared.shutdown_grace).await;
+                        }
+                    }
+                };
                 let read = tokio::select! {
                     biased;
                     _ = shutdown.cancelled(), if !in_body => {
+                        proto.shutting_down();
+                        continue;
+                    }
+                    _ = grace_over, if in_body => {
+                        tracing::info!(
+                            listener = %shared.proto.listener,
+                            session = %proto.session_id(),
+                            grace = ?shared.shutdown_grace,
+                            "message still incomplete when the shutdown grace ended; closing with 421 (the client will send it again)"
+                        );
                         proto.shutting_down();
                         continue;
                     }

@@ -17,6 +17,8 @@
 //! - `events` (issue 14): the event stream seen by an in-process subscriber: each event once,
 //!   in order, agreeing with the outcome log and `/metrics`; stuck lossy / lossless subscribers.
 //! - `sendlog` (issue 18): the send log's queries, exports, accountability and master key.
+//! - `protocol_faults` (issue 15): quoted local parts, `<postmaster>`, sender authorisation,
+//!   the loopback-only admin API.
 
 mod common;
 
@@ -28,6 +30,7 @@ mod events;
 mod harness;
 mod inject;
 mod pools;
+mod protocol_faults;
 mod relay;
 mod retry;
 mod sendlog;

@@ -932,3 +932,113 @@ fn chunking_never_changes_the_outcome() {
     // The generator must reach the DATA/BDAT paths, or the property says little.
     assert!(messages > 50, "only {messages} messages were generated");
 }
+
+/// Issue 15 item 11: `a@` (an empty domain) is refused at MAIL and RCPT: RFC 5321 §4.1.2 needs
+/// a domain after `@`.
+#[test]
+fn empty_domain_is_refused_at_mail_and_rcpt() {
+    let mut h = Harness::new(DEFAULT);
+    h.feed_all(&[EHLO, b"MAIL FROM:<a@>\r\n", MAIL, b"RCPT TO:<a@>\r\n"]);
+    h.expect(
+        "empty domain",
+        &["220", "250-", "501 5.1.7", "250 2.1.0", "501 5.1.3"],
+    );
+}
+
+/// Issue 15 item 11: RFC 5321 §4.5.1: `RCPT TO:<postmaster>` (no domain, any case) must be
+/// accepted, even from a client without relay rights, and goes to the configured postmaster.
+/// `<>` stays refused as a recipient.
+#[test]
+fn rcpt_to_bare_postmaster_is_accepted_and_goes_to_the_postmaster_address() {
+    let mut h = Harness::new(Opts {
+        ip: "192.0.2.1",
+        ..DEFAULT
+    });
+    h.feed_all(&[
+        EHLO,
+        MAIL,
+        b"RCPT TO:<PostMaster>\r\n",
+        b"RCPT TO:<>\r\n",
+        b"RCPT TO:<someone@else.test>\r\n",
+        b"DATA\r\n",
+        b"Subject: hi\r\n\r\nx\r\n.\r\n",
+    ]);
+    h.expect(
+        "postmaster",
+        &[
+            "220",
+            "250-",
+            "250 2.1.0",
+            "250 2.1.5",
+            "501 5.1.3",
+            "550 5.7.1",
+            "354",
+            "250 2.0.0",
+        ],
+    );
+    assert_eq!(h.submissions[0].envelope.rcpts, ["postmaster@mx.test"]);
+}
+
+/// Issue 15 item 6: smtp-proto removes the quotes of a quoted local part; the envelope keeps
+/// them (re-quoted per RFC 5321 Quoted-string), so `"x> NOTIFY=NEVER"@d` cannot turn into a
+/// parameter at the next hop.
+#[test]
+fn quoted_local_parts_are_kept_quoted_in_the_envelope() {
+    let mut h = Harness::new(DEFAULT);
+    h.feed_all(&[
+        EHLO,
+        b"MAIL FROM:<\"s e\"@s.test>\r\n",
+        b"RCPT TO:<\"a b\"@d.test>\r\n",
+        b"RCPT TO:<\"x> NOTIFY=NEVER\"@d.test>\r\n",
+        b"RCPT TO:<\"plain\"@d.test>\r\n",
+        b"DATA\r\n",
+        b"Subject: q\r\n\r\nx\r\n.\r\n",
+    ]);
+    h.expect(
+        "quoted",
+        &[
+            "220",
+            "250-",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354",
+            "250 2.0.0",
+        ],
+    );
+    let env = &h.submissions[0].envelope;
+    assert_eq!(env.mail_from, "\"s e\"@s.test");
+    assert_eq!(
+        env.rcpts,
+        [
+            "\"a b\"@d.test",
+            "\"x> NOTIFY=NEVER\"@d.test",
+            "plain@d.test"
+        ]
+    );
+}
+
+/// Issue 15 item 10: a BDAT chunk before MAIL is skipped (the session stays in step with the
+/// client) but the session is in the command state while it is: a shutdown ends it at once
+/// instead of waiting for a client that trickles the bytes.
+#[test]
+fn bdat_before_mail_is_503_and_leaves_the_session_in_the_command_state() {
+    let mut h = Harness::new(DEFAULT);
+    h.feed_all(&[EHLO, b"BDAT 1000000 LAST\r\n", b"MAIL FROM:<x"]);
+    assert!(
+        !h.proto.in_body(),
+        "a refused chunk counts as message content"
+    );
+    h.proto.shutting_down();
+    h.feed(b"");
+    h.expect("shutdown while skipping", &["220", "250-", "421 4.3.2"]);
+    assert!(h.closed);
+
+    let mut h = Harness::new(DEFAULT);
+    h.feed_all(&[EHLO, b"BDAT 8\r\nMAIL F", b"\r\nNOOP\r\n"]);
+    h.expect(
+        "503 then commands",
+        &["220", "250-", "503 5.5.1", "250 2.0.0"],
+    );
+}

@@ -575,3 +575,85 @@ async fn eight_bit_body_and_smtputf8_address_accepted_intact() {
     assert!(head.contains("with UTF8SMTP id"), "{head}");
     s.stop().await;
 }
+
+/// Writes one byte every 50 ms on `stream` (a client trickling a message) until the server
+/// replies; returns what it said (empty if it closed without a word). Gives up after 20 s.
+async fn trickle_until_reply(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 512];
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < give_up {
+        if stream.write_all(b"x").await.is_err() {
+            return String::new();
+        }
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Ok(Ok(n)) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Ok(Err(_)) => return String::new(),
+            Err(_) => {}
+        }
+    }
+    "(still open after 20 s of trickling)".into()
+}
+
+/// Reads one reply (up to CRLF) from a raw stream.
+async fn read_line(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut b)).await {
+            Ok(Ok(1)) => out.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 15 item 10: SIGTERM ends every session within a bounded time. A client that sent
+/// BDAT before MAIL and trickles the chunk is in the command state (421 at once); a client
+/// trickling a DATA message gets `shutdown_grace` to finish it, then 421 4.3.2; `run` returns
+/// and nothing incomplete was handed on.
+#[tokio::test]
+async fn shutdown_ends_sessions_that_trickle_bytes() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(r#"shutdown_grace = "300ms""#, TlsSetup::Plain).await;
+
+    let mut bdat = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    read_line(&mut bdat).await;
+    bdat.write_all(b"EHLO t\r\nBDAT 100000 LAST\r\nsome bytes")
+        .await
+        .unwrap();
+    let mut data = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    read_line(&mut data).await;
+    data.write_all(b"HELO t\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<b@r.test>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        read_line(&mut data).await;
+    }
+    // Both sessions are known to be past the commands (the EHLO reply is read below).
+    loop {
+        let line = read_line(&mut bdat).await;
+        assert!(line.starts_with("250"), "{line:?}");
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+
+    s.shutdown.cancel();
+    let (b, d) = tokio::join!(
+        trickle_until_reply(&mut bdat),
+        trickle_until_reply(&mut data)
+    );
+    assert!(b.contains("421 4.3.2"), "BDAT-before-MAIL session: {b:?}");
+    assert!(d.contains("421 4.3.2"), "trickling DATA session: {d:?}");
+    let recorder = s.recorder.clone();
+    tokio::time::timeout(Duration::from_secs(10), s.run)
+        .await
+        .expect("run() returns once the grace period ended")
+        .unwrap();
+    assert!(
+        recorder.taken().is_empty(),
+        "an incomplete message was handed on"
+    );
+}

@@ -159,6 +159,8 @@ impl QueueStatus {
 #[derive(Debug, Clone)]
 pub struct TestConfig {
     hostname: String,
+    /// Raw top-level `key = value` lines (before the first table).
+    top: Vec<String>,
     nameservers: Vec<SocketAddr>,
     delivery_port: u16,
     retry_schedule: Vec<String>,
@@ -181,6 +183,7 @@ impl TestConfig {
     pub fn new(dns: &TestDns, delivery_port: u16) -> TestConfig {
         TestConfig {
             hostname: "gannet.test".into(),
+            top: Vec::new(),
             nameservers: vec![dns.addr],
             delivery_port,
             retry_schedule: vec!["1s".into()],
@@ -228,6 +231,12 @@ impl TestConfig {
     /// Files added with [`TestConfig::file`].
     pub fn files(&self) -> &[(String, Vec<u8>)] {
         &self.files
+    }
+
+    /// A raw top-level `key = value` line (e.g. `"postmaster = \"ops@dest.test\""`).
+    pub fn top_level(mut self, line: &str) -> Self {
+        self.top.push(line.into());
+        self
     }
 
     pub fn hostname(mut self, name: &str) -> Self {
@@ -298,7 +307,12 @@ impl TestConfig {
         let q = |s: &str| toml_str(s);
         let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
         let mut t = String::new();
-        t += &format!("hostname = {}\n\n", q(&self.hostname));
+        t += &format!("hostname = {}\n", q(&self.hostname));
+        for l in &self.top {
+            t += l;
+            t += "\n";
+        }
+        t += "\n";
         t += "[spool]\npath = \"${SPOOL}\"\n\n";
         t += "[[listener]]\nname = \"default\"\naddress = \"${SMTP}\"\n";
         t += &format!("relay_from = [{}]\n", list(&self.relay_from));

@@ -588,11 +588,22 @@ impl Conn {
     }
 }
 
-/// `<addr> PARAMS` after `FROM:`/`TO:` → (address, params).
+/// `<addr> PARAMS` after `FROM:`/`TO:` → (address, params). A `>` inside a quoted local part
+/// (`<"x> y"@d>`) does not end the path (RFC 5321 §4.1.2 Quoted-string).
 fn parse_path(arg: &str) -> Option<(String, Vec<String>)> {
     let arg = arg.trim_start();
     let rest = arg.strip_prefix('<')?;
-    let end = rest.find('>')?;
+    let (mut quoted, mut escaped) = (false, false);
+    let end = rest.char_indices().find_map(|(i, c)| {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some(i),
+            _ => {}
+        }
+        None
+    })?;
     let addr = rest[..end].to_string();
     let params = rest[end + 1..]
         .split_whitespace()
