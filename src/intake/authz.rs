@@ -196,7 +196,14 @@ mod tests {
     #[test]
     fn sender_authorisation_table() {
         let c = config("");
-        let table: &[(Option<&str>, Option<&str>, &str, &str, Result<(), &str>)] = &[
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            &'a str,
+            Result<(), &'a str>,
+        );
+        let table: &[Row] = &[
             // No lists apply: anything goes, as before.
             (None, None, "tx", "From: a@any.test", Ok(())),
             (Some("nobody"), None, "tx", "From: a@any.test", Ok(())),

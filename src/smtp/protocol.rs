@@ -99,7 +99,7 @@ pub enum Action {
     Authenticate(Credentials),
     /// A message is complete: hand it to the acceptor, then call [`Protocol::submitted`].
     /// Do not feed more input until then (replies stay in order).
-    Submit(Submission),
+    Submit(Box<Submission>),
     /// Write the pending output and close the connection.
     Close,
 }
@@ -834,7 +834,7 @@ impl Protocol {
         }
         self.reset_body();
         self.state = State::WaitSubmit;
-        Some(Action::Submit(Submission {
+        Some(Action::Submit(Box::new(Submission {
             envelope: Envelope {
                 mail_from: txn.mail_from,
                 rcpts: txn.rcpts,
@@ -850,7 +850,7 @@ impl Protocol {
             class: None,
             tenant: None,
             campaign: None,
-        }))
+        })))
     }
 
     /// `Received:` trace field (RFC 5321 §4.4, protocol names from RFC 3848 and RFC 6531).

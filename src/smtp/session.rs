@@ -228,7 +228,7 @@ async fn drive(
             }
             Action::Submit(submission) => {
                 let started = Instant::now();
-                let result = shared.acceptor.accept(submission).await;
+                let result = shared.acceptor.accept(*submission).await;
                 if result.is_ok() {
                     shared
                         .accept_latency

@@ -113,7 +113,7 @@ impl Harness {
                         .auth_result(c.user == "alice" && c.password == "secret");
                 }
                 Action::Submit(s) => {
-                    self.submissions.push(s);
+                    self.submissions.push(*s);
                     let result = match &self.reject {
                         Some(r) => Err(r.clone()),
                         None => Ok(Accepted {
