@@ -221,6 +221,11 @@ fn default_max_errors() -> usize {
 pub struct HttpConfig {
     #[serde(default = "default_http_address")]
     pub address: SocketAddr,
+    /// Host names the loopback-only admin API answers to besides `localhost` and the
+    /// listener's address (a `Host:` check against DNS rebinding; only used while no
+    /// `[[api_token]]` is configured).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_http_address() -> SocketAddr {
@@ -231,6 +236,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             address: default_http_address(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -111,18 +111,19 @@ pub fn authorize_actor(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     if config.api_tokens.is_empty() {
-        if peer.ip().is_loopback() {
-            let cli = headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|ua| ua.starts_with(CLI_USER_AGENT));
-            return Ok(if cli { "cli" } else { "loopback" }.to_string());
+        if !peer.ip().is_loopback() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "no [[api_token]] is configured, so the API answers loopback clients only",
+            ));
         }
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "no [[api_token]] is configured, so the API answers loopback clients only",
-        ));
+        check_host(config, headers)?;
+        let cli = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with(CLI_USER_AGENT));
+        return Ok(if cli { "cli" } else { "loopback" }.to_string());
     }
     let Some(token) = bearer else {
         return Err(ApiError::new(
@@ -153,6 +154,63 @@ pub fn authorize_actor(
 
 /// The User-Agent the `gannet` CLI sends (its actions show actor `"cli"` in events).
 pub const CLI_USER_AGENT: &str = "gannet-cli";
+
+/// The loopback-only API is reachable from a browser on this host; a page whose own name was
+/// rebound to 127.0.0.1 (DNS rebinding) sends that name in `Host:`. So accept only Host values
+/// that cannot come from rebinding: `localhost`, the listener's IP address (any IP literal when
+/// it listens on all addresses), and the names in `[http] allowed_hosts`. The port is not
+/// compared (a rebinding page uses the real one anyway). No Host at all is not a browser.
+fn check_host(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::HOST) else {
+        return Ok(());
+    };
+    let raw = value.to_str().unwrap_or("");
+    if host_allowed(config, raw) {
+        return Ok(());
+    }
+    Err(ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: "forbidden",
+        message: format!(
+            "Host {:?} is not an address of this API; with no [[api_token]] configured it \
+             answers only to localhost, {} or a name in [http] allowed_hosts (protection \
+             against DNS rebinding)",
+            raw.chars().take(100).collect::<String>(),
+            config.http.address.ip()
+        ),
+        field: Some("Host".to_string()),
+    })
+}
+
+/// See [`check_host`]. `raw` is a Host header value: `name`, `name:port`, `[v6]:port`.
+pub fn host_allowed(config: &Config, raw: &str) -> bool {
+    let raw = raw.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, tail)) if tail.is_empty() || tail.starts_with(':') => h,
+            _ => return false,
+        }
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        }
+    };
+    let host = host.trim_end_matches('.');
+    if host.is_empty() {
+        return false;
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let ours = config.http.address.ip();
+        return ours.is_unspecified() || ip == ours;
+    }
+    host.eq_ignore_ascii_case("localhost")
+        || config
+            .http
+            .allowed_hosts
+            .iter()
+            .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host))
+}
 
 /// Extractor for handlers that need the `admin` scope: checks the bearer token (or, with no
 /// tokens configured, that the client is on loopback) before the handler runs, and names the
@@ -331,4 +389,64 @@ pub async fn run(
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(http: &str) -> Config {
+        Config::from_toml(
+            &format!(
+                "[http]\n{http}\n[[pool]]\nname = \"p\"\nsources = [{{ ip = \"127.0.0.1\", ehlo = \"h\" }}]\n\
+                 [class.c]\npool = \"p\"\n"
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+
+    /// Issue 15 item 12: with no `[[api_token]]`, only loopback clients, and only Host values
+    /// that DNS rebinding cannot produce.
+    #[test]
+    fn loopback_only_api_checks_the_client_and_the_host() {
+        let c = config("address = \"127.0.0.1:8025\"\nallowed_hosts = [\"gannet.admin.test\"]");
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let with_host = |h: Option<&str>| {
+            let mut m = HeaderMap::new();
+            if let Some(h) = h {
+                m.insert(header::HOST, h.parse().unwrap());
+            }
+            m
+        };
+        let table: &[(SocketAddr, Option<&str>, bool)] = &[
+            (local, Some("127.0.0.1:8025"), true),
+            (local, Some("127.0.0.1"), true),
+            (local, Some("localhost:8025"), true),
+            (local, Some("LOCALHOST."), true),
+            (local, Some("gannet.admin.test:8025"), true),
+            (local, None, true),
+            (local, Some("evil.example:8025"), false),
+            (local, Some("127.0.0.1.evil.example"), false),
+            (local, Some("localhost.evil.example:8025"), false),
+            (local, Some("127.0.0.2:8025"), false),
+            (local, Some("[::1]:8025"), false),
+            (local, Some(""), false),
+            (remote, Some("127.0.0.1:8025"), false),
+            (remote, None, false),
+        ];
+        for (peer, host, ok) in table {
+            let r = authorize(&c, &with_host(*host), *peer, "admin");
+            assert_eq!(r.is_ok(), *ok, "peer {peer} host {host:?}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(e.status, StatusCode::FORBIDDEN);
+            }
+        }
+        // Listening on every address: any IP literal reached one of ours.
+        let any = config("address = \"0.0.0.0:8025\"");
+        assert!(host_allowed(&any, "127.0.0.2:8025"));
+        assert!(host_allowed(&any, "[::1]:8025"));
+        assert!(!host_allowed(&any, "evil.example"));
+    }
 }

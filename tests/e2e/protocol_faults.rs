@@ -225,3 +225,74 @@ async fn transaction(
     c.cmd(&format!("RCPT TO:<{rcpt}>"), "250").await;
     c.data(&body, want).await
 }
+
+/// Issue 15 item 12: with no `[[api_token]]` the admin API is loopback-only. A client on a
+/// non-loopback address is refused, and so is a loopback request whose `Host:` is a foreign
+/// name (what a browser sends after DNS rebinding); `localhost`, the listener's address and
+/// `[http] allowed_hosts` names are served. A non-loopback client needs a non-loopback
+/// address: the test runs Gannet and curl in a private network namespace (`unshare --net`,
+/// root) where 192.0.2.10 is added to `lo`, with HTTP on 0.0.0.0; nothing leaves that
+/// namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_only_admin_api_refuses_non_loopback_clients_and_rebound_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gannet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hostname = \"gannet.test\"\n[spool]\npath = \"{}\"\n\
+             [[listener]]\nname = \"default\"\naddress = \"127.0.0.1:2525\"\ndefault_class = \"c\"\n\
+             [http]\naddress = \"0.0.0.0:8025\"\nallowed_hosts = [\"gannet.admin.test\"]\n\
+             [[pool]]\nname = \"p\"\nsources = [{{ ip = \"127.0.0.1\", ehlo = \"h\" }}]\n\
+             [class.c]\npool = \"p\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let script = r#"
+set -e
+ip link set lo up
+ip addr add 192.0.2.10/32 dev lo
+"$GANNET" serve --config "$CFG" >"$DIR/log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+up=no
+for i in $(seq 1 300); do
+  if curl -s -o /dev/null http://127.0.0.1:8025/health; then up=yes; break; fi
+  sleep 0.1
+done
+echo "up $up"
+q() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
+echo "remote $(q http://192.0.2.10:8025/api/v1/queues)"
+echo "loopback $(q http://127.0.0.1:8025/api/v1/queues)"
+echo "localhost $(q -H 'Host: localhost:8025' http://127.0.0.1:8025/api/v1/queues)"
+echo "named $(q -H 'Host: gannet.admin.test:8025' http://127.0.0.1:8025/api/v1/queues)"
+echo "rebound $(q -H 'Host: evil.example:8025' http://127.0.0.1:8025/api/v1/queues)"
+echo "rebound-post $(q -X POST -H 'Host: evil.example:8025' http://127.0.0.1:8025/api/v1/queues/flush)"
+"#;
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args(["--net", "sh", "-c", script])
+        .env("GANNET", crate::common::gannet::GANNET_BIN)
+        .env("CFG", &cfg)
+        .env("DIR", dir.path());
+    let out = crate::common::tools::run(cmd, None, std::time::Duration::from_secs(120)).await;
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let ctx = format!("{out}\n--- gannet log ---\n{log}");
+    let get = |key: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .map(str::to_string)
+    };
+    assert_eq!(get("up").as_deref(), Some("yes"), "{ctx}");
+    for (key, status) in [
+        ("remote", "403"),
+        ("loopback", "200"),
+        ("localhost", "200"),
+        ("named", "200"),
+        ("rebound", "403"),
+        ("rebound-post", "403"),
+    ] {
+        assert_eq!(get(key).as_deref(), Some(status), "{key}\n{ctx}");
+    }
+}
