@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{ApiError, ApiState, authorize};
+use super::{ApiError, ApiState};
 use crate::message::compose::{Batch, BatchRequest, Extras, RecipientError};
 use crate::message::template::TemplateLimits;
 use crate::message::{Envelope, Origin, Rejection, Submission};
@@ -172,7 +172,9 @@ pub async fn post_messages(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InjectResponse>, ApiError> {
-    authorize(&s.config, &headers, peer, "inject")?;
+    let actor = super::authorize_actor(&s.config, &headers, peer, "inject")?;
+    // The token's name, for sender authorisation in intake (none when no tokens exist).
+    let api_token = (!s.config.api_tokens.is_empty()).then_some(actor);
     let limits = &s.config.inject;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -303,6 +305,7 @@ pub async fn post_messages(
                             client_ip: peer.ip(),
                             helo: String::new(),
                             auth_user: None,
+                            api_token: api_token.clone(),
                         },
                         class: Some(class.clone()),
                         tenant: req.tenant.clone(),
