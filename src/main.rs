@@ -687,6 +687,17 @@ fn queue_command(action: QueueAction) -> Result<()> {
                 "total queued recipients: {}",
                 v["queued_recipients"].as_u64().unwrap_or(0)
             );
+            for d in v["damaged"].as_array().into_iter().flatten() {
+                println!(
+                    "DAMAGED spool record: segment {} offset {} ({} bytes, {}); copy in {}; {} other message(s) of the segment still queued (delete the segment by hand once 0)",
+                    d["segment"].as_str().unwrap_or("?"),
+                    d["offset"].as_u64().unwrap_or(0),
+                    d["length"].as_u64().unwrap_or(0),
+                    d["error"].as_str().unwrap_or(""),
+                    d["quarantine"].as_str().unwrap_or("(copy failed)"),
+                    d["segment_live_messages"].as_u64().unwrap_or(0),
+                );
+            }
             Ok(())
         }
         QueueAction::Flush { config } => {

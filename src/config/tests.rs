@@ -93,3 +93,23 @@ fn warmup_overflow_cycles_are_rejected_naming_the_cycle() {
     )
     .unwrap();
 }
+
+/// Issue 15 item 1: `max_message_size` had no upper bound, while a spool record over the
+/// record format's limit can be written but never read back.
+#[test]
+fn max_message_size_over_the_spool_record_limit_is_rejected() {
+    let over = crate::spool::MAX_MESSAGE_SIZE + 1;
+    let e = err_of(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\nmax_message_size = {over}\n{MIN}"
+    ));
+    assert!(
+        e.contains("max_message_size") && e.contains(&over.to_string()),
+        "{e}"
+    );
+    let at = crate::spool::MAX_MESSAGE_SIZE;
+    Config::from_toml(
+        &format!("[[listener]]\naddress = \"127.0.0.1:1\"\nmax_message_size = {at}\n{MIN}"),
+        "test.toml",
+    )
+    .unwrap();
+}

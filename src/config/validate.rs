@@ -109,6 +109,16 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 "max_recipients and max_message_size must be above 0",
             ));
         }
+        if l.max_message_size > crate::spool::MAX_MESSAGE_SIZE {
+            return Err(invalid(
+                format!("{key}.max_message_size"),
+                format!(
+                    "{} is over the spool's limit of {} bytes (a larger message could be accepted but not read back); lower it",
+                    l.max_message_size,
+                    crate::spool::MAX_MESSAGE_SIZE
+                ),
+            ));
+        }
     }
     for (i, r) in c.routes.iter().enumerate() {
         if r.host

@@ -229,6 +229,9 @@ impl Intake {
                     SpoolError::Busy(_) => {
                         Rejection::new(451, "4.3.1", "spool busy, try again shortly")
                     }
+                    SpoolError::TooLarge { .. } => {
+                        Rejection::new(552, "5.3.4", "message too big for the spool")
+                    }
                     _ => Rejection::new(451, "4.3.0", "local storage error, try again later"),
                 }
             })?;

@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Group commits (fdatasync calls) and the messages they covered.
     pub spool_commits: prometheus::IntCounter,
     pub spool_commit_messages: Histogram,
+    /// Damaged spool records found at start-up (copied to quarantine, segment kept).
+    pub spool_damaged_records: IntGauge,
     /// Open SMTP sessions per listener.
     pub smtp_sessions: IntGaugeVec,
     /// Open outbound connections per site.
@@ -99,6 +101,11 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             )
             .expect("metric"),
+            spool_damaged_records: IntGauge::new(
+                "gannet_spool_damaged_records",
+                "Damaged spool records found at start-up, copied to quarantine (their segments are kept)",
+            )
+            .expect("metric"),
             smtp_sessions: IntGaugeVec::new(
                 Opts::new("gannet_smtp_sessions", "Open inbound SMTP sessions"),
                 &["listener"],
@@ -149,6 +156,7 @@ impl Metrics {
             Box::new(m.queued_recipients.clone()),
             Box::new(m.spool_commits.clone()),
             Box::new(m.spool_commit_messages.clone()),
+            Box::new(m.spool_damaged_records.clone()),
             Box::new(m.smtp_sessions.clone()),
             Box::new(m.outbound_connections.clone()),
             Box::new(m.delivery_latency.clone()),

@@ -32,6 +32,8 @@ pub struct QueueRow {
 pub struct QueueListing {
     pub queued_recipients: usize,
     pub queues: Vec<QueueRow>,
+    /// Damaged spool records the operator must look at (issue 15 item 1).
+    pub damaged: Vec<crate::spool::DamagedRecord>,
 }
 
 impl Queue {
@@ -158,6 +160,7 @@ impl Queue {
         QueueListing {
             queued_recipients: self.inner.metrics.queued_recipients.get().max(0) as usize,
             queues,
+            damaged: self.inner.spool.damaged(),
         }
     }
 

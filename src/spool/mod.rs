@@ -13,6 +13,10 @@
 //!   missing or torn index is rebuilt by scanning the segments: every message is then pending.
 //! - A segment file is deleted once every message in it is done and it is no longer written to;
 //!   its tombstones are removed from the index after the deletion is durable.
+//! - One damaged record never hides the records after it: the start-up scan finds the next
+//!   valid record by header and checksum, copies the damaged bytes to `quarantine/`, reports
+//!   them (error log naming segment and offset, `gannet_spool_damaged_records`, and
+//!   [`Spool::damaged`] for the queue listing), and never deletes that segment by itself.
 //!
 //! Never does: decide when or where to deliver (queue/), parse messages (message/).
 
@@ -33,6 +37,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::SpoolConfig;
 use crate::metrics::Metrics;
+
+/// Largest `max_message_size` a listener may allow: the record format's payload limit less
+/// 64 MiB for the envelope and the headers Gannet adds (trace, DKIM). A record over the limit
+/// could be written but never read back, so `append` refuses one and validation caps this.
+pub const MAX_MESSAGE_SIZE: usize = record::MAX_PAYLOAD - (64 << 20);
 
 /// Identifies a spooled message: the segment it lives in and the record's offset there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,6 +107,10 @@ pub enum SpoolError {
     Closed,
     #[error("spool is busy: {0} submissions already wait for the disk")]
     Busy(usize),
+    #[error(
+        "message of {size} bytes is over the spool record limit of {limit} bytes (lower max_message_size)"
+    )]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// A message found in the spool at start-up that still has recipients to deliver.
@@ -120,6 +133,25 @@ struct SegState {
     live: usize,
     /// No longer written to: may be deleted when `live` reaches zero.
     sealed: bool,
+    /// Holds a damaged record: kept for the operator, never deleted automatically.
+    damaged: bool,
+}
+
+/// A stretch of a segment that is not a readable record although records follow it (or a
+/// complete record that fails its checks): once an acknowledged message, now lost unless the
+/// operator can repair it from the quarantine copy.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// The segment file.
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub length: u64,
+    /// Why the bytes could not be read.
+    pub error: String,
+    /// Copy of the damaged bytes; `None` when copying failed (the segment still has them).
+    pub quarantine: Option<PathBuf>,
+    /// Messages of the segment still to deliver; delete the segment by hand once this is 0.
+    pub segment_live_messages: usize,
 }
 
 /// Handle to the spool. Cheap to clone; all clones share one writer and one index.
@@ -130,6 +162,8 @@ pub struct Spool {
 
 struct Inner {
     tx: mpsc::Sender<WriteReq>,
+    /// Damaged records found by the start-up scan (fixed after `open`).
+    damaged: Vec<DamagedRecord>,
     queue_limit: usize,
     db: sled::Db,
     segments: Arc<Segments>,
@@ -204,7 +238,9 @@ impl Spool {
             source: e,
         })?;
 
-        let (recovered, segs, max_seg) = scan(&segments_dir, &index)?;
+        let (recovered, segs, max_seg, damaged) =
+            scan(&segments_dir, &root.join("quarantine"), &index)?;
+        metrics.spool_damaged_records.set(damaged.len() as i64);
 
         let (tx, rx) = mpsc::channel(config.commit_queue.max(1));
         let segments = Arc::new(Segments {
@@ -216,7 +252,7 @@ impl Spool {
         let empty: Vec<u64> = segments
             .lock()
             .iter()
-            .filter(|(_, s)| s.live == 0)
+            .filter(|(_, s)| s.live == 0 && !s.damaged)
             .map(|(k, _)| *k)
             .collect();
         for seg in empty {
@@ -224,6 +260,7 @@ impl Spool {
         }
         let inner = Arc::new(Inner {
             tx,
+            damaged,
             queue_limit: config.commit_queue.max(1),
             db,
             segments: segments.clone(),
@@ -248,6 +285,13 @@ impl Spool {
     /// Make a message durable. Resolves after the fdatasync that covers it.
     pub async fn append(&self, record: &MessageRecord) -> Result<Location, SpoolError> {
         let bytes = record::encode(record);
+        if bytes.len() - record::HEADER_LEN > record::MAX_PAYLOAD {
+            // It could be written but never read back.
+            return Err(SpoolError::TooLarge {
+                size: bytes.len(),
+                limit: record::MAX_PAYLOAD,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         // Bounded channel: when the disk falls behind, callers wait here (and SMTP clients
         // wait for their 250) instead of buffering without limit; if even the queue is full
@@ -320,6 +364,30 @@ impl Spool {
         }
     }
 
+    /// Damaged records the start-up scan found (each copied to `quarantine/` and reported),
+    /// with how many messages of their segment are still live.
+    pub fn damaged(&self) -> Vec<DamagedRecord> {
+        if self.inner.damaged.is_empty() {
+            return Vec::new();
+        }
+        let segs = self.inner.segments.lock();
+        self.inner
+            .damaged
+            .iter()
+            .map(|d| {
+                let seg = d
+                    .segment
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| u64::from_str_radix(s, 16).ok());
+                DamagedRecord {
+                    segment_live_messages: seg.and_then(|seg| segs.get(&seg)).map_or(0, |s| s.live),
+                    ..d.clone()
+                }
+            })
+            .collect()
+    }
+
     /// Number of segment files currently tracked (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.inner.segments.lock().len()
@@ -358,7 +426,7 @@ impl Segments {
         match segs.get_mut(&segment) {
             Some(s) => {
                 s.live = s.live.saturating_sub(1);
-                s.live == 0 && s.sealed
+                s.live == 0 && s.sealed && !s.damaged
             }
             None => false,
         }
@@ -375,7 +443,7 @@ impl Segments {
             let mut segs = self.lock();
             let s = segs.entry(segment).or_default();
             s.sealed = true;
-            s.live == 0
+            s.live == 0 && !s.damaged
         };
         if delete {
             self.delete(segment);
@@ -409,10 +477,16 @@ impl Segments {
     }
 }
 
-type ScanResult = (Vec<Recovered>, HashMap<u64, SegState>, u64);
+type ScanResult = (
+    Vec<Recovered>,
+    HashMap<u64, SegState>,
+    u64,
+    Vec<DamagedRecord>,
+);
 
 /// Read every segment, skip messages the index marks done, and count live messages per segment.
-fn scan(dir: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
+/// Damaged records are copied to `quarantine` and reported; their segments are kept.
+fn scan(dir: &Path, quarantine: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
     let mut segments: Vec<u64> = std::fs::read_dir(dir)
         .map_err(|e| SpoolError::Dir {
             path: dir.to_path_buf(),
@@ -428,6 +502,7 @@ fn scan(dir: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
     segments.sort_unstable();
     let mut recovered = Vec::new();
     let mut segs = HashMap::new();
+    let mut damaged = Vec::new();
     let mut max_seg = 0;
     for seg in segments {
         max_seg = max_seg.max(seg);
@@ -436,17 +511,20 @@ fn scan(dir: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
             path: path.clone(),
             source: e,
         })?;
-        let mut live = 0;
-        let mut off = 0usize;
-        while off < data.len() {
-            let rest = &data[off..];
-            let len = match record::record_len(rest)
-                .and_then(|len| record::decode(&rest[..len.min(rest.len())]).map(|rec| (len, rec)))
-            {
-                Ok((len, rec)) => {
+        let mut state = SegState {
+            sealed: true,
+            ..SegState::default()
+        };
+        for found in record::scan(&data) {
+            match found {
+                record::Found::Record {
+                    offset,
+                    len,
+                    record: rec,
+                } => {
                     let key = MsgKey {
                         segment: seg,
-                        offset: off as u64,
+                        offset: offset as u64,
                     };
                     let states = match index.get(key.to_bytes()) {
                         Ok(Some(v)) if v.first() == Some(&1) => None,
@@ -462,7 +540,7 @@ fn scan(dir: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
                         _ => Some(vec![RcptState::Pending; rec.rcpts.len()]),
                     };
                     if let Some(states) = states {
-                        live += 1;
+                        state.live += 1;
                         recovered.push(Recovered {
                             location: Location {
                                 key,
@@ -475,20 +553,67 @@ fn scan(dir: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
                             states,
                         });
                     }
-                    len
                 }
-                Err(e) => {
-                    // A torn tail from a crash mid-write: nothing after it was acknowledged.
-                    tracing::warn!(segment = %path.display(), offset = off, error = %e,
-                        "spool segment ends in an incomplete record; ignoring the rest");
-                    break;
+                record::Found::TornTail { offset, error } => {
+                    // A write cut short by a crash: nothing in it was acknowledged.
+                    tracing::warn!(segment = %path.display(), offset, error = %error,
+                        "spool segment ends in an incomplete record (a write cut short by a crash; it was never acknowledged); ignoring it");
                 }
-            };
-            off += len;
+                record::Found::Damaged { offset, len, error } => {
+                    state.damaged = true;
+                    let bytes = &data[offset..offset + len];
+                    let copy = quarantine_copy(quarantine, seg, offset, bytes);
+                    let quarantine = match copy {
+                        Ok(q) => Some(q),
+                        Err(e) => {
+                            tracing::error!(path = %quarantine.display(), error = %e,
+                                "cannot copy a damaged spool record to the quarantine directory; the segment keeps the bytes");
+                            None
+                        }
+                    };
+                    let q = quarantine
+                        .as_ref()
+                        .map_or_else(|| "(copy failed)".to_string(), |q| q.display().to_string());
+                    tracing::error!(segment = %path.display(), offset, length = len, error = %error, quarantine = %q,
+                        "spool segment holds a damaged record (an accepted message that cannot be read back); the records after it were recovered; its bytes are copied to the quarantine file; the segment is kept until you delete it by hand (see `gannet queue list`)");
+                    damaged.push(DamagedRecord {
+                        segment: path.clone(),
+                        offset: offset as u64,
+                        length: len as u64,
+                        error: error.to_string(),
+                        quarantine,
+                        segment_live_messages: 0,
+                    });
+                }
+            }
         }
-        segs.insert(seg, SegState { live, sealed: true });
+        segs.insert(seg, state);
     }
-    Ok((recovered, segs, max_seg))
+    Ok((recovered, segs, max_seg, damaged))
+}
+
+/// Copy damaged bytes to `quarantine/{segment}-{offset}.damaged` (once: a later start finds the
+/// same damage and the same file) and make the copy durable.
+fn quarantine_copy(
+    quarantine: &Path,
+    segment: u64,
+    offset: usize,
+    bytes: &[u8],
+) -> std::io::Result<PathBuf> {
+    let path = quarantine.join(format!("{segment:016x}-{offset:016x}.damaged"));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(quarantine)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    fsync_dir(quarantine)?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The on-disk record format of spool segments, in pure code (no I/O).
 //!
 //! A segment is a sequence of records. Each record is self-checking, so a scan after a crash
-//! stops cleanly at a torn tail:
+//! tells a torn tail (a write cut short, never acknowledged) from a damaged record in the
+//! middle, and finds the records after damage again by their header and checksum
+//! ([`scan`]):
 //!
 //! ```text
 //! magic  u32 LE  "GNS1"
@@ -216,6 +218,100 @@ pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
     })
 }
 
+/// What a scan of a segment's bytes found at one place.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// A whole, valid record of `len` bytes at `offset`.
+    Record {
+        offset: usize,
+        len: usize,
+        record: MessageRecord,
+    },
+    /// `len` bytes at `offset` that are not a valid record although the file goes on past
+    /// them: a damaged record (it was acknowledged once; the operator must be told).
+    Damaged {
+        offset: usize,
+        len: usize,
+        error: RecordError,
+    },
+    /// An incomplete record at the end of the file: a write cut short by a crash, which was
+    /// never acknowledged.
+    TornTail { offset: usize, error: RecordError },
+}
+
+/// A valid record (magic, length, checksum and fields) at the start of `buf`?
+fn record_at(buf: &[u8]) -> Result<(usize, MessageRecord), RecordError> {
+    let len = record_len(buf)?;
+    let rec = decode(&buf[..len.min(buf.len())])?;
+    Ok((len, rec))
+}
+
+/// Where the next valid record after a bad one at `off` starts, if any. The bad record's own
+/// length is tried first (a damaged payload leaves the header intact), so a scan does not
+/// look inside a body that happens to contain record-like bytes; then every later `MAGIC`.
+fn resync(data: &[u8], off: usize) -> Option<usize> {
+    if let Ok(len) = record_len(&data[off..]) {
+        let next = off + len;
+        if next < data.len() && record_at(&data[next..]).is_ok() {
+            return Some(next);
+        }
+    }
+    let magic = MAGIC.to_le_bytes();
+    (off + 1..data.len().saturating_sub(HEADER_LEN - 1))
+        .find(|&i| data[i..i + 4] == magic && record_at(&data[i..]).is_ok())
+}
+
+/// Whether the unreadable bytes from `off` to the end look like a write cut short: fewer bytes
+/// than a header, a header whose record would end past the file, or zeros (space the file
+/// system allocated but the crash left unwritten). Anything else is damage.
+fn is_torn_tail(rest: &[u8], error: &RecordError) -> bool {
+    matches!(error, RecordError::Truncated { .. }) || rest.iter().all(|&b| b == 0)
+}
+
+/// Split a segment's bytes into records, damaged stretches and a torn tail, in file order.
+/// One damaged record does not hide the records after it: the scan finds the next valid
+/// record header and checksum and goes on from there.
+pub fn scan(data: &[u8]) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut off = 0;
+    while off < data.len() {
+        match record_at(&data[off..]) {
+            Ok((len, record)) => {
+                found.push(Found::Record {
+                    offset: off,
+                    len,
+                    record,
+                });
+                off += len;
+            }
+            Err(error) => match resync(data, off) {
+                Some(next) => {
+                    found.push(Found::Damaged {
+                        offset: off,
+                        len: next - off,
+                        error,
+                    });
+                    off = next;
+                }
+                None => {
+                    let rest = &data[off..];
+                    found.push(if is_torn_tail(rest, &error) {
+                        Found::TornTail { offset: off, error }
+                    } else {
+                        Found::Damaged {
+                            offset: off,
+                            len: rest.len(),
+                            error,
+                        }
+                    });
+                    break;
+                }
+            },
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +366,111 @@ mod tests {
         let last = enc.len() - 3;
         enc[last] ^= 0x40;
         assert_eq!(decode(&enc), Err(RecordError::BadChecksum));
+    }
+
+    fn sample_n(n: u8) -> MessageRecord {
+        let mut r = sample();
+        r.mail_from = format!("s{n}@b.test");
+        r
+    }
+
+    /// (kind, offset, length) of one thing `scan` found.
+    type Shape = (&'static str, usize, usize);
+
+    /// Kinds and offsets of what `scan` found, for compact table rows.
+    fn shape(found: &[Found]) -> Vec<Shape> {
+        found
+            .iter()
+            .map(|f| match f {
+                Found::Record { offset, len, .. } => ("record", *offset, *len),
+                Found::Damaged { offset, len, .. } => ("damaged", *offset, *len),
+                Found::TornTail { offset, .. } => ("torn", *offset, 0),
+            })
+            .collect()
+    }
+
+    /// Issue 15 item 1: one damaged record lost every later record of its segment. Whatever
+    /// byte of the first of three records is changed, the other two are found and the first
+    /// is reported as damaged (never as a torn tail).
+    #[test]
+    fn damaged_record_does_not_hide_the_records_after_it() {
+        let recs: Vec<Vec<u8>> = (1..=3).map(|n| encode(&sample_n(n))).collect();
+        let (a, b) = (recs[0].len(), recs[1].len());
+        let data: Vec<u8> = recs.concat();
+        for pos in 0..a {
+            let mut bad = data.clone();
+            bad[pos] ^= 0x5a;
+            let found = scan(&bad);
+            let s = shape(&found);
+            assert_eq!(
+                s,
+                vec![
+                    ("damaged", 0, a),
+                    ("record", a, b),
+                    ("record", a + b, recs[2].len())
+                ],
+                "byte {pos} changed"
+            );
+            let Found::Record { record, .. } = &found[2] else {
+                unreachable!()
+            };
+            assert_eq!(record, &sample_n(3));
+        }
+    }
+
+    #[test]
+    fn scan_table() {
+        let r1 = encode(&sample_n(1));
+        let r2 = encode(&sample_n(2));
+        let (a, b) = (r1.len(), r2.len());
+        let mut mid_bad = [r1.clone(), r2.clone(), r1.clone()].concat();
+        mid_bad[a + 20] ^= 1;
+        let mut last_bad = [r1.clone(), r2.clone()].concat();
+        last_bad[a + b - 2] ^= 1;
+        let mut garbage_between = r1.clone();
+        garbage_between.extend_from_slice(b"GNS1 not a record at all, just noise");
+        garbage_between.extend_from_slice(&r2);
+        let cases: Vec<(&str, Vec<u8>, Vec<Shape>)> = vec![
+            ("empty", vec![], vec![]),
+            (
+                "two good",
+                [r1.clone(), r2.clone()].concat(),
+                vec![("record", 0, a), ("record", a, b)],
+            ),
+            (
+                "torn tail (cut inside the payload)",
+                [&r1[..], &r2[..b - 5]].concat(),
+                vec![("record", 0, a), ("torn", a, 0)],
+            ),
+            (
+                "torn tail (cut inside the header)",
+                [&r1[..], &r2[..7]].concat(),
+                vec![("record", 0, a), ("torn", a, 0)],
+            ),
+            (
+                "zeros after the last record",
+                [&r1[..], &[0u8; 300][..]].concat(),
+                vec![("record", 0, a), ("torn", a, 0)],
+            ),
+            (
+                "damaged record in the middle",
+                mid_bad,
+                vec![("record", 0, a), ("damaged", a, b), ("record", a + b, a)],
+            ),
+            (
+                "complete last record with a bad checksum is damage, not a torn tail",
+                last_bad,
+                vec![("record", 0, a), ("damaged", a, b)],
+            ),
+            (
+                "noise between records",
+                garbage_between,
+                vec![("record", 0, a), ("damaged", a, 36), ("record", a + 36, b)],
+            ),
+        ];
+        for (name, data, want) in cases {
+            assert_eq!(shape(&scan(&data)), want, "{name}");
+        }
     }
 
     #[test]

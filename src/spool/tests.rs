@@ -316,3 +316,71 @@ async fn failed_dir_fsync_after_creating_a_segment_does_not_wedge_the_writer() {
         .count();
     assert_eq!(files, 1, "the abandoned segment file was removed");
 }
+
+/// Issue 15 item 1: a changed byte in the first record of a segment lost the two acknowledged
+/// records after it (the scan stopped there, and the segment, left with no live message, was
+/// deleted). Now both are recovered, the damaged bytes are copied to quarantine and reported,
+/// and the segment stays even when its other messages are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_first_record_does_not_lose_the_later_records_of_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = SpoolConfig {
+        max_segment_bytes: 1 << 20,
+        ..cfg(dir.path())
+    };
+    let (spool, _) = Spool::open(&big, dir.path(), Metrics::new()).unwrap();
+    let a = spool.append(&rec(1)).await.unwrap();
+    let b = spool.append(&rec(2)).await.unwrap();
+    let c = spool.append(&rec(3)).await.unwrap();
+    assert!(a.key.segment == b.key.segment && b.key.segment == c.key.segment);
+    drop(spool);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let path = segment_path(&dir.path().join("segments"), a.key.segment);
+    let mut data = std::fs::read(&path).unwrap();
+    let original = data[a.key.offset as usize..][..a.len as usize].to_vec();
+    data[a.key.offset as usize + 30] ^= 0x01;
+    std::fs::write(&path, &data).unwrap();
+
+    let metrics = Metrics::new();
+    let (spool, recovered) = Spool::open(&big, dir.path(), metrics.clone()).unwrap();
+    let keys: Vec<_> = recovered.iter().map(|r| r.location.key).collect();
+    assert_eq!(
+        keys,
+        vec![b.key, c.key],
+        "the records after the damaged one"
+    );
+    let damaged = spool.damaged();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(
+        (damaged[0].segment.clone(), damaged[0].offset),
+        (path.clone(), a.key.offset)
+    );
+    assert_eq!(damaged[0].length, u64::from(a.len));
+    assert_eq!(damaged[0].segment_live_messages, 2);
+    assert_eq!(metrics.spool_damaged_records.get(), 1);
+    let q = damaged[0].quarantine.clone().expect("quarantine copy");
+    let copy = std::fs::read(&q).unwrap();
+    assert_eq!(copy.len(), original.len());
+    assert_ne!(copy, original, "the copy holds the damaged bytes as found");
+
+    // Its other messages done: the segment is still kept for the operator.
+    spool.complete(b.key);
+    spool.complete(c.key);
+    spool.flush_index();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        path.exists(),
+        "a segment with a damaged record is never deleted automatically"
+    );
+    assert_eq!(spool.damaged()[0].segment_live_messages, 0);
+    drop(spool);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // A later start reports it again (and does not delete the segment either).
+    let (spool, recovered) = Spool::open(&big, dir.path(), Metrics::new()).unwrap();
+    assert!(recovered.is_empty());
+    assert_eq!(spool.damaged().len(), 1);
+    assert!(path.exists());
+    let files = std::fs::read_dir(q.parent().unwrap()).unwrap().count();
+    assert_eq!(files, 1, "one quarantine copy per damaged record");
+}

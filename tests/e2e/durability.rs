@@ -299,3 +299,75 @@ async fn kill9_during_parallel_submissions_loses_no_acknowledged_message() {
         distinct_message_ids(&ts).len()
     );
 }
+
+/// Issue 15 item 1: one damaged record lost every later message of its segment (the start-up
+/// scan stopped at it and took the rest for a torn tail). Three messages are accepted while
+/// the MX refuses them, Gannet is killed, one byte of the first record is changed: after the
+/// restart the other two are delivered and the operator is told about the first (an error
+/// log line naming the segment and offset, `gannet_spool_damaged_records`, `queue list`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_first_record_loses_no_later_message_of_its_segment() {
+    let (zone, ips) = one_sink_world();
+    let mut w = World::start(&ips, zone, |c| c).await;
+    let sink = &w.sinks[0];
+    sink.add_rule(Rule::new(Stage::Data, "451 4.7.1 try later"));
+    let ids = submit_many(&w.gannet, "dmg", 3).await;
+    w.gannet.kill9().await;
+
+    // All three went into one segment; the first record is at its start.
+    let segdir = w.gannet.dir().join("spool").join("segments");
+    let mut segs: Vec<_> = std::fs::read_dir(&segdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+        .collect();
+    segs.sort();
+    assert_eq!(
+        segs.len(),
+        1,
+        "one segment holds the three messages: {segs:?}"
+    );
+    let seg = segs.remove(0);
+    let mut data = std::fs::read(&seg).unwrap();
+    // Inside the first record's payload (its envelope), past the 12-byte header.
+    data[40] ^= 0x20;
+    std::fs::write(&seg, &data).unwrap();
+
+    sink.clear_rules();
+    w.gannet.restart().await;
+    let survivors: BTreeSet<String> = ids.iter().skip(1).cloned().collect();
+    assert_eq!(survivors.len(), 2);
+    let ts = wait_all_delivered(sink, &survivors).await;
+    assert_eq!(distinct_message_ids(&ts), survivors);
+
+    let seg_name = seg.file_name().unwrap().to_str().unwrap().to_string();
+    let log = w.gannet.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("damaged record") && l.contains(&seg_name))
+        .unwrap_or_else(|| panic!("no log line names the damaged record's segment\n{log}"));
+    assert!(
+        line.contains("\"offset\":0") || line.contains("offset=0"),
+        "the log line names the offset: {line}"
+    );
+    assert_eq!(
+        w.gannet.metric("gannet_spool_damaged_records", &[]).await,
+        1.0
+    );
+    let out = w.gannet.cli(&["queue", "list"]).await;
+    out.assert_success();
+    let text = out.all();
+    assert!(
+        text.contains("DAMAGED") && text.contains(&seg_name) && text.contains("offset 0"),
+        "`gannet queue list` tells the operator:\n{text}"
+    );
+    let status = w.gannet.queue_status().await;
+    let damaged = status.raw["damaged"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(damaged.len(), 1, "{}", status.raw);
+    let copy = damaged[0]["quarantine"].as_str().expect("quarantine copy");
+    assert!(std::path::Path::new(copy).exists(), "{copy}");
+    assert!(seg.exists(), "the segment is kept for the operator");
+}
