@@ -15,6 +15,19 @@ fn rec(n: usize) -> MessageRecord {
     }
 }
 
+/// Open the spool again after dropping it: the writer thread lets go of sled's lock on its
+/// own time (no fixed sleep on a loaded host), so retry while the index is still locked.
+async fn reopen(config: &SpoolConfig, dir: &Path, metrics: Metrics) -> (Spool, Vec<Recovered>) {
+    for _ in 0..600 {
+        match Spool::open(config, dir, metrics.clone()) {
+            Ok(x) => return x,
+            Err(SpoolError::Index { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("reopening the spool: {e}"),
+        }
+    }
+    panic!("the spool index stayed locked for 30 s")
+}
+
 fn cfg(dir: &Path) -> SpoolConfig {
     SpoolConfig {
         path: dir.to_path_buf(),
@@ -348,7 +361,7 @@ async fn damaged_first_record_does_not_lose_the_later_records_of_its_segment() {
     std::fs::write(&path, &data).unwrap();
 
     let metrics = Metrics::new();
-    let (spool, recovered) = Spool::open(&big, dir.path(), metrics.clone()).unwrap();
+    let (spool, recovered) = reopen(&big, dir.path(), metrics.clone()).await;
     let keys: Vec<_> = recovered.iter().map(|r| r.location.key).collect();
     assert_eq!(
         keys,
@@ -383,7 +396,7 @@ async fn damaged_first_record_does_not_lose_the_later_records_of_its_segment() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // A later start reports it again (and does not delete the segment either).
-    let (spool, recovered) = Spool::open(&big, dir.path(), Metrics::new()).unwrap();
+    let (spool, recovered) = reopen(&big, dir.path(), Metrics::new()).await;
     assert!(recovered.is_empty());
     assert_eq!(spool.damaged().len(), 1);
     assert!(path.exists());
