@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use gannet::config::Config;
 
+mod cli_bounce;
+
 #[derive(Parser)]
 #[command(
     name = "gannet",
@@ -19,10 +21,10 @@ struct Cli {
 }
 
 #[derive(clap::Args, Clone)]
-struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Configuration file (default: the embedded config/gannet.toml)
     #[arg(long, short = 'c', value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +67,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Bounce tools: classify a reply or a bounce mail with the configured rules
+    Bounce {
+        #[command(subcommand)]
+        action: cli_bounce::BounceAction,
     },
     /// Write a self-signed development certificate and key (PEM) for STARTTLS
     DevCert {
@@ -374,6 +381,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::DevCert { out, names } => dev_cert(&out, &names),
+        Command::Bounce { action } => cli_bounce::run(action, load_config),
         Command::Dkim {
             action:
                 DkimAction::Keygen {

@@ -1,11 +1,16 @@
-//! Bounces: the delivery status notifications Gannet sends (RFC 3464) when recipients fail.
+//! Bounces: what Gannet makes of every "no" — reply classification (`classify`, rules from
+//! `config/bounce_rules.toml`) — and the delivery status notifications Gannet sends (RFC 3464)
+//! when recipients fail (`dsn`, `notify_loop`).
 //!
-//! Owns building the DSN message. Parsing inbound DSNs and feedback reports, reply
-//! classification and VERP correlation arrive with the bounce-processing work and live here too.
-//! Never does: decide that a recipient failed (queue/), or send anything itself (the DSN goes
-//! through intake like any other message).
+//! Never does: decide that a recipient failed or when to retry (queue/), suppress an address
+//! (suppression/), or send anything itself (the DSN goes through intake like any other message).
 
+pub mod classify;
 pub mod dsn;
+#[doc(hidden)]
+pub mod samples;
+
+pub use classify::{Classification, Classifier, ReplyView, RuleRef, RulesError, split_reply};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, UNIX_EPOCH};

@@ -57,6 +57,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub inject: InjectConfig,
+    #[serde(default)]
+    pub bounce: BounceConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -713,4 +715,13 @@ impl Default for InjectConfig {
             concurrency: default_inject_concurrency(),
         }
     }
+}
+
+/// Bounce processing (`[bounce]`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BounceConfig {
+    /// Bounce rules file (categories and reply rules; see `config/bounce_rules.toml`), relative
+    /// to the config file. None means the shipped rules, embedded in the binary.
+    pub rules_file: Option<PathBuf>,
 }

@@ -19,9 +19,11 @@
 //! - `sendlog` (issue 18): the send log's queries, exports, accountability and master key.
 //! - `protocol_faults` (issue 15): quoted local parts, `<postmaster>`, sender authorisation,
 //!   the loopback-only admin API.
+//! - `bounces` (issue 17): reply classification (`gannet bounce classify`).
 
 mod common;
 
+mod bounces;
 mod cli;
 mod delivery_faults;
 mod dkim;
