@@ -5,18 +5,16 @@
 //! and recording every query as a `log_access` event (who looked up whom, when).
 //! Never does: SQL or decryption (that is `sendlog/`), or anything outside the send log.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, authorize, bad_request, token_hash};
+use super::{ApiError, ApiState, authorize_actor, bad_request};
 use crate::sendlog::{EventFilter, SendLog, SendLogError, render};
 
 /// Most events in one JSON page.
@@ -29,48 +27,13 @@ pub struct LogsReader {
     pub actor: String,
 }
 
-/// Who sent a request that `authorize` accepted.
-pub fn actor_of(config: &crate::config::Config, headers: &HeaderMap) -> String {
-    if config.api_tokens.is_empty() {
-        return "loopback".to_string();
-    }
-    let hash = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| token_hash(t.trim()))
-        .unwrap_or_default();
-    config
-        .api_tokens
-        .iter()
-        .find(|t| t.hash.eq_ignore_ascii_case(&hash))
-        .map(|t| t.name.clone())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "client address unknown",
-            )
-        })
-}
-
 impl FromRequestParts<ApiState> for LogsReader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
-        let peer = peer(parts)?;
-        authorize(&s.config, &parts.headers, peer, "logs")?;
-        Ok(LogsReader {
-            actor: actor_of(&s.config, &parts.headers),
-        })
+        let peer = super::peer(parts)?;
+        let actor = authorize_actor(&s.config, &parts.headers, peer, "logs")?;
+        Ok(LogsReader { actor })
     }
 }
 
@@ -410,8 +373,7 @@ fn address_ok(a: &str) -> bool {
 /// the erasure without the address.
 pub async fn erase(
     State(s): State<ApiState>,
-    _: super::Admin,
-    headers: HeaderMap,
+    super::Admin { actor }: super::Admin,
     body: Result<axum::Json<ErasureRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let axum::Json(req) = body.map_err(|e| bad_request(e.body_text(), "address"))?;
@@ -422,7 +384,6 @@ pub async fn erase(
         ));
     }
     let log = sendlog(&s)?.clone();
-    let actor = actor_of(&s.config, &headers);
     let rows = log.erase(&req.address, &actor).await.map_err(store_error)?;
     let subject = hex::encode(log.address_hash(&req.address));
     Ok((

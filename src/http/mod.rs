@@ -223,20 +223,24 @@ impl FromRequestParts<ApiState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "client address unknown",
-                )
-            })?;
-        let actor = authorize_actor(&s.config, &parts.headers, peer, "admin")?;
+        let actor = authorize_actor(&s.config, &parts.headers, peer(parts)?, "admin")?;
         Ok(Admin { actor })
     }
+}
+
+/// The client's address, which every scope check needs (served with connect info).
+pub(crate) fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "client address unknown",
+            )
+        })
 }
 
 async fn health() -> impl IntoResponse {
