@@ -46,6 +46,7 @@ fn event(i: u64) -> Event {
             source_ip: "198.51.100.1".into(),
             reply: "550 5.1.1 user unknown".into(),
             category: "bad-mailbox".into(),
+            hard: true,
         },
     };
     let mut e = Event::new(kind);

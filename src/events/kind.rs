@@ -90,6 +90,9 @@ pub enum EventKind {
         reply: String,
         #[serde(default)]
         category: String,
+        /// The category is a hard one (the address itself is bad): suppression policy acts on it.
+        #[serde(default)]
+        hard: bool,
     },
     /// The recipient stayed deferred past `[delivery] max_age` and was given up (a bounce
     /// with status 5.4.7, reported separately so expiries can be counted).
@@ -157,6 +160,68 @@ pub enum EventKind {
         #[serde(default)]
         rows: u64,
     },
+    /// An asynchronous bounce (a DSN or a non-standard bounce mail arriving on the bounces
+    /// listener) tied to the original send; `queue_id`/`recipient` are the original's.
+    BounceReport {
+        /// `dsn` or `non-standard`.
+        format: String,
+        /// DSN status code, e.g. `5.1.1`.
+        status: String,
+        #[serde(default)]
+        diagnostic: String,
+        category: String,
+        hard: bool,
+        #[serde(default)]
+        reporting_mta: String,
+    },
+    /// A feedback-loop complaint (ARF, RFC 5965) tied to the original send.
+    Complaint {
+        /// ARF Feedback-Type, e.g. `abuse`.
+        feedback_type: String,
+        #[serde(default)]
+        user_agent: String,
+        /// Who sent the report (the FBL provider's reporting domain).
+        #[serde(default)]
+        reporter: String,
+    },
+    /// The recipient opted out (RFC 8058 one-click POST, the mailto variant, or the API).
+    Unsubscribed {
+        /// `one-click`, `mailto`, `api`.
+        via: String,
+        /// Tenant scope of the opt-out (`*` for all tenants).
+        scope: String,
+        /// List or campaign scope when the token carries one.
+        #[serde(default)]
+        list: String,
+    },
+    /// Mail to a suppressed address was not sent (refused at injection, or dropped from the
+    /// queue just before delivery).
+    Suppressed {
+        /// `smtp`, `http` (refused at injection) or `delivery` (dropped from the queue).
+        stage: String,
+        /// The suppression's reason (`hard-bounce`, `complaint`, `unsubscribe`, ...).
+        reason: String,
+        scope: String,
+    },
+    /// A suppression entry was added or removed (`recipient` is the address).
+    SuppressionChanged {
+        /// `added`, `removed`.
+        change: String,
+        reason: String,
+        scope: String,
+        /// API token name, `cli`, `policy` (from a bounce/complaint/unsubscribe event).
+        actor: String,
+        /// Unix seconds when the entry lapses; 0 = never.
+        #[serde(default)]
+        expires: u64,
+    },
+    /// Mail arriving on the bounces listener that created nothing: a forged VERP token, failing
+    /// DKIM/SPF/DMARC, no original send found, an auto-reply (`reason` says which).
+    InboundRejected {
+        reason: String,
+        #[serde(default)]
+        client_ip: String,
+    },
     /// A backoff rule changed the state of a (site, source).
     Backoff {
         /// `started`, `extended`, `ended`
@@ -188,6 +253,12 @@ impl EventKind {
             EventKind::Backoff { .. } => "backoff",
             EventKind::LogAccess { .. } => "log_access",
             EventKind::Erased { .. } => "erased",
+            EventKind::BounceReport { .. } => "bounce_report",
+            EventKind::Complaint { .. } => "complaint",
+            EventKind::Unsubscribed { .. } => "unsubscribed",
+            EventKind::Suppressed { .. } => "suppressed",
+            EventKind::SuppressionChanged { .. } => "suppression_changed",
+            EventKind::InboundRejected { .. } => "inbound_rejected",
         }
     }
 

@@ -174,6 +174,25 @@ pub fn log_event(e: &Event) {
             rows = *rows,
             actor = %actor,
         ),
+        // Bounce reports, complaints, opt-outs and suppressions: one line with the event's
+        // own fields, so the line never drifts from the event (the recipient stays out of the
+        // log like everywhere else; the send log keeps it sealed).
+        EventKind::BounceReport { .. }
+        | EventKind::Complaint { .. }
+        | EventKind::Unsubscribed { .. }
+        | EventKind::Suppressed { .. }
+        | EventKind::SuppressionChanged { .. }
+        | EventKind::InboundRejected { .. } => {
+            let fields = serde_json::to_value(&e.kind).unwrap_or_default();
+            tracing::info!(
+                target: "gannet::bounce",
+                event = e.type_name(),
+                queue_id = %e.queue_id,
+                tenant = %e.tenant,
+                campaign = %e.campaign,
+                fields = %fields,
+            );
+        }
         EventKind::Flushed { actor, released } => tracing::info!(
             target: "gannet::control",
             event = "flushed",

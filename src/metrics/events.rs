@@ -102,6 +102,12 @@ fn count(m: &Metrics, p: &Published) {
         | EventKind::Resumed { .. }
         | EventKind::Flushed { .. }
         | EventKind::LogAccess { .. }
-        | EventKind::Erased { .. } => {}
+        | EventKind::Erased { .. }
+        | EventKind::BounceReport { .. }
+        | EventKind::Complaint { .. }
+        | EventKind::Unsubscribed { .. }
+        | EventKind::Suppressed { .. }
+        | EventKind::SuppressionChanged { .. }
+        | EventKind::InboundRejected { .. } => {}
     }
 }

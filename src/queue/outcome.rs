@@ -87,6 +87,7 @@ impl Queue {
                         source_ip: ip_text(via.source_ip),
                         reply: r.to_string(),
                         category: String::new(),
+                        hard: false,
                     },
                 };
                 last_seq = self.publish_for(&msg, i, attempt, &pool, kind);

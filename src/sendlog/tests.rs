@@ -56,6 +56,7 @@ fn bounced(rcpt: &str, queue_id: &str, category: &str) -> Event {
             source_ip: "127.0.0.1".into(),
             reply: "550 5.1.1 no such user".into(),
             category: category.into(),
+            hard: true,
         },
         rcpt,
         queue_id,
