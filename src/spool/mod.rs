@@ -2,7 +2,9 @@
 //! and a sled index of per-message delivery state.
 //!
 //! Owns: the `segments/` directory (files named by segment number, never by anything personal),
-//! the group-commit writer thread, and the sled database under `index/`.
+//! the group-commit writer thread, the sled database under `index/` (rebuildable), and a
+//! second sled database under `state/` for operator state (suspensions, warm-up counters),
+//! which cannot be rebuilt from the segments and so must not live in the index.
 //!
 //! Invariants:
 //! - `append` resolves only after the record is on stable storage (write + fdatasync; a new
@@ -89,9 +91,13 @@ pub enum SpoolError {
         source: std::io::Error,
     },
     #[error(
-        "spool index at {path} cannot be opened: {source} (it can be deleted; it is rebuilt from the segments)"
+        "spool index at {path} cannot be opened: {source} (it can be deleted: it is rebuilt from the segments; suspensions and warm-up counters are kept apart in state/ and survive)"
     )]
     Index { path: PathBuf, source: sled::Error },
+    #[error(
+        "spool operator state at {path} cannot be opened: {source} (it holds suspensions and warm-up counters; deleting it loses them, queued mail is not affected)"
+    )]
+    State { path: PathBuf, source: sled::Error },
     #[error("spool write to {path} failed: {source}")]
     Write {
         path: PathBuf,
@@ -166,6 +172,9 @@ struct Inner {
     damaged: Vec<DamagedRecord>,
     queue_limit: usize,
     db: sled::Db,
+    /// Operator state, apart from the rebuildable index.
+    state: sled::Db,
+    state_path: PathBuf,
     segments: Arc<Segments>,
 }
 
@@ -237,6 +246,27 @@ impl Spool {
             path: index_path.clone(),
             source: e,
         })?;
+        let state_path = root.join("state");
+        let state = sled::Config::new()
+            .path(&state_path)
+            .cache_capacity(1024 * 1024)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| SpoolError::State {
+                path: state_path.clone(),
+                source: e,
+            })?;
+        match move_state_out_of_index(&db, &state) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(trees = n, path = %state_path.display(),
+                "moved operator state (suspensions, warm-up counters) out of the spool index, so an index rebuild keeps it"),
+            Err(e) => {
+                return Err(SpoolError::State {
+                    path: state_path,
+                    source: e,
+                });
+            }
+        }
 
         let (recovered, segs, max_seg, damaged) =
             scan(&segments_dir, &root.join("quarantine"), &index)?;
@@ -263,6 +293,8 @@ impl Spool {
             damaged,
             queue_limit: config.commit_queue.max(1),
             db,
+            state,
+            state_path,
             segments: segments.clone(),
         });
         let spool = Spool { inner };
@@ -394,13 +426,14 @@ impl Spool {
     }
 
     /// A named sled tree for small operator state that must survive restarts (suspensions,
-    /// warm-up counters). Not for message data.
+    /// warm-up counters). Not for message data. It lives in `state/`, not in the index, so
+    /// deleting a damaged index (which is rebuilt from the segments) does not lose it.
     pub fn state_tree(&self, name: &str) -> Result<sled::Tree, SpoolError> {
         self.inner
-            .db
+            .state
             .open_tree(format!("state:{name}"))
-            .map_err(|e| SpoolError::Index {
-                path: self.inner.segments.dir.clone(),
+            .map_err(|e| SpoolError::State {
+                path: self.inner.state_path.clone(),
                 source: e,
             })
     }
@@ -475,6 +508,31 @@ impl Segments {
             tracing::warn!(error = %e, "spool index cleanup failed");
         }
     }
+}
+
+/// Operator state used to live in the index database as trees named `state:NAME`, where the
+/// advice to delete a damaged index also deleted it. Copy such trees into the state database
+/// (unless it already has them) and drop them from the index; returns how many were moved.
+fn move_state_out_of_index(index: &sled::Db, state: &sled::Db) -> sled::Result<usize> {
+    let mut moved = 0;
+    for name in index.tree_names() {
+        if !name.starts_with(b"state:") {
+            continue;
+        }
+        let old = index.open_tree(&name)?;
+        let new = state.open_tree(&name)?;
+        if new.is_empty() {
+            for kv in old.iter() {
+                let (k, v) = kv?;
+                new.insert(k, v)?;
+            }
+        }
+        state.flush()?;
+        drop(old);
+        index.drop_tree(&name)?;
+        moved += 1;
+    }
+    Ok(moved)
 }
 
 type ScanResult = (

@@ -403,3 +403,47 @@ async fn damaged_first_record_does_not_lose_the_later_records_of_its_segment() {
     let files = std::fs::read_dir(q.parent().unwrap()).unwrap().count();
     assert_eq!(files, 1, "one quarantine copy per damaged record");
 }
+
+/// Issue 15 item 14: operator state lived in the index database, so deleting a damaged index
+/// (the advice in its error message) also deleted suspensions and warm-up counters. It now
+/// lives apart in `state/`; state written by an older version into the index is moved there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_state_survives_deleting_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    // An index as older versions left it, with operator state inside.
+    {
+        let old = sled::open(dir.path().join("index")).unwrap();
+        old.open_tree("state:warmup")
+            .unwrap()
+            .insert("snapshot", &b"old-counters"[..])
+            .unwrap();
+        old.flush().unwrap();
+    }
+    let (spool, _) = Spool::open(&cfg(dir.path()), dir.path(), Metrics::new()).unwrap();
+    let warmup = spool.state_tree("warmup").unwrap();
+    assert_eq!(
+        warmup.get("snapshot").unwrap().as_deref(),
+        Some(&b"old-counters"[..]),
+        "state from the index is moved, not lost"
+    );
+    let susp = spool.state_tree("suspensions").unwrap();
+    susp.insert(1u64.to_be_bytes(), &b"campaign=spring"[..]).unwrap();
+    susp.flush().unwrap();
+    spool.append(&rec(1)).await.unwrap();
+    drop((warmup, susp, spool));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let (spool, recovered) = Spool::open(&cfg(dir.path()), dir.path(), Metrics::new()).unwrap();
+    assert_eq!(recovered.len(), 1, "the index was rebuilt from the segments");
+    assert_eq!(
+        spool.state_tree("suspensions").unwrap().get(1u64.to_be_bytes()).unwrap().as_deref(),
+        Some(&b"campaign=spring"[..]),
+        "a suspension survives an index rebuild"
+    );
+    assert_eq!(
+        spool.state_tree("warmup").unwrap().get("snapshot").unwrap().as_deref(),
+        Some(&b"old-counters"[..]),
+        "warm-up counters survive an index rebuild"
+    );
+}

@@ -371,3 +371,30 @@ async fn damaged_first_record_loses_no_later_message_of_its_segment() {
     assert!(std::path::Path::new(copy).exists(), "{copy}");
     assert!(seg.exists(), "the segment is kept for the operator");
 }
+
+/// Issue 15 item 14: the advice to delete a damaged spool index (it is rebuilt from the
+/// segments) also deleted every suspension, since operator state lived in the index. A
+/// suspension made with `gannet queue suspend` survives deleting `spool/index`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_survives_deleting_the_spool_index() {
+    let (zone, ips) = one_sink_world();
+    let mut w = World::start(&ips, zone, |c| c).await;
+    w.gannet
+        .cli(&["queue", "suspend", "--campaign", "spring"])
+        .await
+        .assert_success();
+    let status = w.gannet.sigterm().await;
+    assert!(status.success(), "clean exit\n{}", w.gannet.log());
+
+    let index = w.gannet.dir().join("spool").join("index");
+    assert!(index.exists(), "{}", index.display());
+    std::fs::remove_dir_all(&index).unwrap();
+    w.gannet.restart().await;
+    let (code, body) = w.gannet.http_get("/api/v1/queues/suspensions").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("spring"),
+        "the suspension survives an index rebuild: {body}\n{}",
+        w.gannet.log()
+    );
+}
