@@ -21,7 +21,9 @@ async fn reopen(config: &SpoolConfig, dir: &Path, metrics: Metrics) -> (Spool, V
     for _ in 0..600 {
         match Spool::open(config, dir, metrics.clone()) {
             Ok(x) => return x,
-            Err(SpoolError::Index { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(SpoolError::Index { .. } | SpoolError::State { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(e) => panic!("reopening the spool: {e}"),
         }
     }
@@ -419,7 +421,7 @@ async fn operator_state_survives_deleting_the_index() {
             .unwrap();
         old.flush().unwrap();
     }
-    let (spool, _) = Spool::open(&cfg(dir.path()), dir.path(), Metrics::new()).unwrap();
+    let (spool, _) = reopen(&cfg(dir.path()), dir.path(), Metrics::new()).await;
     let warmup = spool.state_tree("warmup").unwrap();
     assert_eq!(
         warmup.get("snapshot").unwrap().as_deref(),
@@ -427,22 +429,37 @@ async fn operator_state_survives_deleting_the_index() {
         "state from the index is moved, not lost"
     );
     let susp = spool.state_tree("suspensions").unwrap();
-    susp.insert(1u64.to_be_bytes(), &b"campaign=spring"[..]).unwrap();
+    susp.insert(1u64.to_be_bytes(), &b"campaign=spring"[..])
+        .unwrap();
     susp.flush().unwrap();
     spool.append(&rec(1)).await.unwrap();
     drop((warmup, susp, spool));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
-    let (spool, recovered) = Spool::open(&cfg(dir.path()), dir.path(), Metrics::new()).unwrap();
-    assert_eq!(recovered.len(), 1, "the index was rebuilt from the segments");
+    let (spool, recovered) = reopen(&cfg(dir.path()), dir.path(), Metrics::new()).await;
     assert_eq!(
-        spool.state_tree("suspensions").unwrap().get(1u64.to_be_bytes()).unwrap().as_deref(),
+        recovered.len(),
+        1,
+        "the index was rebuilt from the segments"
+    );
+    assert_eq!(
+        spool
+            .state_tree("suspensions")
+            .unwrap()
+            .get(1u64.to_be_bytes())
+            .unwrap()
+            .as_deref(),
         Some(&b"campaign=spring"[..]),
         "a suspension survives an index rebuild"
     );
     assert_eq!(
-        spool.state_tree("warmup").unwrap().get("snapshot").unwrap().as_deref(),
+        spool
+            .state_tree("warmup")
+            .unwrap()
+            .get("snapshot")
+            .unwrap()
+            .as_deref(),
         Some(&b"old-counters"[..]),
         "warm-up counters survive an index rebuild"
     );
