@@ -122,7 +122,7 @@ pub enum QueueError {
     )]
     Tls(String),
     #[error(
-        "cannot open the queue's {tree:?} state in the spool index: {source} (check [spool] path is writable; a damaged index can be removed, it is rebuilt from the segments)"
+        "cannot open the queue's {tree:?} operator state: {source} (check [spool] path is writable; this is the spool's state/ database, not the rebuildable index: deleting state/ loses suspensions and warm-up counters, never queued mail)"
     )]
     State {
         tree: &'static str,

@@ -438,10 +438,15 @@ impl Spool {
             })
     }
 
-    /// Push sled's buffered index updates to the OS (not a durability point; see module docs).
+    /// Push sled's buffered index and operator-state updates to the OS (not a durability
+    /// point; see module docs).
     pub fn flush_index(&self) {
         if let Err(e) = self.inner.db.flush() {
             tracing::warn!(error = %e, "spool index flush failed");
+        }
+        if let Err(e) = self.inner.state.flush() {
+            tracing::warn!(error = %e, path = %self.inner.state_path.display(),
+                "spool operator state flush failed (suspensions, warm-up counters)");
         }
     }
 }
