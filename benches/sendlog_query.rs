@@ -36,7 +36,8 @@ fn event(i: u64) -> Event {
             remote_ip: "192.0.2.1".into(),
             source_ip: "198.51.100.1".into(),
             reply: "451 4.7.1 try again later".into(),
-            category: String::new(),
+            category: "rate-limited".into(),
+            provider: String::new(),
             retry_in_secs: 60,
         },
         _ => EventKind::Bounced {
@@ -47,6 +48,7 @@ fn event(i: u64) -> Event {
             reply: "550 5.1.1 user unknown".into(),
             category: "bad-mailbox".into(),
             hard: true,
+            provider: String::new(),
         },
     };
     let mut e = Event::new(kind);

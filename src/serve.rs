@@ -53,6 +53,8 @@ pub enum ServeError {
     SendLog(#[from] crate::sendlog::SendLogError),
     #[error(transparent)]
     Unsubscribe(#[from] crate::suppression::token::TokenError),
+    #[error(transparent)]
+    BounceRules(#[from] crate::bounce::RulesError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -152,7 +154,8 @@ pub async fn run_with(
     let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
     // The shaping handles (limits data, backoff, the limiter over its in-process backend,
     // warm-up): built here so a cluster backend can replace them without touching the queue.
-    let shapers = Shapers::in_process(crate::shaping::Shaping::from_config(&config)?, &config)?;
+    let mut shapers = Shapers::in_process(crate::shaping::Shaping::from_config(&config)?, &config)?;
+    shapers.classifier = Arc::new(crate::bounce::Classifier::from_config(&config)?);
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
         spool.clone(),

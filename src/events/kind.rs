@@ -70,9 +70,13 @@ pub enum EventKind {
         #[serde(default)]
         source_ip: String,
         reply: String,
-        /// Bounce category (bounce rules), empty until classified.
+        /// Bounce category (bounce rules, e.g. `rate-limited`).
         #[serde(default)]
         category: String,
+        /// The shaping (or bounce-rules) provider the site matched, e.g. `google`; empty when
+        /// none did. Picks the provider's bounce rules first.
+        #[serde(default)]
+        provider: String,
         /// Seconds until the next attempt.
         #[serde(default)]
         retry_in_secs: u64,
@@ -93,13 +97,22 @@ pub enum EventKind {
         /// The category is a hard one (the address itself is bad): suppression policy acts on it.
         #[serde(default)]
         hard: bool,
+        /// The provider the site matched (see `Deferred`); empty when none did.
+        #[serde(default)]
+        provider: String,
     },
     /// The recipient stayed deferred past `[delivery] max_age` and was given up (a bounce
     /// with status 5.4.7, reported separately so expiries can be counted).
     Expired {
         reply: String,
+        /// Category of the last error (what kept the recipient undeliverable).
         #[serde(default)]
         category: String,
+        /// Whether that category is hard.
+        #[serde(default)]
+        hard: bool,
+        #[serde(default)]
+        provider: String,
     },
     /// A delivery status notification about this message's failed recipients.
     Dsn {

@@ -3,8 +3,10 @@
 //! Owns the mapping from events to the counters stages used to increment themselves:
 //! `gannet_accepted_total{listener}` (received), `gannet_recipients_total{outcome, class}`
 //! (delivered, deferred, bounced — an expiry counts as `bounced`, as before events existed —,
-//! purged), `gannet_delivery_latency_seconds{class}`, `gannet_backoff_transitions_total`, and
-//! `gannet_events_total{type}`. Registered lossless by `serve`: the counters agree with the
+//! purged), `gannet_delivery_latency_seconds{class}`, `gannet_backoff_transitions_total`,
+//! `gannet_bounces_total{category, class, pool, provider}` (bounced, expired, bounce_report),
+//! `gannet_complaints_total`, `gannet_unsubscribes_total`, `gannet_suppressed_total`,
+//! `gannet_suppression_changes_total` and `gannet_events_total{type}`. Registered lossless by `serve`: the counters agree with the
 //! outcome log line for line.
 //!
 //! A scrape sees every event published before it: [`EventsSeen`] records the highest `seq`
@@ -74,6 +76,17 @@ fn count(m: &Metrics, p: &Published) {
             .with_label_values(&[name, e.class.as_str()])
             .inc()
     };
+    // Category names come from the rules file and providers from shaping.toml: both bounded.
+    let bounce = |category: &str, provider: &str| {
+        let category = if category.is_empty() {
+            "unknown"
+        } else {
+            category
+        };
+        m.bounces
+            .with_label_values(&[category, e.class.as_str(), e.pool.as_str(), provider])
+            .inc();
+    };
     match &e.kind {
         EventKind::Received { listener, .. } => {
             m.accepted.with_label_values(&[listener.as_str()]).inc();
@@ -85,7 +98,36 @@ fn count(m: &Metrics, p: &Published) {
                 .observe(*queue_secs);
         }
         EventKind::Deferred { .. } => outcome("deferred"),
-        EventKind::Bounced { .. } | EventKind::Expired { .. } => outcome("bounced"),
+        EventKind::Bounced {
+            category, provider, ..
+        }
+        | EventKind::Expired {
+            category, provider, ..
+        } => {
+            outcome("bounced");
+            bounce(category, provider);
+        }
+        EventKind::BounceReport { category, .. } => bounce(category, ""),
+        EventKind::Complaint { .. } => {
+            m.complaints
+                .with_label_values(&[e.class.as_str(), e.pool.as_str()])
+                .inc();
+        }
+        EventKind::Unsubscribed { via, .. } => {
+            m.unsubscribes
+                .with_label_values(&[via.as_str(), e.class.as_str()])
+                .inc();
+        }
+        EventKind::Suppressed { stage, reason, .. } => {
+            m.suppressed
+                .with_label_values(&[stage.as_str(), reason.as_str()])
+                .inc();
+        }
+        EventKind::SuppressionChanged { change, reason, .. } => {
+            m.suppression_changes
+                .with_label_values(&[change.as_str(), reason.as_str()])
+                .inc();
+        }
         EventKind::Purged { .. } => outcome("purged"),
         EventKind::Backoff {
             change,
@@ -103,11 +145,6 @@ fn count(m: &Metrics, p: &Published) {
         | EventKind::Flushed { .. }
         | EventKind::LogAccess { .. }
         | EventKind::Erased { .. }
-        | EventKind::BounceReport { .. }
-        | EventKind::Complaint { .. }
-        | EventKind::Unsubscribed { .. }
-        | EventKind::Suppressed { .. }
-        | EventKind::SuppressionChanged { .. }
         | EventKind::InboundRejected { .. } => {}
     }
 }

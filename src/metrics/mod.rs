@@ -46,6 +46,17 @@ pub struct Metrics {
     pub warmup_capped: IntCounterVec,
     /// Events counted by the metrics subscriber, per type.
     pub events: IntCounterVec,
+    /// Bounced and expired recipients and asynchronous bounce reports, per bounce category,
+    /// class, pool and provider (bounded labels: no domain, no address).
+    pub bounces: IntCounterVec,
+    /// Feedback-loop complaints per class and pool.
+    pub complaints: IntCounterVec,
+    /// Opt-outs per way in (`one-click`, `mailto`, `api`) and class.
+    pub unsubscribes: IntCounterVec,
+    /// Sends refused or dropped because the address is suppressed, per stage and reason.
+    pub suppressed: IntCounterVec,
+    /// Suppression entries added or removed, per change and reason.
+    pub suppression_changes: IntCounterVec,
     /// How far the metrics subscriber has counted (for consistent scrapes).
     pub events_seen: Arc<events::EventsSeen>,
 }
@@ -145,6 +156,40 @@ impl Metrics {
                 &["type"],
             )
             .expect("metric"),
+            bounces: IntCounterVec::new(
+                Opts::new(
+                    "gannet_bounces_total",
+                    "Bounced and expired recipients and bounce reports, per bounce category",
+                ),
+                &["category", "class", "pool", "provider"],
+            )
+            .expect("metric"),
+            complaints: IntCounterVec::new(
+                Opts::new("gannet_complaints_total", "Feedback-loop complaints"),
+                &["class", "pool"],
+            )
+            .expect("metric"),
+            unsubscribes: IntCounterVec::new(
+                Opts::new("gannet_unsubscribes_total", "Recipient opt-outs"),
+                &["via", "class"],
+            )
+            .expect("metric"),
+            suppressed: IntCounterVec::new(
+                Opts::new(
+                    "gannet_suppressed_total",
+                    "Sends refused or dropped for a suppressed address",
+                ),
+                &["stage", "reason"],
+            )
+            .expect("metric"),
+            suppression_changes: IntCounterVec::new(
+                Opts::new(
+                    "gannet_suppression_changes_total",
+                    "Suppression entries added or removed",
+                ),
+                &["change", "reason"],
+            )
+            .expect("metric"),
             events_seen: Arc::new(events::EventsSeen::default()),
             registry,
         };
@@ -164,6 +209,11 @@ impl Metrics {
             Box::new(m.limiter_refusals.clone()),
             Box::new(m.warmup_capped.clone()),
             Box::new(m.events.clone()),
+            Box::new(m.bounces.clone()),
+            Box::new(m.complaints.clone()),
+            Box::new(m.unsubscribes.clone()),
+            Box::new(m.suppressed.clone()),
+            Box::new(m.suppression_changes.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

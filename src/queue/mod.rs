@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bounce::Classifier;
 use crate::config::Config;
 use crate::delivery::{ClientOptions, Destination, MxResolver, Outcome, Reply};
 use crate::events::{EventBus, TlsInfo};
@@ -71,6 +72,9 @@ pub struct Via {
     pub remote_ip: Option<IpAddr>,
     pub source_ip: Option<IpAddr>,
     pub tls: Option<TlsInfo>,
+    /// The shaping provider the site matched (`google`...), when one did; its bounce rules are
+    /// tried first when the reply is classified.
+    pub provider: Option<Arc<str>>,
 }
 
 /// A spool state change held until its events are durable.
@@ -96,6 +100,9 @@ pub struct Shapers {
     pub backoff: BackoffState,
     pub limiter: Limiter,
     pub warmup: Warmup,
+    /// Bounce rules that give every deferral, bounce and expiry its category (the shipped
+    /// rules from `in_process`; `serve` puts in the configured file).
+    pub classifier: Arc<Classifier>,
 }
 
 impl Shapers {
@@ -110,6 +117,7 @@ impl Shapers {
             backoff,
             limiter,
             warmup,
+            classifier: Arc::new(Classifier::builtin()),
         })
     }
 }
@@ -157,6 +165,8 @@ struct Inner {
     next_job: AtomicU64,
     cache_bytes: AtomicUsize,
     shaping: Arc<Shaping>,
+    /// Categorises outcome replies (immutable rules).
+    classifier: Arc<Classifier>,
 }
 
 /// The queue as dispatchers see it ([`dispatch::Report`]). Weak: the queue owns the
@@ -240,6 +250,7 @@ impl Queue {
             backoff,
             limiter,
             warmup,
+            classifier,
         } = shapers;
         let state = |tree: &'static str| {
             spool
@@ -285,6 +296,7 @@ impl Queue {
             next_job: AtomicU64::new(1),
             cache_bytes: AtomicUsize::new(0),
             shaping,
+            classifier,
         });
         let queue = Queue { inner };
         let q = queue.clone();

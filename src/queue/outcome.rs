@@ -37,21 +37,43 @@ impl Queue {
         let mut delay = None;
         let mut last_seq = 0;
         let host = (!via.mx_host.is_empty()).then(|| via.mx_host.clone());
+        // The provider whose bounce rules go first: the shaping block the site matched, else a
+        // `[[provider]]` of the bounce rules matching the MX host. Looked up only on failure.
+        let mut provider: Option<String> = None;
+        let mut classify = |r: &Reply| {
+            let p = provider.get_or_insert_with(|| match &via.provider {
+                Some(p) => p.to_string(),
+                None => self
+                    .inner
+                    .classifier
+                    .provider_for(None, &job.domain, std::slice::from_ref(&via.mx_host))
+                    .unwrap_or_default(),
+            });
+            let c = self
+                .inner
+                .classifier
+                .classify(r.into(), (!p.is_empty()).then_some(p.as_str()));
+            (c.category.to_string(), c.hard, p.clone())
+        };
         let (all_done, snapshot) = {
             let mut states = msg.states();
             for (idx, outcome) in job.rcpts.iter().zip(outcomes) {
                 let i = *idx as usize;
                 let expired = matches!(outcome, Outcome::Deferred(_)) && msg.age() >= max_age;
+                let mut last_error = None;
                 let outcome = match outcome {
                     // RFC 3463 X.4.7 "delivery time expired", as a permanent failure.
-                    Outcome::Deferred(r) if expired => Outcome::Bounced(Reply::new(
-                        554,
-                        "5.4.7",
-                        format!(
-                            "message expired after {}s in the queue; last error: {r}",
-                            msg.age().as_secs()
-                        ),
-                    )),
+                    Outcome::Deferred(r) if expired => {
+                        last_error = Some(classify(&r));
+                        Outcome::Bounced(Reply::new(
+                            554,
+                            "5.4.7",
+                            format!(
+                                "message expired after {}s in the queue; last error: {r}",
+                                msg.age().as_secs()
+                            ),
+                        ))
+                    }
                     o => o,
                 };
                 let kind = match &outcome {
@@ -66,29 +88,42 @@ impl Queue {
                     },
                     Outcome::Deferred(r) => {
                         let d = *delay.get_or_insert_with(|| self.retry_delay(attempt, &msg));
+                        let (category, _, provider) = classify(r);
                         EventKind::Deferred {
                             site: via.site.clone(),
                             mx_host: via.mx_host.clone(),
                             remote_ip: ip_text(via.remote_ip),
                             source_ip: ip_text(via.source_ip),
                             reply: r.to_string(),
-                            category: String::new(),
+                            category,
+                            provider,
                             retry_in_secs: d.as_secs(),
                         }
                     }
-                    Outcome::Bounced(r) if expired => EventKind::Expired {
-                        reply: r.to_string(),
-                        category: String::new(),
-                    },
-                    Outcome::Bounced(r) => EventKind::Bounced {
-                        site: via.site.clone(),
-                        mx_host: via.mx_host.clone(),
-                        remote_ip: ip_text(via.remote_ip),
-                        source_ip: ip_text(via.source_ip),
-                        reply: r.to_string(),
-                        category: String::new(),
-                        hard: false,
-                    },
+                    // The category is the last error's: what kept the recipient undeliverable.
+                    Outcome::Bounced(r) if expired => {
+                        let (category, hard, provider) =
+                            last_error.take().unwrap_or_else(|| classify(r));
+                        EventKind::Expired {
+                            reply: r.to_string(),
+                            category,
+                            hard,
+                            provider,
+                        }
+                    }
+                    Outcome::Bounced(r) => {
+                        let (category, hard, provider) = classify(r);
+                        EventKind::Bounced {
+                            site: via.site.clone(),
+                            mx_host: via.mx_host.clone(),
+                            remote_ip: ip_text(via.remote_ip),
+                            source_ip: ip_text(via.source_ip),
+                            reply: r.to_string(),
+                            category,
+                            hard,
+                            provider,
+                        }
+                    }
                 };
                 last_seq = self.publish_for(&msg, i, attempt, &pool, kind);
                 match outcome {

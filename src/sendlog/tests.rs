@@ -57,6 +57,7 @@ fn bounced(rcpt: &str, queue_id: &str, category: &str) -> Event {
             reply: "550 5.1.1 no such user".into(),
             category: category.into(),
             hard: true,
+            provider: String::new(),
         },
         rcpt,
         queue_id,

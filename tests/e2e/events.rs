@@ -21,7 +21,7 @@ use crate::common::gannet::{ConfigDir, http};
 use crate::common::*;
 
 /// JSON log lines of every in-process instance in this test process.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+pub(crate) fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
@@ -68,15 +68,15 @@ fn outcome_lines(rcpts: &[&str]) -> Vec<Value> {
 }
 
 /// Gannet running inside the test's runtime.
-struct InProcess {
-    bound: Bound,
+pub(crate) struct InProcess {
+    pub(crate) bound: Bound,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), ::gannet::serve::ServeError>>,
     _dir: ConfigDir,
 }
 
 impl InProcess {
-    async fn start(config: &TestConfig, hook: BusHook) -> InProcess {
+    pub(crate) async fn start(config: &TestConfig, hook: BusHook) -> InProcess {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         captured_logs();
         let dir = ConfigDir::write(config);
@@ -99,12 +99,12 @@ impl InProcess {
         }
     }
 
-    fn smtp(&self) -> SocketAddr {
+    pub(crate) fn smtp(&self) -> SocketAddr {
         self.bound.smtp[0]
     }
 
     /// Sample values of `name` from `GET /metrics`, by their label text.
-    async fn metric_samples(&self, name: &str) -> BTreeMap<String, f64> {
+    pub(crate) async fn metric_samples(&self, name: &str) -> BTreeMap<String, f64> {
         let (status, body) = http(self.bound.http, "GET", "/metrics", None)
             .await
             .expect("GET /metrics");
@@ -124,14 +124,14 @@ impl InProcess {
             .collect()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(70), self.task).await;
     }
 }
 
 /// A hook that hands the bus and one subscription (registered with `mode`) to the test.
-fn subscribe_hook(
+pub(crate) fn subscribe_hook(
     mode: Mode,
 ) -> (
     BusHook,
@@ -154,7 +154,7 @@ async fn send(addr: SocketAddr, from: &str, rcpts: &[&str], subject: &str) -> St
 }
 
 /// Reads events until `done` says the list is complete (or panics after `WAIT`).
-async fn read_until(
+pub(crate) async fn read_until(
     sub: &mut Subscription,
     got: &mut Vec<Published>,
     done: impl Fn(&[Published]) -> bool,

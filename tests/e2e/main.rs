@@ -38,3 +38,4 @@ mod retry;
 mod sendlog;
 mod shaping;
 mod smtp_input;
+mod suppress;

@@ -97,6 +97,7 @@ fn via_queue(rq: &ReadyQueue, source: Option<&Source>) -> Via {
         site: rq.site.clone(),
         pool: rq.pool.clone(),
         source_ip: source.map(|s| s.ip).filter(|ip| !ip.is_unspecified()),
+        provider: rq.limits.provider.clone(),
         ..Via::default()
     }
 }
@@ -116,6 +117,7 @@ fn via_conn(rq: &ReadyQueue, o: &Open) -> Via {
                 version: version.to_string(),
                 cipher: cipher.to_string(),
             }),
+        provider: rq.limits.provider.clone(),
     }
 }
 
