@@ -32,6 +32,9 @@ if ! command -v smtp-source >/dev/null; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
 fi
+# A noninteractive install ("No configuration") leaves no main.cf; the baseline's postconf
+# needs one.
+[ -f /etc/postfix/main.cf ] || cp /etc/postfix/main.cf.proto /etc/postfix/main.cf
 # GANNET_BIN: use an already-built binary instead of building target/release/gannet.
 if [ -z "${GANNET_BIN:-}" ]; then
   cargo build --release -q
@@ -157,9 +160,12 @@ while :; do
 done
 t1=$(date +%s.%N)
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$GPID/status)
-python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" <<'PY' | tee "$work/gannet.result"
+# Gannet's own CPU (user + system, clock ticks) over the whole run, start-up included.
+cpu_ticks=$(awk '{print $14 + $15}' /proc/$GPID/stat)
+python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" "$cpu_ticks" "$(getconf CLK_TCK)" <<'PY' | tee "$work/gannet.result"
 import sys, urllib.request
-port, n, t0, tinj, t1, rss, dkim, mix = sys.argv[1:]
+port, n, t0, tinj, t1, rss, dkim, mix, ticks, hz = sys.argv[1:]
+cpu_ms = int(ticks) * 1000 / int(hz) / int(n)
 n = int(n); t0, tinj, t1 = float(t0), float(tinj), float(t1)
 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 def quantiles(name, label=""):
@@ -184,7 +190,7 @@ p50, p99 = quantiles("gannet_accept_latency_seconds")
 dels = [l for l in text.splitlines() if l.startswith("gannet_recipients_total{")]
 print(f"gannet: {n} messages in {t1 - t0:.1f} s = {n / (t1 - t0):.0f} msg/s end-to-end "
       f"(injection done after {tinj - t0:.1f} s); time-to-250 p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
-      f"peak RSS {int(rss) / 1024:.0f} MiB{' (DKIM rsa-2048)' if dkim == '1' else ''}")
+      f"peak RSS {int(rss) / 1024:.0f} MiB; CPU {cpu_ms:.3f} ms/msg{' (DKIM rsa-2048)' if dkim == '1' else ''}")
 for l in dels: print("  " + l)
 if mix == "1":
     t50, t99 = quantiles("gannet_delivery_latency_seconds", 'class="transactional"')

@@ -611,6 +611,10 @@ pub struct SendlogConfig {
     /// Events the send log may fall behind before intake waits (lossless back-pressure).
     #[serde(default = "default_sendlog_bound")]
     pub bound: usize,
+    /// How long an event may wait for others to share its transaction (fewer, larger commits:
+    /// far less CPU per event under load). 0 = commit whatever is waiting at once.
+    #[serde(default = "default_sendlog_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// What the log is kept for, quoted in access exports (GDPR Art. 15).
     #[serde(default = "default_purposes")]
     pub purposes: Vec<String>,
@@ -624,6 +628,9 @@ fn default_sendlog_batch() -> usize {
 }
 fn default_sendlog_bound() -> usize {
     100_000
+}
+fn default_sendlog_commit_interval() -> Duration {
+    Duration::from_millis(50)
 }
 fn default_purposes() -> Vec<String> {
     vec![
@@ -641,6 +648,7 @@ impl Default for SendlogConfig {
             retention_days: default_retention_days(),
             batch: default_sendlog_batch(),
             bound: default_sendlog_bound(),
+            commit_interval: default_sendlog_commit_interval(),
             purposes: default_purposes(),
         }
     }
