@@ -335,6 +335,15 @@ fn run(cli: Cli) -> Result<()> {
             gannet::auth::DkimSigner::from_config(&config)?;
             let shaping = gannet::shaping::Shaping::from_config(&config)?;
             gannet::shaping::Warmup::new(&shaping, &config.pools)?;
+            if config.default_class.is_none()
+                && config.classes.len() > 1
+                && let Some(class) = config.fallback_class()
+            {
+                println!(
+                    "note: mail that names no class goes to class {class:?} (the alphabetically \
+                     first); set default_class at the top of the config to choose"
+                );
+            }
             println!("configuration is valid");
             Ok(())
         }

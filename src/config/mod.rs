@@ -52,6 +52,30 @@ impl Config {
             .expect("embedded default configuration is valid")
     }
 
+    /// The class of mail that names none: `default_class`, else the only (or alphabetically
+    /// first) configured class. None when no class is configured.
+    pub fn fallback_class(&self) -> Option<&str> {
+        self.default_class
+            .as_deref()
+            .or_else(|| self.classes.keys().next().map(String::as_str))
+    }
+
+    /// Read the shaping file `[shaping] file` names (resolved against the config file's
+    /// directory): `Ok(None)` when unset (the shipped data applies). Reading it is config's job;
+    /// `shaping/` only parses the text.
+    pub fn shaping_file_text(
+        &self,
+    ) -> Result<Option<(std::path::PathBuf, String)>, (std::path::PathBuf, std::io::Error)> {
+        let Some(file) = &self.shaping.file else {
+            return Ok(None);
+        };
+        let path = self.resolve_path(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some((path, text))),
+            Err(e) => Err((path, e)),
+        }
+    }
+
     /// Resolve a path from the config file against the config file's directory.
     pub fn resolve_path(&self, p: &Path) -> std::path::PathBuf {
         match &self.base_dir {

@@ -23,6 +23,11 @@ pub struct Config {
     /// `postmaster@` + `hostname`. Use [`Config::postmaster_address`].
     #[serde(default)]
     pub postmaster: Option<String>,
+    /// The class of mail that names none (no injection field, no `X-Gannet-Class`, no SMTP
+    /// user's or listener's `default_class`). None: the only class when there is one, else the
+    /// alphabetically first (`check-config` says which). Use [`Config::fallback_class`].
+    #[serde(default)]
+    pub default_class: Option<String>,
     #[serde(default)]
     pub spool: SpoolConfig,
     #[serde(default, rename = "listener")]

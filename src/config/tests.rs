@@ -113,3 +113,23 @@ fn max_message_size_over_the_spool_record_limit_is_rejected() {
     )
     .unwrap();
 }
+
+#[test]
+fn top_level_default_class_must_exist_and_is_the_fallback() {
+    let e = Config::from_toml(&format!("default_class = \"x\"\n{MIN}"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("default_class") && e.contains("[class.x]"),
+        "{e}"
+    );
+    let two = "[class.alpha]\npool = \"p\"\n[class.beta]\npool = \"p\"\n";
+    let c = Config::from_toml(&format!("{MIN}\n{two}"), "t").unwrap();
+    assert_eq!(
+        c.fallback_class(),
+        Some("alpha"),
+        "unset: the alphabetically first"
+    );
+    let c = Config::from_toml(&format!("default_class = \"beta\"\n{MIN}\n{two}"), "t").unwrap();
+    assert_eq!(c.fallback_class(), Some("beta"));
+}

@@ -45,6 +45,18 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             format!("expected a host name without spaces, got {:?}", c.hostname),
         ));
     }
+    if let Some(class) = &c.default_class
+        && !c.classes.contains_key(class)
+    {
+        let known: Vec<&str> = c.classes.keys().map(String::as_str).collect();
+        return Err(invalid(
+            "default_class",
+            format!(
+                "no [class.{class}] is defined (configured classes: {})",
+                known.join(", ")
+            ),
+        ));
+    }
     if c.dns.min_ttl > c.dns.max_ttl {
         return Err(invalid(
             "dns.min_ttl",

@@ -233,7 +233,7 @@ pub async fn post_messages(
                 "class",
             ));
         }
-        None => s.config.classes.keys().next().cloned().unwrap_or_default(),
+        None => s.config.fallback_class().unwrap_or_default().to_string(),
     };
     let promotional = s
         .config

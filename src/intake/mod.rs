@@ -99,8 +99,8 @@ impl Intake {
             .and_then(|l| l.default_class.clone())
         {
             (cl, "the listener's default_class")
-        } else if let Some(first) = c.classes.keys().next() {
-            (first.clone(), "the first configured class")
+        } else if let Some(fallback) = c.fallback_class() {
+            (fallback.to_string(), "the configured default_class")
         } else {
             return Err(Rejection::new(
                 451,

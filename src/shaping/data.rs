@@ -4,8 +4,8 @@
 //! Owns [`Shaping`] (immutable once loaded), [`LimitSet`] and [`SiteLimits`], site keys and
 //! provider matching by MX host. Resolution is per key: a domain override's value wins, then the
 //! matched provider block's, then `[defaults]`, then (for per-connection keys) the `[delivery]`
-//! section of the main config via [`Shaping::fill_defaults_from`]. Never does I/O except reading
-//! the file in [`Shaping::load`].
+//! section of the main config via [`Shaping::fill_defaults_from`]. Never does I/O: the file is read
+//! by config ([`Config::shaping_file_text`]); this module parses text.
 
 use super::ShapingError;
 use super::backoff::{BackoffRule, BackoffRuleToml};
@@ -13,7 +13,6 @@ use super::warmup::WarmupSchedule;
 use crate::config::{Config, DeliveryConfig};
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,34 +219,29 @@ pub struct Shaping {
 }
 
 impl Shaping {
-    /// Load the shaping file at `path`, or the shipped data ([`DEFAULT_SHAPING_TOML`]) when
-    /// `path` is `None`. Errors name the file, the key and what was expected.
-    pub fn load(path: Option<&Path>) -> Result<Shaping, ShapingError> {
-        match path {
-            None => Shaping::from_toml(DEFAULT_SHAPING_TOML, "built-in config/shaping.toml"),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ShapingError::Read {
-                    path: path.display().to_string(),
-                    source: e,
-                })?;
-                Shaping::from_toml(&text, &path.display().to_string())
-            }
-        }
-    }
-
     /// The shaping data a configuration names (`[shaping] file`, relative to the config file's
     /// directory; the shipped data when unset), with unset defaults taken from `[delivery]`.
+    /// Errors name the file, the key and what was expected.
     pub fn from_config(config: &Config) -> Result<Shaping, ShapingError> {
-        let path = config.shaping.file.as_ref().map(|p| config.resolve_path(p));
-        let mut shaping = Shaping::load(path.as_deref())?;
+        let mut shaping = match config.shaping_file_text() {
+            Ok(None) => Shaping::builtin(),
+            Ok(Some((path, text))) => Shaping::from_toml(&text, &path.display().to_string())?,
+            Err((path, source)) => {
+                return Err(ShapingError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
         shaping.fill_defaults_from(&config.delivery);
         Ok(shaping)
     }
 
-    /// The shipped shaping data. It is checked by a unit test, so this cannot fail in a
-    /// released binary.
+    /// The shipped shaping data ([`DEFAULT_SHAPING_TOML`]). It is checked by a unit test, so
+    /// this cannot fail in a released binary.
     pub fn builtin() -> Shaping {
-        Shaping::load(None).expect("built-in config/shaping.toml is valid")
+        Shaping::from_toml(DEFAULT_SHAPING_TOML, "built-in config/shaping.toml")
+            .expect("built-in config/shaping.toml is valid")
     }
 
     /// Parse shaping data from text; `origin` names it in error messages.
@@ -804,9 +798,9 @@ per_source = { max_messages_per_second = 1.5 }
 
     #[test]
     fn missing_file_is_named() {
-        let e = Shaping::load(Some(Path::new("/nonexistent/shaping.toml")))
-            .unwrap_err()
-            .to_string();
+        let mut config = Config::embedded_default();
+        config.shaping.file = Some("/nonexistent/shaping.toml".into());
+        let e = Shaping::from_config(&config).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/shaping.toml"), "{e}");
     }
 }
