@@ -267,6 +267,15 @@ pub struct DnsConfig {
     /// ...and at most this long (a ceiling, so a renumbered MX is noticed within it).
     #[serde(default = "default_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
+    /// When re-resolving an expired destination fails temporarily (SERVFAIL, timeout), keep
+    /// using the previous answer for at most this long past its expiry (logged); after that
+    /// the domain's mail is deferred. Cached destinations are dropped after expiry + this.
+    #[serde(default = "default_stale_grace", with = "humantime_serde")]
+    pub stale_grace: Duration,
+}
+
+fn default_stale_grace() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_min_ttl() -> Duration {
@@ -293,6 +302,7 @@ impl Default for DnsConfig {
             negative_ttl: default_negative_ttl(),
             min_ttl: default_min_ttl(),
             max_ttl: default_max_ttl(),
+            stale_grace: default_stale_grace(),
         }
     }
 }
@@ -323,6 +333,10 @@ pub struct DeliveryConfig {
     /// An idle outbound connection is closed after this long without work.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A ready queue (per site and pool) with no waiting mail and no connection for this long
+    /// is dropped, so domains mailed once do not hold memory forever.
+    #[serde(default = "default_ready_queue_idle", with = "humantime_serde")]
+    pub ready_queue_idle: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Timeout for each command/reply exchange (greeting, EHLO, MAIL, RCPT...).
@@ -365,6 +379,9 @@ fn default_max_msgs_per_conn() -> usize {
 }
 fn default_max_rcpts_per_txn() -> usize {
     100
+}
+fn default_ready_queue_idle() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(5)

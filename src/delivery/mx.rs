@@ -51,6 +51,8 @@ pub struct Destination {
     pub hosts: Vec<Host>,
     /// Re-resolve after this: the records' smallest TTL, clamped to `[dns] min_ttl..=max_ttl`.
     pub valid_until: Instant,
+    /// When this answer was built: of two answers for a site, the later one wins.
+    pub resolved_at: Instant,
 }
 
 impl Destination {
@@ -229,6 +231,19 @@ impl MxResolver {
         self.resolver.clear_cache();
     }
 
+    /// Drop remembered temporary failures that have run out (the periodic sweep calls this,
+    /// so failures for domains never seen again do not stay); returns how many are left.
+    pub fn prune_negative_cache(&self, now: Instant) -> usize {
+        let mut neg = self.negative.lock().unwrap_or_else(|p| p.into_inner());
+        neg.retain(|_, (_, until)| *until > now);
+        neg.len()
+    }
+
+    /// How long a temporary failure is remembered (`[dns] negative_ttl`).
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
     /// When a destination built from records valid until `until` (None: no TTL, e.g. an IP
     /// literal) should be resolved again.
     fn expiry(&self, until: Option<Instant>) -> Instant {
@@ -287,6 +302,7 @@ impl MxResolver {
         Ok(Destination {
             valid_until: self.expiry(until),
             site: format!("route:{hostport}"),
+            resolved_at: Instant::now(),
             mx_names: vec![host.to_string()],
             hosts: vec![Host {
                 name: host.to_string(),
@@ -386,6 +402,7 @@ impl MxResolver {
             )?;
             return Ok(Destination {
                 valid_until: self.expiry(a_until),
+                resolved_at: Instant::now(),
                 site: site_key(&[domain.to_string()]),
                 mx_names: vec![domain.to_string()],
                 hosts,
@@ -442,6 +459,7 @@ impl MxResolver {
         Ok(Destination {
             valid_until: self.expiry(until),
             site: site_key(&names),
+            resolved_at: Instant::now(),
             mx_names: names,
             hosts,
         })
@@ -466,6 +484,7 @@ mod tests {
             mx_names: hosts.iter().map(|h| h.name.clone()).collect(),
             hosts,
             valid_until: Instant::now(),
+            resolved_at: Instant::now(),
         }
     }
 

@@ -28,6 +28,7 @@ pub use control::{Filter, Suspension};
 pub use message::{Job, QueuedMessage};
 pub use ops::{QueueListing, QueueRow};
 pub use ready::ReadyQueue;
+pub use routing::RoutingStats;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,7 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bounce::Classifier;
 use crate::config::Config;
-use crate::delivery::{ClientOptions, Destination, MxResolver, Outcome, Reply};
+use crate::delivery::{ClientOptions, MxResolver, Outcome, Reply};
 use crate::events::{EventBus, TlsInfo};
 use crate::metrics::Metrics;
 use crate::shaping::{BackoffState, Limiter, Shaping, ShapingError, Warmup};
@@ -80,8 +81,6 @@ pub struct Via {
 /// A spool state change held until its events are durable.
 type StateChange = Box<dyn FnOnce() + Send>;
 
-/// Resolved destinations are reused this long before the domain is looked up again.
-const DEST_TTL: Duration = Duration::from_secs(300);
 /// Bodies kept in memory for first attempts, at most (beyond this, read from the spool).
 const BODY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -147,7 +146,8 @@ struct Inner {
     /// What dispatchers use; they report back through `Reporter`.
     dispatch: Arc<dispatch::Context>,
     ready: DashMap<(String, String), Arc<ReadyQueue>>,
-    dests: DashMap<String, (Destination, Instant)>,
+    /// Domain → its last answer (`routing`: reused until `valid_until`, dropped by the sweep).
+    dests: DashMap<String, routing::CachedDest>,
     /// Jobs waiting for their domain's resolution, by domain. std Mutex: short sections.
     resolving: Mutex<HashMap<String, Vec<Job>>>,
     /// Jobs a connection is delivering right now (for listings).
@@ -209,6 +209,16 @@ impl dispatch::Report for Reporter {
         } else {
             inner.in_flight.remove(&job.id);
         }
+    }
+
+    fn refresh<'a>(&'a self, rq: &'a ReadyQueue, domain: &'a str) -> dispatch::RefreshFuture<'a> {
+        let q = self.queue();
+        Box::pin(async move {
+            match q {
+                Some(q) => q.refresh_destination(rq, domain).await,
+                None => routing::Refreshed::Current,
+            }
+        })
     }
 }
 
@@ -319,6 +329,7 @@ impl Queue {
                 n += 1;
                 if n.is_multiple_of(10) {
                     q.save_warmup(&warmup_tree);
+                    q.sweep_routing(Instant::now());
                 }
             }
             q.save_warmup(&warmup_tree);

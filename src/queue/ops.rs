@@ -259,7 +259,7 @@ impl Queue {
         let q = self.clone();
         let pred: scheduler::Predicate = Box::new(move |j: &Job| {
             // Waiting jobs do not carry their site; the last resolution of the domain does.
-            let site = q.inner.dests.get(&j.domain).map(|d| d.0.site.clone());
+            let site = q.inner.dests.get(&j.domain).map(|d| d.dest.site.clone());
             f.matches(j, site.as_deref(), &q.class_pool(&j.msg.class))
         });
         if self

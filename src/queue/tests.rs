@@ -368,3 +368,49 @@ async fn suspended_campaign_waits_then_drains_on_resume_and_purge_deletes() {
     assert_eq!(log.lock().unwrap().messages.len(), 2);
     assert_eq!(q.list(&g).await.queues.len(), 0);
 }
+
+/// Issue 15 item 3: the ready-queue and destination maps are pruned. After mail to many
+/// domains (over two sites) is delivered, the sweep drops every idle ready queue and every
+/// destination past its grace, and mail routed afterwards still goes out (a fresh queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_maps_are_pruned_once_their_mail_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, log) = sink(|_, _| "250 ok\r\n".into()).await;
+    let (other_addr, other_log) = sink(|_, _| "250 ok\r\n".into()).await;
+    let extra = format!(
+        "ready_queue_idle = \"0s\"\n\
+         [[route]]\ndomain = \"other.test\"\nhost = \"{other_addr}\""
+    );
+    let (intake, q) = pipeline(dir.path(), addr, &extra).await;
+    let domains: Vec<String> = (0..40).map(|i| format!("r@d{i}.test")).collect();
+    let mut rcpts: Vec<&str> = domains.iter().map(String::as_str).collect();
+    rcpts.push("r@other.test");
+    intake.accept(submission("s@s.test", &rcpts)).await.unwrap();
+    wait_for(&log, 40).await;
+    wait_for(&other_log, 1).await;
+    let busy = q.routing_stats();
+    assert_eq!(
+        (busy.ready_queues, busy.destinations),
+        (2, 41),
+        "one ready queue per site, one cached answer per domain: {busy:?}"
+    );
+    // Far enough ahead that every answer is past max_ttl + stale_grace. Ready queues go as soon
+    // as their connection has closed (idle_timeout 200 ms; wait for it, no timing asserted).
+    let later = std::time::Instant::now() + Duration::from_secs(3 * 3600);
+    let mut left = q.sweep_routing(later);
+    for _ in 0..400 {
+        if left.ready_queues == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        left = q.sweep_routing(later);
+    }
+    assert_eq!(left, crate::queue::RoutingStats::default(), "{left:?}");
+    // A sweep never costs mail: the next message makes a fresh queue and is delivered.
+    intake
+        .accept(submission("s@s.test", &["again@d0.test"]))
+        .await
+        .unwrap();
+    wait_for(&log, 41).await;
+    assert_eq!(q.routing_stats().ready_queues, 1);
+}

@@ -6,6 +6,9 @@
 //! - item 4: loops — a message over `hop_limit` is refused at DATA; an MX that is Gannet's own
 //!   listener (or loopback, by default) bounces 5.4.6. The harness sets `[delivery]
 //!   loopback_is_self = false` because sinks are MX hosts on 127.0.0.x.
+//! - item 3: a renumbered MX (its A record changed in the test DNS) gets the next delivery at
+//!   its new address, after `gannet queue flush` and, without one, once the records' TTL
+//!   (`[dns] min_ttl`) has run out.
 
 use crate::common::*;
 
@@ -220,4 +223,85 @@ async fn mx_on_loopback_bounces_as_a_loop_but_a_route_does_not() {
     );
     g.wait_event("delivered", "y@routed-lo.test", WAIT).await;
     assert_eq!(sinks[0].delivered_rcpts(), ["y@routed-lo.test"]);
+}
+
+/// Sends one message to `rcpt` through Gannet.
+async fn send_to(g: &Gannet, rcpt: &str) {
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.send_message(
+        "s@origin.test",
+        &[rcpt],
+        b"Subject: renumbered\r\n\r\nx\r\n",
+    )
+    .await;
+}
+
+/// Item 3: after an MX host is renumbered (its A record moves from 127.0.0.221 to .222) and
+/// the operator runs `gannet queue flush`, the next message goes to the new address. Before
+/// the fix the site's ready queue kept the addresses resolved for its first message until
+/// restart, so it went to the old host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renumbered_mx_gets_the_next_delivery_after_queue_flush() {
+    let w = World::start(
+        &["127.0.0.221", "127.0.0.222"],
+        Zone::new().mail_domain("renum.test", "127.0.0.221"),
+        |c| c,
+    )
+    .await;
+    let (old, new) = (&w.sinks[0], &w.sinks[1]);
+    send_to(&w.gannet, "first@renum.test").await;
+    w.gannet
+        .wait_event("delivered", "first@renum.test", WAIT)
+        .await;
+    assert_eq!(old.delivered_rcpts(), ["first@renum.test"]);
+
+    w.dns
+        .set_zone(Zone::new().mail_domain("renum.test", "127.0.0.222"));
+    w.gannet.cli(&["queue", "flush"]).await.assert_success();
+    send_to(&w.gannet, "second@renum.test").await;
+    let o = w
+        .gannet
+        .wait_event("delivered", "second@renum.test", WAIT)
+        .await;
+    assert_eq!(
+        new.delivered_rcpts(),
+        ["second@renum.test"],
+        "the next delivery goes to the new address (outcome: {o:?})\nold host:\n{}",
+        old.transcript()
+    );
+    assert_eq!(
+        old.delivered_rcpts(),
+        ["first@renum.test"],
+        "nothing more reaches the old address"
+    );
+}
+
+/// Item 3 without an operator: a recipient deferred by the old host is retried at the new
+/// address once the records' TTL has run out (`[dns] min_ttl = 1s` here; the test zone's TTL
+/// is 1 s). Before the fix every retry went to the old address until the mail expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renumbered_mx_gets_the_retry_once_the_ttl_runs_out() {
+    let w = World::start(
+        &["127.0.0.223", "127.0.0.224"],
+        Zone::new().mail_domain("moved.test", "127.0.0.223"),
+        |c| {
+            c.dns_option("min_ttl = \"1s\"")
+                .dns_option("max_ttl = \"1s\"")
+                .retry_schedule(&["2s"])
+        },
+    )
+    .await;
+    let (old, new) = (&w.sinks[0], &w.sinks[1]);
+    // The old host is being retired: it defers everything.
+    old.add_rule(Rule::new(Stage::Rcpt, "451 4.3.2 moving house, try later"));
+    send_to(&w.gannet, "x@moved.test").await;
+    w.gannet.wait_event("deferred", "x@moved.test", WAIT).await;
+    w.dns
+        .set_zone(Zone::new().mail_domain("moved.test", "127.0.0.224"));
+    let o = w.gannet.wait_event("delivered", "x@moved.test", WAIT).await;
+    assert_eq!(
+        new.delivered_rcpts(),
+        ["x@moved.test"],
+        "the retry went to the new address: {o:?}"
+    );
 }

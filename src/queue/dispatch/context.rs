@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::super::routing::Refreshed;
 use super::super::{Job, ReadyQueue, Via};
 use crate::config::Config;
 use crate::delivery::{ClientOptions, Destination, Outcome, Reply};
@@ -50,7 +51,14 @@ pub(crate) trait Report: Send + Sync + 'static {
     fn is_suspended(&self, job: &Job, rq: &ReadyQueue) -> bool;
     /// A job is on a connection now (`true`) or no longer (`false`), for listings.
     fn in_flight(&self, job: &Job, delivering: bool);
+    /// Before a new connection for `rq` with a job of `domain`: re-resolve the site's hosts
+    /// if they expired (the queue owns resolution and its cache).
+    fn refresh<'a>(&'a self, rq: &'a ReadyQueue, domain: &'a str) -> RefreshFuture<'a>;
 }
+
+/// What [`Report::refresh`] returns.
+pub(crate) type RefreshFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Refreshed> + Send + 'a>>;
 
 /// Everything a dispatcher task needs (see the module doc). Shared by all dispatchers.
 pub(crate) struct Context {

@@ -8,6 +8,11 @@
 //! is reached. Every negative reply is shown to the backoff rules. A source over its warm-up
 //! cap sends the job to the pool's overflow pool or defers it, per `on_warmup_cap`.
 //!
+//! Before opening a connection, a task asks the queue to re-resolve the site's hosts when
+//! their records have expired (`Report::refresh`); a job whose domain moved to another site is
+//! handed back to be queued there. An open connection to an address the site no longer has is
+//! closed rather than reused.
+//!
 //! A connection that cannot be made to any host defers its job and every job waiting in the
 //! queue (they would meet the same wall), rather than hammering a dead site.
 //!
@@ -25,8 +30,9 @@ use rand::Rng;
 
 mod context;
 
-pub(crate) use context::{Context, JobResult, Report, publish_transition};
+pub(crate) use context::{Context, JobResult, RefreshFuture, Report, publish_transition};
 
+use super::routing::Refreshed;
 use super::{Job, ReadyQueue, Via};
 use crate::config::WarmupCapAction;
 use crate::delivery::{Connection, Outcome, Reply};
@@ -319,7 +325,27 @@ async fn run(cx: &Context, rq: &ReadyQueue) {
         } else {
             job
         };
+        // A connection to an address the site no longer has (renumbered MX) is not reused.
+        if let Some(o) = open.take_if(|o| !rq.has_address(o.conn.addr)) {
+            close(cx, rq, o).await;
+        }
         if open.is_none() {
+            // Expired hosts are resolved again before a new connection.
+            match cx.report.refresh(rq, &job.domain).await {
+                Refreshed::Current => {}
+                Refreshed::Moved(dest) => {
+                    cx.report.report(JobResult::Overflow {
+                        job,
+                        dest,
+                        pool: rq.pool.clone(),
+                    });
+                    continue;
+                }
+                Refreshed::Failed(outcome) => {
+                    cx.done_all(job, outcome, &via_queue(rq, None));
+                    continue;
+                }
+            }
             let source = match pick_source(cx, rq) {
                 Ok(s) => s,
                 Err(reply) => {

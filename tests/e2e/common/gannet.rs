@@ -162,6 +162,8 @@ pub struct TestConfig {
     /// Raw top-level `key = value` lines (before the first table).
     top: Vec<String>,
     nameservers: Vec<SocketAddr>,
+    /// Raw `key = value` lines inside `[dns]`.
+    dns_options: Vec<String>,
     delivery_port: u16,
     retry_schedule: Vec<String>,
     max_age: String,
@@ -185,6 +187,7 @@ impl TestConfig {
             hostname: "gannet.test".into(),
             top: Vec::new(),
             nameservers: vec![dns.addr],
+            dns_options: Vec::new(),
             delivery_port,
             retry_schedule: vec!["1s".into()],
             max_age: "1h".into(),
@@ -283,6 +286,12 @@ impl TestConfig {
         self
     }
 
+    /// A raw `key = value` line inside `[dns]` (e.g. `"min_ttl = \"1s\""`).
+    pub fn dns_option(mut self, line: &str) -> Self {
+        self.dns_options.push(line.into());
+        self
+    }
+
     /// A raw `key = value` line inside `[delivery]` (e.g. `"max_connections_per_destination = 2"`).
     pub fn delivery_option(mut self, line: &str) -> Self {
         self.delivery_options.push(line.into());
@@ -324,9 +333,14 @@ impl TestConfig {
         t += "\n[http]\naddress = \"${HTTP}\"\n\n";
         let ns: Vec<String> = self.nameservers.iter().map(|a| a.to_string()).collect();
         t += &format!(
-            "[dns]\nnameservers = [{}]\ntimeout = \"2s\"\nnegative_ttl = \"1s\"\n\n",
+            "[dns]\nnameservers = [{}]\ntimeout = \"2s\"\nnegative_ttl = \"1s\"\n",
             list(&ns)
         );
+        for l in &self.dns_options {
+            t += l;
+            t += "\n";
+        }
+        t += "\n";
         t += "[delivery]\n";
         t += &format!("port = {}\n", self.delivery_port);
         t += &format!("retry_schedule = [{}]\n", list(&self.retry_schedule));
