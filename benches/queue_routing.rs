@@ -189,6 +189,28 @@ async fn run(domains: usize) {
         CancellationToken::new(),
     )
     .expect("queue");
+    // Final outcomes other than delivery (there should be none), with a sample reply.
+    let failed = Arc::new(AtomicUsize::new(0));
+    let sample = Arc::new(std::sync::Mutex::new(None::<String>));
+    {
+        let mut events = bus.subscribe("bench", gannet::events::Mode::Lossy { capacity: 65_536 });
+        let (failed, sample) = (failed.clone(), sample.clone());
+        tokio::spawn(async move {
+            while let Some(p) = events.recv().await {
+                let t = p.event.type_name();
+                if t == "bounced" || t == "expired" || t == "deferred" {
+                    if t != "deferred" {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut s = sample.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.is_none() {
+                        *s = Some(format!("{t}: {}", p.event.kind.reply().unwrap_or("")));
+                    }
+                }
+            }
+        });
+    }
+    let queued = metrics.queued_recipients.clone();
     let intake = Intake::new(config.clone(), queue.clone(), None, metrics, bus.clone());
     tokio::spawn(gannet::bounce::notify_loop(
         bounce_rx,
@@ -213,11 +235,24 @@ async fn run(domains: usize) {
         for p in pending {
             p.await.expect("task").expect("accepted");
         }
-        let want = (wave_no * PER_MESSAGE * WAVE + wave.len()).min(domains);
-        while accepted.load(Ordering::Relaxed) < want {
+        // Until every recipient so far is final (delivered, or failed and counted).
+        let mut last = (0, Instant::now());
+        while queued.get() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            let done = accepted.load(Ordering::Relaxed);
+            if done != last.0 {
+                last = (done, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(120) {
+                panic!(
+                    "no progress for 120 s in wave {wave_no}: {done} delivered, {} queued, {:?}, first non-delivery: {:?}",
+                    queued.get(),
+                    queue.routing_stats(),
+                    sample.lock().unwrap_or_else(|e| e.into_inner())
+                );
+            }
         }
     }
+    let delivered = accepted.load(Ordering::Relaxed);
     let elapsed = t0.elapsed();
     let peak = queue.routing_stats();
     let peak_rss = rss_kib();
@@ -236,9 +271,11 @@ async fn run(domains: usize) {
     }
     let trimmed_rss = rss_kib();
     println!(
-        "queue_routing: {domains} domains delivered in {:.1} s ({:.0} recipients/s)",
+        "queue_routing: {domains} domains, {delivered} delivered, {} failed, in {:.1} s ({:.0} recipients/s); first non-delivery: {:?}",
+        failed.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
-        domains as f64 / elapsed.as_secs_f64()
+        domains as f64 / elapsed.as_secs_f64(),
+        sample.lock().unwrap_or_else(|e| e.into_inner())
     );
     println!(
         "  start : ready queues {:>7}  destinations {:>7}  rss {:>7} KiB",
