@@ -73,6 +73,14 @@ impl Signer for crate::auth::DkimSigner {
     ) -> Result<Vec<u8>, crate::message::Rejection> {
         crate::auth::DkimSigner::sign(self, message, now)
     }
+
+    fn sign_notice(
+        &self,
+        message: &[u8],
+        now: std::time::SystemTime,
+    ) -> Result<Vec<u8>, crate::message::Rejection> {
+        crate::auth::DkimSigner::sign_with_policy(self, message, now, false)
+    }
 }
 
 /// Registers extra event subscribers before any stage starts (tests, embedders).
@@ -186,18 +194,25 @@ pub async fn run_with(
     let n = recovered.len();
     for r in recovered {
         let (msg, _body) = QueuedMessage::from_record(r.location, r.record, r.states);
-        queue.enqueue(Arc::new(msg), None);
+        // Owed DSNs are asked for again here (the DSN writer starts below).
+        queue.enqueue(Arc::new(msg.with_owed_dsns(r.dsn_owed)), None);
     }
     if n > 0 {
         tracing::info!(messages = n, "re-queued messages found in the spool");
     }
 
+    let notify_stop = CancellationToken::new();
     let bounce_task = tokio::spawn(crate::bounce::notify_loop(
         bounce_rx,
         acceptor.clone(),
         spool.clone(),
         config.hostname.clone(),
         bus.clone(),
+        crate::bounce::NotifyOptions {
+            hold: config.bounce.hold_dsns,
+            shutdown: notify_stop.clone(),
+            ..Default::default()
+        },
     ));
 
     let mut listeners = Vec::new();
@@ -273,7 +288,26 @@ pub async fn run_with(
     {
         tracing::warn!("deliveries still running after 60s; they stay queued for the next start");
     }
-    bounce_task.abort();
+    // The DSN writer finishes the DSN it is queueing (so it is not queued twice after the
+    // restart) and stops; DSNs not yet queued stay owed in the spool for the next start.
+    notify_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(30), bounce_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the DSN writer did not stop within 30s; its DSNs stay owed for the next start"
+        );
+    }
+    // Outcomes held until their events are durable are applied before the index is flushed.
+    if tokio::time::timeout(Duration::from_secs(10), queue.settle_state_changes())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "spool state changes still waiting for the send log after 10s; those messages may be delivered again after the restart"
+        );
+    }
     let _ = flusher.await;
     let s = spool.clone();
     let _ = tokio::task::spawn_blocking(move || s.flush_index()).await;

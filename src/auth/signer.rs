@@ -405,10 +405,22 @@ impl DkimSigner {
     /// `message` is the whole message with CRLF line ends, as it will be transmitted (a missing
     /// final CRLF is assumed, since SMTP adds it).
     pub fn sign(&self, message: &[u8], now: SystemTime) -> Result<Vec<u8>, Rejection> {
+        self.sign_with_policy(message, now, self.inner.reject_unsigned)
+    }
+
+    /// [`DkimSigner::sign`] with `reject_unsigned` given instead of taken from
+    /// `[dkim_policy]`: Gannet's own DSNs pass `false` (signed when a key applies to the host
+    /// name, exempt otherwise).
+    pub fn sign_with_policy(
+        &self,
+        message: &[u8],
+        now: SystemTime,
+        reject_unsigned: bool,
+    ) -> Result<Vec<u8>, Rejection> {
         let from = from_domain(message);
         let keys = self.keys_for(from.as_deref(), now);
         if keys.is_empty() {
-            if self.inner.reject_unsigned {
+            if reject_unsigned {
                 let what = match &from {
                     Some(d) => format!("no DKIM signing key for From domain {d}"),
                     None => "no From address to choose a DKIM signing key by".to_string(),

@@ -754,4 +754,9 @@ pub struct BounceConfig {
     /// Bounce rules file (categories and reply rules; see `config/bounce_rules.toml`), relative
     /// to the config file. None means the shipped rules, embedded in the binary.
     pub rules_file: Option<PathBuf>,
+    /// Keep every DSN owed in the spool instead of sending it (during an incident that fails
+    /// recipients by mistake). The messages stay in the spool; set it back to false and
+    /// restart to send the DSNs.
+    #[serde(default)]
+    pub hold_dsns: bool,
 }

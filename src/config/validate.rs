@@ -83,6 +83,15 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     let mut names = HashSet::new();
     for (i, l) in c.listeners.iter().enumerate() {
         let key = format!("listener[{i}]");
+        if l.name == crate::bounce::DSN_LISTENER || l.name == "http" {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!(
+                    "listener name {:?} is reserved (Gannet's own DSNs and HTTP injection use it); choose another",
+                    l.name
+                ),
+            ));
+        }
         if !names.insert(l.name.as_str()) {
             return Err(invalid(
                 format!("{key}.name"),

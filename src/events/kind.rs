@@ -24,6 +24,8 @@ pub enum DsnStatus {
     Sent,
     /// Could not be built or queued (retried; see `error`).
     Failed,
+    /// Kept owed in the spool because `[bounce] hold_dsns` is set.
+    Held,
 }
 
 /// What happened. Delivery facts (`site`, `mx_host`, `remote_ip`, `source_ip`) are empty when

@@ -108,6 +108,7 @@ pub fn log_event(e: &Event) {
             super::DsnStatus::Sent => tracing::info!(
                 target: "gannet::outcome",
                 event = "dsn",
+                status = "sent",
                 queue_id = %e.queue_id,
                 message_id = %e.message_id,
                 dsn_queue_id = %dsn_queue_id,
@@ -115,9 +116,24 @@ pub fn log_event(e: &Event) {
                 failed = *failed,
             ),
             super::DsnStatus::Failed => tracing::error!(
+                target: "gannet::outcome",
+                event = "dsn",
+                status = "failed",
                 queue_id = %e.queue_id,
+                message_id = %e.message_id,
+                recipient = %e.recipient,
+                failed = *failed,
                 error = %error,
-                "cannot queue DSN; it will be retried after a restart"
+                "cannot queue DSN; it stays owed and is retried"
+            ),
+            super::DsnStatus::Held => tracing::info!(
+                target: "gannet::outcome",
+                event = "dsn",
+                status = "held",
+                queue_id = %e.queue_id,
+                message_id = %e.message_id,
+                recipient = %e.recipient,
+                failed = *failed,
             ),
         },
         EventKind::Suspended {

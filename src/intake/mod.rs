@@ -35,6 +35,11 @@ use crate::spool::{MessageRecord, RcptState, SpoolError};
 pub trait Signer: Send + Sync + 'static {
     /// Header lines (CRLF-terminated) to prepend, empty for none, or a rejection by policy.
     fn sign(&self, message: &[u8], now: SystemTime) -> Result<Vec<u8>, Rejection>;
+
+    /// Sign one of Gannet's own notices (a DSN from MAILER-DAEMON@hostname): with a key when
+    /// one applies, otherwise unsigned even where policy refuses unsigned mail (a DSN must
+    /// always be sendable).
+    fn sign_notice(&self, message: &[u8], now: SystemTime) -> Result<Vec<u8>, Rejection>;
 }
 
 /// The intake pipeline. Cheap to clone.
@@ -186,9 +191,14 @@ impl Intake {
             .unwrap_or_default();
         if let Some(signer) = &self.inner.signer {
             let signer = signer.clone();
+            let notice = origin.listener == crate::bounce::DSN_LISTENER;
             // RSA signing costs about a millisecond: keep it off the async workers.
             let (b, sig) = tokio::task::spawn_blocking(move || {
-                let sig = signer.sign(&body, SystemTime::now());
+                let sig = if notice {
+                    signer.sign_notice(&body, SystemTime::now())
+                } else {
+                    signer.sign(&body, SystemTime::now())
+                };
                 (body, sig)
             })
             .await

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::spool::{Location, MessageRecord, RcptState};
+use crate::spool::{DsnOwed, Location, MessageRecord, RcptState};
 
 /// A message in the queue: envelope, attributes and per-recipient state. Shared (Arc) by the
 /// jobs of its recipient domains.
@@ -25,6 +25,9 @@ pub struct QueuedMessage {
     pub received_at: SystemTime,
     /// Per-recipient state. Short critical sections; std Mutex.
     states: Mutex<Vec<RcptState>>,
+    /// DSNs owed for failed recipients, not yet durably queued. Locked only while `states`
+    /// is held (states first), so a snapshot of both is consistent.
+    owed: Mutex<Vec<DsnOwed>>,
     /// The body while it is likely needed soon (first attempt); None means read the spool.
     body: Mutex<Option<Arc<Vec<u8>>>>,
     /// Bytes held in `body`, charged to the queue's cache budget.
@@ -62,6 +65,7 @@ impl QueuedMessage {
             attrs,
             received_at: UNIX_EPOCH + Duration::from_millis(received_at_ms),
             states: Mutex::new(states),
+            owed: Mutex::new(Vec::new()),
             body: Mutex::new(None),
             cached: AtomicUsize::new(0),
         };
@@ -70,6 +74,28 @@ impl QueuedMessage {
 
     pub fn states(&self) -> std::sync::MutexGuard<'_, Vec<RcptState>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The DSNs still owed (as the spool recovered them, or as outcomes added them).
+    pub fn with_owed_dsns(self, owed: Vec<DsnOwed>) -> QueuedMessage {
+        *self.owed.lock().unwrap_or_else(|p| p.into_inner()) = owed;
+        self
+    }
+
+    /// The owed DSNs. Take [`QueuedMessage::states`] first when both are needed.
+    pub fn owed_dsns(&self) -> std::sync::MutexGuard<'_, Vec<DsnOwed>> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The DSN for recipients `sent` is durably queued: they are no longer owed. Returns the
+    /// states and owed DSNs left (one consistent snapshot) and whether the message is done
+    /// (every recipient final, nothing owed).
+    pub fn dsn_queued(&self, sent: &[u32]) -> (Vec<RcptState>, Vec<DsnOwed>, bool) {
+        let states = self.states();
+        let mut owed = self.owed_dsns();
+        owed.retain(|o| !sent.contains(&o.rcpt));
+        let done = owed.is_empty() && states.iter().all(|s| *s != RcptState::Pending);
+        (states.clone(), owed.clone(), done)
     }
 
     pub(super) fn cache_body(&self, body: Arc<Vec<u8>>) -> usize {

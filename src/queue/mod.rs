@@ -47,19 +47,18 @@ use crate::delivery::{ClientOptions, MxResolver, Outcome, Reply};
 use crate::events::{EventBus, TlsInfo};
 use crate::metrics::Metrics;
 use crate::shaping::{BackoffState, Limiter, Shaping, ShapingError, Warmup};
-use crate::spool::{RcptState, Spool};
+use crate::spool::{DsnOwed, RcptState, Spool};
 
-/// Recipients that failed permanently, for a delivery status notification.
+/// Recipients that failed permanently, for a delivery status notification. The same entries
+/// are already saved as owed in the spool (with the recipient states) before the request is
+/// made, so a request lost with the process is made again after the restart.
 #[derive(Debug)]
 pub struct BounceRequest {
     pub msg: Arc<QueuedMessage>,
-    /// (recipient, final reply, remote host if any)
-    pub failed: Vec<(String, Reply, Option<String>)>,
+    /// The owed DSN entries this notification reports (recipient, final reply, remote host).
+    pub failed: Vec<DsnOwed>,
     /// The pool the failed attempt used (for the `dsn` event).
     pub pool: String,
-    /// The message has no pending recipients left: once the DSN is durable, release the
-    /// message from the spool (not before, so a crash cannot lose the bounce).
-    pub release_after: bool,
 }
 
 /// Where one attempt went: the facts an outcome event carries. Empty strings / None when no
@@ -380,10 +379,23 @@ impl Queue {
             }
         }
         let pending: usize = by_domain.values().map(|v| v.len()).sum::<usize>() + bounced.len();
-        if pending == 0 {
+        // Recovered with DSNs still owed (a stop or crash before they were queued): ask for
+        // them again; the message is released once they are durable.
+        let owed = msg.owed_dsns().clone();
+        if !owed.is_empty() {
+            let pool = self.class_pool(&msg.class);
+            self.request_dsn(BounceRequest {
+                msg: msg.clone(),
+                failed: owed,
+                pool,
+            });
+        } else if pending == 0 {
             // Recovered with every recipient already final (a crash between the last outcome
             // and the release): nothing to send, so release it now.
             self.inner.spool.complete(msg.location.key);
+            return;
+        }
+        if pending == 0 {
             return;
         }
         self.inner.metrics.queued_recipients.add(pending as i64);
@@ -423,6 +435,49 @@ impl Queue {
         }
     }
 
+    /// Hand a DSN request to the DSN writer. Its entries are already owed in the spool: when
+    /// the writer is full the request waits for room; when it has stopped (shutdown) the DSN
+    /// stays owed and is sent after the next start. Never dropped silently.
+    pub(crate) fn request_dsn(&self, req: BounceRequest) {
+        match self.inner.bounce_tx.try_send(req) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(req)) => {
+                let tx = self.inner.bounce_tx.clone();
+                tokio::spawn(async move {
+                    if let Err(mpsc::error::SendError(req)) = tx.send(req).await {
+                        dsn_channel_closed(&req);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(req)) => dsn_channel_closed(&req),
+        }
+    }
+
+    /// Wait until every spool state change queued so far behind its events (see
+    /// `after_durable`) has been applied: at shutdown, after the dispatchers and the DSN writer
+    /// have stopped and before the index is flushed, so a clean stop leaves no finished
+    /// message to be delivered again at the next start.
+    pub async fn settle_state_changes(&self) {
+        if !self.inner.bus.has_durable() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Changes run in order: once this marker runs, every earlier one has.
+        if self
+            .inner
+            .durable_tx
+            .send((
+                0,
+                Box::new(move || {
+                    let _ = tx.send(());
+                }),
+            ))
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
     /// Wait until every dispatcher and resolver task has finished (after shutdown).
     pub async fn wait_idle(&self) {
         self.inner.dispatch.tasks.close();
@@ -432,6 +487,16 @@ impl Queue {
     pub fn spool(&self) -> &Spool {
         &self.inner.spool
     }
+}
+
+/// The DSN writer has stopped (shutdown): the request is not lost, its DSNs stay owed in the
+/// spool and the next start sends them.
+fn dsn_channel_closed(req: &BounceRequest) {
+    tracing::warn!(
+        queue_id = %req.msg.queue_id,
+        failed = req.failed.len(),
+        "the DSN writer has stopped (shutting down); the DSN stays owed in the spool and is sent after the next start"
+    );
 }
 
 #[cfg(test)]

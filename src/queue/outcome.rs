@@ -1,7 +1,8 @@
 //! Outcomes: what happens after an attempt. Publishes one event per recipient, then records
 //! the state in the spool (held until the events are durable when a durable subscriber is
-//! registered), releases finished messages, hands failed recipients on for a DSN, computes the
-//! retry delay and expiry, and finalises purged recipients.
+//! registered), releases finished messages, hands failed recipients on for a DSN (saved as
+//! owed together with the states that say they failed, so the notice survives any restart),
+//! computes the retry delay and expiry, and finalises purged recipients.
 //!
 //! Never does: build DSNs (bounce/), log or count (the event subscribers do).
 
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 use super::{BounceRequest, Job, Queue, QueuedMessage, Via, scheduler};
 use crate::delivery::{Outcome, Reply};
 use crate::events::{Event, EventKind};
-use crate::spool::RcptState;
+use crate::spool::{DsnOwed, RcptState};
 
 impl Queue {
     /// Record outcomes of one attempt for a job's recipients (one outcome per entry of
@@ -55,7 +56,7 @@ impl Queue {
                 .classify(r.into(), (!p.is_empty()).then_some(p.as_str()));
             (c.category.to_string(), c.hard, p.clone())
         };
-        let (all_done, snapshot) = {
+        let (all_final, all_done, snapshot) = {
             let mut states = msg.states();
             for (idx, outcome) in job.rcpts.iter().zip(outcomes) {
                 let i = *idx as usize;
@@ -134,46 +135,54 @@ impl Queue {
                     Outcome::Bounced(r) => {
                         states[i] = RcptState::Failed;
                         finals += 1;
-                        failed.push((msg.rcpts[i].clone(), r, host.clone()));
+                        failed.push(DsnOwed {
+                            rcpt: i as u32,
+                            code: r.code,
+                            enhanced: r.enhanced,
+                            text: r.text,
+                            remote_host: host.clone(),
+                        });
                     }
                     Outcome::Deferred(_) => deferred.push(*idx),
                 }
             }
+            // A DSN owed is saved with the states that say the recipient failed (one
+            // snapshot, one index write): the notice cannot be lost between the two.
+            if msg.mail_from.is_empty() {
+                failed.clear();
+            }
+            let mut owed = msg.owed_dsns();
+            owed.extend(failed.iter().cloned());
             let done = states.iter().all(|s| *s != RcptState::Pending);
-            (done, (!done && finals > 0).then(|| states.clone()))
+            (
+                done,
+                done && owed.is_empty(),
+                (finals > 0).then(|| (states.clone(), owed.clone())),
+            )
         };
         self.inner.metrics.queued_recipients.sub(finals as i64);
-        if all_done || !deferred.is_empty() {
+        if all_final || !deferred.is_empty() {
             let released = msg.drop_body();
             self.inner
                 .cache_bytes
                 .fetch_sub(released, Ordering::Relaxed);
         }
-        let dsn = !failed.is_empty() && !msg.mail_from.is_empty();
         let spool = self.inner.spool.clone();
-        let bounce_tx = self.inner.bounce_tx.clone();
         let key = msg.location.key;
         let m = msg.clone();
-        let dsn_pool = pool.clone();
+        let q = self.clone();
         self.after_durable(last_seq, move || {
-            if let Some(states) = snapshot {
-                spool.record_states(key, &states);
+            match snapshot {
+                Some(_) if all_done => spool.complete(key),
+                Some((states, owed)) => spool.record_progress(key, &states, &owed),
+                None => {}
             }
-            if all_done && !dsn {
-                spool.complete(key);
-            }
-            if dsn {
-                let req = BounceRequest {
+            if !failed.is_empty() {
+                q.request_dsn(BounceRequest {
                     msg: m,
                     failed,
-                    pool: dsn_pool,
-                    release_after: all_done,
-                };
-                if let Err(mpsc::error::TrySendError::Full(req)) = bounce_tx.try_send(req) {
-                    tokio::spawn(async move {
-                        let _ = bounce_tx.send(req).await;
-                    });
-                }
+                    pool,
+                });
             }
         });
         if !deferred.is_empty() {
@@ -269,8 +278,13 @@ impl Queue {
                 };
                 last_seq = self.publish_for(&msg, i, job.attempts, &pool, kind);
             }
+            // Purged recipients get no DSN, but earlier failures may still owe one.
+            let owed = msg.owed_dsns();
             let done = states.iter().all(|s| *s != RcptState::Pending);
-            (done, (!done).then(|| states.clone()))
+            (
+                done,
+                (!done || !owed.is_empty()).then(|| (states.clone(), owed.clone())),
+            )
         };
         self.inner
             .metrics
@@ -285,7 +299,7 @@ impl Queue {
         let spool = self.inner.spool.clone();
         let key = msg.location.key;
         self.after_durable(last_seq, move || match snapshot {
-            Some(states) => spool.record_states(key, &states),
+            Some((states, owed)) => spool.record_progress(key, &states, &owed),
             None => spool.complete(key),
         });
     }

@@ -148,6 +148,7 @@ async fn pipeline_with_events(
         spool,
         "gannet.test".into(),
         bus,
+        crate::bounce::NotifyOptions::default(),
     ));
     (intake, queue, events)
 }

@@ -10,7 +10,8 @@
 //! - `append` resolves only after the record is on stable storage (write + fdatasync; a new
 //!   segment's directory entry is fsynced too). Many appends share one fdatasync.
 //! - The segment files are the truth about which messages exist. sled holds only what changes
-//!   afterwards (per-recipient outcomes, "done" tombstones); sled's flush is not durable
+//!   afterwards (per-recipient outcomes, the DSNs still owed for failed recipients, "done"
+//!   tombstones); sled's flush is not durable
 //!   (CRATES.md), so a lost sled update can only cause a redelivery, never a lost message. A
 //!   missing or torn index is rebuilt by scanning the segments: every message is then pending.
 //! - A segment file is deleted once every message in it is done and it is no longer written to;
@@ -83,6 +84,24 @@ pub enum RcptState {
     Failed = 2,
 }
 
+/// A delivery status notification owed for one failed recipient: everything needed to write
+/// the DSN after a restart. Saved in the index with the recipient states (see
+/// [`Spool::record_progress`]); a message with owed DSNs is never released.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DsnOwed {
+    /// Index of the recipient in the record's `rcpts`.
+    pub rcpt: u32,
+    /// The final reply: code, enhanced status code, text.
+    pub code: u16,
+    #[serde(default)]
+    pub enhanced: String,
+    #[serde(default)]
+    pub text: String,
+    /// The remote MTA that gave the reply, if one did.
+    #[serde(default)]
+    pub remote_host: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool directory {path}: {source}")]
@@ -125,6 +144,8 @@ pub struct Recovered {
     pub location: Location,
     pub record: MessageRecord,
     pub states: Vec<RcptState>,
+    /// DSNs still owed for failed recipients (sent again after the restart).
+    pub dsn_owed: Vec<DsnOwed>,
 }
 
 /// One request to the group-commit writer.
@@ -369,11 +390,17 @@ impl Spool {
 
     /// Record per-recipient outcomes of a message that still has pending recipients.
     pub fn record_states(&self, key: MsgKey, states: &[RcptState]) {
-        let mut v = Vec::with_capacity(states.len() + 1);
-        v.push(0u8);
-        v.extend(states.iter().map(|s| *s as u8));
+        self.record_progress(key, states, &[]);
+    }
+
+    /// Record per-recipient outcomes and the DSNs still owed of a message that is not done
+    /// (pending recipients, or a DSN not yet durably queued). The index value is one state
+    /// byte per recipient, then (when DSNs are owed) their JSON.
+    pub fn record_progress(&self, key: MsgKey, states: &[RcptState], owed: &[DsnOwed]) {
+        let v = encode_progress(states, owed);
         if let Err(e) = self.inner.segments.index.insert(key.to_bytes(), v) {
-            tracing::warn!(queue_id = %key.queue_id(), error = %e, "spool index update failed; recipients may be retried after a restart");
+            tracing::warn!(queue_id = %key.queue_id(), error = %e, owed_dsns = owed.len(),
+                "spool index update failed; recipients may be retried after a restart");
         }
     }
 
@@ -540,6 +567,59 @@ fn move_state_out_of_index(index: &sled::Db, state: &sled::Db) -> sled::Result<u
     Ok(moved)
 }
 
+/// Index value of a message in progress: `0`, one state byte per recipient, then the owed
+/// DSNs as JSON (absent when none are owed; values written before DSNs were kept end there).
+fn encode_progress(states: &[RcptState], owed: &[DsnOwed]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(states.len() + 1);
+    v.push(0u8);
+    v.extend(states.iter().map(|s| *s as u8));
+    if !owed.is_empty() {
+        // Serialising plain strings and numbers cannot fail.
+        v.extend(serde_json::to_vec(owed).unwrap_or_default());
+    }
+    v
+}
+
+/// The inverse of [`encode_progress`] for a record with `n` recipients. Unreadable owed-DSN
+/// data is reported and turned back into owed DSNs for every failed recipient (the reply is
+/// lost, the notice is not).
+fn decode_progress(v: &[u8], n: usize, key: MsgKey) -> (Vec<RcptState>, Vec<DsnOwed>) {
+    let states: Vec<RcptState> = (0..n)
+        .map(|i| match v.get(i + 1) {
+            Some(1) => RcptState::Delivered,
+            Some(2) => RcptState::Failed,
+            _ => RcptState::Pending,
+        })
+        .collect();
+    let rest = v.get(n + 1..).unwrap_or_default();
+    if rest.is_empty() {
+        return (states, Vec::new());
+    }
+    match serde_json::from_slice::<Vec<DsnOwed>>(rest) {
+        Ok(owed) => (
+            states,
+            owed.into_iter().filter(|o| (o.rcpt as usize) < n).collect(),
+        ),
+        Err(e) => {
+            tracing::error!(queue_id = %key.queue_id(), error = %e,
+                "owed DSN data in the spool index is unreadable; sending DSNs for every failed recipient without the remote reply");
+            let owed = states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s == RcptState::Failed)
+                .map(|(i, _)| DsnOwed {
+                    rcpt: i as u32,
+                    code: 550,
+                    enhanced: "5.0.0".into(),
+                    text: "delivery failed (the remote reply was lost from the spool index)".into(),
+                    remote_host: None,
+                })
+                .collect();
+            (states, owed)
+        }
+    }
+}
+
 type ScanResult = (
     Vec<Recovered>,
     HashMap<u64, SegState>,
@@ -589,20 +669,12 @@ fn scan(dir: &Path, quarantine: &Path, index: &sled::Tree) -> Result<ScanResult,
                         segment: seg,
                         offset: offset as u64,
                     };
-                    let states = match index.get(key.to_bytes()) {
+                    let progress = match index.get(key.to_bytes()) {
                         Ok(Some(v)) if v.first() == Some(&1) => None,
-                        Ok(Some(v)) => Some(
-                            (0..rec.rcpts.len())
-                                .map(|i| match v.get(i + 1) {
-                                    Some(1) => RcptState::Delivered,
-                                    Some(2) => RcptState::Failed,
-                                    _ => RcptState::Pending,
-                                })
-                                .collect(),
-                        ),
-                        _ => Some(vec![RcptState::Pending; rec.rcpts.len()]),
+                        Ok(Some(v)) => Some(decode_progress(&v, rec.rcpts.len(), key)),
+                        _ => Some((vec![RcptState::Pending; rec.rcpts.len()], Vec::new())),
                     };
-                    if let Some(states) = states {
+                    if let Some((states, dsn_owed)) = progress {
                         state.live += 1;
                         recovered.push(Recovered {
                             location: Location {
@@ -614,6 +686,7 @@ fn scan(dir: &Path, quarantine: &Path, index: &sled::Tree) -> Result<ScanResult,
                                 ..rec
                             },
                             states,
+                            dsn_owed,
                         });
                     }
                 }

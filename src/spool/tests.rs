@@ -464,3 +464,61 @@ async fn operator_state_survives_deleting_the_index() {
         "warm-up counters survive an index rebuild"
     );
 }
+
+/// Issue 15 item 2: what a DSN needs (each failed recipient's final reply and remote host) is
+/// saved with the states and comes back after a restart; a message with owed DSNs and every
+/// recipient final is still recovered (not released), and one recorded with nothing owed
+/// comes back without owed DSNs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_dsns_survive_a_restart_with_the_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let config = cfg(dir.path());
+    let (spool, _) = Spool::open(&config, dir.path(), metrics.clone()).unwrap();
+    let owed_loc = spool.append(&rec(1)).await.unwrap();
+    let plain_loc = spool.append(&rec(2)).await.unwrap();
+    let owed = vec![DsnOwed {
+        rcpt: 1,
+        code: 550,
+        enhanced: "5.1.1".into(),
+        text: "no such user".into(),
+        remote_host: Some("mx.c.test".into()),
+    }];
+    let states = [RcptState::Delivered, RcptState::Failed];
+    spool.record_progress(owed_loc.key, &states, &owed);
+    spool.record_states(plain_loc.key, &[RcptState::Delivered, RcptState::Pending]);
+    spool.flush_index();
+    drop(spool);
+    let (_spool, recovered) = reopen(&config, dir.path(), metrics).await;
+    let by_key = |k: MsgKey| {
+        recovered
+            .iter()
+            .find(|r| r.location.key == k)
+            .unwrap_or_else(|| panic!("{k:?} recovered: {recovered:?}"))
+    };
+    let r = by_key(owed_loc.key);
+    assert_eq!(r.states, states);
+    assert_eq!(r.dsn_owed, owed);
+    let p = by_key(plain_loc.key);
+    assert_eq!(p.states, [RcptState::Delivered, RcptState::Pending]);
+    assert!(p.dsn_owed.is_empty());
+}
+
+/// Unreadable owed-DSN data still owes a DSN for every failed recipient (without the reply).
+#[test]
+fn unreadable_owed_dsn_data_still_owes_the_failed_recipients() {
+    let key = MsgKey {
+        segment: 1,
+        offset: 0,
+    };
+    let mut v = encode_progress(&[RcptState::Failed, RcptState::Delivered], &[]);
+    v.extend_from_slice(b"{not json");
+    let (states, owed) = decode_progress(&v, 2, key);
+    assert_eq!(states, [RcptState::Failed, RcptState::Delivered]);
+    assert_eq!(owed.len(), 1);
+    assert_eq!((owed[0].rcpt, owed[0].code), (0, 550));
+    // Values written before owed DSNs were kept decode as before.
+    let (states, owed) = decode_progress(&[0, 1, 2], 2, key);
+    assert_eq!(states, [RcptState::Delivered, RcptState::Failed]);
+    assert!(owed.is_empty());
+}

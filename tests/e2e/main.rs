@@ -20,6 +20,7 @@
 //! - `protocol_faults` (issue 15): quoted local parts, `<postmaster>`, sender authorisation,
 //!   the loopback-only admin API.
 //! - `bounces` (issue 17): reply classification (`gannet bounce classify`).
+//! - `dsn` (issue 15 items 2 and 5): a DSN owed survives SIGTERM and kill -9 and is sent once.
 
 mod common;
 
@@ -27,6 +28,7 @@ mod bounces;
 mod cli;
 mod delivery_faults;
 mod dkim;
+mod dsn;
 mod durability;
 mod events;
 mod harness;

@@ -105,6 +105,11 @@ fn field_u64(v: &Value, name: &str) -> u64 {
 }
 
 impl Outcome {
+    /// Any other field of the line (`status` of a `dsn` line, ...), "" when absent.
+    pub fn get(&self, name: &str) -> String {
+        field_str(&self.raw, name)
+    }
+
     fn from_json(v: Value) -> Option<Outcome> {
         if field_str(&v, "target") != "gannet::outcome" {
             return None;
