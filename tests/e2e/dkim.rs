@@ -11,6 +11,7 @@
 //! - Bad keys stop `gannet serve` at once, naming `dkim[i]` and the file.
 //! - `gannet dkim keygen` writes a 0600 key whose printed record verifies Gannet's signatures.
 //! - `[dkim_policy]` `reject_unsigned` and `fallback_domain`; `gannet_domain_check_ok` metrics.
+//! - Gannet's own DSNs under `reject_unsigned`: signed with the host name's key, else exempt.
 //!
 //! Keys are the fixtures in `tests/fixtures/dkim/`; their DNS records are derived from the PEM
 //! files with `openssl`, never with Gannet. Signatures are checked with dkimpy
@@ -1519,6 +1520,108 @@ async fn reject_unsigned_refuses_mail_without_a_key_at_end_of_data() {
         2,
         "exactly the two keyed messages"
     );
+}
+
+/// `reject_unsigned = true`, a key for the sender's domain `keyed.test`, and (when
+/// `hostname_key`) one for Gannet's host name `gannet.test`: a recipient refused with 550 gets
+/// the sender a DSN (From MAILER-DAEMON@gannet.test). Sinks 127.0.0.153 (dest.test) and
+/// 127.0.0.154 (keyed.test, receives the DSN). Returns the world and the DSN.
+async fn dsn_under_reject_unsigned(hostname_key: bool) -> (World, Transaction) {
+    let mut zone = Zone::new()
+        .mail_domain("dest.test", "127.0.0.153")
+        .mail_domain("keyed.test", "127.0.0.154")
+        .txt(
+            "s1._domainkey.keyed.test",
+            &public_record(&fixture_path("rsa2048.pem"), KeyType::Rsa).await,
+        );
+    if hostname_key {
+        zone = zone.txt(
+            "host._domainkey.gannet.test",
+            &public_record(&fixture_path("ed25519.pem"), KeyType::Ed25519).await,
+        );
+    }
+    let w = World::start(&["127.0.0.153", "127.0.0.154"], zone, |c| {
+        let mut c = c
+            .file("k.pem", fixture("rsa2048.pem"))
+            .file("h.pem", fixture("ed25519.pem"))
+            .extra(&dkim_entry(
+                "keyed.test",
+                "s1",
+                "rsa-sha256",
+                "${DIR}/k.pem",
+                &[],
+            ));
+        if hostname_key {
+            c = c.extra(&dkim_entry(
+                "gannet.test",
+                "host",
+                "ed25519-sha256",
+                "${DIR}/h.pem",
+                &[],
+            ));
+        }
+        c.extra("[dkim_policy]\nreject_unsigned = true\ncheck_interval = \"0s\"\n")
+    })
+    .await;
+    w.sinks[0].reject_rcpt("gone@dest.test", "550 5.1.1 no such user");
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.send_message(
+        "s@keyed.test",
+        &["gone@dest.test"],
+        b"From: s@keyed.test\r\nTo: gone@dest.test\r\nSubject: keyed\r\n\r\nx\r\n",
+    )
+    .await;
+    let dsn = w.sinks[1].wait_for(1, WAIT).await[0].clone();
+    assert_dsn(&dsn, "gone@dest.test", "failed");
+    assert!(
+        dsn.header("from")
+            .unwrap_or_default()
+            .contains("MAILER-DAEMON@gannet.test"),
+        "{}",
+        dsn.text()
+    );
+    (w, dsn)
+}
+
+/// Issue 15 item 5: with `reject_unsigned = true` and no key for the host name, Gannet's own
+/// DSN is exempt from the policy and reaches the sender (it used to be refused and dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_without_a_hostname_key_is_not_blocked_by_reject_unsigned() {
+    let (w, dsn) = dsn_under_reject_unsigned(false).await;
+    assert!(
+        dsn.headers("dkim-signature").is_empty(),
+        "no key applies to gannet.test: the DSN goes unsigned\n{}",
+        dsn.text()
+    );
+    let sent = w
+        .gannet
+        .wait_outcomes(WAIT, "a `dsn` sent line", |os| {
+            os.iter()
+                .any(|o| o.event == "dsn" && o.get("status") == "sent")
+        })
+        .await;
+    assert!(
+        !sent
+            .iter()
+            .any(|o| o.event == "dsn" && o.get("status") == "failed"),
+        "the DSN was never refused: {sent:#?}"
+    );
+}
+
+/// Issue 15 item 5: with `reject_unsigned = true` and a key for the host name, Gannet's own
+/// DSN is signed with it (d=gannet.test), and dkimpy verifies the signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_is_signed_with_the_hostname_key_under_reject_unsigned() {
+    let (w, dsn) = dsn_under_reject_unsigned(true).await;
+    assert_verified(&w.dns, &[("dsn".into(), dsn.data.clone())], &|_| {
+        vec![sig_id(
+            "gannet.test",
+            "host",
+            "ed25519-sha256",
+            "relaxed/relaxed",
+        )]
+    })
+    .await;
 }
 
 /// Issue 3, item 6: with `fallback_domain`, mail whose From domain has no key is signed with
