@@ -218,6 +218,7 @@ async fn run(domains: usize) {
         spool,
         "gannet.bench".into(),
         bus,
+        gannet::bounce::NotifyOptions::default(),
     ));
 
     let start_stats = queue.routing_stats();
