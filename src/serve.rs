@@ -55,6 +55,8 @@ pub enum ServeError {
     Unsubscribe(#[from] crate::suppression::token::TokenError),
     #[error(transparent)]
     BounceRules(#[from] crate::bounce::RulesError),
+    #[error(transparent)]
+    Suppression(#[from] crate::suppression::StoreError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -150,6 +152,23 @@ pub async fn run_with(
         }
         None => (None, None),
     };
+    // The suppression list opens before anything listens; its policy subscriber (durable)
+    // is registered before any stage publishes.
+    let suppressions: crate::suppression::SharedStore = {
+        let path = crate::suppression::SledStore::path_for(&config);
+        Arc::new(
+            tokio::task::spawn_blocking(move || crate::suppression::SledStore::open(&path))
+                .await
+                .map_err(|e| ServeError::Resolver(e.to_string()))??,
+        )
+    };
+    let suppression_stop = CancellationToken::new();
+    let suppression_task = crate::suppression::policy::start(
+        config.suppression.clone(),
+        suppressions.clone(),
+        &bus,
+        suppression_stop.clone(),
+    );
     let base = config
         .base_dir
         .clone()
@@ -322,6 +341,11 @@ pub async fn run_with(
     metrics_task.abort();
     // Last: everything published until now goes into the send log before we exit.
     sendlog_stop.cancel();
+    suppression_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), suppression_task).await;
+    if let Err(e) = suppressions.flush() {
+        tracing::warn!(error = %e, "suppression list not flushed at shutdown");
+    }
     if let Some(t) = sendlog_task {
         let _ = t.await;
     }

@@ -64,6 +64,8 @@ pub struct Config {
     pub inject: InjectConfig,
     #[serde(default)]
     pub bounce: BounceConfig,
+    #[serde(default)]
+    pub suppression: SuppressionConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -759,4 +761,72 @@ pub struct BounceConfig {
     /// restart to send the DSNs.
     #[serde(default)]
     pub hold_dsns: bool,
+}
+
+/// The suppression list (`[suppression]`): where it lives and the policy that fills it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionConfig {
+    /// Directory of the embedded store; None = `suppression` in the spool directory.
+    pub path: Option<PathBuf>,
+    /// What SMTP intake does with a suppressed recipient: `reject` (550 5.7.1 at RCPT) or
+    /// `drop` (accept it, never send, publish `suppressed`).
+    #[serde(default)]
+    pub smtp_action: SuppressedAction,
+    /// Soft bounces of one address that suppress it, counted over `soft_bounce_days`.
+    /// 0 = soft bounces never suppress.
+    #[serde(default = "default_soft_bounce_limit")]
+    pub soft_bounce_limit: u32,
+    #[serde(default = "default_soft_bounce_days")]
+    pub soft_bounce_days: u32,
+    /// Categories of soft bounce that count (about the address, not about us).
+    #[serde(default = "default_soft_bounce_categories")]
+    pub soft_bounce_categories: Vec<String>,
+    /// Days a soft-bounce suppression lasts (0 = until removed).
+    #[serde(default = "default_soft_bounce_expiry_days")]
+    pub soft_bounce_expiry_days: u32,
+    /// Events the policy subscriber may fall behind before intake waits.
+    #[serde(default = "default_suppression_bound")]
+    pub bound: usize,
+}
+
+/// SMTP intake's answer to a suppressed recipient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressedAction {
+    /// `550 5.7.1` at RCPT.
+    #[default]
+    Reject,
+    /// Accepted, never delivered (a `suppressed` event says so).
+    Drop,
+}
+
+fn default_soft_bounce_limit() -> u32 {
+    3
+}
+fn default_soft_bounce_days() -> u32 {
+    7
+}
+fn default_soft_bounce_categories() -> Vec<String> {
+    vec!["mailbox-full".to_string(), "expired".to_string()]
+}
+fn default_soft_bounce_expiry_days() -> u32 {
+    30
+}
+fn default_suppression_bound() -> usize {
+    100_000
+}
+
+impl Default for SuppressionConfig {
+    fn default() -> Self {
+        SuppressionConfig {
+            path: None,
+            smtp_action: SuppressedAction::default(),
+            soft_bounce_limit: default_soft_bounce_limit(),
+            soft_bounce_days: default_soft_bounce_days(),
+            soft_bounce_categories: default_soft_bounce_categories(),
+            soft_bounce_expiry_days: default_soft_bounce_expiry_days(),
+            bound: default_suppression_bound(),
+        }
+    }
 }

@@ -1,7 +1,23 @@
-//! Suppression: who must not receive mail, and the signed one-click unsubscribe token.
+//! Suppression: who must not receive mail, why, and in which scope; and the signed one-click
+//! unsubscribe token.
 //!
-//! Owns: the unsubscribe token format (`token`), shared by injection (which puts tokens into
-//! `List-Unsubscribe`) and the unsubscribe endpoint (which verifies them). Never sends mail and
-//! never reads the spool.
+//! Owns: the list (`store`: the [`SuppressionStore`] seam and its embedded sled default), the
+//! policy that fills it from events (`policy`: a durable event subscriber) and the unsubscribe
+//! token format (`token`), shared by injection (which puts tokens into `List-Unsubscribe`) and
+//! the unsubscribe endpoint (which verifies them). Never sends mail and never reads the spool;
+//! the stages that refuse or drop mail ask the store through a [`SharedStore`] handle.
 
+pub mod policy;
+pub mod store;
 pub mod token;
+
+#[cfg(test)]
+mod tests;
+
+pub use store::{
+    ALL_TENANTS, Entry, ListFilter, Lookup, Page, SledStore, StoreError, SuppressionStore,
+    normalize,
+};
+
+/// The handle stages hold (cheap to clone; a cluster backend can stand behind it).
+pub type SharedStore = std::sync::Arc<dyn SuppressionStore>;

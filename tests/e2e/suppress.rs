@@ -44,7 +44,8 @@ fn one_line(reply: &str) -> String {
 /// from Gmail, Yahoo, Outlook, iCloud, GMX/WEB.DE, Orange, Mail.ru, WP, Onet, Interia) at RCPT,
 /// each to its own recipient on a domain whose MX host is that provider's. Every recipient's
 /// `deferred` / `bounced` event carries the expected category, `hard` and the provider; soft
-/// (4xx) ones are retried and delivered; `gannet_bounces_total` counts the bounces by
+/// (4xx) ones are retried and delivered; hard ones (and only they) are suppressed
+/// (`suppression_changed`, reason `hard-bounce`); `gannet_bounces_total` counts the bounces by
 /// category and provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_provider_replies_are_classified_on_outcome_events_and_soft_ones_retried() {
@@ -113,6 +114,32 @@ async fn real_provider_replies_are_classified_on_outcome_events_and_soft_ones_re
         n("bounced") == hard && n("delivered") == soft
     })
     .await;
+    // Every hard one is put on the suppression list by the policy (and said so).
+    let hard_rcpts: Vec<String> = got
+        .iter()
+        .filter(|p| matches!(p.event.kind, EventKind::Bounced { hard: true, .. }))
+        .map(|p| p.event.recipient.clone())
+        .collect();
+    assert!(hard_rcpts.len() >= 15, "{hard_rcpts:?}");
+    read_until(&mut sub, &mut got, |ps| {
+        hard_rcpts.iter().all(|r| {
+            ps.iter().any(|p| {
+                &p.event.recipient == r
+                    && matches!(&p.event.kind, EventKind::SuppressionChanged { reason, change, .. } if reason == "hard-bounce" && change == "added")
+            })
+        })
+    })
+    .await;
+    let suppressed: Vec<&str> = got
+        .iter()
+        .filter(|p| p.event.type_name() == "suppression_changed")
+        .map(|p| p.event.recipient.as_str())
+        .collect();
+    assert_eq!(
+        suppressed.len(),
+        hard_rcpts.len(),
+        "only hard bounces: {suppressed:?}"
+    );
 
     let mut wrong = Vec::new();
     for p in &got {
@@ -163,6 +190,7 @@ async fn real_provider_replies_are_classified_on_outcome_events_and_soft_ones_re
             .iter()
             .filter(|p| &p.event.recipient == rcpt)
             .map(|p| p.event.type_name())
+            .filter(|t| *t != "suppression_changed")
             .collect();
         if *code < 500 {
             assert_eq!(types, ["deferred", "delivered"], "{rcpt}");

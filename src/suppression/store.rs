@@ -1,0 +1,395 @@
+//! The suppression list: who must not be mailed, in which scope, why and until when.
+//!
+//! Owns [`SuppressionStore`] (the seam a cluster backend replaces: Redis or SQL shared by every
+//! node), [`Entry`], [`Lookup`], [`normalize`] and the embedded default [`SledStore`]. Never
+//! decides what goes in (that is `policy`, the API and the CLI) and never publishes events.
+//!
+//! Keys are `address \0 tenant \0 stream`: the normalised address first, so every entry of one
+//! address sits under one prefix and a check is one short prefix scan. `tenant` is `*` for
+//! every tenant; `stream` is empty for every stream, else `class:NAME`, `list:NAME` or
+//! `campaign:NAME`. A global entry (tenant `*`, every stream) wins over narrower ones when
+//! several match.
+//!
+//! Addresses are stored in clear (lower-cased): the list is the one place that must remember
+//! them, and an entry is found and removed by its address (API, CLI).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Tenant scope of an entry that applies to every tenant.
+pub const ALL_TENANTS: &str = "*";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "address {0:?} cannot be suppressed: expected local@domain (the list keys on the whole address)"
+    )]
+    BadAddress(String),
+    #[error(
+        "cannot open the suppression store at {path}: {source} (check [suppression] path is writable; another gannet may hold its lock)"
+    )]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("suppression store: {0} (the entry was not changed; retry, and check disk space)")]
+    Io(#[from] sled::Error),
+    #[error("suppression entry under key {key:?} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// One suppression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Normalised address (see [`normalize`]).
+    pub address: String,
+    /// `*` (every tenant) or a tenant name.
+    pub tenant: String,
+    /// Empty (every stream) or `class:NAME`, `list:NAME`, `campaign:NAME`.
+    #[serde(default)]
+    pub stream: String,
+    /// `hard-bounce`, `soft-bounce`, `complaint`, `unsubscribe`, `manual`, `spam-trap`, ...
+    pub reason: String,
+    /// The event id that caused it, or who added it (`api:TOKEN`, `cli`, `import`).
+    #[serde(default)]
+    pub source: String,
+    /// Unix seconds when it was added.
+    pub created: u64,
+    /// Unix seconds when it lapses; 0 = never.
+    #[serde(default)]
+    pub expires: u64,
+}
+
+impl Entry {
+    /// Whether the entry still applies at `now` (unix seconds).
+    pub fn live(&self, now: u64) -> bool {
+        self.expires == 0 || self.expires > now
+    }
+
+    /// Whether it applies to a send described by `q` (ignoring expiry).
+    pub fn covers(&self, q: &Lookup<'_>) -> bool {
+        let tenant_ok = self.tenant == ALL_TENANTS || self.tenant == q.tenant;
+        let stream_ok = self.stream.is_empty()
+            || match self.stream.split_once(':') {
+                Some(("class", n)) => n == q.class,
+                Some(("campaign", n)) => !n.is_empty() && n == q.campaign,
+                Some(("list", n)) => !n.is_empty() && n == q.list,
+                _ => false,
+            };
+        tenant_ok && stream_ok
+    }
+
+    /// The scope as one text (`*`, `acme`, `acme class:promotional`), for events and listings.
+    pub fn scope_text(&self) -> String {
+        if self.stream.is_empty() {
+            self.tenant.clone()
+        } else {
+            format!("{} {}", self.tenant, self.stream)
+        }
+    }
+
+    fn key(&self) -> Vec<u8> {
+        key(&self.address, &self.tenant, &self.stream)
+    }
+}
+
+/// What is being sent: the recipient and the streams the message belongs to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lookup<'a> {
+    /// Any form; normalised by the store.
+    pub address: &'a str,
+    /// Empty when the message has no tenant (then only `*` entries apply).
+    pub tenant: &'a str,
+    pub class: &'a str,
+    pub campaign: &'a str,
+    pub list: &'a str,
+}
+
+/// Filters of a listing; empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Address prefix (normalised), e.g. `alice` or `alice@example.`.
+    pub prefix: String,
+    /// Exact domain of the address.
+    pub domain: String,
+    pub reason: String,
+    pub tenant: String,
+}
+
+/// One page of a listing; `next` is the cursor of the following page (None at the end).
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub next: Option<Vec<u8>>,
+}
+
+/// The suppression list behind an interface, so a cluster can share one (the embedded
+/// [`SledStore`] is the default). Calls are short and synchronous: lookups hit memory; writers
+/// that import many entries should run on a blocking thread.
+pub trait SuppressionStore: Send + Sync {
+    /// The live entry that stops this send, if any (a global one first).
+    fn check(&self, q: &Lookup<'_>, now: u64) -> Result<Option<Entry>, StoreError>;
+    /// Insert or replace the entry with the same (address, tenant, stream); true if it did not
+    /// exist before.
+    fn add(&self, entry: &Entry) -> Result<bool, StoreError>;
+    /// Many entries at once (import); returns how many were new.
+    fn add_many(&self, entries: &[Entry]) -> Result<usize, StoreError>;
+    /// Remove one entry; returns it if it existed.
+    fn remove(
+        &self,
+        address: &str,
+        tenant: &str,
+        stream: &str,
+    ) -> Result<Option<Entry>, StoreError>;
+    /// Every entry of one address (any scope, expired ones included).
+    fn get(&self, address: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Entries in key order after `cursor`, at most `limit`.
+    fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+    /// Count a soft bounce of `address` at `now` and return how many fell within the last
+    /// `window_secs` (older ones are forgotten).
+    fn soft_bounce(&self, address: &str, now: u64, window_secs: u64) -> Result<u32, StoreError>;
+    /// Number of entries.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Make what was written so far as durable as the backend can.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The normalised form of an address: trimmed, angle brackets removed, lower-cased as a whole.
+/// The local part is lower-cased too: RFC 5321 lets it be case-sensitive, but no large mailbox
+/// provider treats it so, and a suppression that misses `Alice@` for `alice@` would mail
+/// someone who opted out. Dots and `+tags` are kept: those can be different mailboxes.
+pub fn normalize(address: &str) -> Result<String, StoreError> {
+    let t = address.trim();
+    let a = t
+        .strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(t);
+    let ok = a.len() <= 512
+        && !a.bytes().any(|b| b.is_ascii_control())
+        && a.rsplit_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains([' ', '"'])
+        });
+    if ok {
+        Ok(a.to_lowercase())
+    } else {
+        Err(StoreError::BadAddress(address.to_string()))
+    }
+}
+
+fn key(address: &str, tenant: &str, stream: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(address.len() + tenant.len() + stream.len() + 2);
+    k.extend_from_slice(address.as_bytes());
+    k.push(0);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(stream.as_bytes());
+    k
+}
+
+fn prefix_of(address: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(address.len() + 1);
+    k.extend_from_slice(address.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The embedded store: one sled tree of entries (value: compact JSON) and one of recent soft
+/// bounces per address (value: big-endian unix seconds, 8 bytes each).
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    entries: sled::Tree,
+    soft: sled::Tree,
+}
+
+impl SledStore {
+    /// Open (or create) the store in directory `path`.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        SledStore::on(db)
+    }
+
+    /// A store in memory only (tests, benchmarks of the lookup path).
+    pub fn temporary() -> Result<SledStore, StoreError> {
+        SledStore::on(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn on(db: sled::Db) -> Result<SledStore, StoreError> {
+        Ok(SledStore {
+            entries: db.open_tree("entries")?,
+            soft: db.open_tree("soft_bounces")?,
+            db,
+        })
+    }
+
+    /// The directory `[suppression] path` names, or `suppression` in the spool directory.
+    pub fn path_for(config: &crate::config::Config) -> PathBuf {
+        match &config.suppression.path {
+            Some(p) => config.resolve_path(p),
+            None => config.resolve_path(&config.spool.path).join("suppression"),
+        }
+    }
+
+    fn decode(k: &[u8], v: &[u8]) -> Result<Entry, StoreError> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(k).replace('\0', " "),
+            message: e.to_string(),
+        })
+    }
+
+    fn encode(e: &Entry) -> Vec<u8> {
+        serde_json::to_vec(e).unwrap_or_default()
+    }
+}
+
+impl SuppressionStore for SledStore {
+    fn check(&self, q: &Lookup<'_>, now: u64) -> Result<Option<Entry>, StoreError> {
+        let Ok(address) = normalize(q.address) else {
+            return Ok(None);
+        };
+        let mut best: Option<Entry> = None;
+        for kv in self.entries.scan_prefix(prefix_of(&address)) {
+            let (k, v) = kv?;
+            let e = SledStore::decode(&k, &v)?;
+            if !e.live(now) || !e.covers(q) {
+                continue;
+            }
+            let global = e.tenant == ALL_TENANTS && e.stream.is_empty();
+            if global {
+                return Ok(Some(e));
+            }
+            best.get_or_insert(e);
+        }
+        Ok(best)
+    }
+
+    fn add(&self, entry: &Entry) -> Result<bool, StoreError> {
+        let mut e = entry.clone();
+        e.address = normalize(&e.address)?;
+        Ok(self
+            .entries
+            .insert(e.key(), SledStore::encode(&e))?
+            .is_none())
+    }
+
+    fn add_many(&self, entries: &[Entry]) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in entries {
+            let mut e = entry.clone();
+            e.address = normalize(&e.address)?;
+            let k = e.key();
+            if !self.entries.contains_key(&k)? {
+                n += 1;
+            }
+            batch.insert(k, SledStore::encode(&e));
+        }
+        self.entries.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    fn remove(
+        &self,
+        address: &str,
+        tenant: &str,
+        stream: &str,
+    ) -> Result<Option<Entry>, StoreError> {
+        let address = normalize(address)?;
+        let k = key(&address, tenant, stream);
+        match self.entries.remove(&k)? {
+            Some(v) => Ok(Some(SledStore::decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get(&self, address: &str) -> Result<Vec<Entry>, StoreError> {
+        let address = normalize(address)?;
+        self.entries
+            .scan_prefix(prefix_of(&address))
+            .map(|kv| {
+                let (k, v) = kv?;
+                SledStore::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        use std::ops::Bound;
+        let prefix = filter.prefix.to_lowercase();
+        let start = match cursor {
+            Some(c) => Bound::Excluded(c.to_vec()),
+            None => Bound::Included(prefix.as_bytes().to_vec()),
+        };
+        let domain = filter.domain.to_lowercase();
+        let mut page = Page::default();
+        // A page reads at most this many keys, so a rare filter answers with a cursor instead
+        // of scanning ten million entries in one request.
+        let mut budget = 100_000usize.max(limit);
+        for kv in self.entries.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            if !k.starts_with(prefix.as_bytes()) {
+                return Ok(page);
+            }
+            budget -= 1;
+            let e = SledStore::decode(&k, &v)?;
+            let ok = (domain.is_empty()
+                || e.address.rsplit_once('@').is_some_and(|(_, d)| d == domain))
+                && (filter.reason.is_empty() || e.reason == filter.reason)
+                && (filter.tenant.is_empty() || e.tenant == filter.tenant);
+            if ok {
+                page.entries.push(e);
+            }
+            if page.entries.len() >= limit || budget == 0 {
+                page.next = Some(k.to_vec());
+                return Ok(page);
+            }
+        }
+        Ok(page)
+    }
+
+    fn soft_bounce(&self, address: &str, now: u64, window_secs: u64) -> Result<u32, StoreError> {
+        let address = normalize(address)?;
+        let from = now.saturating_sub(window_secs);
+        let mut count = 0u32;
+        self.soft.update_and_fetch(address.as_bytes(), |old| {
+            let mut times: Vec<u8> = old
+                .unwrap_or(&[])
+                .chunks_exact(8)
+                .filter(|c| u64::from_be_bytes((*c).try_into().unwrap_or([0; 8])) >= from)
+                .flatten()
+                .copied()
+                .collect();
+            times.extend_from_slice(&now.to_be_bytes());
+            count = (times.len() / 8) as u32;
+            Some(times)
+        })?;
+        Ok(count)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

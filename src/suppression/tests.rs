@@ -1,0 +1,284 @@
+//! Tables for the store's scoping, normalisation and paging, and the policy's decisions.
+
+use super::policy::{Decision, decide};
+use super::*;
+use crate::config::SuppressionConfig;
+use crate::events::{Event, EventKind};
+
+fn entry(address: &str, tenant: &str, stream: &str, reason: &str, expires: u64) -> Entry {
+    Entry {
+        address: address.into(),
+        tenant: tenant.into(),
+        stream: stream.into(),
+        reason: reason.into(),
+        source: "test".into(),
+        created: 1,
+        expires,
+    }
+}
+
+fn q<'a>(address: &'a str, tenant: &'a str, class: &'a str) -> Lookup<'a> {
+    Lookup {
+        address,
+        tenant,
+        class,
+        ..Lookup::default()
+    }
+}
+
+#[test]
+fn normalize_lowercases_and_refuses_what_is_not_an_address() {
+    for (input, want) in [
+        ("Alice@Example.ORG", Some("alice@example.org")),
+        (" <bob+news@x.test> ", Some("bob+news@x.test")),
+        ("first.last@x.test", Some("first.last@x.test")),
+        ("\"a b\"@x.test", Some("\"a b\"@x.test")),
+        ("no-at-sign", None),
+        ("@x.test", None),
+        ("a@", None),
+        ("a\r\n@x.test", None),
+    ] {
+        assert_eq!(normalize(input).ok().as_deref(), want, "{input:?}");
+    }
+}
+
+#[test]
+fn a_check_honours_tenant_and_stream_scopes_and_expiry() {
+    let s = SledStore::temporary().expect("store");
+    s.add(&entry("Global@X.test", "*", "", "hard-bounce", 0))
+        .expect("add");
+    s.add(&entry(
+        "promo@x.test",
+        "acme",
+        "class:promotional",
+        "unsubscribe",
+        0,
+    ))
+    .expect("add");
+    s.add(&entry("news@x.test", "*", "list:news", "unsubscribe", 0))
+        .expect("add");
+    s.add(&entry("gone@x.test", "*", "", "soft-bounce", 100))
+        .expect("add");
+    let now = 50;
+    let hit = |l: Lookup<'_>, t: u64| s.check(&l, t).expect("check").map(|e| e.reason);
+    // (lookup, time, expected reason)
+    let cases: Vec<(Lookup<'_>, u64, Option<&str>)> = vec![
+        (
+            q("global@x.test", "", "transactional"),
+            now,
+            Some("hard-bounce"),
+        ),
+        (
+            q("GLOBAL@x.TEST", "other", "promotional"),
+            now,
+            Some("hard-bounce"),
+        ),
+        (
+            q("promo@x.test", "acme", "promotional"),
+            now,
+            Some("unsubscribe"),
+        ),
+        // An opt-out of promotional mail does not stop a password reset...
+        (q("promo@x.test", "acme", "transactional"), now, None),
+        // ...nor another tenant's mail.
+        (q("promo@x.test", "beta", "promotional"), now, None),
+        (
+            Lookup {
+                list: "news",
+                ..q("news@x.test", "acme", "promotional")
+            },
+            now,
+            Some("unsubscribe"),
+        ),
+        (q("news@x.test", "acme", "promotional"), now, None),
+        (
+            q("gone@x.test", "", "promotional"),
+            now,
+            Some("soft-bounce"),
+        ),
+        (q("gone@x.test", "", "promotional"), 100, None),
+        (q("nobody@x.test", "acme", "promotional"), now, None),
+        (q("not an address", "acme", "promotional"), now, None),
+    ];
+    for (l, t, want) in cases {
+        assert_eq!(hit(l, t).as_deref(), want, "{l:?} at {t}");
+    }
+}
+
+#[test]
+fn a_global_entry_wins_over_a_scoped_one() {
+    let s = SledStore::temporary().expect("store");
+    s.add(&entry("a@x.test", "acme", "", "unsubscribe", 0))
+        .expect("add");
+    s.add(&entry("a@x.test", "*", "", "complaint", 0))
+        .expect("add");
+    let e = s
+        .check(&q("a@x.test", "acme", "promotional"), 5)
+        .expect("check")
+        .expect("suppressed");
+    assert_eq!(e.reason, "complaint");
+    assert_eq!(s.get("A@x.test").expect("get").len(), 2);
+    assert!(s.remove("a@x.test", "*", "").expect("remove").is_some());
+    assert_eq!(
+        s.check(&q("a@x.test", "acme", "promotional"), 5)
+            .expect("check")
+            .map(|e| e.reason)
+            .as_deref(),
+        Some("unsubscribe")
+    );
+}
+
+#[test]
+fn listing_pages_through_every_entry_with_a_cursor_and_filters() {
+    let s = SledStore::temporary().expect("store");
+    let all: Vec<Entry> = (0..250)
+        .map(|i| {
+            let reason = if i % 5 == 0 {
+                "complaint"
+            } else {
+                "hard-bounce"
+            };
+            entry(&format!("u{i:03}@d{}.test", i % 2), "*", "", reason, 0)
+        })
+        .collect();
+    assert_eq!(s.add_many(&all).expect("import"), 250);
+    assert_eq!(s.add_many(&all[..10]).expect("again"), 0);
+    let mut seen = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = s
+            .list(&ListFilter::default(), cursor.as_deref(), 100)
+            .expect("list");
+        seen.extend(page.entries.into_iter().map(|e| e.address));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 250);
+    let filter = ListFilter {
+        domain: "d0.test".into(),
+        reason: "complaint".into(),
+        ..ListFilter::default()
+    };
+    let page = s.list(&filter, None, 1000).expect("list");
+    assert_eq!(page.entries.len(), 25, "every 10th address");
+    let filter = ListFilter {
+        prefix: "u01".into(),
+        ..ListFilter::default()
+    };
+    assert_eq!(s.list(&filter, None, 1000).expect("list").entries.len(), 10);
+}
+
+#[test]
+fn soft_bounces_count_only_within_the_window() {
+    let s = SledStore::temporary().expect("store");
+    let day = 86_400;
+    assert_eq!(s.soft_bounce("a@x.test", 0, 7 * day).expect("count"), 1);
+    assert_eq!(s.soft_bounce("A@x.test", day, 7 * day).expect("count"), 2);
+    // Ten days later the first two are forgotten.
+    assert_eq!(
+        s.soft_bounce("a@x.test", 10 * day, 7 * day).expect("count"),
+        1
+    );
+}
+
+fn event(kind: EventKind, class: &str, tenant: &str) -> Event {
+    let mut e = Event::new(kind);
+    e.recipient = "r@x.test".into();
+    e.class = class.into();
+    e.tenant = tenant.into();
+    e
+}
+
+fn bounced(category: &str, hard: bool) -> EventKind {
+    EventKind::Bounced {
+        site: String::new(),
+        mx_host: String::new(),
+        remote_ip: String::new(),
+        source_ip: String::new(),
+        reply: "550 5.1.1 x".into(),
+        category: category.into(),
+        hard,
+        provider: String::new(),
+    }
+}
+
+#[test]
+fn policy_turns_hard_bounces_complaints_and_opt_outs_into_entries() {
+    let policy = SuppressionConfig::default();
+    let now = 1000;
+    let add = |d: Decision| match d {
+        Decision::Add(e) => Some((e.reason, e.tenant, e.stream, e.expires)),
+        _ => None,
+    };
+    let unsub = |scope: &str, list: &str| EventKind::Unsubscribed {
+        via: "one-click".into(),
+        scope: scope.into(),
+        list: list.into(),
+    };
+    type Want<'a> = Option<(&'a str, &'a str, &'a str)>;
+    let cases: Vec<(EventKind, &str, Want<'_>)> = vec![
+        (
+            bounced("bad-mailbox", true),
+            "promotional",
+            Some(("hard-bounce", "*", "")),
+        ),
+        (bounced("reputation-block", false), "promotional", None),
+        (
+            EventKind::BounceReport {
+                format: "dsn".into(),
+                status: "5.1.1".into(),
+                diagnostic: String::new(),
+                category: "bad-mailbox".into(),
+                hard: true,
+                reporting_mta: String::new(),
+            },
+            "",
+            Some(("hard-bounce", "*", "")),
+        ),
+        (
+            EventKind::Complaint {
+                feedback_type: "abuse".into(),
+                user_agent: String::new(),
+                reporter: String::new(),
+            },
+            "promotional",
+            Some(("complaint", "*", "")),
+        ),
+        (
+            unsub("acme", "list:news"),
+            "promotional",
+            Some(("unsubscribe", "acme", "list:news")),
+        ),
+        (
+            unsub("acme", "news"),
+            "promotional",
+            Some(("unsubscribe", "acme", "list:news")),
+        ),
+        (
+            unsub("acme", ""),
+            "promotional",
+            Some(("unsubscribe", "acme", "class:promotional")),
+        ),
+        (unsub("", ""), "", Some(("unsubscribe", "acme", ""))),
+    ];
+    for (kind, class, want) in cases {
+        let label = format!("{kind:?}");
+        let got = add(decide(&event(kind, class, "acme"), &policy, now));
+        let want = want.map(|(r, t, s)| (r.to_string(), t.to_string(), s.to_string(), 0));
+        assert_eq!(got, want, "{label}");
+    }
+    // Soft bounces of a counted category are counted, with an expiry.
+    match decide(
+        &event(bounced("mailbox-full", false), "p", ""),
+        &policy,
+        now,
+    ) {
+        Decision::SoftBounce(e) => {
+            assert_eq!(e.reason, "soft-bounce");
+            assert_eq!(e.expires, now + 30 * 86_400);
+        }
+        d => panic!("{d:?}"),
+    }
+}
