@@ -167,9 +167,8 @@ pub async fn run(
                 actor: "policy".to_string(),
                 expires: entry.expires,
             });
+            // About the list, not the message: no queue id (a message's story stays its own).
             ev.recipient = entry.address;
-            ev.queue_id = cause.queue_id.clone();
-            ev.message_id = cause.message_id.clone();
             ev.tenant = cause.tenant.clone();
             ev.campaign = cause.campaign.clone();
             ev.class = cause.class.clone();
