@@ -192,13 +192,15 @@ pub async fn run_with(
         shapers,
         shutdown.clone(),
     )?;
+    queue.set_suppressions(suppressions.clone());
     let intake = Intake::new(
         config.clone(),
         queue.clone(),
         signer,
         metrics.clone(),
         bus.clone(),
-    );
+    )
+    .with_suppressions(suppressions.clone());
     // A small key file read (or created) once at start.
     let unsubscribe = {
         let c = config.clone();

@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Filter, Queue};
 
 pub mod logs;
+pub mod unsubscribe;
 
 /// What handlers may use.
 #[derive(Clone)]
@@ -377,6 +378,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/erasures", post(logs::erase))
         .route("/api/v1/subjects/{address}", get(logs::subject))
+        .route(
+            "/u/{token}",
+            get(unsubscribe::page).post(unsubscribe::one_click),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -17,6 +17,7 @@
 //! Never does: talk to clients (listeners do) or deliver (queue/).
 
 mod authz;
+mod suppress;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +56,8 @@ struct Inner {
     #[allow(dead_code)] // kept for intake's own gauges; counters come from the event stream
     metrics: Metrics,
     bus: EventBus,
+    /// The suppression list (`with_suppressions`); None = nothing is checked.
+    suppressions: Option<crate::suppression::SharedStore>,
 }
 
 /// Longest value accepted in X-Gannet-Tenant / X-Gannet-Campaign.
@@ -79,7 +82,24 @@ impl Intake {
                 signer,
                 metrics,
                 bus,
+                suppressions: None,
             }),
+        }
+    }
+
+    /// Check every recipient against `store` before spooling (see `suppress`).
+    pub fn with_suppressions(self, store: crate::suppression::SharedStore) -> Intake {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|a| Inner {
+            config: a.config.clone(),
+            queue: a.queue.clone(),
+            signer: a.signer.clone(),
+            metrics: a.metrics.clone(),
+            bus: a.bus.clone(),
+            suppressions: a.suppressions.clone(),
+        });
+        inner.suppressions = Some(store);
+        Intake {
+            inner: Arc::new(inner),
         }
     }
 
@@ -171,6 +191,20 @@ impl Intake {
         authz::check(&self.inner.config, &origin, &class, &envelope.rcpts, &body)?;
         let tenant = clean_id(tenant.or(header_tenant), "tenant")?;
         let campaign = clean_id(campaign.or(header_campaign), "campaign")?;
+        let envelope = match &self.inner.suppressions {
+            Some(store) => suppress::filter(
+                store,
+                &self.inner.bus,
+                &origin,
+                &suppress::Streams {
+                    class: &class,
+                    tenant: &tenant,
+                    campaign: &campaign,
+                },
+                envelope,
+            )?,
+            None => envelope,
+        };
         strip_control_headers(&mut body);
         let seed = format!(
             "{:x}.{:016x}",

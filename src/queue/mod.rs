@@ -23,6 +23,7 @@ mod outcome;
 mod ready;
 mod routing;
 mod scheduler;
+mod suppress;
 
 pub use control::{Filter, Suspension};
 pub use message::{Job, QueuedMessage};
@@ -166,6 +167,8 @@ struct Inner {
     shaping: Arc<Shaping>,
     /// Categorises outcome replies (immutable rules).
     classifier: Arc<Classifier>,
+    /// The suppression list, checked before each attempt (`suppress`); set once by `serve`.
+    suppressions: std::sync::OnceLock<crate::suppression::SharedStore>,
 }
 
 /// The queue as dispatchers see it ([`dispatch::Report`]). Weak: the queue owns the
@@ -306,6 +309,7 @@ impl Queue {
             cache_bytes: AtomicUsize::new(0),
             shaping,
             classifier,
+            suppressions: std::sync::OnceLock::new(),
         });
         let queue = Queue { inner };
         let q = queue.clone();

@@ -204,6 +204,10 @@ impl Queue {
 
     /// Queue a job for `dest` through `pool` (its class's pool, or an overflow pool).
     pub(super) fn push_ready_to(&self, job: Job, dest: Destination, pool: String) {
+        // Suppressed since it was queued: those recipients are dropped here (`suppress`).
+        let Some(job) = self.drop_suppressed(job, &pool) else {
+            return;
+        };
         if self
             .inner
             .suspensions

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use ::gannet::bounce::samples::REAL_REPLIES;
 use ::gannet::events::{EventKind, Mode, Published};
 
+use crate::common::gannet::http;
 use crate::common::*;
 use crate::events::{InProcess, read_until, subscribe_hook};
 
@@ -214,4 +215,196 @@ async fn real_provider_replies_are_classified_on_outcome_events_and_soft_ones_re
         "no domain labels: {samples:#?}"
     );
     g.stop().await;
+}
+
+/// `[class.newsletter]` with one-click unsubscribe headers.
+const NEWSLETTER: &str = "[class.newsletter]\npool = \"default\"\npriority = 0\nlist_unsubscribe = true\n\n[unsubscribe]\nbase_url = \"https://unsub.gannet.test\"\n";
+
+fn newsletter(to: &str) -> String {
+    serde_json::json!({
+        "from": {"email": "news@brand.test"},
+        "subject": "picks",
+        "text": "hello",
+        "class": "newsletter",
+        "tenant": "acme",
+        "campaign": "spring",
+        "recipients": [{"email": to}],
+    })
+    .to_string()
+}
+
+async fn inject(g: &Gannet, to: &str) -> serde_json::Value {
+    let (status, text) = http(
+        g.http_addr(),
+        "POST",
+        "/api/v1/messages",
+        Some(&newsletter(to)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("POST /api/v1/messages: {e}\n{}", g.log()));
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["results"][0].clone()
+}
+
+/// Send-log events of one recipient, waiting until `done` holds.
+async fn events_until(
+    g: &Gannet,
+    rcpt: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let path = format!("/api/v1/events?recipient={}", rcpt.replace('@', "%40"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, text) = http(g.http_addr(), "GET", &path, None)
+            .await
+            .expect("GET /api/v1/events");
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events of {rcpt} never got there: {events:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 17 Show (RFC 8058): `curl -X POST` with `List-Unsubscribe=One-Click` on a delivered
+/// message's List-Unsubscribe URL answers 200 (no redirect) at once; afterwards a message that
+/// was already queued for the address (the sink deferring it) is not delivered (`suppressed`,
+/// stage `delivery`), and new mail to it is refused over HTTP (that recipient's result) and
+/// SMTP (550 5.7.1), while another address is still delivered. `GET` shows a page with a
+/// button and no address; an altered token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_unsubscribe_stops_queued_and_new_mail_to_the_address() {
+    let w = World::start(
+        &["127.0.0.232"],
+        Zone::new().mail_domain("shop.sup.test", "127.0.0.232"),
+        |c| c.extra(NEWSLETTER).retry_schedule(&["1s"]),
+    )
+    .await;
+    let g = &w.gannet;
+    let sink = &w.sinks[0];
+    let alice = "alice@shop.sup.test";
+    let r = inject(g, alice).await;
+    assert_eq!(r["status"], "queued", "{r}");
+    let got = sink.wait_for(1, WAIT).await;
+    let lu = got[0].header("List-Unsubscribe").expect("List-Unsubscribe");
+    let url = lu
+        .split(',')
+        .map(|p| p.trim().trim_start_matches('<').trim_end_matches('>'))
+        .find(|p| p.starts_with("https://"))
+        .expect("https URL");
+    let path = url.trim_start_matches("https://unsub.gannet.test");
+    assert!(path.starts_with("/u/"), "{url}");
+
+    // A second message to alice sits in the queue: the sink defers her.
+    sink.add_rule(Rule::new(Stage::Rcpt, "451 4.2.1 try later").matching(alice));
+    let queued = inject(g, alice).await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    events_until(g, alice, |es| es.iter().any(|e| e["type"] == "deferred")).await;
+
+    // The confirmation page: a form posting the one-click body, no address in it.
+    let base = format!("http://{}", g.http_addr());
+    let page = std::process::Command::new("curl")
+        .args(["-sS", &format!("{base}{path}")])
+        .output()
+        .expect("run curl");
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("<form method=\"post\""), "{page}");
+    assert!(
+        page.contains("List-Unsubscribe") && page.contains("One-Click"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("alice") && !page.contains("<script"),
+        "{page}"
+    );
+
+    // The one-click POST, as a mailbox provider sends it.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-X",
+            "POST",
+            "--data",
+            "List-Unsubscribe=One-Click",
+            &format!("{base}{path}"),
+        ])
+        .output()
+        .expect("run curl");
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(answer, "200", "200 and no redirect: {answer}\n{}", g.log());
+
+    // The queued one is dropped before its next attempt, never delivered.
+    sink.clear_rules();
+    let events = events_until(g, alice, |es| {
+        es.iter()
+            .any(|e| e["type"] == "suppressed" && e["stage"] == "delivery")
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "unsubscribed" && e["via"] == "one-click"),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "suppression_changed" && e["reason"] == "unsubscribe"),
+        "{events:#?}"
+    );
+
+    // New mail: refused over HTTP (the recipient's result) and SMTP.
+    let r = inject(g, alice).await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("suppression list"),
+        "{r}"
+    );
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.cmd("MAIL FROM:<news@brand.test>", "250").await;
+    c.cmd(&format!("RCPT TO:<{alice}>"), "250").await;
+    let msg = b"From: news@brand.test\r\nX-Gannet-Class: newsletter\r\nX-Gannet-Tenant: acme\r\nSubject: again\r\n\r\nhi\r\n";
+    let reply = c.data(msg, "550").await;
+    assert!(reply.text().contains("5.7.1"), "{}", reply.text());
+    c.quit().await;
+
+    // Someone else still gets mail, and alice got exactly the first message.
+    let bob = inject(g, "bob@shop.sup.test").await;
+    assert_eq!(bob["status"], "queued", "{bob}");
+    sink.wait_for(2, WAIT).await;
+    let to_alice = sink
+        .messages()
+        .iter()
+        .filter(|t| t.rcpts.iter().any(|r| r == alice))
+        .count();
+    assert_eq!(to_alice, 1, "only the message sent before the opt-out");
+
+    // An altered token is refused.
+    let mut bad = path.to_string();
+    let last = bad.pop().expect("token");
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    let (status, _) = http(
+        g.http_addr(),
+        "POST",
+        &bad,
+        Some("List-Unsubscribe=One-Click"),
+    )
+    .await
+    .expect("POST");
+    assert_eq!(status, 404);
 }
