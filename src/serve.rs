@@ -266,6 +266,7 @@ pub async fn run_with(
         sendlog: sendlog.clone(),
         acceptor: acceptor.clone(),
         unsubscribe: Some(unsubscribe),
+        suppressions: Some(suppressions.clone()),
     });
     let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(

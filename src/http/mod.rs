@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Filter, Queue};
 
 pub mod logs;
+pub mod suppressions;
 pub mod unsubscribe;
 
 /// What handlers may use.
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub acceptor: crate::message::SharedAcceptor,
     /// Signs one-click unsubscribe tokens for promotional injected mail.
     pub unsubscribe: Option<crate::suppression::token::UnsubscribeKey>,
+    /// The suppression list (`/api/v1/suppressions`); None when not open.
+    pub suppressions: Option<crate::suppression::SharedStore>,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.
@@ -378,6 +381,14 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/erasures", post(logs::erase))
         .route("/api/v1/subjects/{address}", get(logs::subject))
+        .route(
+            "/api/v1/suppressions",
+            get(suppressions::list).post(suppressions::add),
+        )
+        .route(
+            "/api/v1/suppressions/{address}",
+            get(suppressions::get_one).delete(suppressions::remove),
+        )
         .route(
             "/u/{token}",
             get(unsubscribe::page).post(unsubscribe::one_click),

@@ -1,0 +1,247 @@
+//! `/api/v1/suppressions` (scope `suppression`): list with filters and cursor paging, get one
+//! address's entries, add, delete. Every change is a `suppression_changed` event naming the
+//! actor (API token name or `loopback`).
+//!
+//! Owns only the HTTP shape; the list is `suppression::SharedStore`. Never decides policy.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState, authorize_actor, bad_request};
+use crate::events::{Event, EventKind};
+use crate::suppression::{ALL_TENANTS, Entry, ListFilter, SharedStore, StoreError, normalize};
+
+/// Extractor for the `suppression` scope; carries who is asking.
+pub struct SuppressionUser {
+    pub actor: String,
+}
+
+impl FromRequestParts<ApiState> for SuppressionUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, ApiError> {
+        let peer = super::peer(parts)?;
+        let actor = authorize_actor(&s.config, &parts.headers, peer, "suppression")?;
+        Ok(SuppressionUser { actor })
+    }
+}
+
+fn store(s: &ApiState) -> Result<&SharedStore, ApiError> {
+    s.suppressions.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "suppression_unavailable",
+            "the suppression list is not open on this server",
+        )
+    })
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::BadAddress(_) => bad_request(e, "address"),
+        e => {
+            tracing::error!(error = %e, "suppression store request failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "suppression_store",
+                e.to_string(),
+            )
+        }
+    }
+}
+
+fn entry_json(e: &Entry) -> Value {
+    json!({
+        "address": e.address, "tenant": e.tenant, "stream": e.stream, "reason": e.reason,
+        "source": e.source, "created": e.created, "expires": e.expires,
+    })
+}
+
+fn announce(s: &ApiState, e: &Entry, change: &str, actor: &str) {
+    let mut ev = Event::new(EventKind::SuppressionChanged {
+        change: change.to_string(),
+        reason: e.reason.clone(),
+        scope: e.scope_text(),
+        actor: actor.to_string(),
+        expires: e.expires,
+    });
+    ev.recipient = e.address.clone();
+    if e.tenant != ALL_TENANTS {
+        ev.tenant = e.tenant.clone();
+    }
+    s.bus.publish(ev);
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    tenant: String,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/suppressions?prefix=&domain=&reason=&tenant=&cursor=&limit=` →
+/// `{"entries": [...], "next_cursor": "..." | null}` (limit 1..=1000, default 100).
+pub async fn list(
+    State(s): State<ApiState>,
+    _who: SuppressionUser,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(e.body_text(), "query"))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_request(
+            format!("limit {limit} is out of range 1..=1000"),
+            "limit",
+        ));
+    }
+    let cursor = match &q.cursor {
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| bad_request("cursor is not one this API gave out", "cursor"))?,
+        ),
+        None => None,
+    };
+    let filter = ListFilter {
+        prefix: q.prefix,
+        domain: q.domain,
+        reason: q.reason,
+        tenant: q.tenant,
+    };
+    let store = store(&s)?.clone();
+    let page = tokio::task::spawn_blocking(move || store.list(&filter, cursor.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "entries": page.entries.iter().map(entry_json).collect::<Vec<_>>(),
+        "next_cursor": page.next.map(|c| URL_SAFE_NO_PAD.encode(c)),
+    })))
+}
+
+/// `GET /api/v1/suppressions/{address}` → `{"address", "entries": [...]}` (404 when none).
+pub async fn get_one(
+    State(s): State<ApiState>,
+    _who: SuppressionUser,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entries = store(&s)?.get(&address).map_err(store_error)?;
+    if entries.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_suppressed",
+            format!("{address} is not on the suppression list"),
+        ));
+    }
+    Ok(Json(json!({
+        "address": normalize(&address).unwrap_or(address),
+        "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    address: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    stream: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    expires: u64,
+}
+
+/// `POST /api/v1/suppressions` `{"address", "tenant"?: "*", "stream"?: "", "reason"?:
+/// "manual", "expires"?: unix seconds}` → 201 `{"entry": {...}, "created": bool}`.
+pub async fn add(
+    State(s): State<ApiState>,
+    who: SuppressionUser,
+    body: Result<Json<AddRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(r) = body.map_err(|e| bad_request(e.body_text(), "address"))?;
+    if !r.stream.is_empty()
+        && !["class:", "list:", "campaign:"]
+            .iter()
+            .any(|p| r.stream.starts_with(p) && r.stream.len() > p.len())
+    {
+        return Err(bad_request(
+            format!(
+                "stream {:?}: expected empty (every stream), class:NAME, list:NAME or campaign:NAME",
+                r.stream
+            ),
+            "stream",
+        ));
+    }
+    let entry = Entry {
+        address: normalize(&r.address).map_err(store_error)?,
+        tenant: r.tenant.unwrap_or_else(|| ALL_TENANTS.to_string()),
+        stream: r.stream,
+        reason: r.reason.unwrap_or_else(|| "manual".to_string()),
+        source: format!("api:{}", who.actor),
+        created: crate::suppression::policy::now_secs(),
+        expires: r.expires,
+    };
+    let store = store(&s)?;
+    let created = store.add(&entry).map_err(store_error)?;
+    store.flush().map_err(store_error)?;
+    announce(&s, &entry, "added", &who.actor);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"entry": entry_json(&entry), "created": created})),
+    ))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeQuery {
+    tenant: Option<String>,
+    #[serde(default)]
+    stream: String,
+}
+
+/// `DELETE /api/v1/suppressions/{address}?tenant=*&stream=` → `{"removed": {...}}` (404 when
+/// there was no such entry).
+pub async fn remove(
+    State(s): State<ApiState>,
+    who: SuppressionUser,
+    Path(address): Path<String>,
+    q: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(e.body_text(), "query"))?;
+    let tenant = q.tenant.unwrap_or_else(|| ALL_TENANTS.to_string());
+    let store = store(&s)?;
+    match store
+        .remove(&address, &tenant, &q.stream)
+        .map_err(store_error)?
+    {
+        Some(e) => {
+            store.flush().map_err(store_error)?;
+            announce(&s, &e, "removed", &who.actor);
+            Ok(Json(json!({"removed": entry_json(&e)})))
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_suppressed",
+            format!(
+                "no entry for {address} in tenant {tenant:?}, stream {:?}",
+                q.stream
+            ),
+        )),
+    }
+}
