@@ -1,0 +1,150 @@
+//! Suppression list at scale (issue 17): import rate (target ≥ 200k entries/s), lookup p99
+//! (target ≤ 5 µs at 10M entries), resident memory and disk. `cargo bench --bench
+//! suppression_lookup` imports 10M entries (`SUPPRESSION_BENCH_ENTRIES` overrides); the test
+//! suite's single pass uses 2,000.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gannet::suppression::{Entry, Lookup, SledStore, SuppressionStore};
+
+fn entry(i: u64) -> Entry {
+    Entry {
+        address: format!("user{i}@dest{}.test", i % 97),
+        tenant: if i % 3 == 0 {
+            "acme".into()
+        } else {
+            "*".into()
+        },
+        stream: if i % 3 == 0 {
+            "class:promotional".into()
+        } else {
+            String::new()
+        },
+        reason: "hard-bounce".into(),
+        source: "bench".into(),
+        created: 1_790_000_000,
+        expires: 0,
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e
+            .metadata()
+            .map(|m| (m.is_dir(), m.len()))
+            .unwrap_or((false, 0));
+        n += if m.0 { dir_bytes(&e.path()) } else { m.1 };
+    }
+    n
+}
+
+fn bench(c: &mut Criterion) {
+    let n: u64 = std::env::var("SUPPRESSION_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            10_000_000
+        } else {
+            2_000
+        });
+    let dir = tempfile::tempdir().unwrap();
+    let rss0 = rss_kib();
+    let store = SledStore::open(&dir.path().join("suppression")).unwrap();
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Entry> = (i..(i + 10_000).min(n)).map(entry).collect();
+        store.add_many(&batch).unwrap();
+        i += 10_000;
+    }
+    store.flush().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let disk = dir_bytes(dir.path());
+    eprintln!(
+        "suppression: {n} entries imported in {secs:.1} s ({:.0} entries/s, batches of 10,000), {disk} bytes on disk = {:.0} bytes/entry, RSS +{} MiB",
+        n as f64 / secs,
+        disk as f64 / n as f64,
+        rss_kib().saturating_sub(rss0) / 1024
+    );
+
+    // p99 by timing single lookups (criterion reports means).
+    let mut lat: Vec<u32> = Vec::with_capacity(200_000);
+    for k in 0..200_000u64 {
+        let i = (k * 104_729) % n;
+        let a = entry(i).address;
+        let q = Lookup {
+            address: &a,
+            tenant: "acme",
+            class: "promotional",
+            ..Lookup::default()
+        };
+        let t = Instant::now();
+        let hit = store.check(&q, 1_800_000_000).unwrap();
+        lat.push(t.elapsed().as_nanos() as u32);
+        assert!(hit.is_some());
+    }
+    lat.sort_unstable();
+    eprintln!(
+        "suppression: lookup (hit) p50 {} ns, p99 {} ns, p99.9 {} ns over {} lookups",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        lat[lat.len() * 999 / 1000],
+        lat.len()
+    );
+
+    let mut g = c.benchmark_group("suppression");
+    g.measurement_time(Duration::from_secs(5)).sample_size(20);
+    g.bench_function("check_hit", |b| {
+        let mut k = 0u64;
+        b.iter(|| {
+            k += 1;
+            let a = entry((k * 7919) % n).address;
+            store
+                .check(
+                    &Lookup {
+                        address: &a,
+                        tenant: "acme",
+                        class: "promotional",
+                        ..Lookup::default()
+                    },
+                    1_800_000_000,
+                )
+                .unwrap()
+        })
+    });
+    g.bench_function("check_miss", |b| {
+        let mut k = 0u64;
+        b.iter(|| {
+            k += 1;
+            let a = format!("nobody{k}@dest{}.test", k % 97);
+            store
+                .check(
+                    &Lookup {
+                        address: &a,
+                        tenant: "acme",
+                        class: "promotional",
+                        ..Lookup::default()
+                    },
+                    1_800_000_000,
+                )
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
