@@ -11,12 +11,12 @@ use gannet::suppression::{Entry, Lookup, SledStore, SuppressionStore};
 fn entry(i: u64) -> Entry {
     Entry {
         address: format!("user{i}@dest{}.test", i % 97),
-        tenant: if i % 3 == 0 {
+        tenant: if i.is_multiple_of(3) {
             "acme".into()
         } else {
             "*".into()
         },
-        stream: if i % 3 == 0 {
+        stream: if i.is_multiple_of(3) {
             "class:promotional".into()
         } else {
             String::new()
