@@ -57,6 +57,7 @@ pub enum ServeError {
     BounceRules(#[from] crate::bounce::RulesError),
     #[error(transparent)]
     Suppression(#[from] crate::suppression::StoreError),
+    Verp(#[from] crate::bounce::verp::VerpError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -179,10 +180,23 @@ pub async fn run_with(
         .await
         .map_err(|e| ServeError::SpoolTask(e.to_string()))??;
     let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
+    // The VERP key (`[bounce] domain`): a small key file read (or created) once at start.
+    let verp = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || crate::bounce::verp::VerpKey::from_config(&c))
+            .await
+            .map_err(|e| ServeError::Dkim(format!("bounce key task failed: {e}")))??
+    };
     // The shaping handles (limits data, backoff, the limiter over its in-process backend,
     // warm-up): built here so a cluster backend can replace them without touching the queue.
     let mut shapers = Shapers::in_process(crate::shaping::Shaping::from_config(&config)?, &config)?;
     shapers.classifier = Arc::new(crate::bounce::Classifier::from_config(&config)?);
+    // Classifying returned mail (the API's classify endpoint, the inbound listener): the same
+    // rules and provider data as the queue's outcomes.
+    let bounce_rules = Arc::new(crate::bounce::report::ReportRules {
+        classifier: shapers.classifier.clone(),
+        shaping: Some(shapers.shaping.clone()),
+    });
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
         spool.clone(),
@@ -190,6 +204,7 @@ pub async fn run_with(
         metrics.clone(),
         bus.clone(),
         shapers,
+        verp,
         shutdown.clone(),
     )?;
     queue.set_suppressions(suppressions.clone());
@@ -267,6 +282,7 @@ pub async fn run_with(
         acceptor: acceptor.clone(),
         unsubscribe: Some(unsubscribe),
         suppressions: Some(suppressions.clone()),
+        bounce_rules: bounce_rules.clone(),
     });
     let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(

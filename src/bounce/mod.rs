@@ -15,8 +15,10 @@
 
 pub mod classify;
 pub mod dsn;
+pub mod report;
 #[doc(hidden)]
 pub mod samples;
+pub mod verp;
 
 pub use classify::{Classification, Classifier, ReplyView, RuleRef, RulesError, split_reply};
 

@@ -756,6 +756,19 @@ pub struct BounceConfig {
     /// Bounce rules file (categories and reply rules; see `config/bounce_rules.toml`), relative
     /// to the config file. None means the shipped rules, embedded in the binary.
     pub rules_file: Option<PathBuf>,
+    /// VERP bounce domain: when set, each delivery's envelope sender is
+    /// `b-<token>@<domain>` (one transaction per recipient). Its MX should point at a
+    /// `role = "bounces"` listener. None: the original sender is used.
+    pub domain: Option<String>,
+    /// 32-byte VERP HMAC key file (64 hex characters or 32 raw bytes), created 0600 when
+    /// absent. Default: `bounce.key` in the spool directory.
+    pub key_file: Option<PathBuf>,
+    /// Derive the VERP key from this secret (HKDF-SHA256) instead of a key file (cluster nodes
+    /// sharing it accept each other's tokens).
+    pub secret: Option<String>,
+    /// Feedback-loop addresses the bounces listener accepts ARF reports for.
+    #[serde(default)]
+    pub fbl_addresses: Vec<String>,
     /// Keep every DSN owed in the spool instead of sending it (during an incident that fails
     /// recipients by mistake). The messages stay in the spool; set it back to false and
     /// restart to send the DSNs.

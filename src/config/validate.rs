@@ -39,6 +39,34 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             format!("expected an https:// URL without spaces, got {url:?} (RFC 8058 needs https)"),
         ));
     }
+    if c.bounce.key_file.is_some() && c.bounce.secret.is_some() {
+        return Err(invalid(
+            "bounce.secret",
+            "give either key_file or secret, not both",
+        ));
+    }
+    if let Some(d) = &c.bounce.domain {
+        let ok = d.contains('.')
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            return Err(invalid(
+                "bounce.domain",
+                format!("expected a domain name such as bounces.example.com, got {d:?}"),
+            ));
+        }
+    }
+    for (i, a) in c.bounce.fbl_addresses.iter().enumerate() {
+        if let Err(e) = crate::message::address::from_unquoted(a) {
+            return Err(invalid(
+                format!("bounce.fbl_addresses[{i}]"),
+                format!("expected a mailbox such as fbl@bounces.example.com: {e}"),
+            ));
+        }
+    }
     if c.hostname.trim().is_empty() || c.hostname.contains(char::is_whitespace) {
         return Err(invalid(
             "hostname",

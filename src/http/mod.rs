@@ -22,6 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+pub mod bounces;
 pub mod idempotency;
 pub mod inject;
 
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub unsubscribe: Option<crate::suppression::token::UnsubscribeKey>,
     /// The suppression list (`/api/v1/suppressions`); None when not open.
     pub suppressions: Option<crate::suppression::SharedStore>,
+    /// Bounce rules and provider data for `POST /api/v1/bounces/classify`.
+    pub bounce_rules: Arc<crate::bounce::report::ReportRules>,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.
@@ -392,6 +395,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/u/{token}",
             get(unsubscribe::page).post(unsubscribe::one_click),
+        )
+        .route(
+            "/api/v1/bounces/classify",
+            post(bounces::classify).layer(axum::extract::DefaultBodyLimit::max(bounces::MAX_BODY)),
         )
         .fallback(not_found)
         .with_state(state)

@@ -226,6 +226,9 @@ impl dispatch::Report for Reporter {
 
 impl Queue {
     /// Start the queue's scheduler. Bounce requests come out of the returned receiver.
+    // Each argument is a handle `serve` builds for this stage; a bundle struct would only hide
+    // which ones the queue depends on.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: Arc<Config>,
         spool: Spool,
@@ -233,6 +236,7 @@ impl Queue {
         metrics: Metrics,
         bus: EventBus,
         shapers: Shapers,
+        verp: Option<crate::bounce::verp::VerpKey>,
         shutdown: CancellationToken,
     ) -> Result<(Queue, mpsc::Receiver<BounceRequest>), QueueError> {
         let (sched_tx, sched_rx) = mpsc::channel(1024);
@@ -290,6 +294,7 @@ impl Queue {
                 shutdown,
                 tasks: TaskTracker::new(),
                 report: Arc::new(Reporter(weak.clone())),
+                verp,
             }),
             config,
             spool,

@@ -138,6 +138,7 @@ async fn pipeline_with_events(
             &config,
         )
         .unwrap(),
+        None,
         CancellationToken::new(),
     )
     .unwrap();

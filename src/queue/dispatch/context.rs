@@ -75,6 +75,9 @@ pub(crate) struct Context {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub report: Arc<dyn Report>,
+    /// VERP return paths (`[bounce] domain`): one transaction per recipient, each with its own
+    /// signed envelope sender. None: the message's own sender.
+    pub verp: Option<crate::bounce::verp::VerpKey>,
 }
 
 impl Context {

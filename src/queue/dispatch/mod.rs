@@ -428,7 +428,15 @@ async fn deliver(cx: &Context, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool 
             }
         },
     };
-    let max = rq.limits.max_recipients_per_transaction().max(1) as usize;
+    // VERP gives every recipient its own envelope sender, so one recipient per transaction.
+    // The null sender (DSNs) stays null (RFC 3464 §2), and Gannet's own DSNs still go to the
+    // record's mail_from, never to the VERP address.
+    let verp = cx.verp.as_ref().filter(|_| !job.msg.mail_from.is_empty());
+    let max = if verp.is_some() {
+        1
+    } else {
+        rq.limits.max_recipients_per_transaction().max(1) as usize
+    };
     let mut outcomes = Vec::with_capacity(job.rcpts.len());
     let mut ok = true;
     for chunk in job.rcpts.chunks(max) {
@@ -445,7 +453,14 @@ async fn deliver(cx: &Context, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool 
             .iter()
             .map(|i| job.msg.rcpts[*i as usize].as_str())
             .collect();
-        match o.conn.send(&job.msg.mail_from, &addrs, &body).await {
+        let sender = match verp {
+            Some(k) => std::borrow::Cow::Owned(k.address(crate::bounce::verp::VerpTarget {
+                key: job.msg.location.key,
+                rcpt: chunk[0],
+            })),
+            None => std::borrow::Cow::Borrowed(job.msg.mail_from.as_str()),
+        };
+        match o.conn.send(&sender, &addrs, &body).await {
             Ok(t) => outcomes.extend(t.rcpts.into_iter().map(Outcome::from_reply)),
             Err(e) => {
                 let r = e.as_reply();
