@@ -204,7 +204,7 @@ pub async fn run_with(
         metrics.clone(),
         bus.clone(),
         shapers,
-        verp,
+        verp.clone(),
         shutdown.clone(),
     )?;
     queue.set_suppressions(suppressions.clone());
@@ -251,12 +251,57 @@ pub async fn run_with(
         },
     ));
 
+    // `role = "bounces"` listeners hand their mail to the report handler, never to intake.
+    let inbound = if config
+        .listeners
+        .iter()
+        .any(|l| l.role == crate::config::ListenerRole::Bounces)
+    {
+        let verifier = crate::auth::Verifier::from_config(&config)
+            .map_err(|e| ServeError::Resolver(e.to_string()))?;
+        Some(Arc::new(crate::bounce::inbound::Inbound {
+            rules: bounce_rules.clone(),
+            verp: verp.clone(),
+            unsubscribe: Some(unsubscribe.clone()),
+            unsubscribe_domain: config.hostname.clone(),
+            fbl: config
+                .bounce
+                .fbl_addresses
+                .iter()
+                .map(|a| a.to_ascii_lowercase())
+                .collect(),
+            verifier: Some(verifier),
+            sendlog: sendlog.clone(),
+            bus: bus.clone(),
+        }))
+    } else {
+        None
+    };
     let mut listeners = Vec::new();
-    for i in 0..config.listeners.len() {
-        listeners.push(
-            crate::smtp::SmtpListener::bind(config.clone(), i, acceptor.clone(), metrics.clone())
-                .await?,
-        );
+    for (i, l) in config.listeners.iter().enumerate() {
+        let listener = match (&inbound, l.role) {
+            (Some(inbound), crate::config::ListenerRole::Bounces) => {
+                let filter_on = inbound.clone();
+                crate::smtp::SmtpListener::bind_with(
+                    config.clone(),
+                    i,
+                    Arc::new(crate::bounce::inbound::InboundAcceptor(inbound.clone())),
+                    metrics.clone(),
+                    Some(Arc::new(move |a: &str| filter_on.accepts_rcpt(a))),
+                )
+                .await?
+            }
+            _ => {
+                crate::smtp::SmtpListener::bind(
+                    config.clone(),
+                    i,
+                    acceptor.clone(),
+                    metrics.clone(),
+                )
+                .await?
+            }
+        };
+        listeners.push(listener);
     }
     let http_listener = tokio::net::TcpListener::bind(config.http.address)
         .await

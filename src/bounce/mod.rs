@@ -15,6 +15,7 @@
 
 pub mod classify;
 pub mod dsn;
+pub mod inbound;
 pub mod report;
 #[doc(hidden)]
 pub mod samples;

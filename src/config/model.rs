@@ -143,11 +143,26 @@ pub enum TlsMode {
     None,
 }
 
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRole {
+    /// Mail to relay (the default): relay rules, intake, the spool, delivery.
+    #[default]
+    Relay,
+    /// The bounce domain's MX: accepts only VERP, FBL and unsubscribe-mailto recipients (550
+    /// 5.1.1 otherwise), relays nothing; each mail is parsed and reported as events.
+    Bounces,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     #[serde(default = "default_listener_name")]
     pub name: String,
+    /// `relay` (default) or `bounces`.
+    #[serde(default)]
+    pub role: ListenerRole,
     pub address: SocketAddr,
     #[serde(default)]
     pub tls: TlsMode,

@@ -116,6 +116,18 @@ impl SmtpListener {
         acceptor: SharedAcceptor,
         metrics: Metrics,
     ) -> Result<SmtpListener, SmtpError> {
+        Self::bind_with(config, listener_index, acceptor, metrics, None).await
+    }
+
+    /// [`SmtpListener::bind`] for a receive-only listener (`role = "bounces"`): RCPT is
+    /// accepted only for addresses `rcpt_filter` accepts, from any client.
+    pub async fn bind_with(
+        config: Arc<Config>,
+        listener_index: usize,
+        acceptor: SharedAcceptor,
+        metrics: Metrics,
+        rcpt_filter: Option<crate::smtp::protocol::RcptFilter>,
+    ) -> Result<SmtpListener, SmtpError> {
         let l = config
             .listeners
             .get(listener_index)
@@ -138,13 +150,14 @@ impl SmtpListener {
         };
         let implicit_tls = l.tls == TlsMode::Implicit;
         let authenticator = Arc::new(Authenticator::new(&config.smtp_users));
-        let proto = ProtocolConfig::new(
+        let mut proto = ProtocolConfig::new(
             &config,
             l,
             tls.is_some() && !implicit_tls,
             tls.is_some() && authenticator.has_users(),
             metrics.clone(),
         );
+        proto.rcpt_filter = rcpt_filter;
         if l.require_auth && !(tls.is_some() && authenticator.has_users()) {
             tracing::warn!(
                 listener = %l.name,

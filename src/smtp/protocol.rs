@@ -50,8 +50,14 @@ pub struct ProtocolConfig {
     pub auth: bool,
     /// Where `RCPT TO:<postmaster>` goes (`postmaster` key; RFC 5321 §4.5.1).
     pub postmaster: String,
+    /// `role = "bounces"`: only addresses this accepts are taken (from anyone, no relay right
+    /// needed); others get 550 5.1.1. None: the relay rules apply.
+    pub rcpt_filter: Option<RcptFilter>,
     metrics: Metrics,
 }
+
+/// Which recipients a receive-only listener accepts (see [`ProtocolConfig::rcpt_filter`]).
+pub type RcptFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl ProtocolConfig {
     pub fn new(
@@ -73,6 +79,7 @@ impl ProtocolConfig {
             starttls,
             auth,
             postmaster: config.postmaster_address(),
+            rcpt_filter: None,
             metrics,
         }
     }
@@ -708,7 +715,12 @@ impl Protocol {
                 return self.error(501, "5.1.3", &text);
             }
         };
-        if !relay_allowed {
+        if let Some(accepts) = &self.cfg.rcpt_filter {
+            if !accepts(&address) {
+                self.cfg.count_rejected(550);
+                return self.error(550, "5.1.1", "No such user here");
+            }
+        } else if !relay_allowed {
             self.cfg.count_rejected(550);
             return self.error(550, "5.7.1", "Relay access denied");
         }

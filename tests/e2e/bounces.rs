@@ -273,3 +273,254 @@ async fn verp_return_paths_name_one_send_and_dsns_still_reach_the_sender() {
     assert!(!out.success(), "{forged} decoded: {}", out.stdout);
     assert!(out.stderr.contains("not a VERP address"), "{}", out.stderr);
 }
+
+/// Events of `type` from the send log (`GET /api/v1/events`), oldest first.
+async fn logged(g: &crate::common::Gannet, kind: &str) -> Vec<Value> {
+    let (status, body) = g
+        .http_get(&format!("/api/v1/events?type={kind}&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the send log holds more than `n` events of `kind`; returns them.
+async fn wait_logged(g: &crate::common::Gannet, kind: &str, n: usize, what: &str) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = logged(g, kind).await;
+        if got.len() > n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new {kind} event for {what}; have {got:#?}\n{}",
+            g.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn expectation(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("X-Fixture-Expect:"))
+        .expect("X-Fixture-Expect")
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Issue 17 items 3 and 4: a real send through Gannet to a sink (so the VERP token is real),
+/// then every fixture delivered over SMTP to the `role = "bounces"` listener: bounces (to the
+/// VERP address) become `bounce_report` events of that send with the fixture's category, ARF
+/// reports (to the FBL address, correlated by the returned Message-ID) `complaint` events,
+/// auto-replies and ordinary mail `inbound_rejected`. A forged VERP token and a report failing
+/// DMARC create nothing but `inbound_rejected`; other addresses get 550 5.1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_listener_correlates_classifies_and_rejects() {
+    let w = World::start(
+        &["127.0.0.84"],
+        Zone::new()
+            .mail_domain("dest.test", "127.0.0.84")
+            .mail_domain("origin.test", "127.0.0.84")
+            .txt("_dmarc.evil.test", "v=DMARC1; p=reject")
+            .txt("evil.test", "v=spf1 -all"),
+        |c| {
+            c.extra(
+                "[bounce]\ndomain = \"bounces.test\"\nsecret = \"verp e2e\"\nfbl_addresses = [\"fbl@bounces.test\"]\n\n\
+                 [[listener]]\nname = \"bounces\"\naddress = \"127.0.0.1:${PORT_BOUNCES}\"\nrole = \"bounces\"\n",
+            )
+        },
+    )
+    .await;
+    let sink = &w.sinks[0];
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.send(
+        "s@origin.test",
+        &["a@dest.test"],
+        b"Subject: offers\r\nFrom: s@origin.test\r\n\r\nx\r\n",
+    )
+    .await;
+    c.quit().await;
+    let sent = w.gannet.wait_event("delivered", "a@dest.test", WAIT).await;
+    let ts = sink.wait_for(1, WAIT).await;
+    let message_id = ts[0]
+        .header("message-id")
+        .expect("Gannet adds a Message-ID")
+        .trim()
+        .trim_matches(['<', '>'])
+        .to_string();
+    let verp = ts[0].mail_from.clone();
+    assert!(verp.ends_with("@bounces.test"), "{verp}");
+    let inbound = *w.gannet.listener_addrs().last().expect("bounces listener");
+
+    // Only VERP, FBL and mailto addresses; nothing is relayed.
+    let mut c = SmtpClient::connect(inbound).await;
+    c.hello("mx.example.net").await;
+    c.cmd("MAIL FROM:<>", "250").await;
+    c.cmd("RCPT TO:<postmaster2@bounces.test>", "550 5.1.1")
+        .await;
+    c.cmd("RCPT TO:<a@dest.test>", "550 5.1.1").await;
+    c.cmd("QUIT", "221").await;
+
+    let addr_re = regex::Regex::new(r"[^\s<>;:()]+@example\.net").expect("regex");
+    let id_re = regex::Regex::new(r"orig-\d\d@gannet\.test").expect("regex");
+    let mut failures = Vec::new();
+    for path in bounce_fixtures() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let want = expectation(&text);
+        let text = addr_re.replace_all(&text, "a@dest.test");
+        let text = id_re.replace_all(&text, message_id.as_str()).into_owned();
+        let (kind_type, to) = match want["kind"].as_str() {
+            "dsn" => ("bounce_report", verp.as_str()),
+            "arf" => ("complaint", "fbl@bounces.test"),
+            _ => ("inbound_rejected", verp.as_str()),
+        };
+        let before = logged(&w.gannet, kind_type).await.len();
+        let mut c = SmtpClient::connect(inbound).await;
+        c.hello("mx.example.net").await;
+        c.send("", &[to], text.as_bytes()).await;
+        c.quit().await;
+        let events = wait_logged(&w.gannet, kind_type, before, &name).await;
+        let e = events.last().expect("one more");
+        let mut problems = Vec::new();
+        match kind_type {
+            "bounce_report" | "complaint" => {
+                if e["queue_id"] != sent.queue_id.as_str() {
+                    problems.push(format!("queue_id {} != {}", e["queue_id"], sent.queue_id));
+                }
+                if e["recipient"] != "a@dest.test" {
+                    problems.push(format!("recipient {}", e["recipient"]));
+                }
+                if kind_type == "bounce_report" && e["category"] != want["category"].as_str() {
+                    problems.push(format!(
+                        "category {} != {}",
+                        e["category"], want["category"]
+                    ));
+                }
+            }
+            _ => {
+                let reason = if want["kind"] == "auto-reply" {
+                    "auto-reply"
+                } else {
+                    "not-a-bounce"
+                };
+                if e["reason"] != reason {
+                    problems.push(format!("reason {} != {reason}", e["reason"]));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{name}: {} in {e}", problems.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+
+    // A forged token and a report failing DMARC: nothing but inbound_rejected.
+    let reports_before = logged(&w.gannet, "bounce_report").await.len();
+    let dsn = std::fs::read_to_string(bounce_fixtures()[1].clone()).expect("fixture");
+    let dsn = addr_re.replace_all(&dsn, "a@dest.test").into_owned();
+    let forged = {
+        let (local, domain) = verp.split_once('@').unwrap();
+        let last = &local[local.len() - 1..];
+        let swap = if last == "a" { "b" } else { "a" };
+        format!("{}{swap}@{domain}", &local[..local.len() - 1])
+    };
+    let rejected_before = logged(&w.gannet, "inbound_rejected").await.len();
+    let mut c = SmtpClient::connect(inbound).await;
+    c.hello("mx.example.net").await;
+    c.send("", &[forged.as_str()], dsn.as_bytes()).await;
+    c.quit().await;
+    let rej = wait_logged(
+        &w.gannet,
+        "inbound_rejected",
+        rejected_before,
+        "forged VERP",
+    )
+    .await;
+    assert_eq!(rej.last().unwrap()["reason"], "forged-verp");
+
+    let evil = dsn.replacen(
+        "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)",
+        "From: MAILER-DAEMON@evil.test (Mail Delivery System)",
+        1,
+    );
+    assert_ne!(evil, dsn, "fixture 02 has the expected From line");
+    let rejected_before = rej.len();
+    let mut c = SmtpClient::connect(inbound).await;
+    c.hello("mx.evil.test").await;
+    c.send("", &[verp.as_str()], evil.as_bytes()).await;
+    c.quit().await;
+    let rej = wait_logged(&w.gannet, "inbound_rejected", rejected_before, "DMARC fail").await;
+    assert_eq!(rej.last().unwrap()["reason"], "dmarc-fail");
+    assert_eq!(
+        logged(&w.gannet, "bounce_report").await.len(),
+        reports_before,
+        "a forged or unauthenticated report created a bounce_report"
+    );
+}
+
+/// Issue 17 item 4, mailto variant: mail to `unsub-<token>@hostname` on the bounces listener
+/// publishes `unsubscribed` (via `mailto`) for the token's recipient, tenant and list; an
+/// altered token publishes only `inbound_rejected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailto_unsubscribe_on_the_bounces_listener() {
+    use ::gannet::suppression::token::{Claims, UnsubscribeKey, mailto_address};
+    let w = World::start(&["127.0.0.85"], Zone::new(), |c| {
+        c.extra(
+            "[unsubscribe]\nsecret = \"mailto e2e\"\n\n\
+             [[listener]]\nname = \"bounces\"\naddress = \"127.0.0.1:${PORT_BOUNCES}\"\nrole = \"bounces\"\n",
+        )
+    })
+    .await;
+    let inbound = *w.gannet.listener_addrs().last().expect("bounces listener");
+    let key = UnsubscribeKey::from_secret("mailto e2e");
+    let token = key
+        .issue(&Claims {
+            address: "reader@dest.test".into(),
+            tenant: Some("acme".into()),
+            scope: "list:weekly".into(),
+            campaign: Some("w49".into()),
+            issued: 20_000,
+        })
+        .expect("token");
+    let to = mailto_address(&token, "gannet.test");
+    let mut c = SmtpClient::connect(inbound).await;
+    c.hello("mx.dest.test").await;
+    c.send(
+        "reader@dest.test",
+        &[to.as_str()],
+        b"From: reader@dest.test\r\nSubject: unsubscribe\r\n\r\nunsubscribe\r\n",
+    )
+    .await;
+    c.quit().await;
+    let ev = wait_logged(&w.gannet, "unsubscribed", 0, "mailto unsubscribe").await;
+    let e = &ev[0];
+    assert_eq!(e["via"], "mailto", "{e}");
+    assert_eq!(e["recipient"], "reader@dest.test", "{e}");
+    assert_eq!(e["tenant"], "acme", "{e}");
+    assert_eq!(e["scope"], "acme", "{e}");
+    assert_eq!(e["list"], "weekly", "{e}");
+
+    // One changed character in the token: nothing but inbound_rejected.
+    let mut altered = token.clone().into_bytes();
+    let i = altered.len() / 2;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).expect("ascii");
+    let to = mailto_address(&altered, "gannet.test");
+    let mut c = SmtpClient::connect(inbound).await;
+    c.hello("mx.dest.test").await;
+    c.send(
+        "reader@dest.test",
+        &[to.as_str()],
+        b"From: reader@dest.test\r\nSubject: unsubscribe\r\n\r\nunsubscribe\r\n",
+    )
+    .await;
+    c.quit().await;
+    let rej = wait_logged(&w.gannet, "inbound_rejected", 0, "altered token").await;
+    assert_eq!(rej[0]["reason"], "forged-unsubscribe-token");
+    assert_eq!(logged(&w.gannet, "unsubscribed").await.len(), 1);
+}
