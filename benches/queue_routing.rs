@@ -186,6 +186,7 @@ async fn run(domains: usize) {
         metrics.clone(),
         bus.clone(),
         shapers,
+        None,
         CancellationToken::new(),
     )
     .expect("queue");

@@ -57,6 +57,7 @@ pub enum ServeError {
     BounceRules(#[from] crate::bounce::RulesError),
     #[error(transparent)]
     Suppression(#[from] crate::suppression::StoreError),
+    #[error(transparent)]
     Verp(#[from] crate::bounce::verp::VerpError),
 }
 
