@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::dns::{self, Txt};
 use super::keys::DnsRecord;
-use super::signer::{ConfiguredKey, normalize_domain};
+use super::names::normalize_domain;
+use super::signer::ConfiguredKey;
 use crate::config::Config;
 
 /// Which kind of check a finding belongs to.

@@ -16,7 +16,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::DkimError;
+use super::names::{normalize_domain, valid_selector};
 
 /// Smallest RSA key Gannet accepts at all (RFC 8301 §3.2: signers MUST use at least 1024 bits).
 pub const RSA_MIN_BITS: usize = 1024;
@@ -415,6 +415,18 @@ pub fn split_txt(value: &str) -> Vec<&str> {
     out
 }
 
+/// Why `gannet dkim keygen` made no key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeygenError {
+    #[error("dkim keygen: {message}")]
+    Invalid { message: String },
+    #[error("cannot write key file {path}: {source} (keygen never overwrites an existing file)")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 /// Generate a new key, write it to `out` (PKCS#8 PEM, mode 0600, never overwriting), and return
 /// the text to print: the zone-file record to publish and the `[[dkim]]` entry to add.
 /// `bits` applies to RSA only (2048, 3072, 4096 or 8192).
@@ -424,12 +436,12 @@ pub fn keygen(
     algorithm: KeyAlgorithm,
     bits: usize,
     out: &Path,
-) -> Result<String, DkimError> {
-    let domain = super::signer::normalize_domain(domain).ok_or_else(|| DkimError::Keygen {
+) -> Result<String, KeygenError> {
+    let domain = normalize_domain(domain).ok_or_else(|| KeygenError::Invalid {
         message: format!("invalid domain {domain:?}; expected a DNS name such as example.com"),
     })?;
-    if !super::signer::valid_selector(selector) {
-        return Err(DkimError::Keygen {
+    if !valid_selector(selector) {
+        return Err(KeygenError::Invalid {
             message: format!(
                 "invalid selector {selector:?}; use letters, digits, '-' and '_' (dots separate \
                  labels), e.g. s2026"
@@ -444,7 +456,7 @@ pub fn keygen(
                 4096 => KeySize::Rsa4096,
                 8192 => KeySize::Rsa8192,
                 other => {
-                    return Err(DkimError::Keygen {
+                    return Err(KeygenError::Invalid {
                         message: format!(
                             "cannot generate a {other}-bit RSA key; use --bits 2048 (recommended), \
                              3072, 4096 or 8192"
@@ -452,22 +464,22 @@ pub fn keygen(
                     });
                 }
             };
-            let pair = RsaKeyPair::generate(size).map_err(|_| DkimError::Keygen {
+            let pair = RsaKeyPair::generate(size).map_err(|_| KeygenError::Invalid {
                 message: "RSA key generation failed in aws-lc".to_string(),
             })?;
             let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
-                pair.as_der().map_err(|_| DkimError::Keygen {
+                pair.as_der().map_err(|_| KeygenError::Invalid {
                     message: "could not encode the new RSA key as PKCS#8".to_string(),
                 })?;
             let pkcs8 = der.as_ref().to_vec();
             (pkcs8, PrivateKey::Rsa(pair), "rsa-sha256")
         }
         KeyAlgorithm::Ed25519 => {
-            let pair = Ed25519KeyPair::generate().map_err(|_| DkimError::Keygen {
+            let pair = Ed25519KeyPair::generate().map_err(|_| KeygenError::Invalid {
                 message: "Ed25519 key generation failed in aws-lc".to_string(),
             })?;
             // PKCS#8 v1: what `openssl genpkey -algorithm ed25519` writes and every tool reads.
-            let doc = pair.to_pkcs8v1().map_err(|_| DkimError::Keygen {
+            let doc = pair.to_pkcs8v1().map_err(|_| KeygenError::Invalid {
                 message: "could not encode the new Ed25519 key as PKCS#8".to_string(),
             })?;
             (
@@ -511,8 +523,8 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn write_new_private_file(path: &Path, contents: &str) -> Result<(), DkimError> {
-    let err = |source: std::io::Error| DkimError::KeyWrite {
+fn write_new_private_file(path: &Path, contents: &str) -> Result<(), KeygenError> {
+    let err = |source: std::io::Error| KeygenError::Write {
         path: path.display().to_string(),
         source,
     };

@@ -17,11 +17,12 @@ pub mod check;
 pub mod dns;
 pub mod fields;
 pub mod keys;
+pub mod names;
 pub mod signer;
 pub mod verify;
 
 pub use check::{CheckError, CheckKind, DomainReport, Finding, check_domain, run_periodic_checks};
-pub use keys::{DnsRecord, KeyAlgorithm, KeyProblem, keygen};
+pub use keys::{DnsRecord, KeyAlgorithm, KeyProblem, KeygenError, keygen};
 pub use signer::{DEFAULT_SIGNED_HEADERS, DkimError, DkimSigner};
 pub use verify::{AuthResult, AuthResults, Verifier, verify};
 

@@ -23,6 +23,7 @@ use mail_auth::dkim::{Canonicalization, Signature};
 
 use super::canon;
 use super::keys::{KeyProblem, PrivateKey, parse_private_key};
+use super::names::{normalize_domain, valid_selector};
 use crate::config::{Config, DkimAlgorithm, DkimConfig};
 use crate::message::Rejection;
 
@@ -68,13 +69,6 @@ pub enum DkimError {
     },
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
-    #[error("cannot write key file {path}: {source} (keygen never overwrites an existing file)")]
-    KeyWrite {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("dkim keygen: {message}")]
-    Keygen { message: String },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> DkimError {
@@ -188,35 +182,6 @@ impl ConfiguredKey {
             PrivateKey::Ed25519(_) => DkimAlgorithm::Ed25519Sha256,
         }
     }
-}
-
-/// Lowercase A-label form of a domain, without a trailing dot; None if it is not a plausible
-/// DNS name.
-pub fn normalize_domain(domain: &str) -> Option<String> {
-    let d = domain.trim().trim_end_matches('.');
-    let d = mail_auth::common::to_a_label(d).to_ascii_lowercase();
-    let ok = !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    ok.then_some(d)
-}
-
-/// Selectors are DNS labels (RFC 6376 §3.1), possibly several separated by dots.
-pub fn valid_selector(selector: &str) -> bool {
-    !selector.is_empty()
-        && selector.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 fn header_list(configured: &[String]) -> Result<Vec<String>, String> {

@@ -32,14 +32,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DSN_LISTENER;
 use crate::delivery::Reply;
 use crate::events::{DsnStatus, Event, EventBus, EventKind};
 use crate::message::{Envelope, Origin, SharedAcceptor, Submission};
 use crate::queue::{BounceRequest, QueuedMessage};
 use crate::spool::Spool;
-
-/// The origin listener name of Gannet's own DSNs (reserved: no `[[listener]]` may use it).
-pub const DSN_LISTENER: &str = "dsn";
 
 /// How `notify_loop` runs.
 #[derive(Debug, Clone)]

@@ -17,6 +17,14 @@ use std::path::Path;
 /// The runnable default configuration, embedded in the binary (`config/gannet.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/gannet.toml");
 
+/// Largest `max_message_size` a listener may allow (448 MiB). The spool's record format holds
+/// 512 MiB; the rest is room for the envelope and the headers Gannet adds (the spool asserts
+/// this at compile time).
+pub const MAX_MESSAGE_SIZE: usize = 448 * 1024 * 1024;
+
+/// The origin listener name of Gannet's own DSNs (reserved: no `[[listener]]` may use it).
+pub const DSN_LISTENER: &str = "dsn";
+
 impl Config {
     /// Parse and validate configuration text. `origin` names the file in error messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {

@@ -98,7 +98,7 @@ fn warmup_overflow_cycles_are_rejected_naming_the_cycle() {
 /// record format's limit can be written but never read back.
 #[test]
 fn max_message_size_over_the_spool_record_limit_is_rejected() {
-    let over = crate::spool::MAX_MESSAGE_SIZE + 1;
+    let over = super::MAX_MESSAGE_SIZE + 1;
     let e = err_of(&format!(
         "[[listener]]\naddress = \"127.0.0.1:1\"\nmax_message_size = {over}\n{MIN}"
     ));
@@ -106,7 +106,7 @@ fn max_message_size_over_the_spool_record_limit_is_rejected() {
         e.contains("max_message_size") && e.contains(&over.to_string()),
         "{e}"
     );
-    let at = crate::spool::MAX_MESSAGE_SIZE;
+    let at = super::MAX_MESSAGE_SIZE;
     Config::from_toml(
         &format!("[[listener]]\naddress = \"127.0.0.1:1\"\nmax_message_size = {at}\n{MIN}"),
         "test.toml",

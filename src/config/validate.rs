@@ -111,7 +111,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     let mut names = HashSet::new();
     for (i, l) in c.listeners.iter().enumerate() {
         let key = format!("listener[{i}]");
-        if l.name == crate::bounce::DSN_LISTENER || l.name == "http" {
+        if l.name == super::DSN_LISTENER || l.name == "http" {
             return Err(invalid(
                 format!("{key}.name"),
                 format!(
@@ -158,13 +158,13 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 "max_recipients and max_message_size must be above 0",
             ));
         }
-        if l.max_message_size > crate::spool::MAX_MESSAGE_SIZE {
+        if l.max_message_size > super::MAX_MESSAGE_SIZE {
             return Err(invalid(
                 format!("{key}.max_message_size"),
                 format!(
                     "{} is over the spool's limit of {} bytes (a larger message could be accepted but not read back); lower it",
                     l.max_message_size,
-                    crate::spool::MAX_MESSAGE_SIZE
+                    super::MAX_MESSAGE_SIZE
                 ),
             ));
         }

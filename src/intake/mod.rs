@@ -225,7 +225,7 @@ impl Intake {
             .unwrap_or_default();
         if let Some(signer) = &self.inner.signer {
             let signer = signer.clone();
-            let notice = origin.listener == crate::bounce::DSN_LISTENER;
+            let notice = origin.listener == crate::config::DSN_LISTENER;
             // RSA signing costs about a millisecond: keep it off the async workers.
             let (b, sig) = tokio::task::spawn_blocking(move || {
                 let sig = if notice {

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bounce::Classifier;
+use crate::bounce::classify::Classifier;
 use crate::config::Config;
 use crate::delivery::{ClientOptions, MxResolver, Outcome, Reply};
 use crate::events::{EventBus, TlsInfo};
@@ -218,7 +218,7 @@ impl dispatch::Report for Reporter {
         Box::pin(async move {
             match q {
                 Some(q) => q.refresh_destination(rq, domain).await,
-                None => routing::Refreshed::Current,
+                None => dispatch::Refreshed::Current,
             }
         })
     }

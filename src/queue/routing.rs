@@ -18,7 +18,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Job, Queue, ReadyQueue, Via, dispatch};
+use super::dispatch::{self, Refreshed};
+use super::{Job, Queue, ReadyQueue, Via};
 use crate::delivery::{Destination, Outcome, ResolveError};
 
 /// A cached answer for one domain.
@@ -27,16 +28,6 @@ pub(super) struct CachedDest {
     /// Dropped after this (`valid_until + stale_grace` of the answer as resolved); until then
     /// it may stand in for a failed re-resolution.
     pub keep_until: Instant,
-}
-
-/// How a dispatcher should go on with a job after the destination was checked.
-pub(crate) enum Refreshed {
-    /// The ready queue's hosts are current (or were just replaced): connect.
-    Current,
-    /// The job's domain now resolves to another site: queue it there.
-    Moved(Destination),
-    /// The domain cannot be resolved (and no previous answer is within its grace).
-    Failed(Outcome),
 }
 
 /// Sizes of the routing maps (for the sweep's log line, tests and the benchmark).

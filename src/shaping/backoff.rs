@@ -11,7 +11,7 @@
 //! drive time with plain `Instant` arithmetic.
 
 use super::ShapingError;
-use super::data::parse_duration;
+use super::common::parse_duration;
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use std::collections::HashMap;

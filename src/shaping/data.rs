@@ -9,7 +9,8 @@
 
 use super::ShapingError;
 use super::backoff::{BackoffRule, BackoffRuleToml};
-use super::warmup::WarmupSchedule;
+use super::common::parse_duration;
+use super::schedule::WarmupSchedule;
 use crate::config::{Config, DeliveryConfig};
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashMap};
@@ -468,12 +469,6 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     let raw: Option<String> = Option::deserialize(d)?;
     raw.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
         .transpose()
-}
-
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (expected e.g. \"30s\", \"10m\", \"1h\")")
-    })
 }
 
 /// Declares a TOML block struct with the limit keys plus `extra` fields, and its conversion to

@@ -14,6 +14,7 @@
 //! closure returns the slot to the shared store.
 
 use super::backoff::{BackoffState, Effect, Scope, Throttle};
+use super::common::get_or_insert;
 use super::data::SiteLimits;
 use futures::future::BoxFuture;
 use governor::clock::Clock as GovernorClock;
@@ -372,18 +373,6 @@ struct SiteSlot {
 struct Slots {
     sites: HashMap<String, SiteSlot>,
     last_sweep: Option<Instant>,
-}
-
-/// The value under `key`, inserted first if missing; allocates the key only on insert.
-pub(super) fn get_or_insert<'m, V>(
-    map: &'m mut HashMap<String, V>,
-    key: &str,
-    make: impl FnOnce() -> V,
-) -> &'m mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), make());
-    }
-    map.get_mut(key).expect("key is present: inserted above")
 }
 
 impl SiteSlot {

@@ -26,8 +26,10 @@
 //! with refusals, transitions and warm-up caps.
 
 mod backoff;
+mod common;
 mod data;
 mod limiter;
+mod schedule;
 mod warmup;
 
 pub use backoff::{
@@ -37,9 +39,8 @@ pub use data::{
     DEFAULT_SHAPING_TOML, LimitSet, Shaping, SiteLimits, normalize_host, provider_matches, site_key,
 };
 pub use limiter::{ConnectionPermit, InProcessLimits, Limiter, RateLimits, Refusal};
-pub use warmup::{
-    Day, Warmup, WarmupCounterEntry, WarmupDecision, WarmupSchedule, WarmupSnapshot, source_name,
-};
+pub use schedule::{Day, WarmupSchedule};
+pub use warmup::{Warmup, WarmupCounterEntry, WarmupDecision, WarmupSnapshot, source_name};
 
 /// Why the shaping data could not be used. Every variant names the file (or "built-in") and,
 /// where there is one, the key and what was expected.

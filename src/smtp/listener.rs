@@ -4,99 +4,28 @@
 //! Owns the per-listener limits: `max_sessions` (a semaphore permit is taken *before*
 //! `accept`, moved into the session task and released when it ends, so an overloaded listener
 //! leaves connections in the kernel backlog instead of accepting them) and
-//! `max_sessions_per_ip` (a small map, see [`IpLimiter`]). Stops accepting when the shutdown
+//! `max_sessions_per_ip` (see `per_ip`). Stops accepting when the shutdown
 //! token fires and returns from [`SmtpListener::run`] once every session has ended.
 //! Never parses SMTP (see `protocol`).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Histogram, IntGauge};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::SmtpError;
 use super::auth::Authenticator;
+use super::per_ip::IpLimiter;
 use super::protocol::ProtocolConfig;
-use super::{session, tls};
+use super::session::{self, Shared};
+use super::tls;
 use crate::config::{Config, TlsMode};
 use crate::message::SharedAcceptor;
 use crate::metrics::Metrics;
-
-/// What every session of one listener shares. Immutable except for the per-IP counts.
-pub(super) struct Shared {
-    pub proto: Arc<ProtocolConfig>,
-    pub tls: Option<TlsAcceptor>,
-    pub implicit_tls: bool,
-    pub command_timeout: Duration,
-    pub data_timeout: Duration,
-    /// How long a session in the middle of a message may go on once shutdown started.
-    pub shutdown_grace: Duration,
-    pub per_ip: IpLimiter,
-    pub acceptor: SharedAcceptor,
-    pub authenticator: Arc<Authenticator>,
-    pub sessions: IntGauge,
-    pub accept_latency: Histogram,
-}
-
-/// Open sessions per client address, capped at `max`. A std `Mutex` is right here: each
-/// section is one hash-map update with no `.await` inside, once per connection.
-pub(super) struct IpLimiter {
-    max: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One claimed per-IP session slot; dropping it gives the slot back.
-pub(super) struct IpSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl IpLimiter {
-    fn new(max: usize) -> Self {
-        IpLimiter {
-            max,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Take a slot for `ip`, or None when it already has `max` sessions.
-    pub fn claim(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-        let limiter = &shared.per_ip;
-        let mut counts = limiter.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= limiter.max {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .shared
-            .per_ip
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// A bound SMTP listener, ready to [`run`](SmtpListener::run).
 pub struct SmtpListener {

@@ -19,6 +19,7 @@
 mod auth;
 pub mod data;
 mod listener;
+mod per_ip;
 pub mod protocol;
 mod session;
 mod tls;

@@ -12,15 +12,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntGauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::{IpLimiter, Shared};
-use super::protocol::{Action, Protocol, canonical_ip};
+use super::auth::Authenticator;
+use super::per_ip::IpLimiter;
+use super::protocol::{Action, Protocol, ProtocolConfig, canonical_ip};
 use super::tls::Conn;
+use crate::message::SharedAcceptor;
+
+/// What every session of one listener shares. Immutable except for the per-IP counts.
+pub(super) struct Shared {
+    pub proto: Arc<ProtocolConfig>,
+    pub tls: Option<TlsAcceptor>,
+    pub implicit_tls: bool,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// How long a session in the middle of a message may go on once shutdown started.
+    pub shutdown_grace: Duration,
+    pub per_ip: Arc<IpLimiter>,
+    pub acceptor: SharedAcceptor,
+    pub authenticator: Arc<Authenticator>,
+    pub sessions: IntGauge,
+    pub accept_latency: Histogram,
+}
 
 /// Bytes asked for per read. The buffer is empty before every read (the protocol consumes all
 /// it is given), so this is also the most a session holds unparsed.
@@ -66,7 +85,7 @@ pub(super) async fn run(
     shared.sessions.inc();
     let _gauge = GaugeGuard(shared.sessions.clone());
     let ip = canonical_ip(peer.ip());
-    let Some(_ip_slot) = IpLimiter::claim(&shared, ip) else {
+    let Some(_ip_slot) = shared.per_ip.claim(ip) else {
         tracing::info!(%peer, listener = %shared.proto.listener, "too many sessions from this address");
         // On an implicit-TLS listener a reply would need a handshake first; a client already
         // holding its share of sessions just gets the connection closed.

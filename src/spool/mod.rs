@@ -41,10 +41,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::SpoolConfig;
 use crate::metrics::Metrics;
 
-/// Largest `max_message_size` a listener may allow: the record format's payload limit less
-/// 64 MiB for the envelope and the headers Gannet adds (trace, DKIM). A record over the limit
-/// could be written but never read back, so `append` refuses one and validation caps this.
-pub const MAX_MESSAGE_SIZE: usize = record::MAX_PAYLOAD - (64 << 20);
+// The largest message validation lets a listener accept (`config::MAX_MESSAGE_SIZE`) must fit
+// a record with 64 MiB to spare for the envelope and the headers Gannet adds (trace, DKIM): a
+// record over the format's limit could be written but never read back, so `append` refuses
+// one. Checked at compile time so the two limits cannot drift apart.
+const _: () = assert!(crate::config::MAX_MESSAGE_SIZE + (64 << 20) <= record::MAX_PAYLOAD);
 
 /// Identifies a spooled message: the segment it lives in and the record's offset there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

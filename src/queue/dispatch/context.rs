@@ -11,7 +11,6 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::super::routing::Refreshed;
 use super::super::{Job, ReadyQueue, Via};
 use crate::config::Config;
 use crate::delivery::{ClientOptions, Destination, Outcome, Reply};
@@ -54,6 +53,16 @@ pub(crate) trait Report: Send + Sync + 'static {
     /// Before a new connection for `rq` with a job of `domain`: re-resolve the site's hosts
     /// if they expired (the queue owns resolution and its cache).
     fn refresh<'a>(&'a self, rq: &'a ReadyQueue, domain: &'a str) -> RefreshFuture<'a>;
+}
+
+/// How a dispatcher should go on with a job after the destination was checked.
+pub(crate) enum Refreshed {
+    /// The ready queue's hosts are current (or were just replaced): connect.
+    Current,
+    /// The job's domain now resolves to another site: queue it there.
+    Moved(Destination),
+    /// The domain cannot be resolved (and no previous answer is within its grace).
+    Failed(Outcome),
 }
 
 /// What [`Report::refresh`] returns.

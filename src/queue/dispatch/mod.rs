@@ -30,9 +30,10 @@ use rand::Rng;
 
 mod context;
 
-pub(crate) use context::{Context, JobResult, RefreshFuture, Report, publish_transition};
+pub(crate) use context::{
+    Context, JobResult, RefreshFuture, Refreshed, Report, publish_transition,
+};
 
-use super::routing::Refreshed;
 use super::{Job, ReadyQueue, Via};
 use crate::config::WarmupCapAction;
 use crate::delivery::{Connection, Outcome, Reply};
@@ -248,7 +249,11 @@ fn warmup_gate(cx: &Context, rq: &ReadyQueue, source: &Source, job: Job) -> Opti
         return Some(job);
     }
     let provider = rq.limits.provider.as_deref();
-    match cx.warmup.try_take(&source.name, provider, Day::today()) {
+    match cx.warmup.try_take(
+        &source.name,
+        provider,
+        Day::from_system_time(std::time::SystemTime::now()),
+    ) {
         crate::shaping::WarmupDecision::Allowed => Some(job),
         crate::shaping::WarmupDecision::Capped { cap } => {
             let pool = cx.config.pools.iter().find(|p| p.name == rq.pool);
