@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use gannet::config::Config;
 
 mod cli_bounce;
+mod cli_suppress;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +73,12 @@ enum Command {
     Bounce {
         #[command(subcommand)]
         action: cli_bounce::BounceAction,
+    },
+    /// The suppression list of a running instance: add, remove, list, import, export (through
+    /// its HTTP API)
+    Suppress {
+        #[command(subcommand)]
+        action: cli_suppress::SuppressAction,
     },
     /// Write a self-signed development certificate and key (PEM) for STARTTLS
     DevCert {
@@ -139,7 +146,7 @@ impl FilterArgs {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -391,6 +398,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::DevCert { out, names } => dev_cert(&out, &names),
         Command::Bounce { action } => cli_bounce::run(action, load_config),
+        Command::Suppress { action } => cli_suppress::run(action, load_config),
         Command::Dkim {
             action:
                 DkimAction::Keygen {

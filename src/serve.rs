@@ -226,6 +226,13 @@ pub async fn run_with(
         .await
         .map_err(|e| ServeError::Dkim(format!("unsubscribe key task failed: {e}")))??
     };
+    // Suppressed recipients refused at RCPT (`[suppression] smtp_action = "reject"`).
+    let rcpt_check: crate::smtp::protocol::RcptCheck = {
+        let intake = intake.clone();
+        Arc::new(move |q: &crate::smtp::protocol::RcptQuery<'_>| {
+            intake.refuse_at_rcpt(q.mail_from, q.rcpt)
+        })
+    };
     let acceptor: SharedAcceptor = Arc::new(intake);
 
     let n = recovered.len();
@@ -293,11 +300,12 @@ pub async fn run_with(
                 .await?
             }
             _ => {
-                crate::smtp::SmtpListener::bind(
+                crate::smtp::SmtpListener::bind_checked(
                     config.clone(),
                     i,
                     acceptor.clone(),
                     metrics.clone(),
+                    Some(rcpt_check.clone()),
                 )
                 .await?
             }

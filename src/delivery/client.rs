@@ -426,9 +426,15 @@ impl Connection {
                         if reply.code == 421 {
                             // RFC 5321 §3.8: 421 means the server is closing the channel; no
                             // further replies will come, and the connection is not reusable.
+                            // The 421 answers one command; the commands after it get a reply
+                            // of their own saying they were not answered. Copying the 421
+                            // would give its text (say "mailbox full" about one recipient) to
+                            // every later recipient, and with it the wrong bounce category.
                             self.broken = true;
+                            let unanswered = unanswered_after(&reply);
+                            out.push(reply);
                             while out.len() < n {
-                                out.push(reply.clone());
+                                out.push(unanswered.clone());
                             }
                             return Ok(out);
                         }
@@ -769,9 +775,43 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b".\r\n");
 }
 
+/// The reply recorded for a pipelined command the server never answered because it closed
+/// the connection with `closing` (a 421) first: temporary, X.4.2 "bad connection" (so it is
+/// classified `routing`), and without the 421's own text.
+fn unanswered_after(closing: &Reply) -> Reply {
+    let code = if closing.enhanced.is_empty() {
+        closing.code.to_string()
+    } else {
+        format!("{} {}", closing.code, closing.enhanced)
+    };
+    Reply::new(
+        421,
+        "4.4.2",
+        format!(
+            "not answered: the server closed the connection ({code}) in reply to an earlier command"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::dot_stuff;
+
+    /// Issue 17 review 4d: what the commands after a 421 get is classified as a connection
+    /// problem, not by the 421's text about someone else's mailbox.
+    #[test]
+    fn commands_after_a_421_are_unanswered_not_the_421() {
+        let closing = super::Reply::new(421, "4.2.2", "<a@x.test>: mailbox full, over quota");
+        let r = super::unanswered_after(&closing);
+        assert_eq!((r.code, r.enhanced.as_str()), (421, "4.4.2"));
+        assert!(!r.text.contains("mailbox full"), "{r}");
+        let c = crate::bounce::Classifier::builtin();
+        assert_eq!(
+            &*c.classify((&closing).into(), None).category,
+            "mailbox-full"
+        );
+        assert_eq!(&*c.classify((&r).into(), None).category, "routing");
+    }
 
     #[test]
     fn dot_stuffing_table() {

@@ -220,7 +220,7 @@ pub enum EventKind {
     },
     /// A suppression entry was added or removed (`recipient` is the address).
     SuppressionChanged {
-        /// `added`, `removed`.
+        /// `added`, `removed`, `imported`.
         change: String,
         reason: String,
         scope: String,
@@ -229,6 +229,10 @@ pub enum EventKind {
         /// Unix seconds when the entry lapses; 0 = never.
         #[serde(default)]
         expires: u64,
+        /// How many entries the change covers: 1, or the number a bulk import wrote
+        /// (`change` = `imported`; then `recipient` is empty).
+        #[serde(default)]
+        entries: u64,
     },
     /// Mail arriving on the bounces listener that created nothing: a forged VERP token, failing
     /// DKIM/SPF/DMARC, no original send found, an auto-reply (`reason` says which).

@@ -28,6 +28,10 @@
 //!   state it describes is considered final"): a crash between the two repeats the work (and
 //!   its events) rather than leaving a final state without its event. With no durable
 //!   subscriber, everything counts as durable at once.
+//! - **Durable for some kinds only.** A durable subscriber that needs only some kinds of event
+//!   (the suppression policy: bounces, complaints, opt-outs) subscribes with
+//!   [`EventBus::subscribe_only`] and a [`KindFilter`]: it never receives the other kinds, and
+//!   they never wait for it, so a `delivered` does not wait on the policy's flush.
 
 mod kind;
 pub mod log;
@@ -140,6 +144,9 @@ pub enum Mode {
     Durable { bound: usize },
 }
 
+/// Which kinds of event a subscriber takes ([`EventBus::subscribe_only`]).
+pub type KindFilter = fn(&EventKind) -> bool;
+
 /// The publisher handle. Cheap to clone; one per running instance (no statics).
 #[derive(Clone)]
 pub struct EventBus {
@@ -167,6 +174,26 @@ struct Sub {
     mode: Mode,
     tx: SubTx,
     shared: Arc<SubShared>,
+    /// None: every event. Some: only the kinds it accepts are pushed.
+    only: Option<KindFilter>,
+    /// Filtered durable subscribers: seqs pushed and perhaps not acked yet, oldest first
+    /// (popped once acked). Its events are the only ones it holds back: it is durable
+    /// through the seq before the oldest of these, or through everything when none is left.
+    pending: std::collections::VecDeque<u64>,
+}
+
+impl Sub {
+    /// Highest seq this durable subscriber is durable through (`last`: the last published).
+    fn durable_through(&mut self, last: u64) -> u64 {
+        let acked = self.shared.acked.load(Ordering::Acquire);
+        if self.only.is_none() {
+            return acked;
+        }
+        while self.pending.front().is_some_and(|&s| s <= acked) {
+            self.pending.pop_front();
+        }
+        self.pending.front().map_or(last, |&s| s - 1)
+    }
 }
 
 enum SubTx {
@@ -235,6 +262,16 @@ impl EventBus {
     /// Register a subscriber. Do it before the stages start publishing (in `serve`): a
     /// subscriber sees only events published after it subscribed.
     pub fn subscribe(&self, name: &str, mode: Mode) -> Subscription {
+        self.subscribe_with(name, mode, None)
+    }
+
+    /// [`EventBus::subscribe`] for the kinds `only` accepts: other events are never pushed to
+    /// it and, when it is durable, never wait for it.
+    pub fn subscribe_only(&self, name: &str, mode: Mode, only: KindFilter) -> Subscription {
+        self.subscribe_with(name, mode, Some(only))
+    }
+
+    fn subscribe_with(&self, name: &str, mode: Mode, only: Option<KindFilter>) -> Subscription {
         let shared = Arc::new(SubShared {
             unread: AtomicUsize::new(0),
             acked: AtomicU64::new(0),
@@ -259,6 +296,8 @@ impl EventBus {
             mode,
             tx,
             shared: shared.clone(),
+            only,
+            pending: std::collections::VecDeque::new(),
         });
         Subscription {
             name: name.to_string(),
@@ -282,7 +321,11 @@ impl EventBus {
         }
         let event = Arc::new(event);
         let mut gone = false;
-        for s in &st.subs {
+        let durable_filtered = |s: &Sub| s.only.is_some() && matches!(s.mode, Mode::Durable { .. });
+        for s in &mut st.subs {
+            if s.only.is_some_and(|only| !only(&event.kind)) {
+                continue;
+            }
             let p = Published {
                 seq,
                 event: event.clone(),
@@ -300,6 +343,11 @@ impl EventBus {
             };
             if ok {
                 s.shared.unread.fetch_add(1, Ordering::Relaxed);
+                if durable_filtered(s) {
+                    // Trim what is acked already, so the list stays as short as the backlog.
+                    s.durable_through(seq);
+                    s.pending.push_back(seq);
+                }
             } else {
                 gone = true;
             }
@@ -366,13 +414,14 @@ impl EventBus {
     /// Highest seq such that every durable subscriber has made it (and all before it) durable.
     /// With no durable subscriber: the last seq published.
     pub fn durable_through(&self) -> u64 {
-        let st = self.state();
+        let mut st = self.state();
+        let last = st.next_seq - 1;
         st.subs
-            .iter()
+            .iter_mut()
             .filter(|s| matches!(s.mode, Mode::Durable { .. }))
-            .map(|s| s.shared.acked.load(Ordering::Acquire))
+            .map(|s| s.durable_through(last))
             .min()
-            .unwrap_or(st.next_seq - 1)
+            .unwrap_or(last)
     }
 
     /// Wait until the event `seq` (and every one before it) is durable for every durable

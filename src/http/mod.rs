@@ -33,6 +33,7 @@ use crate::queue::{Filter, Queue};
 
 pub mod logs;
 pub mod suppressions;
+pub mod suppressions_bulk;
 pub mod unsubscribe;
 
 /// What handlers may use.
@@ -387,6 +388,15 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/suppressions",
             get(suppressions::list).post(suppressions::add),
+        )
+        .route(
+            "/api/v1/suppressions/import",
+            // Streamed line by line, any size (see suppressions_bulk).
+            post(suppressions_bulk::import).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/suppressions/export",
+            get(suppressions_bulk::export),
         )
         .route(
             "/api/v1/suppressions/{address}",

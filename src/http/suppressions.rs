@@ -1,5 +1,5 @@
 //! `/api/v1/suppressions` (scope `suppression`): list with filters and cursor paging, get one
-//! address's entries, add, delete. Every change is a `suppression_changed` event naming the
+//! address's entries, add, delete (bulk import and export: `suppressions_bulk`). Every change is a `suppression_changed` event naming the
 //! actor (API token name or `loopback`).
 //!
 //! Owns only the HTTP shape; the list is `suppression::SharedStore`. Never decides policy.
@@ -32,7 +32,7 @@ impl FromRequestParts<ApiState> for SuppressionUser {
     }
 }
 
-fn store(s: &ApiState) -> Result<&SharedStore, ApiError> {
+pub(super) fn store(s: &ApiState) -> Result<&SharedStore, ApiError> {
     s.suppressions.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -42,7 +42,7 @@ fn store(s: &ApiState) -> Result<&SharedStore, ApiError> {
     })
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::BadAddress(_) => bad_request(e, "address"),
         e => {
@@ -54,6 +54,16 @@ fn store_error(e: StoreError) -> ApiError {
             )
         }
     }
+}
+
+/// Run store work that may touch the disk on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(store_error)
 }
 
 fn entry_json(e: &Entry) -> Value {
@@ -70,6 +80,7 @@ fn announce(s: &ApiState, e: &Entry, change: &str, actor: &str) {
         scope: e.scope_text(),
         actor: actor.to_string(),
         expires: e.expires,
+        entries: 1,
     });
     ev.recipient = e.address.clone();
     if e.tenant != ALL_TENANTS {
@@ -175,11 +186,7 @@ pub async fn add(
     body: Result<Json<AddRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(r) = body.map_err(|e| bad_request(e.body_text(), "address"))?;
-    if !r.stream.is_empty()
-        && !["class:", "list:", "campaign:"]
-            .iter()
-            .any(|p| r.stream.starts_with(p) && r.stream.len() > p.len())
-    {
+    if !crate::suppression::transfer::stream_ok(&r.stream) {
         return Err(bad_request(
             format!(
                 "stream {:?}: expected empty (every stream), class:NAME, list:NAME or campaign:NAME",
@@ -197,9 +204,15 @@ pub async fn add(
         created: crate::suppression::policy::now_secs(),
         expires: r.expires,
     };
-    let store = store(&s)?;
-    let created = store.add(&entry).map_err(store_error)?;
-    store.flush().map_err(store_error)?;
+    let store = store(&s)?.clone();
+    let e = entry.clone();
+    // sled's flush writes to disk: off the async workers.
+    let created = blocking(move || {
+        let created = store.add(&e)?;
+        store.flush()?;
+        Ok(created)
+    })
+    .await?;
     announce(&s, &entry, "added", &who.actor);
     Ok((
         StatusCode::CREATED,
@@ -225,13 +238,18 @@ pub async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| bad_request(e.body_text(), "query"))?;
     let tenant = q.tenant.unwrap_or_else(|| ALL_TENANTS.to_string());
-    let store = store(&s)?;
-    match store
-        .remove(&address, &tenant, &q.stream)
-        .map_err(store_error)?
-    {
+    let store = store(&s)?.clone();
+    let (a, t, st) = (address.clone(), tenant.clone(), q.stream.clone());
+    let removed = blocking(move || {
+        let removed = store.remove(&a, &t, &st)?;
+        if removed.is_some() {
+            store.flush()?;
+        }
+        Ok(removed)
+    })
+    .await?;
+    match removed {
         Some(e) => {
-            store.flush().map_err(store_error)?;
             announce(&s, &e, "removed", &who.actor);
             Ok(Json(json!({"removed": entry_json(&e)})))
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 
-use crate::config::Config;
+use crate::config::{Config, SuppressedAction};
 use crate::events::{Event, EventBus, EventKind};
 use crate::message::{Accepted, Acceptor, Rejection, Submission, headers};
 use crate::metrics::Metrics;
@@ -101,6 +101,17 @@ impl Intake {
         Intake {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The suppression check for SMTP `RCPT TO` (see `suppress::at_rcpt`): a refusal when the
+    /// recipient is suppressed for everyone and `[suppression] smtp_action = "reject"`; None
+    /// otherwise (with `drop`, suppressed recipients are accepted and left out after DATA).
+    pub fn refuse_at_rcpt(&self, mail_from: &str, rcpt: &str) -> Option<Rejection> {
+        let store = self.inner.suppressions.as_ref()?;
+        if self.inner.config.suppression.smtp_action != SuppressedAction::Reject {
+            return None;
+        }
+        suppress::at_rcpt(store, &self.inner.bus, mail_from, rcpt)
     }
 
     fn choose_class(&self, sub: &Submission, header: Option<String>) -> Result<String, Rejection> {
@@ -192,17 +203,19 @@ impl Intake {
         let tenant = clean_id(tenant.or(header_tenant), "tenant")?;
         let campaign = clean_id(campaign.or(header_campaign), "campaign")?;
         let envelope = match &self.inner.suppressions {
-            Some(store) => suppress::filter(
-                store,
-                &self.inner.bus,
-                &origin,
-                &suppress::Streams {
+            Some(store) => {
+                let drop = origin.listener != "http"
+                    && self.inner.config.suppression.smtp_action == SuppressedAction::Drop;
+                let streams = suppress::Streams {
                     class: &class,
                     tenant: &tenant,
                     campaign: &campaign,
-                },
-                envelope,
-            )?,
+                };
+                match suppress::filter(store, &self.inner.bus, &origin, &streams, drop, envelope)? {
+                    suppress::Filtered::Send(envelope) => envelope,
+                    suppress::Filtered::Dropped { id } => return Ok(Accepted { queue_id: id }),
+                }
+            }
             None => envelope,
         };
         strip_control_headers(&mut body);

@@ -161,6 +161,9 @@ struct Inner {
     /// Unbounded: its length is bounded by the durable subscriber's bound, which holds back
     /// acceptance through `EventBus::admit`.
     durable_tx: mpsc::UnboundedSender<(u64, StateChange)>,
+    /// Changes sent on `durable_tx` and not applied yet: while any wait, a later change queues
+    /// behind them (in order); when none waits and its events are durable, it runs at once.
+    durable_waiting: Arc<AtomicUsize>,
     bounce_tx: mpsc::Sender<BounceRequest>,
     next_job: AtomicU64,
     cache_bytes: AtomicUsize,
@@ -241,12 +244,15 @@ impl Queue {
     ) -> Result<(Queue, mpsc::Receiver<BounceRequest>), QueueError> {
         let (sched_tx, sched_rx) = mpsc::channel(1024);
         let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<(u64, StateChange)>();
+        let durable_waiting = Arc::new(AtomicUsize::new(0));
         {
             let bus = bus.clone();
+            let waiting = durable_waiting.clone();
             tokio::spawn(async move {
                 while let Some((seq, change)) = durable_rx.recv().await {
                     bus.wait_durable(seq).await;
                     change();
+                    waiting.fetch_sub(1, Ordering::AcqRel);
                 }
             });
         }
@@ -309,6 +315,7 @@ impl Queue {
             parked: Mutex::new(Vec::new()),
             sched_tx,
             durable_tx,
+            durable_waiting,
             bounce_tx,
             next_job: AtomicU64::new(1),
             cache_bytes: AtomicUsize::new(0),
@@ -472,6 +479,7 @@ impl Queue {
         }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // Changes run in order: once this marker runs, every earlier one has.
+        self.inner.durable_waiting.fetch_add(1, Ordering::AcqRel);
         if self
             .inner
             .durable_tx

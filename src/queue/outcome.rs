@@ -237,12 +237,24 @@ impl Queue {
     /// subscriber that is now; with one, state changes queue on one task in publish order,
     /// so a crash can leave an event without its state change (the work is repeated) but
     /// never a state change without its event.
+    ///
+    /// When nothing is queued and the events are durable already (a durable subscriber that
+    /// takes only some kinds, like the suppression policy, never holds back the others), the
+    /// change runs at once instead of taking a turn on that task.
     pub(super) fn after_durable(&self, seq: u64, f: impl FnOnce() + Send + 'static) {
-        if !self.inner.bus.has_durable() {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        if !inner.bus.has_durable()
+            || (inner.durable_waiting.load(Ordering::Acquire) == 0
+                && inner.bus.durable_through() >= seq)
+        {
             f();
             return;
         }
-        let _ = self.inner.durable_tx.send((seq, Box::new(f)));
+        inner.durable_waiting.fetch_add(1, Ordering::AcqRel);
+        if inner.durable_tx.send((seq, Box::new(f))).is_err() {
+            inner.durable_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Delay before attempt `attempt + 1`: the configured schedule (last entry repeats) with

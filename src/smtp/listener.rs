@@ -57,6 +57,28 @@ impl SmtpListener {
         metrics: Metrics,
         rcpt_filter: Option<crate::smtp::protocol::RcptFilter>,
     ) -> Result<SmtpListener, SmtpError> {
+        Self::bind_inner(config, listener_index, acceptor, metrics, rcpt_filter, None).await
+    }
+
+    /// [`SmtpListener::bind`] with a check of each recipient at RCPT (the suppression list).
+    pub async fn bind_checked(
+        config: Arc<Config>,
+        listener_index: usize,
+        acceptor: SharedAcceptor,
+        metrics: Metrics,
+        rcpt_check: Option<crate::smtp::protocol::RcptCheck>,
+    ) -> Result<SmtpListener, SmtpError> {
+        Self::bind_inner(config, listener_index, acceptor, metrics, None, rcpt_check).await
+    }
+
+    async fn bind_inner(
+        config: Arc<Config>,
+        listener_index: usize,
+        acceptor: SharedAcceptor,
+        metrics: Metrics,
+        rcpt_filter: Option<crate::smtp::protocol::RcptFilter>,
+        rcpt_check: Option<crate::smtp::protocol::RcptCheck>,
+    ) -> Result<SmtpListener, SmtpError> {
         let l = config
             .listeners
             .get(listener_index)
@@ -87,6 +109,7 @@ impl SmtpListener {
             metrics.clone(),
         );
         proto.rcpt_filter = rcpt_filter;
+        proto.rcpt_check = rcpt_check;
         if l.require_auth && !(tls.is_some() && authenticator.has_users()) {
             tracing::warn!(
                 listener = %l.name,

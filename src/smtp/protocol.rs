@@ -53,8 +53,25 @@ pub struct ProtocolConfig {
     /// `role = "bounces"`: only addresses this accepts are taken (from anyone, no relay right
     /// needed); others get 550 5.1.1. None: the relay rules apply.
     pub rcpt_filter: Option<RcptFilter>,
+    /// Asked about each recipient that passed relay control, before `250`: a refusal is
+    /// answered as it is (the suppression list's `550 5.7.1`). None: nothing more is checked.
+    pub rcpt_check: Option<RcptCheck>,
     metrics: Metrics,
 }
+
+/// A recipient about to be accepted (see [`ProtocolConfig::rcpt_check`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RcptQuery<'a> {
+    pub listener: &'a str,
+    /// Envelope sender (empty for the null sender).
+    pub mail_from: &'a str,
+    pub rcpt: &'a str,
+    pub auth_user: Option<&'a str>,
+}
+
+/// A per-recipient check at RCPT: `Some` refuses the recipient with that reply. Runs inside
+/// the session's state machine, so it must be quick and must not block (an in-memory lookup).
+pub type RcptCheck = Arc<dyn Fn(&RcptQuery<'_>) -> Option<Rejection> + Send + Sync>;
 
 /// Which recipients a receive-only listener accepts (see [`ProtocolConfig::rcpt_filter`]).
 pub type RcptFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -80,6 +97,7 @@ impl ProtocolConfig {
             auth,
             postmaster: config.postmaster_address(),
             rcpt_filter: None,
+            rcpt_check: None,
             metrics,
         }
     }
@@ -726,6 +744,30 @@ impl Protocol {
         }
         if accepted >= self.cfg.max_recipients {
             return self.reply(452, "4.5.3", "Too many recipients");
+        }
+        if let Some(check) = &self.cfg.rcpt_check {
+            let refusal = check(&RcptQuery {
+                listener: &self.cfg.listener,
+                mail_from: self.txn.as_ref().map_or("", |t| t.mail_from.as_str()),
+                rcpt: &address,
+                auth_user: self.auth_user.as_deref(),
+            });
+            if let Some(r) = refusal {
+                // Not a client error (the address is fine, we will not mail it): no error count.
+                let code = if (400..600).contains(&r.code) {
+                    r.code
+                } else {
+                    550
+                };
+                let class = if code >= 500 { '5' } else { '4' };
+                let enhanced = if valid_enhanced(&r.enhanced, class) {
+                    r.enhanced.clone()
+                } else {
+                    format!("{class}.0.0")
+                };
+                self.cfg.count_rejected(code);
+                return self.reply(code, &enhanced, &one_line(&r.message));
+            }
         }
         if let Some(txn) = self.txn.as_mut() {
             txn.rcpts.push(address);

@@ -4,12 +4,14 @@
 //! Owns: the list (`store`: the [`SuppressionStore`] seam and its embedded sled default), the
 //! policy that fills it from events (`policy`: a durable event subscriber) and the unsubscribe
 //! token format (`token`), shared by injection (which puts tokens into `List-Unsubscribe`) and
-//! the unsubscribe endpoint (which verifies them). Never sends mail and never reads the spool;
+//! the unsubscribe endpoint (which verifies them), and the CSV/JSONL line formats of bulk
+//! import and export (`transfer`). Never sends mail and never reads the spool;
 //! the stages that refuse or drop mail ask the store through a [`SharedStore`] handle.
 
 pub mod policy;
 pub mod store;
 pub mod token;
+pub mod transfer;
 
 #[cfg(test)]
 mod tests;

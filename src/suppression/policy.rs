@@ -5,7 +5,9 @@
 //! opt-out must hold before anyone is told it does: the task acknowledges an event only after
 //! the entries it caused are written and flushed, so the unsubscribe endpoint (which waits for
 //! `EventBus::wait_durable` of its `unsubscribed` event before answering 200) and the queue
-//! (whose state changes wait the same way) never run ahead of the list. Publishes one
+//! (whose state changes wait the same way) never run ahead of the list. It subscribes only to
+//! the kinds [`wants`] names, so every other event (`received`, `delivered`, `deferred`, ...)
+//! never waits for it. Publishes one
 //! `suppression_changed` event per entry it adds. Never sends mail, never reads the spool.
 //!
 //! | event | entry |
@@ -106,6 +108,19 @@ pub fn decide(e: &Event, policy: &SuppressionConfig, now: u64) -> Decision {
     }
 }
 
+/// The kinds of event [`decide`] can act on: the only ones the policy subscribes to (and so
+/// the only ones whose durability waits for it).
+pub fn wants(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Bounced { .. }
+            | EventKind::Expired { .. }
+            | EventKind::BounceReport { .. }
+            | EventKind::Complaint { .. }
+            | EventKind::Unsubscribed { .. }
+    )
+}
+
 /// Subscribe the policy to `bus` (durable) and start its task; call before the stages publish.
 /// The task stops once `stop` is cancelled, after applying what was already published.
 pub fn start(
@@ -114,11 +129,12 @@ pub fn start(
     bus: &EventBus,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let sub = bus.subscribe(
+    let sub = bus.subscribe_only(
         "suppression",
         Mode::Durable {
             bound: policy.bound,
         },
+        wants,
     );
     tokio::spawn(run(policy, store, bus.clone(), sub, stop))
 }
@@ -166,6 +182,7 @@ pub async fn run(
                 scope: entry.scope_text(),
                 actor: "policy".to_string(),
                 expires: entry.expires,
+                entries: 1,
             });
             // About the list, not the message: no queue id (a message's story stays its own).
             ev.recipient = entry.address;
@@ -177,8 +194,24 @@ pub async fn run(
     }
 }
 
+/// Which failed attempt an event reports, for counting soft bounces once: the message, the
+/// recipient, the attempt and the kind of report (a `bounce_report` for a send is another
+/// report than its `bounced`). Events without a queue id fall back to their own id.
+fn attempt_identity(e: &Event) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable across runs (the identity is stored).
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x6761_6e6e_6574, 0x736f_6674);
+    if e.queue_id.is_empty() {
+        e.id.hash(&mut h);
+    } else {
+        (e.type_name(), &e.queue_id, &e.recipient, e.attempt).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Apply a batch; returns the entries that were new, with the event that caused each.
-fn apply(
+pub(super) fn apply(
     store: &dyn SuppressionStore,
     policy: &SuppressionConfig,
     items: &[Published],
@@ -190,14 +223,16 @@ fn apply(
         let entry = match decide(&p.event, policy, now) {
             Decision::Nothing => continue,
             Decision::Add(entry) => entry,
-            Decision::SoftBounce(entry) => match store.soft_bounce(&entry.address, now, window) {
-                Ok(n) if n >= policy.soft_bounce_limit => entry,
-                Ok(_) => continue,
-                Err(super::store::StoreError::BadAddress(_)) => continue,
-                Err(e) => return Err(e),
-            },
+            Decision::SoftBounce(entry) => {
+                match store.soft_bounce(&entry.address, now, window, attempt_identity(&p.event)) {
+                    Ok(n) if n >= policy.soft_bounce_limit => entry,
+                    Ok(_) => continue,
+                    Err(super::store::StoreError::BadAddress(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
         };
-        match store.add(&entry) {
+        match store.add_new(&entry, now) {
             Ok(true) => added.push((entry, p.event.clone())),
             Ok(false) => {}
             // An address the list cannot key (should not reach an event): nothing to suppress.

@@ -130,6 +130,10 @@ pub trait SuppressionStore: Send + Sync {
     /// Insert or replace the entry with the same (address, tenant, stream); true if it did not
     /// exist before.
     fn add(&self, entry: &Entry) -> Result<bool, StoreError>;
+    /// Insert unless a live entry with the same (address, tenant, stream) exists, which is
+    /// then kept as it is (its reason, source and created time stay: a repeated hard bounce
+    /// does not rewrite a manual entry). An entry that has lapsed is replaced. True if inserted.
+    fn add_new(&self, entry: &Entry, now: u64) -> Result<bool, StoreError>;
     /// Many entries at once (import); returns how many were new.
     fn add_many(&self, entries: &[Entry]) -> Result<usize, StoreError>;
     /// Remove one entry; returns it if it existed.
@@ -149,8 +153,16 @@ pub trait SuppressionStore: Send + Sync {
         limit: usize,
     ) -> Result<Page, StoreError>;
     /// Count a soft bounce of `address` at `now` and return how many fell within the last
-    /// `window_secs` (older ones are forgotten).
-    fn soft_bounce(&self, address: &str, now: u64, window_secs: u64) -> Result<u32, StoreError>;
+    /// `window_secs` (older ones are forgotten). `attempt` identifies the failed attempt (a
+    /// hash of queue id, recipient and attempt number): the same attempt reported again (an
+    /// event batch applied twice, an outcome re-published after a restart) counts once.
+    fn soft_bounce(
+        &self,
+        address: &str,
+        now: u64,
+        window_secs: u64,
+        attempt: u64,
+    ) -> Result<u32, StoreError>;
     /// Number of entries.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -200,7 +212,8 @@ fn prefix_of(address: &str) -> Vec<u8> {
 }
 
 /// The embedded store: one sled tree of entries (value: compact JSON) and one of recent soft
-/// bounces per address (value: big-endian unix seconds, 8 bytes each).
+/// bounces per address (value: 16 bytes per bounce: big-endian unix seconds, then the
+/// attempt's identity).
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
@@ -230,7 +243,9 @@ impl SledStore {
     fn on(db: sled::Db) -> Result<SledStore, StoreError> {
         Ok(SledStore {
             entries: db.open_tree("entries")?,
-            soft: db.open_tree("soft_bounces")?,
+            // (`soft_bounces`, the earlier 8-byte format without attempt identities, is no
+            // longer read: its counts start again.)
+            soft: db.open_tree("soft_bounce_attempts")?,
             db,
         })
     }
@@ -283,6 +298,26 @@ impl SuppressionStore for SledStore {
             .entries
             .insert(e.key(), SledStore::encode(&e))?
             .is_none())
+    }
+
+    fn add_new(&self, entry: &Entry, now: u64) -> Result<bool, StoreError> {
+        let mut e = entry.clone();
+        e.address = normalize(&e.address)?;
+        let k = e.key();
+        let v = SledStore::encode(&e);
+        loop {
+            let old = self.entries.get(&k)?;
+            if let Some(old) = &old
+                && SledStore::decode(&k, old)?.live(now)
+            {
+                return Ok(false);
+            }
+            // Compare-and-swap: a writer in between (API, import) is not overwritten.
+            match self.entries.compare_and_swap(&k, old, Some(v.as_slice()))? {
+                Ok(()) => return Ok(true),
+                Err(_) => continue,
+            }
+        }
     }
 
     fn add_many(&self, entries: &[Entry]) -> Result<usize, StoreError> {
@@ -365,21 +400,32 @@ impl SuppressionStore for SledStore {
         Ok(page)
     }
 
-    fn soft_bounce(&self, address: &str, now: u64, window_secs: u64) -> Result<u32, StoreError> {
+    fn soft_bounce(
+        &self,
+        address: &str,
+        now: u64,
+        window_secs: u64,
+        attempt: u64,
+    ) -> Result<u32, StoreError> {
         let address = normalize(address)?;
         let from = now.saturating_sub(window_secs);
         let mut count = 0u32;
+        let word =
+            |c: &[u8], at: usize| u64::from_be_bytes(c[at..at + 8].try_into().unwrap_or([0; 8]));
         self.soft.update_and_fetch(address.as_bytes(), |old| {
-            let mut times: Vec<u8> = old
+            let mut records: Vec<u8> = old
                 .unwrap_or(&[])
-                .chunks_exact(8)
-                .filter(|c| u64::from_be_bytes((*c).try_into().unwrap_or([0; 8])) >= from)
+                .chunks_exact(16)
+                .filter(|c| word(c, 0) >= from)
                 .flatten()
                 .copied()
                 .collect();
-            times.extend_from_slice(&now.to_be_bytes());
-            count = (times.len() / 8) as u32;
-            Some(times)
+            if !records.chunks_exact(16).any(|c| word(c, 8) == attempt) {
+                records.extend_from_slice(&now.to_be_bytes());
+                records.extend_from_slice(&attempt.to_be_bytes());
+            }
+            count = (records.len() / 16) as u32;
+            Some(records)
         })?;
         Ok(count)
     }

@@ -174,11 +174,20 @@ fn listing_pages_through_every_entry_with_a_cursor_and_filters() {
 fn soft_bounces_count_only_within_the_window() {
     let s = SledStore::temporary().expect("store");
     let day = 86_400;
-    assert_eq!(s.soft_bounce("a@x.test", 0, 7 * day).expect("count"), 1);
-    assert_eq!(s.soft_bounce("A@x.test", day, 7 * day).expect("count"), 2);
+    assert_eq!(s.soft_bounce("a@x.test", 0, 7 * day, 1).expect("count"), 1);
+    assert_eq!(
+        s.soft_bounce("A@x.test", day, 7 * day, 2).expect("count"),
+        2
+    );
+    // The same attempt again counts once.
+    assert_eq!(
+        s.soft_bounce("a@x.test", day, 7 * day, 2).expect("count"),
+        2
+    );
     // Ten days later the first two are forgotten.
     assert_eq!(
-        s.soft_bounce("a@x.test", 10 * day, 7 * day).expect("count"),
+        s.soft_bounce("a@x.test", 10 * day, 7 * day, 3)
+            .expect("count"),
         1
     );
 }
@@ -281,4 +290,140 @@ fn policy_turns_hard_bounces_complaints_and_opt_outs_into_entries() {
         }
         d => panic!("{d:?}"),
     }
+}
+
+/// Issue 17 review 4a: with the policy subscribed (durable), an event it does not act on is
+/// durable at once: a `delivered` never waits for the policy task (here: not yet run at all,
+/// on a current-thread runtime), while a hard bounce does wait until its entry is written.
+#[tokio::test(flavor = "current_thread")]
+async fn only_the_events_the_policy_acts_on_wait_for_it() {
+    let bus = crate::events::EventBus::new(&prometheus::Registry::new());
+    let store: SharedStore = std::sync::Arc::new(SledStore::temporary().expect("store"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = policy::start(
+        SuppressionConfig::default(),
+        store.clone(),
+        &bus,
+        stop.clone(),
+    );
+    let delivered = bus.publish(event(
+        EventKind::Delivered {
+            site: String::new(),
+            mx_host: String::new(),
+            remote_ip: String::new(),
+            source_ip: String::new(),
+            reply: "250 ok".into(),
+            tls: None,
+            queue_secs: 0.0,
+        },
+        "p",
+        "",
+    ));
+    assert!(
+        bus.durable_through() >= delivered,
+        "a delivered event waits for the suppression policy"
+    );
+    let hard = bus.publish(event(bounced("bad-mailbox", true), "p", ""));
+    assert!(
+        bus.durable_through() < hard,
+        "the hard bounce is not applied yet"
+    );
+    // Later unrelated events wait behind it (durability is in order)...
+    let after = bus.publish(event(bounced("x", false), "p", ""));
+    assert!(bus.durable_through() < after);
+    // ...until the policy has written the entry.
+    tokio::time::timeout(std::time::Duration::from_secs(10), bus.wait_durable(after))
+        .await
+        .expect("the policy applies the bounce");
+    assert_eq!(
+        store
+            .check(&q("r@x.test", "", "p"), policy::now_secs())
+            .expect("check")
+            .map(|e| e.reason)
+            .as_deref(),
+        Some("hard-bounce")
+    );
+    stop.cancel();
+    task.await.expect("policy task");
+}
+
+fn published(seq: u64, e: Event) -> crate::events::Published {
+    crate::events::Published {
+        seq,
+        event: std::sync::Arc::new(e),
+    }
+}
+
+/// Issue 17 review 4b: one failed attempt counts as one soft bounce, however often its event
+/// is applied (a batch retried after a store error, an outcome re-published after a restart:
+/// same queue id, recipient and attempt, new event id). Two different attempts do count.
+#[test]
+fn a_soft_bounce_reported_twice_counts_once() {
+    let store = SledStore::temporary().expect("store");
+    let policy = SuppressionConfig {
+        soft_bounce_limit: 2,
+        ..SuppressionConfig::default()
+    };
+    let soft = |attempt: u32| {
+        let mut e = event(bounced("mailbox-full", false), "p", "");
+        e.queue_id = "Q1".into();
+        e.attempt = attempt;
+        e
+    };
+    let once = vec![published(1, soft(1))];
+    assert!(
+        policy::apply(&store, &policy, &once)
+            .expect("apply")
+            .is_empty()
+    );
+    // The same batch again, and the same attempt re-published under a new event id.
+    assert!(
+        policy::apply(&store, &policy, &once)
+            .expect("apply")
+            .is_empty()
+    );
+    let again = vec![published(2, soft(1))];
+    assert!(
+        policy::apply(&store, &policy, &again)
+            .expect("apply")
+            .is_empty()
+    );
+    assert!(
+        store
+            .check(&q("r@x.test", "", "p"), policy::now_secs())
+            .expect("check")
+            .is_none()
+    );
+    // A second attempt is a second soft bounce: suppressed now.
+    let second = vec![published(3, soft(2))];
+    let added = policy::apply(&store, &policy, &second).expect("apply");
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].0.reason, "soft-bounce");
+}
+
+/// Issue 17 review 4c: a hard bounce of an address that already has a manual entry keeps the
+/// manual entry (its reason, source and created time) and announces nothing; a lapsed entry
+/// is replaced.
+#[test]
+fn a_repeated_hard_bounce_keeps_the_manual_entry() {
+    let store = SledStore::temporary().expect("store");
+    let policy = SuppressionConfig::default();
+    let manual = entry("r@x.test", "*", "", "manual", 0);
+    store.add(&manual).expect("add");
+    let hard = vec![published(1, event(bounced("bad-mailbox", true), "p", ""))];
+    assert!(
+        policy::apply(&store, &policy, &hard)
+            .expect("apply")
+            .is_empty()
+    );
+    assert_eq!(store.get("r@x.test").expect("get"), vec![manual.clone()]);
+    // An entry that lapsed is replaced by the new one.
+    store
+        .add(&entry("r@x.test", "*", "", "soft-bounce", 2))
+        .expect("add");
+    let added = policy::apply(&store, &policy, &hard).expect("apply");
+    assert_eq!(added.len(), 1);
+    let now = store.get("r@x.test").expect("get");
+    assert_eq!(now[0].reason, "hard-bounce");
+    assert_eq!(now[0].source, hard[0].event.id);
 }

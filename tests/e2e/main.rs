@@ -21,6 +21,9 @@
 //!   the loopback-only admin API.
 //! - `bounces` (issue 17): reply classification (`gannet bounce classify`).
 //! - `dsn` (issue 15 items 2 and 5): a DSN owed survives SIGTERM and kill -9 and is sent once.
+//! - `suppress`, `suppress_intake`, `suppress_bulk`, `suppress_inbound` (issue 17): bounce
+//!   categories and the list; refusal at RCPT or drop; bulk import/export and the CLI; the
+//!   bounces listener suppressing a recipient end to end.
 
 mod common;
 
@@ -41,3 +44,6 @@ mod sendlog;
 mod shaping;
 mod smtp_input;
 mod suppress;
+mod suppress_bulk;
+mod suppress_inbound;
+mod suppress_intake;

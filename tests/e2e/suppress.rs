@@ -488,3 +488,49 @@ async fn the_suppression_api_adds_lists_pages_and_deletes() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// Issue 17 review 4d: a 421 at RCPT for one recipient (its text about that mailbox) closes the
+/// connection; the recipients after it in the same pipelined transaction were never answered
+/// and are deferred as a connection problem (`routing`), not with the 421's `mailbox-full`
+/// (which would count towards their soft-bounce suppression). All are retried and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_after_a_421_at_rcpt_do_not_inherit_its_category() {
+    let w = World::start(
+        &["127.0.0.234"],
+        Zone::new().mail_domain("shop.c421.test", "127.0.0.234"),
+        |c| c.retry_schedule(&["1s"]),
+    )
+    .await;
+    let g = &w.gannet;
+    let first = "full@shop.c421.test";
+    let later = ["b@shop.c421.test", "c@shop.c421.test"];
+    w.sinks[0].add_rule(
+        Rule::new(
+            Stage::Rcpt,
+            "421 4.2.2 <full@shop.c421.test>: mailbox full, over quota",
+        )
+        .matching(first)
+        .times(1),
+    );
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    let msg = b"From: s@origin.c421.test\r\nSubject: three\r\n\r\nthree recipients\r\n";
+    c.send("s@origin.c421.test", &[first, later[0], later[1]], msg)
+        .await;
+    c.quit().await;
+    let mut categories = Vec::new();
+    for rcpt in [first].iter().chain(later.iter()) {
+        let events = events_until(g, rcpt, |es| es.iter().any(|e| e["type"] == "delivered")).await;
+        let deferred: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["type"] == "deferred").collect();
+        assert_eq!(deferred.len(), 1, "{rcpt}: {events:#?}");
+        categories.push((rcpt.to_string(), deferred[0]["category"].clone()));
+    }
+    assert_eq!(categories[0].1, "mailbox-full", "{categories:?}");
+    for (rcpt, cat) in &categories[1..] {
+        assert_eq!(
+            cat, "routing",
+            "{rcpt} got the 421's category: {categories:?}"
+        );
+    }
+}
