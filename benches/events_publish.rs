@@ -18,6 +18,7 @@ fn delivered() -> Event {
         }),
         reply: "250 2.0.0 OK 1700000000 a1-20020a170902".into(),
         queue_secs: 0.8,
+        provider: String::new(),
     });
     e.queue_id = "661C1B01CD95800000000".into();
     e.message_id = "661c1b01dff57.e30b3bad06ea4ce6@gannet.example".into();

@@ -29,6 +29,7 @@ fn event(i: u64) -> Event {
             tls: None,
             reply: "250 2.0.0 ok queued as ABC123".into(),
             queue_secs: 0.2,
+            provider: String::new(),
         },
         3 => EventKind::Deferred {
             site: format!("mx{}.example", msg % 7),

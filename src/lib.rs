@@ -7,6 +7,7 @@
 //! message's pool, paced by `shaping`; outcomes go back to `queue` (retry, bounce via `bounce`)
 //! and to logs and `metrics`. See ARCHITECTURE.md for the codemap.
 
+pub mod anomaly;
 pub mod auth;
 pub mod bounce;
 pub mod config;

@@ -87,6 +87,23 @@ impl Signer for crate::auth::DkimSigner {
     }
 }
 
+/// The anomaly detector's circuit breaker, over the queue's suspensions.
+struct QueueBreaker(Queue);
+
+impl crate::anomaly::Breaker for QueueBreaker {
+    fn suspend_campaign(&self, tenant: &str, campaign: &str, reason: &str) -> u64 {
+        let filter = crate::queue::Filter {
+            tenant: (!tenant.is_empty()).then(|| tenant.to_string()),
+            campaign: Some(campaign.to_string()),
+            ..Default::default()
+        };
+        let (s, held) = self.0.suspend_because(filter, "anomaly", reason);
+        tracing::warn!(target: "gannet::anomaly", suspension = s.id, held, tenant, campaign,
+            reason, "circuit breaker suspended the campaign; resume with `gannet queue resume`");
+        s.id
+    }
+}
+
 /// Registers extra event subscribers before any stage starts (tests, embedders).
 pub type BusHook = Box<dyn FnOnce(&EventBus) + Send>;
 
@@ -127,10 +144,26 @@ pub async fn run_with(
         bound: BUILTIN_SUBSCRIBER_BOUND,
     };
     let log_task = tokio::spawn(crate::events::log::run(bus.subscribe("log", bound)));
-    let metrics_task = tokio::spawn(crate::metrics::events::run(
+    // Shaping data first: its provider names bound the `provider` labels and anomaly keys.
+    let shaping = crate::shaping::Shaping::from_config(&config)?;
+    let providers: std::collections::HashSet<String> =
+        shaping.provider_names().map(str::to_string).collect();
+    metrics.preset(&config, &providers.iter().cloned().collect::<Vec<_>>());
+    let metrics_task = tokio::spawn(crate::metrics::events::run_with(
         metrics.clone(),
         bus.subscribe("metrics", bound),
+        crate::metrics::labels::Labels::new(
+            providers.iter().cloned(),
+            config.metrics.top_campaigns,
+            config.metrics.campaign_idle.as_secs(),
+        ),
     ));
+    // The anomaly detector subscribes now (lossy); its task starts once intake and the queue
+    // it acts through exist.
+    let anomaly_sub = config
+        .anomaly
+        .enabled
+        .then(|| crate::anomaly::subscribe(&bus));
     if let Some(hook) = hook {
         hook(&bus);
     }
@@ -190,7 +223,7 @@ pub async fn run_with(
     };
     // The shaping handles (limits data, backoff, the limiter over its in-process backend,
     // warm-up): built here so a cluster backend can replace them without touching the queue.
-    let mut shapers = Shapers::in_process(crate::shaping::Shaping::from_config(&config)?, &config)?;
+    let mut shapers = Shapers::in_process(shaping, &config)?;
     shapers.classifier = Arc::new(crate::bounce::Classifier::from_config(&config)?);
     // Classifying returned mail (the API's classify endpoint, the inbound listener): the same
     // rules and provider data as the queue's outcomes.
@@ -244,6 +277,22 @@ pub async fn run_with(
     if n > 0 {
         tracing::info!(messages = n, "re-queued messages found in the spool");
     }
+
+    let anomaly_stop = CancellationToken::new();
+    let anomaly_task = anomaly_sub.map(|sub| {
+        tokio::spawn(crate::anomaly::run(
+            config.clone(),
+            sub,
+            crate::anomaly::Handles {
+                bus: bus.clone(),
+                metrics: metrics.clone(),
+                providers,
+                alerter: crate::anomaly::alerter(&config, acceptor.clone()),
+                breaker: Some(Arc::new(QueueBreaker(queue.clone()))),
+            },
+            anomaly_stop.clone(),
+        ))
+    });
 
     let notify_stop = CancellationToken::new();
     let bounce_task = tokio::spawn(crate::bounce::notify_loop(
@@ -412,6 +461,10 @@ pub async fn run_with(
     }
     log_task.abort();
     metrics_task.abort();
+    anomaly_stop.cancel();
+    if let Some(t) = anomaly_task {
+        let _ = t.await;
+    }
     // Last: everything published until now goes into the send log before we exit.
     sendlog_stop.cancel();
     suppression_stop.cancel();

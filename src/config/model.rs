@@ -66,6 +66,10 @@ pub struct Config {
     pub bounce: BounceConfig,
     #[serde(default)]
     pub suppression: SuppressionConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -855,6 +859,176 @@ impl Default for SuppressionConfig {
             soft_bounce_categories: default_soft_bounce_categories(),
             soft_bounce_expiry_days: default_soft_bounce_expiry_days(),
             bound: default_suppression_bound(),
+        }
+    }
+}
+
+/// Metrics (`[metrics]`): how many label values the bounded series may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Campaigns with their own `gannet_campaign_recipients_total` series; the rest are
+    /// counted as `campaign="other"`. 0 = none.
+    #[serde(default = "default_top_campaigns")]
+    pub top_campaigns: usize,
+    /// A campaign without outcomes for this long gives its slot to the next one.
+    #[serde(default = "default_campaign_idle", with = "humantime_serde")]
+    pub campaign_idle: Duration,
+}
+
+fn default_top_campaigns() -> usize {
+    20
+}
+fn default_campaign_idle() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            top_campaigns: default_top_campaigns(),
+            campaign_idle: default_campaign_idle(),
+        }
+    }
+}
+
+/// The anomaly detector (`[anomaly]`): windows, thresholds, who is told, and the breaker.
+/// Defaults: complaints 0.1% warn / 0.3% critical (Gmail and Yahoo bulk-sender rules), hard
+/// bounces 2% / 5%, deferrals 3x the key's baseline, unsubscribes 1% / 2%.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sliding window the rates are computed over.
+    #[serde(default = "default_anomaly_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// How often the windows are evaluated.
+    #[serde(default = "default_anomaly_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Weight of the newest window in the EWMA baseline (0..1).
+    #[serde(default = "default_ewma_alpha")]
+    pub ewma_alpha: f64,
+    #[serde(default = "default_hard_bounce_warn")]
+    pub hard_bounce_warn: f64,
+    #[serde(default = "default_hard_bounce_critical")]
+    pub hard_bounce_critical: f64,
+    /// Final outcomes (delivered + bounced) a key needs in the window before its hard-bounce
+    /// rate counts.
+    #[serde(default = "default_hard_bounce_min")]
+    pub hard_bounce_min_sample: u64,
+    #[serde(default = "default_complaint_warn")]
+    pub complaint_warn: f64,
+    #[serde(default = "default_complaint_critical")]
+    pub complaint_critical: f64,
+    /// Deliveries a key needs in the window before its complaint rate counts.
+    #[serde(default = "default_complaint_min")]
+    pub complaint_min_sample: u64,
+    /// Deferral rate over this many times the key's baseline is a warning...
+    #[serde(default = "default_deferral_factor")]
+    pub deferral_factor: f64,
+    /// ...when the rate is also at least this (a baseline near 0 makes any deferral "3x").
+    #[serde(default = "default_deferral_floor")]
+    pub deferral_min_rate: f64,
+    /// Attempts a key needs in the window before its deferral rate counts.
+    #[serde(default = "default_deferral_min")]
+    pub deferral_min_sample: u64,
+    #[serde(default = "default_unsubscribe_warn")]
+    pub unsubscribe_warn: f64,
+    #[serde(default = "default_unsubscribe_critical")]
+    pub unsubscribe_critical: f64,
+    #[serde(default = "default_complaint_min")]
+    pub unsubscribe_min_sample: u64,
+    /// Keys (tenant, campaign, pool, provider) tracked at most; events of further keys are
+    /// not evaluated (counted in `gannet_anomaly_keys_dropped_total`).
+    #[serde(default = "default_anomaly_max_keys")]
+    pub max_keys: usize,
+    /// Addresses told of every anomaly raised, by mail sent through Gannet itself.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Envelope and header sender of those mails; None = `gannet@` + `hostname`.
+    #[serde(default)]
+    pub alert_from: Option<String>,
+    /// Class the alert mails go out in; None = `transactional` when that class exists, else
+    /// the fallback class.
+    #[serde(default)]
+    pub alert_class: Option<String>,
+    /// Circuit breaker: a critical anomaly of a campaign suspends that campaign (tenant +
+    /// campaign) until an operator resumes it.
+    #[serde(default)]
+    pub breaker: bool,
+}
+
+fn default_anomaly_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_anomaly_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_ewma_alpha() -> f64 {
+    0.2
+}
+fn default_hard_bounce_warn() -> f64 {
+    0.02
+}
+fn default_hard_bounce_critical() -> f64 {
+    0.05
+}
+fn default_hard_bounce_min() -> u64 {
+    100
+}
+fn default_complaint_warn() -> f64 {
+    0.001
+}
+fn default_complaint_critical() -> f64 {
+    0.003
+}
+fn default_complaint_min() -> u64 {
+    1000
+}
+fn default_deferral_factor() -> f64 {
+    3.0
+}
+fn default_deferral_floor() -> f64 {
+    0.05
+}
+fn default_deferral_min() -> u64 {
+    100
+}
+fn default_unsubscribe_warn() -> f64 {
+    0.01
+}
+fn default_unsubscribe_critical() -> f64 {
+    0.02
+}
+fn default_anomaly_max_keys() -> usize {
+    10_000
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            window: default_anomaly_window(),
+            interval: default_anomaly_interval(),
+            ewma_alpha: default_ewma_alpha(),
+            hard_bounce_warn: default_hard_bounce_warn(),
+            hard_bounce_critical: default_hard_bounce_critical(),
+            hard_bounce_min_sample: default_hard_bounce_min(),
+            complaint_warn: default_complaint_warn(),
+            complaint_critical: default_complaint_critical(),
+            complaint_min_sample: default_complaint_min(),
+            deferral_factor: default_deferral_factor(),
+            deferral_min_rate: default_deferral_floor(),
+            deferral_min_sample: default_deferral_min(),
+            unsubscribe_warn: default_unsubscribe_warn(),
+            unsubscribe_critical: default_unsubscribe_critical(),
+            unsubscribe_min_sample: default_complaint_min(),
+            max_keys: default_anomaly_max_keys(),
+            admins: Vec::new(),
+            alert_from: None,
+            alert_class: None,
+            breaker: false,
         }
     }
 }

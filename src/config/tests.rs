@@ -133,3 +133,51 @@ fn top_level_default_class_must_exist_and_is_the_fallback() {
     let c = Config::from_toml(&format!("default_class = \"beta\"\n{MIN}\n{two}"), "t").unwrap();
     assert_eq!(c.fallback_class(), Some("beta"));
 }
+
+/// `[anomaly]`: rates are fractions, warn ≤ critical, admins are addresses, the alert class
+/// exists; each error names the key.
+#[test]
+fn anomaly_settings_are_checked_and_named() {
+    for (toml, key, says) in [
+        (
+            "complaint_warn = 0.5\ncomplaint_critical = 0.3",
+            "anomaly.complaint_warn",
+            "must not be above critical",
+        ),
+        (
+            "hard_bounce_critical = 5",
+            "anomaly.hard_bounce_critical",
+            "fraction",
+        ),
+        (
+            "admins = [\"ops\"]",
+            "anomaly.admins",
+            "not an email address",
+        ),
+        (
+            "alert_class = \"nope\"",
+            "anomaly.alert_class",
+            "[class.nope]",
+        ),
+        (
+            "window = \"1s\"\ninterval = \"5s\"",
+            "anomaly.window",
+            "evaluation interval",
+        ),
+        ("ewma_alpha = 0", "anomaly.ewma_alpha", "weight"),
+    ] {
+        let e = err_of(&format!("{MIN}[anomaly]\n{toml}\n"));
+        assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
+    }
+    let c = Config::from_toml(
+        &format!("{MIN}[anomaly]\nbreaker = true\nadmins = [\"ops@example.com\"]\n"),
+        "t",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.anomaly.complaint_critical, 0.003,
+        "Gmail/Yahoo's 0.3% line by default"
+    );
+    assert_eq!(c.anomaly.hard_bounce_warn, 0.02);
+    assert!(c.anomaly.breaker);
+}

@@ -25,6 +25,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    validate_anomaly(c)?;
     if c.unsubscribe.key_file.is_some() && c.unsubscribe.secret.is_some() {
         return Err(invalid(
             "unsubscribe.secret",
@@ -372,6 +373,79 @@ fn overflow_cycles(c: &Config) -> Result<(), ConfigError> {
                 None => break,
             }
         }
+    }
+    Ok(())
+}
+
+/// `[anomaly]`: rates are fractions (0.003 = 0.3%), warn at most critical, a window longer
+/// than the evaluation interval, admins that are addresses, an alert class that exists.
+fn validate_anomaly(c: &Config) -> Result<(), ConfigError> {
+    let a = &c.anomaly;
+    for (key, warn, critical) in [
+        ("hard_bounce", a.hard_bounce_warn, a.hard_bounce_critical),
+        ("complaint", a.complaint_warn, a.complaint_critical),
+        ("unsubscribe", a.unsubscribe_warn, a.unsubscribe_critical),
+    ] {
+        for (suffix, v) in [("warn", warn), ("critical", critical)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(invalid(
+                    format!("anomaly.{key}_{suffix}"),
+                    format!("expected a fraction above 0 and at most 1 (0.003 = 0.3%), got {v}"),
+                ));
+            }
+        }
+        if warn > critical {
+            return Err(invalid(
+                format!("anomaly.{key}_warn"),
+                format!("warn ({warn}) must not be above critical ({critical})"),
+            ));
+        }
+    }
+    if !(a.ewma_alpha > 0.0 && a.ewma_alpha <= 1.0) {
+        return Err(invalid(
+            "anomaly.ewma_alpha",
+            format!(
+                "expected a weight above 0 and at most 1, got {}",
+                a.ewma_alpha
+            ),
+        ));
+    }
+    if a.deferral_factor < 1.0 {
+        return Err(invalid(
+            "anomaly.deferral_factor",
+            format!(
+                "expected at least 1 (3 = three times the baseline), got {}",
+                a.deferral_factor
+            ),
+        ));
+    }
+    if a.interval.is_zero() || a.window < a.interval {
+        return Err(invalid(
+            "anomaly.window",
+            format!(
+                "the window ({:?}) must be at least the evaluation interval ({:?}), which must not be 0",
+                a.window, a.interval
+            ),
+        ));
+    }
+    if let Some(bad) = a
+        .admins
+        .iter()
+        .find(|m| crate::message::domain_of(m).is_none())
+    {
+        return Err(invalid(
+            "anomaly.admins",
+            format!("{bad:?} is not an email address"),
+        ));
+    }
+    if let Some(class) = &a.alert_class
+        && !c.classes.is_empty()
+        && !c.classes.contains_key(class)
+    {
+        return Err(invalid(
+            "anomaly.alert_class",
+            format!("no [class.{class}] is defined"),
+        ));
     }
     Ok(())
 }

@@ -60,6 +60,9 @@ pub enum EventKind {
         /// Seconds from acceptance to this delivery.
         #[serde(default)]
         queue_secs: f64,
+        /// The shaping provider the site matched (`google`...); empty when none did.
+        #[serde(default)]
+        provider: String,
     },
     /// A temporary failure; the recipient will be retried.
     Deferred {
@@ -241,6 +244,34 @@ pub enum EventKind {
         #[serde(default)]
         client_ip: String,
     },
+    /// The anomaly detector saw a rate cross a threshold (or fall back under it) for one
+    /// (tenant, campaign, pool, provider); `tenant`, `campaign` and `pool` are the common
+    /// fields, `recipient` is empty.
+    Anomaly {
+        /// `hard_bounce_rate`, `complaint_rate`, `deferral_rate`, `unsubscribe_rate`.
+        metric: String,
+        /// `warning` or `critical`.
+        severity: String,
+        /// `raised` (crossed, or escalated to `critical`) or `cleared`.
+        state: String,
+        /// The shaping provider of the window (`other` when none matched, `*` for rates over
+        /// every provider: complaints and unsubscribes are not tied to a site).
+        provider: String,
+        /// The rate over the window (0.05 = 5%).
+        rate: f64,
+        /// The threshold crossed (for `deferral_rate`: the factor × baseline).
+        threshold: f64,
+        /// The key's EWMA baseline of this rate before the window.
+        baseline: f64,
+        /// Events in the rate's denominator over the window.
+        sample: u64,
+        window_secs: u64,
+        /// What the circuit breaker did: `suspended` (see `suspension_id`) or empty.
+        #[serde(default)]
+        action: String,
+        #[serde(default)]
+        suspension_id: u64,
+    },
     /// A backoff rule changed the state of a (site, source).
     Backoff {
         /// `started`, `extended`, `ended`
@@ -278,6 +309,7 @@ impl EventKind {
             EventKind::Suppressed { .. } => "suppressed",
             EventKind::SuppressionChanged { .. } => "suppression_changed",
             EventKind::InboundRejected { .. } => "inbound_rejected",
+            EventKind::Anomaly { .. } => "anomaly",
         }
     }
 

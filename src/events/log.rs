@@ -209,6 +209,32 @@ pub fn log_event(e: &Event) {
                 fields = %fields,
             );
         }
+        // An anomaly is a warning for whoever reads the log at 3 a.m.: what, where, how bad.
+        EventKind::Anomaly {
+            metric,
+            severity,
+            state,
+            provider,
+            rate,
+            threshold,
+            sample,
+            action,
+            ..
+        } => tracing::warn!(
+            target: "gannet::anomaly",
+            event = "anomaly",
+            metric = %metric,
+            severity = %severity,
+            state = %state,
+            tenant = %e.tenant,
+            campaign = %e.campaign,
+            pool = %e.pool,
+            provider = %provider,
+            rate = *rate,
+            threshold = *threshold,
+            sample = *sample,
+            action = %action,
+        ),
         EventKind::Flushed { actor, released } => tracing::info!(
             target: "gannet::control",
             event = "flushed",

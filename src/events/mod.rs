@@ -288,6 +288,10 @@ impl EventBus {
                 (SubTx::Unbounded(tx), SubRx::Unbounded(rx))
             }
         };
+        if matches!(mode, Mode::Lossy { .. }) {
+            // The drop counter exists (at 0) from the start, so "no drops" is visible.
+            self.inner.dropped.with_label_values(&[name]);
+        }
         let mut st = self.state();
         // Everything before this point is "durable" for this subscriber: it never saw it.
         shared.acked.store(st.next_seq - 1, Ordering::Release);

@@ -142,6 +142,7 @@ fn json_is_flat_with_a_type_and_round_trips() {
         }),
         reply: "250 2.0.0 ok".into(),
         queue_secs: 0.5,
+        provider: String::new(),
     });
     e.recipient = "a@example.com".into();
     let v: serde_json::Value = serde_json::to_value(&e).unwrap();

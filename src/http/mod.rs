@@ -269,6 +269,17 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         );
     }
     s.bus.update_backlog_gauges();
+    // Gauges of state, read now (queue depth walks the queue; disk and /proc off the runtime).
+    s.metrics.set_queue_depth(&s.queue.depth().await);
+    s.metrics.suspensions.set(s.queue.suspension_count() as i64);
+    let (backoff, warming) = s.queue.shaping_state();
+    s.metrics.backoff_sites.set(backoff as i64);
+    s.metrics.warming_sources.set(warming as i64);
+    let (m, dir) = (
+        s.metrics.clone(),
+        s.config.resolve_path(&s.config.spool.path),
+    );
+    let _ = tokio::task::spawn_blocking(move || crate::metrics::gauges::system(&m, &dir)).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

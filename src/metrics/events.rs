@@ -1,10 +1,13 @@
 //! The metrics subscriber: counts what the event stream says happened.
 //!
 //! Owns the mapping from events to the counters stages used to increment themselves:
-//! `gannet_accepted_total{listener}` (received), `gannet_recipients_total{outcome, class}`
-//! (delivered, deferred, bounced — an expiry counts as `bounced`, as before events existed —,
-//! purged), `gannet_delivery_latency_seconds{class}`, `gannet_backoff_transitions_total`,
-//! `gannet_bounces_total{category, class, pool, provider}` (bounced, expired, bounce_report),
+//! `gannet_accepted_total{listener}` and `gannet_message_size_bytes` (received),
+//! `gannet_recipients_total{outcome, class, pool, provider}` (delivered, deferred, bounced —
+//! an expiry counts as `bounced`, as before events existed —, purged),
+//! `gannet_source_recipients_total{source, outcome}`, `gannet_delivered_tls_total{version}`,
+//! `gannet_campaign_recipients_total{tenant, campaign, outcome}` (bounded by [`Labels`]),
+//! `gannet_delivery_latency_seconds{class}`, `gannet_backoff_transitions_total`,
+//! `gannet_bounces_total{category, hard, class, pool, provider}` (bounced, expired, bounce_report),
 //! `gannet_complaints_total`, `gannet_unsubscribes_total`, `gannet_suppressed_total`,
 //! `gannet_suppression_changes_total` and `gannet_events_total{type}`. Registered lossless by `serve`: the counters agree with the
 //! outcome log line for line.
@@ -19,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::Metrics;
+use super::labels::Labels;
 use crate::events::{EventKind, Published, Subscription};
 
 /// How far the metrics subscriber has counted (highest `seq`), and a wake-up for waiters.
@@ -55,59 +59,111 @@ impl EventsSeen {
     }
 }
 
-/// Count every event the subscription carries until the bus goes away.
-pub async fn run(metrics: Metrics, mut sub: Subscription) {
+/// Count every event the subscription carries until the bus goes away, with every provider
+/// `other` and no campaign series (see [`run_with`]).
+pub async fn run(metrics: Metrics, sub: Subscription) {
+    run_with(metrics, sub, Labels::new([], 0, 0)).await
+}
+
+/// Count every event the subscription carries until the bus goes away; `labels` bounds the
+/// provider and campaign label values.
+pub async fn run_with(metrics: Metrics, mut sub: Subscription, mut labels: Labels) {
     while let Some(p) = sub.recv().await {
         let mut last = p.seq;
-        count(&metrics, &p);
+        count(&metrics, &mut labels, &p);
         while let Some(p) = sub.try_recv() {
             last = p.seq;
-            count(&metrics, &p);
+            count(&metrics, &mut labels, &p);
         }
         metrics.events_seen.advance(last);
     }
 }
 
-fn count(m: &Metrics, p: &Published) {
+fn count(m: &Metrics, labels: &mut Labels, p: &Published) {
     let e = &p.event;
     m.events.with_label_values(&[e.type_name()]).inc();
-    let outcome = |name: &str| {
+    let pool = if e.pool.is_empty() {
+        "none"
+    } else {
+        e.pool.as_str()
+    };
+    let mut outcome = |name: &str, provider: &str, source: Option<&str>| {
         m.outcomes
-            .with_label_values(&[name, e.class.as_str()])
-            .inc()
+            .with_label_values(&[name, e.class.as_str(), pool, labels.provider(provider)])
+            .inc();
+        if let Some(source) = source {
+            let source = if source.is_empty() { "none" } else { source };
+            m.source_outcomes.with_label_values(&[source, name]).inc();
+        }
+        let (named, freed) = labels.campaign(&e.tenant, &e.campaign, e.time_us / 1_000_000);
+        for (t, c) in freed {
+            for o in ["delivered", "deferred", "bounced", "purged"] {
+                let _ = m.campaign_outcomes.remove_label_values(&[&t, &c, o]);
+            }
+        }
+        if let Some((t, c)) = named {
+            m.campaign_outcomes.with_label_values(&[&t, &c, name]).inc();
+        }
     };
     // Category names come from the rules file and providers from shaping.toml: both bounded.
-    let bounce = |category: &str, provider: &str| {
+    let bounce = |category: &str, hard: bool, provider: &str| {
         let category = if category.is_empty() {
             "unknown"
         } else {
             category
         };
+        let hard = if hard { "true" } else { "false" };
         m.bounces
-            .with_label_values(&[category, e.class.as_str(), e.pool.as_str(), provider])
+            .with_label_values(&[category, hard, e.class.as_str(), e.pool.as_str(), provider])
             .inc();
     };
     match &e.kind {
-        EventKind::Received { listener, .. } => {
+        EventKind::Received { listener, size, .. } => {
             m.accepted.with_label_values(&[listener.as_str()]).inc();
+            m.message_size.observe(*size as f64);
         }
-        EventKind::Delivered { queue_secs, .. } => {
-            outcome("delivered");
+        EventKind::Delivered {
+            queue_secs,
+            provider,
+            source_ip,
+            tls,
+            ..
+        } => {
+            outcome("delivered", provider, Some(source_ip));
+            m.delivered_tls
+                .with_label_values(&[tls.as_ref().map_or("none", |t| t.version.as_str())])
+                .inc();
             m.delivery_latency
                 .with_label_values(&[e.class.as_str()])
                 .observe(*queue_secs);
         }
-        EventKind::Deferred { .. } => outcome("deferred"),
+        EventKind::Deferred {
+            provider,
+            source_ip,
+            ..
+        } => outcome("deferred", provider, Some(source_ip)),
         EventKind::Bounced {
-            category, provider, ..
-        }
-        | EventKind::Expired {
-            category, provider, ..
+            category,
+            hard,
+            provider,
+            source_ip,
+            ..
         } => {
-            outcome("bounced");
-            bounce(category, provider);
+            outcome("bounced", provider, Some(source_ip));
+            bounce(category, *hard, labels.provider(provider));
         }
-        EventKind::BounceReport { category, .. } => bounce(category, ""),
+        EventKind::Expired {
+            category,
+            hard,
+            provider,
+            ..
+        } => {
+            outcome("bounced", provider, None);
+            bounce(category, *hard, labels.provider(provider));
+        }
+        EventKind::BounceReport { category, hard, .. } => {
+            bounce(category, *hard, super::labels::OTHER)
+        }
         EventKind::Complaint { .. } => {
             m.complaints
                 .with_label_values(&[e.class.as_str(), e.pool.as_str()])
@@ -128,7 +184,7 @@ fn count(m: &Metrics, p: &Published) {
                 .with_label_values(&[change.as_str(), reason.as_str()])
                 .inc();
         }
-        EventKind::Purged { .. } => outcome("purged"),
+        EventKind::Purged { .. } => outcome("purged", "", None),
         EventKind::Backoff {
             change,
             action,
@@ -145,6 +201,7 @@ fn count(m: &Metrics, p: &Published) {
         | EventKind::Flushed { .. }
         | EventKind::LogAccess { .. }
         | EventKind::Erased { .. }
-        | EventKind::InboundRejected { .. } => {}
+        | EventKind::InboundRejected { .. }
+        | EventKind::Anomaly { .. } => {}
     }
 }

@@ -3,9 +3,18 @@
 //!
 //! Owns the metric definitions (all prefixed `gannet_`); stages only increment the ones about
 //! their own state (queue length, connections, limiter refusals). Counters of *facts*
-//! (accepted, outcomes, backoff transitions) are fed by the [`events`] subscriber only.
+//! (accepted, outcomes, backoff transitions) are fed by the [`events`] subscriber only; gauges
+//! of *state* read at scrape time (queue depth, suspensions, spool disk, process) are set by
+//! [`gauges`] from values the HTTP handler collects through the stages' handles.
+//!
+//! Label cardinality is bounded whatever is mailed: no domain, site or address is ever a
+//! label; `provider` is a shaping provider name or `other`; `tenant`/`campaign` appear only on
+//! `gannet_campaign_recipients_total`, for at most `[metrics] top_campaigns` campaigns
+//! ([`labels`]).
 
 pub mod events;
+pub mod gauges;
+pub mod labels;
 
 use std::sync::Arc;
 
@@ -23,8 +32,37 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Seconds from end of DATA to the durable 250 (includes the group-commit wait).
     pub accept_latency: Histogram,
-    /// Recipients per outcome (delivered, deferred, bounced, expired) and class.
+    /// Recipients per outcome (delivered, deferred, bounced, purged), class, pool and provider.
     pub outcomes: IntCounterVec,
+    /// Recipient outcomes per source IP (bounded by the pools' configured sources).
+    pub source_outcomes: IntCounterVec,
+    /// Deliveries per TLS version (`none` for plaintext): the TLS share of deliveries.
+    pub delivered_tls: IntCounterVec,
+    /// Outcomes per (tenant, campaign) for the top N campaigns, the rest as `other`.
+    pub campaign_outcomes: IntCounterVec,
+    /// Size of accepted messages.
+    pub message_size: Histogram,
+    /// Recipients queued, per class, pool, provider and state (set at scrape).
+    pub queue_depth: IntGaugeVec,
+    /// Age of the oldest queued message, per class, pool and provider (set at scrape).
+    pub queue_oldest: IntGaugeVec,
+    /// Operator (or circuit-breaker) suspensions in force.
+    pub suspensions: IntGauge,
+    /// Sites with a backoff rule in force.
+    pub backoff_sites: IntGauge,
+    /// Sources still on a warm-up schedule (their daily caps apply).
+    pub warming_sources: IntGauge,
+    /// Bytes the spool directory holds, and bytes free on its file system.
+    pub spool_used_bytes: IntGauge,
+    pub spool_free_bytes: IntGauge,
+    /// Resident memory and open file descriptors of this process.
+    pub process_rss_bytes: IntGauge,
+    pub process_open_fds: IntGauge,
+    /// 1 while an anomaly is active, per metric, severity and key (series removed on clear:
+    /// bounded by the anomalies active at once).
+    pub anomaly_active: IntGaugeVec,
+    /// Anomalies raised, per metric and severity.
+    pub anomalies_raised: IntCounterVec,
     /// Recipients waiting in the queue.
     pub queued_recipients: IntGauge,
     /// Group commits (fdatasync calls) and the messages they covered.
@@ -34,7 +72,7 @@ pub struct Metrics {
     pub spool_damaged_records: IntGauge,
     /// Open SMTP sessions per listener.
     pub smtp_sessions: IntGaugeVec,
-    /// Open outbound connections per site.
+    /// Open outbound connections per provider (shaping provider or `other`) and source.
     pub outbound_connections: IntGaugeVec,
     /// Seconds from acceptance to delivery, per class.
     pub delivery_latency: HistogramVec,
@@ -47,7 +85,8 @@ pub struct Metrics {
     /// Events counted by the metrics subscriber, per type.
     pub events: IntCounterVec,
     /// Bounced and expired recipients and asynchronous bounce reports, per bounce category,
-    /// class, pool and provider (bounded labels: no domain, no address).
+    /// hard (`true`: the address is bad), class, pool and provider (bounded labels: no domain,
+    /// no address).
     pub bounces: IntCounterVec,
     /// Feedback-loop complaints per class and pool.
     pub complaints: IntCounterVec,
@@ -91,7 +130,103 @@ impl Metrics {
             .expect("metric"),
             outcomes: IntCounterVec::new(
                 Opts::new("gannet_recipients_total", "Recipient outcomes"),
-                &["outcome", "class"],
+                &["outcome", "class", "pool", "provider"],
+            )
+            .expect("metric"),
+            source_outcomes: IntCounterVec::new(
+                Opts::new(
+                    "gannet_source_recipients_total",
+                    "Recipient outcomes per source IP",
+                ),
+                &["source", "outcome"],
+            )
+            .expect("metric"),
+            delivered_tls: IntCounterVec::new(
+                Opts::new(
+                    "gannet_delivered_tls_total",
+                    "Deliveries per TLS version (none = plaintext)",
+                ),
+                &["version"],
+            )
+            .expect("metric"),
+            campaign_outcomes: IntCounterVec::new(
+                Opts::new(
+                    "gannet_campaign_recipients_total",
+                    "Recipient outcomes of the top campaigns (the rest as campaign=\"other\")",
+                ),
+                &["tenant", "campaign", "outcome"],
+            )
+            .expect("metric"),
+            message_size: Histogram::with_opts(
+                HistogramOpts::new("gannet_message_size_bytes", "Size of accepted messages")
+                    .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9).expect("buckets")),
+            )
+            .expect("metric"),
+            queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "gannet_queue_recipients",
+                    "Recipients queued, per class, pool, provider and state",
+                ),
+                &["class", "pool", "provider", "state"],
+            )
+            .expect("metric"),
+            queue_oldest: IntGaugeVec::new(
+                Opts::new(
+                    "gannet_queue_oldest_age_seconds",
+                    "Age of the oldest queued message",
+                ),
+                &["class", "pool", "provider"],
+            )
+            .expect("metric"),
+            suspensions: IntGauge::new(
+                "gannet_queue_suspensions",
+                "Queue suspensions in force (operator or circuit breaker)",
+            )
+            .expect("metric"),
+            backoff_sites: IntGauge::new(
+                "gannet_backoff_active_sites",
+                "Sites with a backoff rule in force",
+            )
+            .expect("metric"),
+            warming_sources: IntGauge::new(
+                "gannet_warmup_sources",
+                "Source IPs still on a warm-up schedule",
+            )
+            .expect("metric"),
+            spool_used_bytes: IntGauge::new(
+                "gannet_spool_used_bytes",
+                "Bytes held in the spool directory",
+            )
+            .expect("metric"),
+            spool_free_bytes: IntGauge::new(
+                "gannet_spool_free_bytes",
+                "Bytes available to Gannet on the spool's file system",
+            )
+            .expect("metric"),
+            process_rss_bytes: IntGauge::new(
+                "gannet_process_resident_memory_bytes",
+                "Resident memory of the gannet process",
+            )
+            .expect("metric"),
+            process_open_fds: IntGauge::new(
+                "gannet_process_open_fds",
+                "Open file descriptors of the gannet process",
+            )
+            .expect("metric"),
+            anomaly_active: IntGaugeVec::new(
+                Opts::new(
+                    "gannet_anomaly_active",
+                    "1 while the anomaly detector sees this rate over its threshold",
+                ),
+                &["metric", "severity", "tenant", "campaign", "pool", "provider"],
+            )
+            .expect("metric"),
+            anomalies_raised: IntCounterVec::new(
+                Opts::new(
+                    "gannet_anomalies_total",
+                    "Anomalies raised by the detector, per metric and severity",
+                ),
+                &["metric", "severity"],
             )
             .expect("metric"),
             queued_recipients: IntGauge::new(
@@ -124,7 +259,7 @@ impl Metrics {
             .expect("metric"),
             outbound_connections: IntGaugeVec::new(
                 Opts::new("gannet_outbound_connections", "Open outbound connections"),
-                &["site", "source"],
+                &["provider", "source"],
             )
             .expect("metric"),
             delivery_latency: HistogramVec::new(
@@ -161,7 +296,7 @@ impl Metrics {
                     "gannet_bounces_total",
                     "Bounced and expired recipients and bounce reports, per bounce category",
                 ),
-                &["category", "class", "pool", "provider"],
+                &["category", "hard", "class", "pool", "provider"],
             )
             .expect("metric"),
             complaints: IntCounterVec::new(
@@ -198,6 +333,21 @@ impl Metrics {
             Box::new(m.rejected.clone()),
             Box::new(m.accept_latency.clone()),
             Box::new(m.outcomes.clone()),
+            Box::new(m.source_outcomes.clone()),
+            Box::new(m.delivered_tls.clone()),
+            Box::new(m.campaign_outcomes.clone()),
+            Box::new(m.message_size.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.queue_oldest.clone()),
+            Box::new(m.suspensions.clone()),
+            Box::new(m.backoff_sites.clone()),
+            Box::new(m.warming_sources.clone()),
+            Box::new(m.spool_used_bytes.clone()),
+            Box::new(m.spool_free_bytes.clone()),
+            Box::new(m.process_rss_bytes.clone()),
+            Box::new(m.process_open_fds.clone()),
+            Box::new(m.anomaly_active.clone()),
+            Box::new(m.anomalies_raised.clone()),
             Box::new(m.queued_recipients.clone()),
             Box::new(m.spool_commits.clone()),
             Box::new(m.spool_commit_messages.clone()),
@@ -218,6 +368,34 @@ impl Metrics {
             m.registry.register(c).expect("metric names are unique");
         }
         m
+    }
+
+    /// Create the outcome and complaint series of every configured (class, pool) and provider
+    /// with value 0, so rates and alert rules have data before the first bounce (Prometheus
+    /// advises initialising label sets known in advance).
+    pub fn preset(&self, config: &crate::config::Config, providers: &[String]) {
+        // The TLS share is 1 - plaintext / all: the plaintext series always exists.
+        self.delivered_tls.with_label_values(&["none"]);
+        for (class, c) in &config.classes {
+            for outcome in ["delivered", "deferred", "bounced"] {
+                for p in providers.iter().map(String::as_str).chain([labels::OTHER]) {
+                    self.outcomes
+                        .with_label_values(&[outcome, class, &c.pool, p]);
+                }
+            }
+            self.complaints.with_label_values(&[class, &c.pool]);
+            for reason in [
+                "suspended",
+                "source_disabled",
+                "rate_limited",
+                "at_capacity",
+            ] {
+                self.limiter_refusals.with_label_values(&[reason]);
+            }
+            for via in ["one-click", "mailto", "api"] {
+                self.unsubscribes.with_label_values(&[via, class]);
+            }
+        }
     }
 
     /// Prometheus text exposition of every metric.

@@ -76,6 +76,9 @@ pub struct Suspension {
     pub id: u64,
     pub filter: Filter,
     pub created_at_ms: u64,
+    /// Why, when not an operator's own decision (the anomaly that tripped the breaker).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// The active suspensions: read on every dispatch (RwLock, read-mostly), written by operator
@@ -105,7 +108,7 @@ impl Suspensions {
         }
     }
 
-    pub fn add(&self, filter: Filter) -> Suspension {
+    pub fn add(&self, filter: Filter, reason: &str) -> Suspension {
         let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = list.iter().find(|s| s.filter == filter) {
             return s.clone();
@@ -118,6 +121,7 @@ impl Suspensions {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis() as u64,
+            reason: reason.to_string(),
         };
         if let Ok(json) = serde_json::to_vec(&s) {
             let _ = self.tree.insert(id.to_be_bytes(), json);
@@ -179,8 +183,12 @@ mod tests {
             campaign: Some("c1".into()),
             ..Filter::default()
         };
-        let a = s.add(f.clone());
-        assert_eq!(s.add(f.clone()).id, a.id, "same filter is one suspension");
+        let a = s.add(f.clone(), "");
+        assert_eq!(
+            s.add(f.clone(), "").id,
+            a.id,
+            "same filter is one suspension"
+        );
         let again = Suspensions::load(tree.clone());
         assert_eq!(again.list(), vec![a]);
         assert_eq!(again.remove(&f), 1);

@@ -16,6 +16,7 @@
 //! - Never does: write bodies (spool/), speak SMTP (delivery/), build DSNs (bounce/).
 
 mod control;
+mod depth;
 mod dispatch;
 mod message;
 mod ops;

@@ -167,7 +167,19 @@ impl Queue {
     /// Hold every job matching `filter` out of delivery until resumed (survives restarts).
     /// Returns the suspension and how many recipients were held at once.
     pub fn suspend(&self, filter: Filter, actor: &str) -> (Suspension, usize) {
-        let s = self.inner.suspensions.add(filter.clone());
+        self.suspend_because(filter, actor, "")
+    }
+
+    /// [`Queue::suspend`], with the reason the suspension and its event carry (the anomaly
+    /// that tripped a circuit breaker). An existing suspension with the same filter is kept
+    /// as it is (with its own reason).
+    pub fn suspend_because(
+        &self,
+        filter: Filter,
+        actor: &str,
+        reason: &str,
+    ) -> (Suspension, usize) {
+        let s = self.inner.suspensions.add(filter.clone(), reason);
         let mut held = 0;
         for rq in self.inner.ready.iter() {
             for j in rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)) {
@@ -180,7 +192,7 @@ impl Queue {
             suspension_id: s.id,
             filter: serde_json::to_value(&s.filter).unwrap_or_default(),
             held: held as u64,
-            reason: String::new(),
+            reason: s.reason.clone(),
         }));
         (s, held)
     }

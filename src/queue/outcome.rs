@@ -86,6 +86,7 @@ impl Queue {
                         tls: via.tls.clone(),
                         reply: r.to_string(),
                         queue_secs: msg.age().as_secs_f64(),
+                        provider: via.provider.as_deref().unwrap_or_default().to_string(),
                     },
                     Outcome::Deferred(r) => {
                         let d = *delay.get_or_insert_with(|| self.retry_delay(attempt, &msg));

@@ -40,6 +40,7 @@ fn delivered(rcpt: &str, queue_id: &str) -> Event {
             tls: None,
             reply: format!("250 2.0.0 ok <{rcpt}>"),
             queue_secs: 0.5,
+            provider: String::new(),
         },
         rcpt,
         queue_id,

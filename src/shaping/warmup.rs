@@ -163,6 +163,11 @@ impl Warmup {
         })
     }
 
+    /// How many sources have a warm-up plan (for `gannet_warmup_sources`).
+    pub fn warming_sources(&self) -> usize {
+        self.inner.plans.len()
+    }
+
     /// Whether `source` has a warm-up plan at all.
     pub fn is_warming(&self, source: &str) -> bool {
         self.inner.plans.contains_key(source)

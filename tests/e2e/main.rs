@@ -24,11 +24,15 @@
 //! - `suppress`, `suppress_intake`, `suppress_bulk`, `suppress_inbound` (issue 17): bounce
 //!   categories and the list; refusal at RCPT or drop; bulk import/export and the CLI; the
 //!   bounces listener suppressing a recipient end to end.
+//! - `anomaly` (issue 20): exact metrics, bounded series, the anomaly detector's breaker.
+//! - `dashboards` (issue 20): dashboards and alert rules against a real Prometheus.
 
 mod common;
 
+mod anomaly;
 mod bounces;
 mod cli;
+mod dashboards;
 mod delivery_faults;
 mod dkim;
 mod dsn;

@@ -302,10 +302,16 @@ struct Open {
     sent: usize,
 }
 
+/// The `provider` label of the site's connections: the shaping provider, else `other` (a
+/// label per site would grow with every domain mailed).
+fn provider_label(rq: &ReadyQueue) -> &str {
+    rq.limits.provider.as_deref().unwrap_or("other")
+}
+
 async fn close(cx: &Context, rq: &ReadyQueue, open: Open) {
     cx.metrics
         .outbound_connections
-        .with_label_values(&[rq.site.as_str(), open.source.name.as_str()])
+        .with_label_values(&[provider_label(rq), open.source.name.as_str()])
         .dec();
     open.conn.quit().await;
 }
@@ -369,7 +375,7 @@ async fn run(cx: &Context, rq: &ReadyQueue) {
                 Ok(conn) => {
                     cx.metrics
                         .outbound_connections
-                        .with_label_values(&[rq.site.as_str(), source.name.as_str()])
+                        .with_label_values(&[provider_label(rq), source.name.as_str()])
                         .inc();
                     open = Some(Open {
                         conn,
