@@ -315,6 +315,7 @@ async fn only_the_events_the_policy_acts_on_wait_for_it() {
             reply: "250 ok".into(),
             tls: None,
             queue_secs: 0.0,
+            provider: String::new(),
         },
         "p",
         "",
