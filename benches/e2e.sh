@@ -6,24 +6,29 @@
 # baseline (../shared/bench/postfix-baseline.sh, or $POSTFIX_BASELINE) in the same run and
 # prints the ratio. Durability is always on: every 250 follows an fdatasync.
 #
-#   benches/e2e.sh [--dkim] [--mix] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]
+#   benches/e2e.sh [--dkim] [--mix] [--no-sendlog] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]
 #
 #   --dkim   sign every message with RSA-2048 (compared with Postfix + OpenDKIM)
 #   --mix    two classes on two pools: 10% transactional, 90% promotional, in parallel;
 #            reports transactional time-to-delivery p99 while the promotional backlog drains
+#   --no-sendlog  run Gannet with [sendlog] enabled = false (the send log's cost is the
+#            difference in CPU ms/msg against a run without it, same binary, same machine)
+# GANNET_BENCH_PORT_BASE (default 2500) moves every port Gannet and the sink use, so two
+# runs on one machine do not collide.
 # Needs root (Postfix baseline) and installs postfix/opendkim from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DKIM=0; MIX=0; N=20000; S=20; L=4000; BASELINE=1
+DKIM=0; MIX=0; SENDLOG=1; N=20000; S=20; L=4000; BASELINE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --dkim) DKIM=1 ;;
     --mix) MIX=1 ;;
+    --no-sendlog) SENDLOG=0 ;;
     --messages) N=$2; shift ;;
     --sessions) S=$2; shift ;;
     --size) L=$2; shift ;;
     --no-baseline) BASELINE=0 ;;
-    *) echo "usage: $0 [--dkim] [--mix] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--dkim] [--mix] [--no-sendlog] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -50,7 +55,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-SINK_PORT=2600; SMTP_PORT=2525; SMTP_TX_PORT=2527; HTTP_PORT=8025
+PB0=${GANNET_BENCH_PORT_BASE:-2500}
+SINK_PORT=$((PB0 + 100)); SMTP_PORT=$((PB0 + 25)); SMTP_TX_PORT=$((PB0 + 27)); HTTP_PORT=$((PB0 + 5525))
+sendlog_conf=""
+[ "$SENDLOG" = 0 ] && sendlog_conf="[sendlog]
+enabled = false"
 dkim_conf=""
 if [ "$DKIM" = 1 ]; then
   "$BIN" dkim keygen --domain sender.test --selector bench --algorithm rsa --bits 2048 --out "$work/bench.key" >/dev/null
@@ -116,6 +125,7 @@ domain = "dest.test"
 host = "127.0.0.1:$SINK_PORT"
 $pools
 $dkim_conf
+$sendlog_conf
 CONF
 
 smtp-sink -u nobody 127.0.0.1:$SINK_PORT 1000 >/dev/null 2>&1 &
@@ -162,9 +172,9 @@ t1=$(date +%s.%N)
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$GPID/status)
 # Gannet's own CPU (user + system, clock ticks) over the whole run, start-up included.
 cpu_ticks=$(awk '{print $14 + $15}' /proc/$GPID/stat)
-python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" "$cpu_ticks" "$(getconf CLK_TCK)" <<'PY' | tee "$work/gannet.result"
+python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" "$cpu_ticks" "$(getconf CLK_TCK)" "$SENDLOG" <<'PY' | tee "$work/gannet.result"
 import sys, urllib.request
-port, n, t0, tinj, t1, rss, dkim, mix, ticks, hz = sys.argv[1:]
+port, n, t0, tinj, t1, rss, dkim, mix, ticks, hz, sendlog = sys.argv[1:]
 cpu_ms = int(ticks) * 1000 / int(hz) / int(n)
 n = int(n); t0, tinj, t1 = float(t0), float(tinj), float(t1)
 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -190,7 +200,8 @@ p50, p99 = quantiles("gannet_accept_latency_seconds")
 dels = [l for l in text.splitlines() if l.startswith("gannet_recipients_total{")]
 print(f"gannet: {n} messages in {t1 - t0:.1f} s = {n / (t1 - t0):.0f} msg/s end-to-end "
       f"(injection done after {tinj - t0:.1f} s); time-to-250 p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
-      f"peak RSS {int(rss) / 1024:.0f} MiB; CPU {cpu_ms:.3f} ms/msg{' (DKIM rsa-2048)' if dkim == '1' else ''}")
+      f"peak RSS {int(rss) / 1024:.0f} MiB; CPU {cpu_ms:.3f} ms/msg{' (DKIM rsa-2048)' if dkim == '1' else ''}"
+      f"{'' if sendlog == '1' else ' (send log off)'}")
 for l in dels: print("  " + l)
 if mix == "1":
     t50, t99 = quantiles("gannet_delivery_latency_seconds", 'class="transactional"')

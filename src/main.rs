@@ -159,7 +159,8 @@ pub(crate) fn urlencode(s: &str) -> String {
 
 #[derive(Subcommand)]
 enum GdprAction {
-    /// Erase a person (Art. 17): their send-log rows become unreadable (key destroyed); the
+    /// Erase a person (Art. 17): they are suppressed by keyed hash (never mailed again), their
+    /// queued mail is dropped, their send-log rows become unreadable (key destroyed); the
     /// erasure is recorded without the address
     Erase {
         address: String,
@@ -215,9 +216,14 @@ enum LogsAction {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Check the send log's hash chain from the first record to the last (reads the database
-    /// directly; works with gannet stopped). Names the first broken record; exit status 1 then
+    /// Check the send log's hash chain from the first record to the last and every signed
+    /// checkpoint (reads the database directly; works with gannet stopped). Names the first
+    /// broken record; exit status 1 then
     Verify {
+        /// The checkpoint key's public half (64 hex digits) to check signatures against;
+        /// default: derived from `[sendlog] checkpoint_key`
+        #[arg(long)]
+        public_key: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -366,9 +372,11 @@ fn run(cli: Cli) -> Result<()> {
                     Some(serde_json::json!({ "address": address })),
                 )?;
                 println!(
-                    "erased: subject {}, {} send-log rows can no longer be read",
+                    "erased: subject {}, {} send-log rows can no longer be read, {} queued recipients dropped, {} suppression entries replaced by the keyed-hash entry",
                     v["erased"]["subject"].as_str().unwrap_or("?"),
-                    v["erased"]["send_log_rows"]
+                    v["erased"]["send_log_rows"],
+                    v["erased"]["queued_recipients_dropped"],
+                    v["erased"]["suppression_entries_removed"]
                 );
                 Ok(())
             }
@@ -626,7 +634,7 @@ fn logs_command(action: LogsAction) -> Result<()> {
             }
             Ok(())
         }
-        LogsAction::Verify { config } => {
+        LogsAction::Verify { public_key, config } => {
             let config = load_config(&config)?;
             let mut reader = gannet::sendlog::open_reader(&config).with_context(|| {
                 format!(
@@ -634,12 +642,28 @@ fn logs_command(action: LogsAction) -> Result<()> {
                     gannet::sendlog::describe(&config)
                 )
             })?;
-            let report = reader.verify()?;
+            let public: [u8; 32] = match public_key {
+                Some(hex_key) => hex::decode(hex_key.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .context("--public-key must be 64 hexadecimal digits (the 32-byte Ed25519 public key)")?,
+                None => {
+                    let path = config.resolve_path(&config.sendlog.checkpoint_key);
+                    gannet::sendlog::keys::CheckpointKey::load(&path)
+                        .with_context(|| {
+                            "cannot check the signed checkpoints without the checkpoint key; give its public half with --public-key".to_string()
+                        })?
+                        .public()
+                }
+            };
+            let report = reader.verify(Some(&public))?;
             match report.first_broken {
                 None => {
                     println!(
-                        "send log verified: {} records, hash chain intact",
-                        report.rows
+                        "send log verified: {} records, hash chain intact, {} signed checkpoints valid (public key {})",
+                        report.rows,
+                        report.checkpoints,
+                        hex::encode(public)
                     );
                     Ok(())
                 }

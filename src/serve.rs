@@ -191,11 +191,14 @@ pub async fn run_with(
     // is registered before any stage publishes.
     let suppressions: crate::suppression::SharedStore = {
         let path = crate::suppression::SledStore::path_for(&config);
-        Arc::new(
-            tokio::task::spawn_blocking(move || crate::suppression::SledStore::open(&path))
-                .await
-                .map_err(|e| ServeError::Resolver(e.to_string()))??,
-        )
+        let store = tokio::task::spawn_blocking(move || crate::suppression::SledStore::open(&path))
+            .await
+            .map_err(|e| ServeError::Resolver(e.to_string()))??;
+        // Erasure entries are keyed by the send log's address hash.
+        if let Some(log) = &sendlog {
+            store.set_address_hasher(log.address_hasher());
+        }
+        Arc::new(store)
     };
     let suppression_stop = CancellationToken::new();
     let suppression_task = crate::suppression::policy::start(

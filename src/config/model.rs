@@ -661,6 +661,22 @@ pub struct SendlogConfig {
     /// What the log is kept for, quoted in access exports (GDPR Art. 15).
     #[serde(default = "default_purposes")]
     pub purposes: Vec<String>,
+    /// Ed25519 key (32-byte seed, hex) that signs the hash chain's checkpoints; created with
+    /// mode 0600 on first start when absent. Keep it (or its public half, printed by
+    /// `gannet logs verify`) apart from the data directory.
+    #[serde(default = "default_checkpoint_key")]
+    pub checkpoint_key: PathBuf,
+    /// How often the head of the hash chain is signed (at the first commit after this much
+    /// time); 0 = at every commit.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+fn default_checkpoint_key() -> PathBuf {
+    PathBuf::from("gannet-checkpoint.key")
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_retention_days() -> u32 {
@@ -693,6 +709,8 @@ impl Default for SendlogConfig {
             bound: default_sendlog_bound(),
             commit_interval: default_sendlog_commit_interval(),
             purposes: default_purposes(),
+            checkpoint_key: default_checkpoint_key(),
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
 }

@@ -56,6 +56,15 @@ fn store_error(e: SendLogError) -> ApiError {
     )
 }
 
+fn suppression_error(message: String) -> ApiError {
+    tracing::error!(error = %message, "erasure: the suppression entry could not be written; nothing else was changed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "suppression_error",
+        format!("{message} (the erasure was not done; retry it)"),
+    )
+}
+
 /// Query parameters of `GET /api/v1/events`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -369,8 +378,9 @@ fn address_ok(a: &str) -> bool {
     a.len() <= 320 && a.contains('@') && !a.starts_with('@') && !a.ends_with('@')
 }
 
-/// `POST /api/v1/erasures` (scope admin): crypto-shred the person's send-log rows and record
-/// the erasure without the address.
+/// `POST /api/v1/erasures` (scope admin): suppress the person by keyed hash (their clear
+/// suppression entries go), drop their queued mail (recorded as `purged`), crypto-shred their
+/// send-log rows, and record the erasure without the address.
 pub async fn erase(
     State(s): State<ApiState>,
     super::Admin { actor }: super::Admin,
@@ -384,11 +394,29 @@ pub async fn erase(
         ));
     }
     let log = sendlog(&s)?.clone();
+    let hash = log.address_hash(&req.address);
+    // First the suppression (keyed by hash only), so nothing new is accepted for them; then
+    // their queued mail; then their key, so the purges just recorded are shredded with the rest.
+    let mut suppression_entries_removed = 0;
+    if let Some(store) = s.suppressions.clone() {
+        let a = req.address.clone();
+        let now = crate::suppression::policy::now_secs();
+        suppression_entries_removed =
+            tokio::task::spawn_blocking(move || store.erase(&a, &hash, now))
+                .await
+                .map_err(|e| suppression_error(format!("suppression task failed: {e}")))?
+                .map_err(|e| suppression_error(e.to_string()))?;
+    }
+    let queued = s.queue.purge_recipient(&req.address, &actor).await;
     let rows = log.erase(&req.address, &actor).await.map_err(store_error)?;
-    let subject = hex::encode(log.address_hash(&req.address));
     Ok((
         StatusCode::OK,
-        axum::Json(json!({"erased": {"subject": subject, "send_log_rows": rows}})),
+        axum::Json(json!({"erased": {
+            "subject": hex::encode(hash),
+            "send_log_rows": rows,
+            "queued_recipients_dropped": queued,
+            "suppression_entries_removed": suppression_entries_removed,
+        }})),
     ))
 }
 

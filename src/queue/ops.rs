@@ -233,15 +233,37 @@ impl Queue {
     /// Delete matching queued mail (not what is being delivered this instant): recipients are
     /// logged as `purged`, get no DSN, and leave the spool. Returns recipients purged.
     pub async fn purge(&self, filter: &Filter, actor: &str) -> usize {
+        let f = filter.clone();
+        let (mut jobs, waiting) = self
+            .take_where(move |j, site, pool| f.matches(j, site, pool))
+            .await;
+        jobs.extend(waiting);
+        let mut n = 0;
+        for job in jobs {
+            n += job.rcpts.len();
+            self.finalize_purged(job, actor);
+        }
+        tracing::info!(target: "gannet::control", event = "purged", filter = ?filter, recipients = n, actor);
+        n
+    }
+
+    /// Take every queued job (ready, parked, waiting for DNS, waiting for a retry) for which
+    /// `pred(job, site when known, pool)` holds out of the queue: (those that were due, those
+    /// that were waiting for their retry time). What is being delivered this instant is not
+    /// taken.
+    async fn take_where(
+        &self,
+        pred: impl Fn(&Job, Option<&str>, &str) -> bool + Send + Sync + 'static,
+    ) -> (Vec<Job>, Vec<Job>) {
         let mut jobs = Vec::new();
         for rq in self.inner.ready.iter() {
-            jobs.extend(rq.remove_where(|j| filter.matches(j, Some(&rq.site), &rq.pool)));
+            jobs.extend(rq.remove_where(|j| pred(j, Some(&rq.site), &rq.pool)));
         }
         {
             let mut parked = self.inner.parked.lock().unwrap_or_else(|p| p.into_inner());
             let all = std::mem::take(&mut *parked);
             for (j, site, pool) in all {
-                if filter.matches(&j, Some(&site), &pool) {
+                if pred(&j, Some(&site), &pool) {
                     jobs.push(j);
                 } else {
                     parked.push((j, site, pool));
@@ -258,7 +280,7 @@ impl Queue {
                 let all = std::mem::take(waiting);
                 for j in all {
                     let pool = self.class_pool(&j.msg.class);
-                    if filter.site.is_none() && filter.matches(&j, None, &pool) {
+                    if pred(&j, None, &pool) {
                         jobs.push(j);
                     } else {
                         waiting.push(j);
@@ -267,29 +289,72 @@ impl Queue {
             }
         }
         let (tx, rx) = oneshot::channel();
-        let f = filter.clone();
         let q = self.clone();
-        let pred: scheduler::Predicate = Box::new(move |j: &Job| {
+        let p: scheduler::Predicate = Box::new(move |j: &Job| {
             // Waiting jobs do not carry their site; the last resolution of the domain does.
             let site = q.inner.dests.get(&j.domain).map(|d| d.dest.site.clone());
-            f.matches(j, site.as_deref(), &q.class_pool(&j.msg.class))
+            pred(j, site.as_deref(), &q.class_pool(&j.msg.class))
         });
         if self
             .inner
             .sched_tx
-            .send(scheduler::Cmd::Take(pred, tx))
+            .send(scheduler::Cmd::Take(p, tx))
             .await
             .is_ok()
             && let Ok(taken) = rx.await
         {
-            jobs.extend(taken);
+            return (jobs, taken);
         }
+        (jobs, Vec::new())
+    }
+
+    /// GDPR erasure: drop every queued recipient `address` (case-insensitive), logged as
+    /// `purged` by `actor`; the other recipients of the same jobs stay queued as they were.
+    /// Returns recipients dropped.
+    pub async fn purge_recipient(&self, address: &str, actor: &str) -> usize {
+        let want = address.trim().to_lowercase();
+        let is_it = move |r: &str| r.trim().to_lowercase() == want;
+        let hit = is_it.clone();
+        let (due, waiting) = self
+            .take_where(move |j, _, _| j.rcpts.iter().any(|i| hit(&j.msg.rcpts[*i as usize])))
+            .await;
         let mut n = 0;
-        for job in jobs {
-            n += job.rcpts.len();
-            self.finalize_purged(job, actor);
+        let tagged = due
+            .into_iter()
+            .map(|j| (j, false))
+            .chain(waiting.into_iter().map(|j| (j, true)));
+        for (job, was_waiting) in tagged {
+            let (gone, keep): (Vec<u32>, Vec<u32>) = job
+                .rcpts
+                .iter()
+                .copied()
+                .partition(|i| is_it(&job.msg.rcpts[*i as usize]));
+            n += gone.len();
+            if !keep.is_empty() {
+                let rest = Job {
+                    id: job.id,
+                    msg: job.msg.clone(),
+                    domain: job.domain.clone(),
+                    rcpts: keep,
+                    attempts: job.attempts,
+                    priority: job.priority,
+                };
+                if was_waiting {
+                    // Its remaining wait is not known here; a full retry delay is never
+                    // earlier than planned (an erasure must not cause an extra attempt).
+                    let delay = self.retry_delay(rest.attempts, &rest.msg);
+                    let _ = self
+                        .inner
+                        .sched_tx
+                        .send(scheduler::Cmd::Schedule(rest, delay))
+                        .await;
+                } else {
+                    self.route(rest);
+                }
+            }
+            self.finalize_purged(Job { rcpts: gone, ..job }, actor);
         }
-        tracing::info!(target: "gannet::control", event = "purged", filter = ?filter, recipients = n, actor);
+        tracing::info!(target: "gannet::control", event = "purged", reason = "erasure", recipients = n, actor);
         n
     }
 }

@@ -6,6 +6,8 @@
 //! [`MasterKey::address_hash`] and, from a random per-person salt kept in the send log, each
 //! person's AES-256-GCM key. Destroying the salt destroys the key: without it the rows stay
 //! countable but can no longer be read.
+//! Also owns the Ed25519 checkpoint key (`CheckpointKey`) that signs the hash chain's
+//! checkpoints, and the check of those signatures.
 //! Never does: store a clear address, or re-key silently (a missing or different key is an
 //! error the operator must resolve).
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 /// Why the master key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +36,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     #[error(
-        "the master key {path} is not 64 hexadecimal characters (32 bytes); it is damaged or not a gannet key file"
+        "the key file {path} is not 64 hexadecimal characters (32 bytes); it is damaged or not a gannet key file"
     )]
     Malformed { path: PathBuf },
     #[error(
@@ -70,51 +73,11 @@ impl MasterKey {
     /// exist either, create a new random key with mode 0600. A missing key for existing data
     /// is [`KeyError::Missing`].
     pub fn load_or_create(path: &Path, protected: &Path) -> Result<MasterKey, KeyError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if protected.exists() {
-                    return Err(KeyError::Missing {
-                        path: path.to_path_buf(),
-                        data: protected.to_path_buf(),
-                    });
-                }
-                let key: [u8; 32] = rand::random();
-                let create = |e| KeyError::Create {
-                    path: path.to_path_buf(),
-                    source: e,
-                };
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(create)?;
-                }
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(create)?;
-                f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
-                    .and_then(|_| f.sync_all())
-                    .map_err(create)?;
-                tracing::info!(path = %path.display(), "created a new master key (mode 0600); back it up apart from the data directory");
-                Ok(MasterKey::from_bytes(key))
-            }
-            Err(e) => Err(KeyError::Read {
-                path: path.to_path_buf(),
-                source: e,
-            }),
-        }
-    }
-
-    fn parse(path: &Path, text: &str) -> Result<MasterKey, KeyError> {
-        let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
-            path: path.to_path_buf(),
-        })?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed {
-            path: path.to_path_buf(),
-        })?;
-        Ok(MasterKey::from_bytes(key))
+        Ok(MasterKey::from_bytes(load_or_create_secret(
+            path,
+            protected,
+            "master key",
+        )?))
     }
 
     /// The keyed hash that stands for an address in every lookup column (lower-cased first,
@@ -192,4 +155,128 @@ impl PersonKey {
             .ok()?;
         Some(plain.to_vec())
     }
+}
+
+/// Read a 32-byte secret kept as hex in `path`, or create one (mode 0600) when neither it nor
+/// `protected` (the data it guards) exists. `what` names it in the log line.
+fn load_or_create_secret(path: &Path, protected: &Path, what: &str) -> Result<[u8; 32], KeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_secret(path, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if protected.exists() {
+                return Err(KeyError::Missing {
+                    path: path.to_path_buf(),
+                    data: protected.to_path_buf(),
+                });
+            }
+            let key: [u8; 32] = rand::random();
+            let create = |e| KeyError::Create {
+                path: path.to_path_buf(),
+                source: e,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(create)?;
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(create)?;
+            f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(create)?;
+            tracing::info!(path = %path.display(), "created a new {what} (mode 0600); back it up apart from the data directory");
+            Ok(key)
+        }
+        Err(e) => Err(KeyError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn parse_secret(path: &Path, text: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
+        path: path.to_path_buf(),
+    })?;
+    bytes.try_into().map_err(|_| KeyError::Malformed {
+        path: path.to_path_buf(),
+    })
+}
+
+/// The Ed25519 key that signs the send log's checkpoints (`[sendlog] checkpoint_key`: a
+/// 32-byte seed in hex, created with mode 0600 on first start like the master key).
+pub struct CheckpointKey {
+    pair: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointKey({})", hex::encode(self.public()))
+    }
+}
+
+impl CheckpointKey {
+    /// Read `path`, or create it when neither it nor the send log `protected` exists.
+    pub fn load_or_create(path: &Path, protected: &Path) -> Result<CheckpointKey, KeyError> {
+        let seed = load_or_create_secret(path, protected, "send-log checkpoint signing key")?;
+        CheckpointKey::from_seed(path, &seed)
+    }
+
+    /// Read an existing key file (never creates one).
+    pub fn load(path: &Path) -> Result<CheckpointKey, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        CheckpointKey::from_seed(path, &parse_secret(path, &text)?)
+    }
+
+    fn from_seed(path: &Path, seed: &[u8; 32]) -> Result<CheckpointKey, KeyError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| KeyError::Malformed {
+            path: path.to_path_buf(),
+        })?;
+        Ok(CheckpointKey { pair })
+    }
+
+    /// The public half (32 bytes): what an auditor needs to check the checkpoints.
+    pub fn public(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.pair.public_key().as_ref());
+        out
+    }
+
+    /// Sign the checkpoint claiming that record `seq`, written at `time_us`, has chain hash
+    /// `hash`.
+    pub fn sign(&self, seq: i64, time_us: i64, hash: &[u8]) -> Vec<u8> {
+        self.pair
+            .sign(&checkpoint_message(seq, time_us, hash))
+            .as_ref()
+            .to_vec()
+    }
+}
+
+/// The bytes a checkpoint signature covers.
+fn checkpoint_message(seq: i64, time_us: i64, hash: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + hash.len());
+    m.extend_from_slice(b"gannet/v1/sendlog-checkpoint\0");
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&time_us.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+/// Whether `signature` is `public`'s signature of the checkpoint (`seq`, `time_us`, `hash`).
+pub fn checkpoint_valid(
+    public: &[u8],
+    seq: i64,
+    time_us: i64,
+    hash: &[u8],
+    signature: &[u8],
+) -> bool {
+    UnparsedPublicKey::new(&ED25519, public)
+        .verify(&checkpoint_message(seq, time_us, hash), signature)
+        .is_ok()
 }

@@ -52,12 +52,31 @@ pub fn paths(config: &Config) -> (PathBuf, PathBuf) {
     (db, config.resolve_path(&config.storage.key_file))
 }
 
-/// Load the master key and open the database for writing (blocking: call from a blocking
-/// thread or before the runtime starts).
+/// Load the master key and open the database for writing, signing checkpoints with
+/// `[sendlog] checkpoint_key` (blocking: call from a blocking thread or before the runtime
+/// starts).
 pub fn open(config: &Config) -> Result<Writer, SendLogError> {
     let (db, key_file) = paths(config);
     let key = MasterKey::load_or_create(&key_file, &db)?;
-    Ok(store::open_writer(&db, key, &key_file)?)
+    let mut w = store::open_writer(&db, key, &key_file)?;
+    let cp_file = config.resolve_path(&config.sendlog.checkpoint_key);
+    // A store that was never signed (new, or written before checkpoints existed) gets a new
+    // key; one that was signed needs the key it was signed with.
+    let cp_key = if w.checkpoint_public_key()?.is_some() {
+        keys::CheckpointKey::load(&cp_file).map_err(|e| match e {
+            KeyError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                KeyError::Missing {
+                    path: cp_file.clone(),
+                    data: db.clone(),
+                }
+            }
+            e => e,
+        })?
+    } else {
+        keys::CheckpointKey::load_or_create(&cp_file, std::path::Path::new(""))?
+    };
+    w.sign_checkpoints(cp_key, &cp_file, config.sendlog.checkpoint_interval)?;
+    Ok(w)
 }
 
 /// Open the send log of `config` for reading only (the CLI's offline commands).
@@ -159,6 +178,13 @@ impl SendLog {
     /// The keyed hash that stands for `address` in the store.
     pub fn address_hash(&self, address: &str) -> [u8; 32] {
         self.info.key.address_hash(address)
+    }
+
+    /// The same keyed hash as a function other stores can keep (the suppression list's
+    /// erasure entries).
+    pub fn address_hasher(&self) -> crate::suppression::AddressHasher {
+        let key = self.info.key.clone();
+        Arc::new(move |a: &str| key.address_hash(a))
     }
 
     /// Record that `actor` read the log (`log_access` operator event).

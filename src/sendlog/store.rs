@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::keys::{MasterKey, PersonKey};
+use super::keys::{CheckpointKey, MasterKey, PersonKey, checkpoint_valid};
 use crate::events::{Event, EventKind};
 
 /// What went wrong with the send-log database.
@@ -37,6 +37,14 @@ pub enum StoreError {
         "send log {path} was written with a different master key than {key_file}; start with the key file it was written with (gannet never re-keys silently)"
     )]
     WrongKey { path: PathBuf, key_file: PathBuf },
+    #[error(
+        "send log {path} was signed with another checkpoint key than {key_file} (public key {stored}); start with the key file it was signed with"
+    )]
+    WrongCheckpointKey {
+        path: PathBuf,
+        key_file: PathBuf,
+        stored: String,
+    },
     #[error("cannot create the send log directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -87,6 +95,12 @@ CREATE TABLE IF NOT EXISTS erasures (
     time_us INTEGER NOT NULL,
     rows INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    time_us INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS campaign_counts (
     campaign TEXT NOT NULL,
     variant TEXT NOT NULL,
@@ -134,6 +148,16 @@ pub struct Writer {
     /// Queue ids of recent DSN messages: they inherit the campaign of the message they report
     /// on, but are not part of its statistics.
     dsns: std::collections::HashSet<String>,
+    /// Signs the chain's head every `interval` (see [`Writer::sign_checkpoints`]).
+    checkpoints: Option<Checkpoints>,
+}
+
+/// The writer's checkpoint schedule.
+struct Checkpoints {
+    key: CheckpointKey,
+    interval: std::time::Duration,
+    /// When the last checkpoint was written (None: not yet in this process).
+    last: Option<std::time::Instant>,
 }
 
 /// Create or open the database at `path`, checking it was written with `key`.
@@ -195,6 +219,7 @@ pub fn open_writer(path: &Path, key: MasterKey, key_file: &Path) -> Result<Write
         keys: HashMap::new(),
         variants: HashMap::new(),
         dsns: std::collections::HashSet::new(),
+        checkpoints: None,
     })
 }
 
@@ -273,6 +298,89 @@ impl Writer {
         &self.info
     }
 
+    /// Sign the head of the hash chain with `key` at the first commit after each `interval`
+    /// (a row of `checkpoints`: seq, time, hash, Ed25519 signature). A rewrite of the chain
+    /// (every hash recomputed after a change) then no longer matches a signed checkpoint.
+    /// The store remembers the public key of the first signer; another key is refused.
+    pub fn sign_checkpoints(
+        &mut self,
+        key: CheckpointKey,
+        key_file: &Path,
+        interval: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let public = key.public();
+        let stored: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT v FROM meta WHERE k = 'checkpoint_public_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.info.err())?;
+        match stored {
+            Some(v) if v != public => {
+                return Err(StoreError::WrongCheckpointKey {
+                    path: self.info.path.clone(),
+                    key_file: key_file.to_path_buf(),
+                    stored: hex::encode(v),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT INTO meta (k, v) VALUES ('checkpoint_public_key', ?1)",
+                        params![public.to_vec()],
+                    )
+                    .map_err(self.info.err())?;
+            }
+        }
+        self.checkpoints = Some(Checkpoints {
+            key,
+            interval,
+            last: None,
+        });
+        Ok(())
+    }
+
+    /// The public key the store's checkpoints were first signed with, if any.
+    pub fn checkpoint_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT v FROM meta WHERE k = 'checkpoint_public_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.info.err())
+    }
+
+    /// Inside the append's transaction: sign the new head when a checkpoint is due.
+    fn checkpoint_if_due(&mut self) -> rusqlite::Result<bool> {
+        let Some(cp) = &self.checkpoints else {
+            return Ok(false);
+        };
+        if cp.last.is_some_and(|t| t.elapsed() < cp.interval) {
+            return Ok(false);
+        }
+        let seq: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
+            .query_row([], |r| r.get(0))?;
+        let time_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let signature = cp.key.sign(seq, time_us, &self.head);
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO checkpoints (seq, time_us, hash, signature) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![seq, time_us, &self.head[..], signature])?;
+        Ok(true)
+    }
+
     fn person(&mut self, hash: &[u8; 32], now_us: i64) -> rusqlite::Result<Arc<PersonKey>> {
         if let Some(k) = self.keys.get(hash) {
             return Ok(k.clone());
@@ -334,10 +442,17 @@ impl Writer {
             source,
         };
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
-        let r = self.append_in_tx(events);
+        let r = self
+            .append_in_tx(events)
+            .and_then(|n| Ok((n, n > 0 && self.checkpoint_if_due()?)));
         match r {
-            Ok(n) => match self.conn.execute_batch("COMMIT") {
-                Ok(()) => Ok(n),
+            Ok((n, signed)) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => {
+                    if signed && let Some(cp) = &mut self.checkpoints {
+                        cp.last = Some(std::time::Instant::now());
+                    }
+                    Ok(n)
+                }
                 Err(e) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
                     self.reload_head();
@@ -823,6 +938,8 @@ impl Reader {
 pub struct VerifyReport {
     /// Rows checked.
     pub rows: u64,
+    /// Signed checkpoints whose signature and hash were checked.
+    pub checkpoints: u64,
     /// The first row whose stored bytes do not match the chain, and why.
     pub first_broken: Option<Broken>,
 }
@@ -836,10 +953,29 @@ pub struct Broken {
 
 impl Reader {
     /// Walk the whole log in order, recomputing every row's hash from its stored bytes and the
-    /// previous row's hash; stop at the first row that does not match.
-    pub fn verify(&mut self) -> Result<VerifyReport, StoreError> {
+    /// previous row's hash, and checking every signed checkpoint against `checkpoint_public`
+    /// (its Ed25519 signature and the hash of the row it names); stop at the first row that
+    /// does not match. Without a public key, checkpoints are compared by hash only.
+    pub fn verify(
+        &mut self,
+        checkpoint_public: Option<&[u8; 32]>,
+    ) -> Result<VerifyReport, StoreError> {
         let info = self.info.clone();
         let run = || -> rusqlite::Result<VerifyReport> {
+            type Cp = (i64, i64, Vec<u8>, Vec<u8>);
+            let cps: Vec<Cp> = self
+                .conn
+                .prepare("SELECT seq, time_us, hash, signature FROM checkpoints ORDER BY seq")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut cps = cps.into_iter().peekable();
+            let mut checked = 0u64;
+            let mut first_row: Option<i64> = None;
+            let mut last_row: i64 = 0;
+            let signed = |cp: &Cp| {
+                checkpoint_public.is_none_or(|k| checkpoint_valid(k, cp.0, cp.1, &cp.2, &cp.3))
+            };
+            const FORGED: &str = "its signed checkpoint does not carry a valid signature of the checkpoint key (a forged or altered checkpoint)";
             let pruned: Option<Vec<u8>> = self
                 .conn
                 .query_row("SELECT v FROM meta WHERE k = 'pruned_head'", [], |r| {
@@ -904,8 +1040,9 @@ impl Reader {
                 let data = blob(19)?.unwrap_or_default();
                 let prev = blob(20)?.unwrap_or_default();
                 let hash = blob(21)?.unwrap_or_default();
-                let broken = |reason: String| VerifyReport {
+                let broken = |reason: String, checked: u64| VerifyReport {
                     rows: n,
+                    checkpoints: checked,
                     first_broken: Some(Broken {
                         seq,
                         id: id.clone(),
@@ -914,7 +1051,7 @@ impl Reader {
                 };
                 if prev != expected_prev {
                     return Ok(broken(
-                        "its link to the previous record does not match (a record before it was changed, removed or inserted)".into(),
+                        "its link to the previous record does not match (a record before it was changed, removed or inserted)".into(), checked,
                     ));
                 }
                 let row = Row {
@@ -941,12 +1078,58 @@ impl Reader {
                 if chain_hash(&prev, &row)[..] != hash[..] {
                     return Ok(broken(
                         "its stored contents do not match its hash (the record was changed)".into(),
+                        checked,
                     ));
                 }
+                // Checkpoints up to this row: ones before the first row kept were pruned with
+                // their rows (only the signature can be checked); one between two rows names
+                // a row that was removed.
+                while let Some(cp) = cps.next_if(|cp| cp.0 <= seq) {
+                    if !signed(&cp) {
+                        return Ok(broken(FORGED.into(), checked));
+                    }
+                    checked += 1;
+                    if cp.0 == seq {
+                        if cp.2 != hash {
+                            return Ok(broken(
+                                "it does not match the signed checkpoint of this record (the chain was rewritten up to here: a record at or before it was changed and the hashes recomputed)".into(), checked,
+                            ));
+                        }
+                    } else if first_row.is_some() {
+                        return Ok(broken(
+                            format!(
+                                "a signed checkpoint names record seq {}, which is missing before this one (records were removed)",
+                                cp.0
+                            ),
+                            checked,
+                        ));
+                    }
+                }
+                first_row.get_or_insert(seq);
+                last_row = seq;
                 expected_prev = hash;
+            }
+            if let Some(cp) = cps.next() {
+                let reason = if signed(&cp) {
+                    format!(
+                        "the log ends at seq {last_row}, but a signed checkpoint vouches for this record (records were removed from the end)"
+                    )
+                } else {
+                    FORGED.to_string()
+                };
+                return Ok(VerifyReport {
+                    rows: n,
+                    checkpoints: checked,
+                    first_broken: Some(Broken {
+                        seq: cp.0,
+                        id: String::new(),
+                        reason,
+                    }),
+                });
             }
             Ok(VerifyReport {
                 rows: n,
+                checkpoints: checked,
                 first_broken: None,
             })
         };

@@ -255,3 +255,38 @@ fn time_filters_parse() {
     assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000));
     assert_eq!(parse_time("yesterday"), None);
 }
+
+#[test]
+fn checkpoints_are_signed_and_checked_against_the_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = open_tmp(dir.path());
+    let cp_file = dir.path().join("cp.key");
+    let cp = keys::CheckpointKey::load_or_create(&cp_file, &dir.path().join("none")).unwrap();
+    let public = cp.public();
+    w.sign_checkpoints(cp, &cp_file, std::time::Duration::ZERO)
+        .unwrap();
+    w.append([&received("q1", "A")]).unwrap();
+    w.append([&delivered("a@example.org", "q1")]).unwrap();
+    let mut r = Reader::open(w.info()).unwrap();
+    let ok = r.verify(Some(&public)).unwrap();
+    assert_eq!((ok.rows, ok.checkpoints, ok.first_broken), (2, 2, None));
+    // Another key's public half: the first checkpoint reads as forged.
+    let other =
+        keys::CheckpointKey::load_or_create(&dir.path().join("o.key"), &dir.path().join("none"))
+            .unwrap()
+            .public();
+    let bad = r.verify(Some(&other)).unwrap().first_broken.unwrap();
+    assert_eq!(bad.seq, 1);
+    assert!(bad.reason.contains("forged"), "{bad:?}");
+    // The store remembers its signer: another key is refused at start.
+    drop(r);
+    let other_key = keys::CheckpointKey::load(&dir.path().join("o.key")).unwrap();
+    let e = w
+        .sign_checkpoints(
+            other_key,
+            &dir.path().join("o.key"),
+            std::time::Duration::ZERO,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::WrongCheckpointKey { .. }), "{e}");
+}

@@ -17,8 +17,8 @@ pub mod transfer;
 mod tests;
 
 pub use store::{
-    ALL_TENANTS, Entry, ListFilter, Lookup, Page, SledStore, StoreError, SuppressionStore,
-    normalize,
+    ALL_TENANTS, AddressHasher, ERASED_REASON, Entry, ListFilter, Lookup, Page, SledStore,
+    StoreError, SuppressionStore, normalize,
 };
 
 /// The handle stages hold (cheap to clone; a cluster backend can stand behind it).

@@ -11,7 +11,11 @@
 //! several match.
 //!
 //! Addresses are stored in clear (lower-cased): the list is the one place that must remember
-//! them, and an entry is found and removed by its address (API, CLI).
+//! them, and an entry is found and removed by its address (API, CLI). The one exception is a
+//! GDPR erasure (Art. 17): the person must never be mailed again, yet their address must not
+//! be kept, so an erasure entry holds only the keyed hash of the address (the send log's
+//! lookup hash, see `sendlog::keys`), and `check` hashes the address it is asked about when
+//! (and only when) there are erasure entries at all.
 
 use std::path::{Path, PathBuf};
 
@@ -170,7 +174,18 @@ pub trait SuppressionStore: Send + Sync {
     }
     /// Make what was written so far as durable as the backend can.
     fn flush(&self) -> Result<(), StoreError>;
+    /// GDPR erasure of `address`: forget every entry and soft-bounce count of it and remember
+    /// only `hash` (its keyed hash), which makes [`SuppressionStore::check`] refuse it in
+    /// every scope from now on. Returns how many clear entries were removed.
+    fn erase(&self, address: &str, hash: &[u8; 32], now: u64) -> Result<usize, StoreError>;
 }
+
+/// The keyed hash the send log uses for an address (`sendlog::keys::MasterKey::address_hash`),
+/// given to the store so it can recognise erased addresses without keeping them.
+pub type AddressHasher = std::sync::Arc<dyn Fn(&str) -> [u8; 32] + Send + Sync>;
+
+/// What `check` answers for an erased address (the address itself is not kept).
+pub const ERASED_REASON: &str = "erasure";
 
 /// The normalised form of an address: trimmed, angle brackets removed, lower-cased as a whole.
 /// The local part is lower-cased too: RFC 5321 lets it be case-sensitive, but no large mailbox
@@ -219,6 +234,11 @@ pub struct SledStore {
     db: sled::Db,
     entries: sled::Tree,
     soft: sled::Tree,
+    /// Erasure entries: keyed hash (32 bytes) → big-endian unix seconds of the erasure.
+    erased: sled::Tree,
+    /// Set once at start when the send log's key is known; without it erasure entries are
+    /// neither written nor checked.
+    hasher: std::sync::Arc<std::sync::OnceLock<AddressHasher>>,
 }
 
 impl SledStore {
@@ -246,8 +266,35 @@ impl SledStore {
             // (`soft_bounces`, the earlier 8-byte format without attempt identities, is no
             // longer read: its counts start again.)
             soft: db.open_tree("soft_bounce_attempts")?,
+            erased: db.open_tree("erased")?,
+            hasher: Default::default(),
             db,
         })
+    }
+
+    /// Give the store the keyed hash of erasure entries (once, at start).
+    pub fn set_address_hasher(&self, hasher: AddressHasher) {
+        let _ = self.hasher.set(hasher);
+    }
+
+    /// The erasure entry for `address`, if it was erased. Costs one `is_empty` check while
+    /// nobody was ever erased; otherwise one HMAC and one point read.
+    fn erased_entry(&self, address: &str) -> Result<Option<Entry>, StoreError> {
+        if self.erased.is_empty() {
+            return Ok(None);
+        }
+        let Some(hash) = self.hasher.get() else {
+            return Ok(None);
+        };
+        Ok(self.erased.get(hash(address))?.map(|v| Entry {
+            address: String::new(),
+            tenant: ALL_TENANTS.to_string(),
+            stream: String::new(),
+            reason: ERASED_REASON.to_string(),
+            source: "gdpr".to_string(),
+            created: u64::from_be_bytes(v[..].try_into().unwrap_or([0; 8])),
+            expires: 0,
+        }))
     }
 
     /// The directory `[suppression] path` names, or `suppression` in the spool directory.
@@ -275,6 +322,9 @@ impl SuppressionStore for SledStore {
         let Ok(address) = normalize(q.address) else {
             return Ok(None);
         };
+        if let Some(e) = self.erased_entry(&address)? {
+            return Ok(Some(e));
+        }
         let mut best: Option<Entry> = None;
         for kv in self.entries.scan_prefix(prefix_of(&address)) {
             let (k, v) = kv?;
@@ -294,6 +344,11 @@ impl SuppressionStore for SledStore {
     fn add(&self, entry: &Entry) -> Result<bool, StoreError> {
         let mut e = entry.clone();
         e.address = normalize(&e.address)?;
+        // An erased person is already suppressed everywhere, and their address must not be
+        // written again (a bounce of mail that was in flight at the erasure, say).
+        if self.erased_entry(&e.address)?.is_some() {
+            return Ok(false);
+        }
         Ok(self
             .entries
             .insert(e.key(), SledStore::encode(&e))?
@@ -326,6 +381,9 @@ impl SuppressionStore for SledStore {
         for entry in entries {
             let mut e = entry.clone();
             e.address = normalize(&e.address)?;
+            if self.erased_entry(&e.address)?.is_some() {
+                continue;
+            }
             let k = e.key();
             if !self.entries.contains_key(&k)? {
                 n += 1;
@@ -408,6 +466,10 @@ impl SuppressionStore for SledStore {
         attempt: u64,
     ) -> Result<u32, StoreError> {
         let address = normalize(address)?;
+        // An erased address is not counted (that would write it down again).
+        if self.erased_entry(&address)?.is_some() {
+            return Ok(0);
+        }
         let from = now.saturating_sub(window_secs);
         let mut count = 0u32;
         let word =
@@ -437,5 +499,19 @@ impl SuppressionStore for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn erase(&self, address: &str, hash: &[u8; 32], now: u64) -> Result<usize, StoreError> {
+        let address = normalize(address)?;
+        self.erased.insert(hash, now.to_be_bytes().to_vec())?;
+        let mut n = 0;
+        for kv in self.entries.scan_prefix(prefix_of(&address)) {
+            let (k, _) = kv?;
+            self.entries.remove(k)?;
+            n += 1;
+        }
+        self.soft.remove(address.as_bytes())?;
+        self.db.flush()?;
+        Ok(n)
     }
 }

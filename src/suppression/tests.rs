@@ -428,3 +428,43 @@ fn a_repeated_hard_bounce_keeps_the_manual_entry() {
     assert_eq!(now[0].reason, "hard-bounce");
     assert_eq!(now[0].source, hard[0].event.id);
 }
+
+#[test]
+fn erasure_keeps_only_the_keyed_hash_and_refuses_the_address_in_every_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let key = crate::sendlog::MasterKey::from_bytes([7; 32]);
+    let k2 = key.clone();
+    s.set_address_hasher(std::sync::Arc::new(move |a: &str| k2.address_hash(a)));
+    s.add(&entry(
+        "erin@x.test",
+        "acme",
+        "class:promotional",
+        "manual",
+        0,
+    ))
+    .unwrap();
+    s.soft_bounce("erin@x.test", 10, 100, 1).unwrap();
+    let removed = s
+        .erase("Erin@X.test", &key.address_hash("erin@x.test"), 50)
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(s.get("erin@x.test").unwrap().is_empty());
+    let hit = s
+        .check(&q("<ERIN@x.test>", "other", "transactional"), 60)
+        .unwrap()
+        .expect("refused in every scope");
+    assert_eq!(
+        (hit.reason.as_str(), hit.address.as_str(), hit.created),
+        (ERASED_REASON, "", 50)
+    );
+    assert!(s.check(&q("bob@x.test", "acme", ""), 60).unwrap().is_none());
+    // Nothing is written for an erased address again (a late bounce, say).
+    assert!(
+        !s.add(&entry("erin@x.test", "*", "", "hard-bounce", 0))
+            .unwrap()
+    );
+    assert!(s.get("erin@x.test").unwrap().is_empty());
+    assert_eq!(s.soft_bounce("erin@x.test", 70, 100, 2).unwrap(), 0);
+    assert_eq!(s.len(), 0, "no clear entry is left");
+}

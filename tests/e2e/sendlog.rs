@@ -618,3 +618,221 @@ async fn erasure_shreds_the_person_and_keeps_counts_and_chain() {
         .await
         .assert_success();
 }
+
+/// Runs `gannet logs verify` against `g`'s config.
+async fn logs_verify(g: &Gannet) -> crate::common::tools::ToolOutput {
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["logs", "verify", "--config"])
+        .arg(g.config_path());
+    run(cmd, None, Duration::from_secs(60)).await
+}
+
+/// Runs a Python snippet with the send-log database path and `args` as arguments.
+async fn python_db(script: &str, db: &std::path::Path, args: &[String]) -> String {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(db).args(args);
+    let out = run(cmd, None, Duration::from_secs(60)).await;
+    out.assert_success();
+    out.stdout.trim().to_string()
+}
+
+/// Signed checkpoints (issue 18, tamper evidence): a record changed and the whole chain after
+/// it recomputed (which the hash chain alone cannot see) fails `gannet logs verify` at the
+/// first checkpoint after the change, naming that record; a checkpoint whose signature was
+/// altered fails as forged, naming its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_catch_a_rewritten_chain_and_a_forged_checkpoint() {
+    let mut w = World::start(&["127.0.0.188"], Zone::new(), |c| {
+        c.extra("[sendlog]\ncheckpoint_interval = \"0s\"")
+    })
+    .await;
+    for i in 0..6 {
+        let (status, _) = w
+            .gannet
+            .http_get(&format!("/api/v1/events?campaign=cp{i}"))
+            .await;
+        assert_eq!(status, 200);
+        // Separate commits, so there are several checkpoints.
+        wait_json(
+            &w.gannet,
+            "/api/v1/events?type=log_access",
+            "the lookup recorded",
+            |v| v["events"].as_array().is_some_and(|e| e.len() > i),
+        )
+        .await;
+    }
+    w.gannet.sigterm().await;
+    let db = find_file(w.gannet.dir(), "sendlog.sqlite").expect("sendlog.sqlite");
+    let ok = logs_verify(&w.gannet).await;
+    ok.assert_success();
+    assert!(ok.stdout.contains("signed checkpoints valid"), "{ok}");
+    let n: u64 = python_db(
+        "import sqlite3, sys\n\
+         print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM checkpoints').fetchone()[0])",
+        &db,
+        &[],
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert!(n >= 3, "{n} checkpoints");
+
+    // A forged checkpoint: one byte of its signature changed.
+    let forged = python_db(
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         seq, sig = c.execute('SELECT seq, signature FROM checkpoints ORDER BY seq LIMIT 1 OFFSET 1').fetchone()\n\
+         s = bytearray(sig); s[5] ^= 1\n\
+         c.execute('UPDATE checkpoints SET signature = ? WHERE seq = ?', (bytes(s), seq))\n\
+         c.commit()\n\
+         print(seq)",
+        &db,
+        &[],
+    )
+    .await;
+    let out = logs_verify(&w.gannet).await;
+    out.assert_failure();
+    assert!(
+        out.stderr.contains(&format!("seq {forged} ")) && out.stderr.contains("forged"),
+        "{out}"
+    );
+    // Put the signature back: verify passes again.
+    python_db(
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         sig = c.execute('SELECT signature FROM checkpoints WHERE seq = ?', (int(sys.argv[2]),)).fetchone()[0]\n\
+         s = bytearray(sig); s[5] ^= 1\n\
+         c.execute('UPDATE checkpoints SET signature = ? WHERE seq = ?', (bytes(s), int(sys.argv[2])))\n\
+         c.commit()",
+        &db,
+        std::slice::from_ref(&forged),
+    )
+    .await;
+    logs_verify(&w.gannet).await.assert_success();
+
+    // One byte of the first record changed and every hash after it recomputed: the chain is
+    // consistent again, the first checkpoint is not.
+    let first_cp = python_db(
+        "import sqlite3, sys, hashlib, struct\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         rows = c.execute('SELECT seq, id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, data, prev FROM events ORDER BY seq').fetchall()\n\
+         prev = rows[0][20]\n\
+         for r in rows:\n\
+         \x20   cols = list(r[1:20])\n\
+         \x20   if r[0] == rows[0][0]:\n\
+         \x20       d = bytearray(cols[18]); d[len(d) // 2] ^= 1; cols[18] = bytes(d)\n\
+         \x20   h = hashlib.sha256(prev)\n\
+         \x20   for i, v in enumerate(cols):\n\
+         \x20       if i in (1, 9): v = struct.pack('>q', v)\n\
+         \x20       elif isinstance(v, str): v = v.encode()\n\
+         \x20       if v is None: h.update(b'\\xff\\xff\\xff\\xff')\n\
+         \x20       else: h.update(struct.pack('>I', len(v))); h.update(v)\n\
+         \x20   new = h.digest()\n\
+         \x20   c.execute('UPDATE events SET data = ?, prev = ?, hash = ? WHERE seq = ?', (cols[18], prev, new, r[0]))\n\
+         \x20   prev = new\n\
+         c.commit()\n\
+         print(c.execute('SELECT MIN(seq) FROM checkpoints').fetchone()[0])",
+        &db,
+        &[],
+    )
+    .await;
+    let out = logs_verify(&w.gannet).await;
+    out.assert_failure();
+    assert!(
+        out.stderr.contains(&format!("seq {first_cp} "))
+            && out.stderr.contains("does not match the signed checkpoint"),
+        "{out}"
+    );
+}
+
+/// GDPR Art. 17, the rest of the promise: mail still queued for the person (deferred by the
+/// sink, waiting for its retry) is dropped and recorded as `purged` while their co-recipient
+/// stays queued untouched; their clear suppression entries are replaced by one keyed by the
+/// address hash, which refuses a new injection to them (550 5.7.1) without keeping the
+/// address; campaign statistics are unchanged and the log still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_drops_queued_mail_and_refuses_the_person_by_keyed_hash() {
+    let w = World::start(
+        &["127.0.0.189"],
+        Zone::new().mail_domain("dest.test", "127.0.0.189"),
+        |c| c.retry_schedule(&["1h"]),
+    )
+    .await;
+    let g = &w.gannet;
+    let sink = &w.sinks[0];
+    let erin = "erin.queued@dest.test";
+    sink.reject_rcpt(erin, "451 4.2.0 mailbox busy, try later");
+    sink.reject_rcpt("later@dest.test", "451 4.2.0 mailbox busy, try later");
+    // A clear entry in another tenant's scope (does not stop this mail): erasure removes it.
+    let (status, body) = g
+        .http_post(
+            "/api/v1/suppressions",
+            Some(&format!(
+                r#"{{"address": "{erin}", "tenant": "other", "reason": "manual"}}"#
+            )),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    let msg = b"Subject: hi\r\nX-Gannet-Campaign: winter\r\n\r\nhello\r\n";
+    c.send("news@origin.test", &[erin, "later@dest.test"], msg)
+        .await;
+    c.send("news@origin.test", &[erin], msg).await;
+    c.quit().await;
+    wait_events(g, "/api/v1/events?campaign=winter&type=deferred", 3).await;
+    let (_, stats_before) = g.http_get("/api/v1/campaigns/winter/stats").await;
+
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["gdpr", "erase", erin, "--config"])
+        .arg(g.config_path());
+    let out = run(cmd, None, Duration::from_secs(60)).await;
+    out.assert_success();
+    assert!(
+        out.stdout.contains("2 queued recipients dropped")
+            && out.stdout.contains("1 suppression entries"),
+        "{out}"
+    );
+
+    // Both of erin's queued recipients were purged and recorded; later@ is still queued.
+    let purged = wait_events(g, "/api/v1/events?campaign=winter&type=purged", 2).await;
+    assert_eq!(purged.len(), 2, "{purged:?}");
+    for p in &purged {
+        assert_eq!(p["erased"], true, "{p}");
+    }
+    let q = g.queue_status().await;
+    assert_eq!(q.queued_recipients, 1, "only later@ stays queued: {q:?}");
+    // The clear entry is gone; the keyed-hash entry lists no address.
+    let (_, list) = g.http_get("/api/v1/suppressions?prefix=erin").await;
+    assert!(!list.contains("erin"), "{list}");
+
+    // New mail to erin is refused as suppressed; someone else's is accepted.
+    let msg = b"Subject: again\r\n\r\nhello again\r\n";
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.cmd("MAIL FROM:<news@origin.test>", "250").await;
+    c.cmd(&format!("RCPT TO:<{}>", erin.to_uppercase()), "250")
+        .await;
+    let reply = c.data(msg, "550").await;
+    assert!(
+        reply.text().contains("5.7.1") && reply.text().contains("erasure"),
+        "{}",
+        reply.text()
+    );
+    c.send("news@origin.test", &["fresh@dest.test"], msg).await;
+    c.quit().await;
+    let suppressed = wait_events(g, "/api/v1/events?type=suppressed", 1).await;
+    // Recorded, sealed under a key nobody keeps.
+    assert_eq!(suppressed[0]["erased"], true, "{suppressed:?}");
+    assert_eq!(suppressed[0]["recipient"], "", "{suppressed:?}");
+
+    let (_, stats_after) = g.http_get("/api/v1/campaigns/winter/stats").await;
+    assert_eq!(stats_before, stats_after);
+    let mut cmd = tokio::process::Command::new(GANNET_BIN);
+    cmd.args(["logs", "verify", "--config"])
+        .arg(g.config_path());
+    run(cmd, None, Duration::from_secs(60))
+        .await
+        .assert_success();
+}
