@@ -812,14 +812,17 @@ async fn erasure_drops_queued_mail_and_refuses_the_person_by_keyed_hash() {
     let mut c = SmtpClient::connect(g.smtp_addr()).await;
     c.hello("client.test").await;
     c.cmd("MAIL FROM:<news@origin.test>", "250").await;
-    c.cmd(&format!("RCPT TO:<{}>", erin.to_uppercase()), "250")
+    // Refused at RCPT (an erasure covers every tenant and stream: [suppression] smtp_action
+    // = "reject" answers those at RCPT).
+    let reply = c
+        .cmd(&format!("RCPT TO:<{}>", erin.to_uppercase()), "550")
         .await;
-    let reply = c.data(msg, "550").await;
     assert!(
         reply.text().contains("5.7.1") && reply.text().contains("erasure"),
         "{}",
         reply.text()
     );
+    c.cmd("RSET", "250").await;
     c.send("news@origin.test", &["fresh@dest.test"], msg).await;
     c.quit().await;
     let suppressed = wait_events(g, "/api/v1/events?type=suppressed", 1).await;
