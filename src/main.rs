@@ -9,6 +9,7 @@ use gannet::config::Config;
 
 mod cli_bounce;
 mod cli_suppress;
+mod cli_inject;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,9 @@ pub(crate) struct ConfigArg {
 enum Command {
     /// Run the gateway: SMTP listeners, HTTP API, queue and delivery
     Serve(ConfigArg),
+    /// Post a personalised batch (JSON) to the running instance and print each recipient's
+    /// result (exit status 1 when any recipient was refused)
+    Inject(cli_inject::InjectArgs),
     /// Inspect and control the queue of a running instance (through its HTTP API)
     Queue {
         #[command(subcommand)]
@@ -361,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Queue { action } => queue_command(action),
+        Command::Inject(args) => cli_inject::run(args, load_config),
         Command::Logs { action } => logs_command(action),
         Command::Gdpr { action } => match action {
             GdprAction::Erase { address, config } => {

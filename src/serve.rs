@@ -59,6 +59,8 @@ pub enum ServeError {
     Suppression(#[from] crate::suppression::StoreError),
     #[error(transparent)]
     Verp(#[from] crate::bounce::verp::VerpError),
+    #[error(transparent)]
+    Idempotency(#[from] crate::http::idempotency::IdempotencyError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -270,6 +272,13 @@ pub async fn run_with(
         })
     };
     let acceptor: SharedAcceptor = Arc::new(intake);
+    // Answered Idempotency-Keys of HTTP injection (a small file, compacted at start).
+    let idempotency = {
+        let path = crate::http::idempotency::IdempotencyStore::path_for(&config);
+        tokio::task::spawn_blocking(move || crate::http::idempotency::IdempotencyStore::open(&path))
+            .await
+            .map_err(|e| ServeError::SpoolTask(e.to_string()))??
+    };
 
     let n = recovered.len();
     for r in recovered {
@@ -364,6 +373,14 @@ pub async fn run_with(
         };
         listeners.push(listener);
     }
+    // `[http] tls_cert` / `tls_key`: HTTPS with the SMTP listeners' certificate loader.
+    let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::smtp::load_acceptor("http", config.resolve_path(cert), config.resolve_path(key))
+                .await?,
+        ),
+        _ => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(config.http.address)
         .await
         .map_err(|e| ServeError::HttpBind {
@@ -389,8 +406,15 @@ pub async fn run_with(
         unsubscribe: Some(unsubscribe),
         suppressions: Some(suppressions.clone()),
         bounce_rules: bounce_rules.clone(),
+        idempotency: Some(idempotency),
+        rates: Arc::new(crate::http::rate::TokenRates::from_config(&config)),
     });
-    let http_task = tokio::spawn(crate::http::run(http_listener, router, shutdown.clone()));
+    let http_task = tokio::spawn(crate::http::run(
+        http_listener,
+        router,
+        http_tls,
+        shutdown.clone(),
+    ));
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(
         config.clone(),
         metrics.clone(),

@@ -254,6 +254,12 @@ pub struct HttpConfig {
     /// `[[api_token]]` is configured).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// PEM certificate chain and key: the API speaks HTTPS only (the same files and formats
+    /// as `[[listener]] tls_cert` / `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_http_address() -> SocketAddr {
@@ -265,6 +271,8 @@ impl Default for HttpConfig {
         HttpConfig {
             address: default_http_address(),
             allowed_hosts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -549,6 +557,48 @@ pub struct ApiTokenConfig {
     /// Traffic classes this token (HTTP injection) may use; absent means any. Outside it: 550 5.7.1.
     #[serde(default)]
     pub allowed_classes: Option<Vec<String>>,
+    /// Requests per period this token may make (`"20/s"`, `"600/m"`, `"5000/h"`); absent means
+    /// unlimited. Over it: 429 with `Retry-After`.
+    #[serde(default)]
+    pub rate: Option<RequestRate>,
+    /// Requests that may come at once before `rate` paces them; default: the rate's count.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `N/s`, `N/m` or `N/h`: a request rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for RequestRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("invalid rate {s:?}: expected N/s, N/m or N/h with N ≥ 1, e.g. \"20/s\"");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(bad());
+        }
+        Ok(RequestRate { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestRate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// DKIM signing algorithms Gannet supports.

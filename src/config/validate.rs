@@ -289,6 +289,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             &t.allowed_classes,
         )?;
     }
+    if c.http.tls_cert.is_some() != c.http.tls_key.is_some() {
+        return Err(invalid(
+            "http.tls_cert".to_string(),
+            "tls_cert and tls_key must be given together",
+        ));
+    }
     for (i, t) in c.api_tokens.iter().enumerate() {
         if t.hash.len() != 64 || !t.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid(
@@ -303,6 +309,18 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                     format!("unknown scope {s:?}; expected inject, suppression, logs or admin"),
                 ));
             }
+        }
+        if t.burst == Some(0) {
+            return Err(invalid(
+                format!("api_token[{i}].burst"),
+                "expected at least 1 (or leave it out: the rate's count)",
+            ));
+        }
+        if t.burst.is_some() && t.rate.is_none() {
+            return Err(invalid(
+                format!("api_token[{i}].burst"),
+                "burst needs a rate (e.g. rate = \"20/s\")",
+            ));
         }
     }
     Ok(())

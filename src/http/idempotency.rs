@@ -1,16 +1,19 @@
 //! `Idempotency-Key` for HTTP injection: a retried request gets the first answer and sends
 //! nothing twice.
 //!
-//! Owns: the record of answered keys (`IdempotencyStore`), kept 24 hours, in memory and in an
-//! append-only file (`idempotency.jsonl` in the spool directory) that is fdatasync'd before
-//! the answer goes out, so it survives kill -9 and restarts; the file is compacted (expired
-//! keys dropped) at start. Keys are scoped to the API token and stored hashed. One `Mutex`
-//! guards the map and the set of keys in progress: short sections, no `.await` inside; the
-//! file write happens on a blocking thread. A cluster would put this behind Redis.
+//! Owns: the record of answered keys (`IdempotencyStore`), kept 24 hours in an append-only
+//! file (`idempotency.jsonl` in the spool directory) that is fdatasync'd before the answer goes
+//! out, so it survives kill -9 and restarts; the file is compacted (expired keys dropped) at
+//! start. Memory holds only each key's hashes and where its answer sits in the file (an answer
+//! to 10,000 recipients is ~1.5 MB; a day of them must not live in RAM): a replay reads it
+//! back on a blocking thread. Keys are scoped to the API token and stored hashed. One `Mutex`
+//! guards the index and the set of keys in progress: short sections, no `.await` inside; file
+//! writes and reads happen on blocking threads. A cluster would put this behind Redis.
 //! Never decides what a request does; it only remembers answers.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +24,9 @@ use sha2::{Digest, Sha256};
 /// How long an answered key is remembered.
 pub const KEEP_MS: u64 = 24 * 3600 * 1000;
 
+/// How often expired keys are dropped from memory (the file is compacted at start).
+const PRUNE_EVERY_MS: u64 = 60 * 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
     #[error(
@@ -29,6 +35,14 @@ pub enum IdempotencyError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "idempotency file {path}: the answer stored at byte {offset} is damaged ({message}); the key cannot be replayed"
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        message: String,
     },
 }
 
@@ -44,12 +58,29 @@ struct Line {
     r: String,
 }
 
+/// What memory keeps of an answered key.
+#[derive(Debug, Clone)]
+struct Entry {
+    t: u64,
+    h: String,
+    /// Where its line starts in the file, and its length (without the newline).
+    offset: u64,
+    len: usize,
+}
+
+/// An answer stored in the file, to be read back with [`IdempotencyStore::answer`].
+#[derive(Debug, Clone)]
+pub struct Stored {
+    offset: u64,
+    len: usize,
+}
+
 /// What `begin` found.
 pub enum Begin {
     /// First time: process the request, then `finish` (or drop the guard on a refusal).
     Started(InFlight),
-    /// Answered before: send this body again.
-    Answered(String),
+    /// Answered before: send this answer again.
+    Answered(Stored),
     /// The same key with a different body.
     Mismatch,
     /// The same key is being processed right now.
@@ -57,8 +88,15 @@ pub enum Begin {
 }
 
 struct State {
-    answered: HashMap<String, Line>,
+    answered: HashMap<String, Entry>,
     in_flight: HashSet<String>,
+    last_prune: u64,
+}
+
+/// The append-only file and where the next line goes.
+struct File {
+    file: std::fs::File,
+    end: u64,
 }
 
 /// Handle to the store. Cheap to clone.
@@ -67,7 +105,7 @@ pub struct IdempotencyStore {
     state: Arc<Mutex<State>>,
     path: Arc<PathBuf>,
     /// Serialises appends to the file (held on a blocking thread only).
-    file: Arc<Mutex<Option<std::fs::File>>>,
+    file: Arc<Mutex<File>>,
 }
 
 /// A key in progress; dropping it without `finish` frees the key for a retry.
@@ -102,6 +140,13 @@ fn hex_sha(parts: &[&[u8]]) -> String {
 }
 
 impl IdempotencyStore {
+    /// Where the store lives for `config`: `idempotency.jsonl` in the spool directory.
+    pub fn path_for(config: &crate::config::Config) -> PathBuf {
+        config
+            .resolve_path(&config.spool.path)
+            .join("idempotency.jsonl")
+    }
+
     /// Load `path` (absent is empty), drop expired keys and rewrite it compacted. Blocking.
     pub fn open(path: &Path) -> Result<IdempotencyStore, IdempotencyError> {
         let io = |source| IdempotencyError::Io {
@@ -109,7 +154,7 @@ impl IdempotencyStore {
             source,
         };
         let now = now_ms();
-        let mut answered = HashMap::new();
+        let mut kept: HashMap<String, Line> = HashMap::new();
         match std::fs::File::open(path) {
             Ok(f) => {
                 for line in std::io::BufReader::new(f).lines() {
@@ -118,7 +163,7 @@ impl IdempotencyStore {
                     if let Ok(l) = serde_json::from_str::<Line>(&line)
                         && now.saturating_sub(l.t) < KEEP_MS
                     {
-                        answered.insert(l.k.clone(), l);
+                        kept.insert(l.k.clone(), l);
                     }
                 }
             }
@@ -129,13 +174,27 @@ impl IdempotencyStore {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let tmp = path.with_extension("jsonl.tmp");
+        let mut answered = HashMap::with_capacity(kept.len());
+        let mut end = 0u64;
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            for l in answered.values() {
-                let mut s = serde_json::to_string(l).unwrap_or_default();
-                s.push('\n');
-                f.write_all(s.as_bytes()).map_err(io)?;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+            for (k, l) in kept {
+                // Serialising a struct of strings and a number cannot fail.
+                let text = serde_json::to_string(&l).unwrap_or_default();
+                f.write_all(text.as_bytes()).map_err(io)?;
+                f.write_all(b"\n").map_err(io)?;
+                answered.insert(
+                    k,
+                    Entry {
+                        t: l.t,
+                        h: l.h,
+                        offset: end,
+                        len: text.len(),
+                    },
+                );
+                end += text.len() as u64 + 1;
             }
+            let f = f.into_inner().map_err(|e| io(e.into_error()))?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, path).map_err(io)?;
@@ -145,6 +204,7 @@ impl IdempotencyStore {
             let _ = d.sync_all();
         }
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .append(true)
             .open(path)
             .map_err(io)?;
@@ -152,9 +212,10 @@ impl IdempotencyStore {
             state: Arc::new(Mutex::new(State {
                 answered,
                 in_flight: HashSet::new(),
+                last_prune: now,
             })),
             path: Arc::new(path.to_path_buf()),
-            file: Arc::new(Mutex::new(Some(file))),
+            file: Arc::new(Mutex::new(File { file, end })),
         })
     }
 
@@ -165,11 +226,14 @@ impl IdempotencyStore {
         let Ok(mut s) = self.state.lock() else {
             return Begin::Busy;
         };
-        if let Some(l) = s.answered.get(&k)
-            && now_ms().saturating_sub(l.t) < KEEP_MS
+        if let Some(e) = s.answered.get(&k)
+            && now_ms().saturating_sub(e.t) < KEEP_MS
         {
-            return if l.h == h {
-                Begin::Answered(l.r.clone())
+            return if e.h == h {
+                Begin::Answered(Stored {
+                    offset: e.offset,
+                    len: e.len,
+                })
             } else {
                 Begin::Mismatch
             };
@@ -184,6 +248,34 @@ impl IdempotencyStore {
         })
     }
 
+    /// The answer stored for a key `begin` found answered.
+    pub async fn answer(&self, at: Stored) -> Result<String, IdempotencyError> {
+        let file = self.file.clone();
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; at.len];
+            let f = file
+                .lock()
+                .map_err(|_| std::io::Error::other("idempotency file lock poisoned"))?;
+            f.file.read_exact_at(&mut buf, at.offset)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|source| IdempotencyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice::<Line>(&read)
+            .map(|l| l.r)
+            .map_err(|e| IdempotencyError::Damaged {
+                path: path.to_path_buf(),
+                offset: at.offset,
+                message: e.to_string(),
+            })
+    }
+
     /// Remember the answer durably (fdatasync) before it is sent.
     pub async fn finish(&self, guard: InFlight, response: String) -> Result<(), IdempotencyError> {
         let line = Line {
@@ -192,30 +284,51 @@ impl IdempotencyStore {
             h: guard.body_hash.clone(),
             r: response,
         };
+        let (t, h) = (line.t, line.h.clone());
         let file = self.file.clone();
         let path = self.path.clone();
-        let l2 = line.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut text = serde_json::to_string(&l2).unwrap_or_default();
+        let written = tokio::task::spawn_blocking(move || {
+            // Serialising a struct of strings and a number cannot fail.
+            let mut text = serde_json::to_string(&line).unwrap_or_default();
+            let len = text.len();
             text.push('\n');
             let mut f = file
                 .lock()
-                .map_err(|_| std::io::Error::other("lock poisoned"))?;
-            let f = f
-                .as_mut()
-                .ok_or_else(|| std::io::Error::other("file closed"))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()
+                .map_err(|_| std::io::Error::other("idempotency file lock poisoned"))?;
+            let offset = f.end;
+            if let Err(e) = f
+                .file
+                .write_all(text.as_bytes())
+                .and_then(|_| f.file.sync_data())
+            {
+                // What reached the file may be a torn line; start the next one on a fresh line
+                // so only this answer is lost (the reader skips lines that do not parse).
+                if let Ok(m) = f.file.metadata() {
+                    f.end = m.len();
+                    if f.file.write_all(b"\n").is_ok() {
+                        f.end += 1;
+                    }
+                }
+                return Err(e);
+            }
+            f.end += text.len() as u64;
+            Ok::<_, std::io::Error>((offset, len))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r);
-        res.map_err(|source| IdempotencyError::Io {
+        let (offset, len) = written.map_err(|source| IdempotencyError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         if let Ok(mut s) = self.state.lock() {
-            s.answered.insert(line.k.clone(), line);
+            s.answered
+                .insert(guard.key.clone(), Entry { t, h, offset, len });
+            let now = now_ms();
+            if now.saturating_sub(s.last_prune) >= PRUNE_EVERY_MS {
+                s.last_prune = now;
+                s.answered.retain(|_, e| now.saturating_sub(e.t) < KEEP_MS);
+            }
         }
         drop(guard);
         Ok(())
@@ -225,6 +338,13 @@ impl IdempotencyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn answered(s: &IdempotencyStore, token: &str, key: &str, body: &[u8]) -> String {
+        match s.begin(token, key, body) {
+            Begin::Answered(at) => s.answer(at).await.unwrap(),
+            _ => panic!("{key} should be answered"),
+        }
+    }
 
     #[tokio::test]
     async fn answers_survive_reopen_and_mismatches_are_caught() {
@@ -236,7 +356,7 @@ mod tests {
         };
         assert!(matches!(s.begin("tok", "k1", b"body"), Begin::Busy));
         s.finish(g, "{\"a\":1}".into()).await.unwrap();
-        assert!(matches!(s.begin("tok", "k1", b"body"), Begin::Answered(r) if r == "{\"a\":1}"));
+        assert_eq!(answered(&s, "tok", "k1", b"body").await, "{\"a\":1}");
         assert!(matches!(s.begin("tok", "k1", b"other"), Begin::Mismatch));
         // Another token's same key is another key.
         assert!(matches!(s.begin("tok2", "k1", b"body"), Begin::Started(_)));
@@ -252,7 +372,14 @@ mod tests {
             .write_all(b"{\"k\":\"tor")
             .unwrap();
         let s = IdempotencyStore::open(&p).unwrap();
-        assert!(matches!(s.begin("tok", "k1", b"body"), Begin::Answered(r) if r == "{\"a\":1}"));
+        assert_eq!(answered(&s, "tok", "k1", b"body").await, "{\"a\":1}");
+        // Appends after a reopen land after the compacted lines and read back.
+        let Begin::Started(g) = s.begin("tok", "k3", b"three") else {
+            panic!("k3 is new")
+        };
+        s.finish(g, "{\"three\":3}".into()).await.unwrap();
+        assert_eq!(answered(&s, "tok", "k3", b"three").await, "{\"three\":3}");
+        assert_eq!(answered(&s, "tok", "k1", b"body").await, "{\"a\":1}");
         // Expired entries are dropped at open.
         let old = Line {
             k: hex_sha(&[b"tok", b"old"]),

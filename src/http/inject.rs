@@ -13,14 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::idempotency::Begin;
 use super::{ApiError, ApiState};
 use crate::message::compose::{Batch, BatchRequest, Extras, RecipientError};
 use crate::message::template::TemplateLimits;
@@ -165,13 +166,56 @@ fn promotional_headers(
     ])
 }
 
+/// The `Idempotency-Key` request header: 1 to 255 visible ASCII characters.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is a good choice)",
+            "Idempotency-Key",
+        )),
+    }
+}
+
+fn json_response(status: StatusCode, text: String, replayed: bool) -> Response {
+    let mut r = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response();
+    if replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}
+
 /// `POST /api/v1/messages`.
+///
+/// With an `Idempotency-Key`, the first answer is stored durably (24 h) before it is sent and
+/// a retry with the same key and body gets it again without sending anything; the same key
+/// with another body is 422, and while the first request is still running 409 (with
+/// `Retry-After`). The batch runs in its own task, so a client that hangs up mid-batch does
+/// not cut it short: what it queued is still answered to the retry.
 pub async fn post_messages(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<InjectResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let actor = super::authorize_actor(&s.config, &headers, peer, "inject")?;
     // The token's name, for sender authorisation in intake (none when no tokens exist).
     let api_token = (!s.config.api_tokens.is_empty()).then_some(actor);
@@ -191,6 +235,80 @@ pub async fn post_messages(
             field_error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text(), "body")
         }
     })?;
+    let key = idempotency_key(&headers)?;
+    let guard = match (&key, &s.idempotency) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idempotency_unavailable",
+                "this instance keeps no idempotency keys; send the request without Idempotency-Key",
+            ));
+        }
+        (Some(key), Some(store)) => {
+            match store.begin(api_token.as_deref().unwrap_or(""), key, &body) {
+                Begin::Started(g) => Some((store.clone(), g)),
+                Begin::Answered(at) => {
+                    let text = store.answer(at).await.map_err(|e| {
+                        tracing::error!(error = %e, "cannot replay an idempotent answer");
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    })?;
+                    return Ok(json_response(StatusCode::OK, text, true));
+                }
+                Begin::Mismatch => {
+                    return Err(field_error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used in the last 24 hours for a different request body; use a new key for a new batch",
+                        "Idempotency-Key",
+                    ));
+                }
+                Begin::Busy => {
+                    let mut r = field_error(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_in_progress",
+                        "a request with this Idempotency-Key is still being processed; retry after it has been answered",
+                        "Idempotency-Key",
+                    )
+                    .into_response();
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Ok(r);
+                }
+            }
+        }
+    };
+    let task = tokio::spawn(async move {
+        let answer = run_batch(s, peer, api_token, body).await?;
+        // Serialising strings and numbers cannot fail.
+        let text = serde_json::to_string(&answer).unwrap_or_default();
+        if let Some((store, guard)) = guard
+            && let Err(e) = store.finish(guard, text.clone()).await
+        {
+            // The messages are durable and queued: the answer must still go out. Only a
+            // retry with this key could now send them again.
+            tracing::error!(error = %e, "idempotency key not recorded; a retry with it would send the batch again");
+        }
+        Ok::<_, ApiError>(text)
+    });
+    let text = task.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the batch task failed: {e}"),
+        )
+    })??;
+    Ok(json_response(StatusCode::OK, text, false))
+}
+
+/// Everything after authorisation and the body: validate, render, hand to intake, answer.
+async fn run_batch(
+    s: ApiState,
+    peer: SocketAddr,
+    api_token: Option<String>,
+    body: Bytes,
+) -> Result<InjectResponse, ApiError> {
+    let limits = &s.config.inject;
     let req = parse_request(&body)?;
     drop(body);
     if req.recipients.len() > limits.max_recipients {
@@ -377,11 +495,11 @@ pub async fn post_messages(
         campaign = req.campaign.as_deref().unwrap_or(""),
         "batch injected"
     );
-    Ok(Json(InjectResponse {
+    Ok(InjectResponse {
         accepted,
         rejected,
         results,
-    }))
+    })
 }
 
 /// Why a recipient got no queue id.

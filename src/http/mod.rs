@@ -32,8 +32,10 @@ use crate::metrics::Metrics;
 use crate::queue::{Filter, Queue};
 
 pub mod logs;
+pub mod rate;
 pub mod suppressions;
 pub mod suppressions_bulk;
+pub mod tls;
 pub mod unsubscribe;
 
 /// What handlers may use.
@@ -55,6 +57,10 @@ pub struct ApiState {
     pub suppressions: Option<crate::suppression::SharedStore>,
     /// Bounce rules and provider data for `POST /api/v1/bounces/classify`.
     pub bounce_rules: Arc<crate::bounce::report::ReportRules>,
+    /// Answered `Idempotency-Key`s of `POST /api/v1/messages`; None: keys are refused (503).
+    pub idempotency: Option<idempotency::IdempotencyStore>,
+    /// Per-token request rates (`[[api_token]] rate`); applied before every handler.
+    pub rates: rate::SharedRates,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.
@@ -422,21 +428,38 @@ pub fn router(state: ApiState) -> Router {
             post(bounces::classify).layer(axum::extract::DefaultBodyLimit::max(bounces::MAX_BODY)),
         )
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.rates.clone(),
+            rate::limit,
+        ))
 }
 
-/// Serve the API on an already-bound listener until `shutdown`.
+/// Serve the API on an already-bound listener until `shutdown`; over TLS when `tls` is given
+/// (`[http] tls_cert` / `tls_key`).
 pub async fn run(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    match tls {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+        Some(acceptor) => {
+            use axum::serve::ListenerExt;
+            // tap_io: axum gives connect info (the client address) for tapped listeners.
+            let listener = tls::TlsListener::new(listener, acceptor, shutdown).tap_io(|_| {});
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ mod tests;
 
 pub use auth::hash_password;
 pub use listener::SmtpListener;
-pub use tls::generate_dev_cert;
+pub use tls::{generate_dev_cert, load_acceptor};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -33,17 +33,17 @@ use crate::common::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dkim");
 
-fn fixture_path(name: &str) -> PathBuf {
+pub(crate) fn fixture_path(name: &str) -> PathBuf {
     Path::new(FIXTURES).join(name)
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     let p = fixture_path(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("read fixture {}: {e}", p.display()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyType {
+pub(crate) enum KeyType {
     Rsa,
     Ed25519,
 }
@@ -51,7 +51,7 @@ enum KeyType {
 /// `v=DKIM1; k=...; p=...` for the public half of the private key in `pem`, computed by
 /// `openssl pkey -pubout` (independent of Gannet): SubjectPublicKeyInfo for RSA, the raw 32
 /// bytes for Ed25519 (RFC 8463).
-async fn public_record(pem: &Path, kind: KeyType) -> String {
+pub(crate) async fn public_record(pem: &Path, kind: KeyType) -> String {
     let mut c = std::process::Command::new("openssl");
     c.arg("pkey")
         .arg("-in")
@@ -110,18 +110,21 @@ fn sig_id(d: &str, s: &str, a: &str, c: &str) -> SigId {
 
 /// One signature as dkimpy judged it.
 #[derive(Debug, Clone)]
-struct Checked {
-    d: String,
-    s: String,
-    a: String,
-    c: String,
-    ok: bool,
-    error: Option<String>,
+pub(crate) struct Checked {
+    pub(crate) d: String,
+    pub(crate) s: String,
+    pub(crate) a: String,
+    pub(crate) c: String,
+    pub(crate) ok: bool,
+    pub(crate) error: Option<String>,
 }
 
 /// Verifies every DKIM-Signature of each message with dkimpy, which fetches the keys from `dns`
 /// (tests/e2e/scripts/dkim_verify.py). Returns, per message, its signatures in header order.
-async fn dkimpy_verify(dns: &TestDns, messages: &[(String, Vec<u8>)]) -> Vec<Vec<Checked>> {
+pub(crate) async fn dkimpy_verify(
+    dns: &TestDns,
+    messages: &[(String, Vec<u8>)],
+) -> Vec<Vec<Checked>> {
     let dir = tempfile::tempdir().expect("temp dir");
     let files: Vec<String> = messages
         .iter()

@@ -26,6 +26,9 @@
 //!   bounces listener suppressing a recipient end to end.
 //! - `anomaly` (issue 20): exact metrics, bounded series, the anomaly detector's breaker.
 //! - `dashboards` (issue 20): dashboards and alert rules against a real Prometheus.
+//! - `inject` (issue 16): HTTP injection of personalised batches: rendering, per-recipient
+//!   answers, Idempotency-Key, kill -9 after the answer, 10,000 recipients with DKIM, header
+//!   injection, token rates, HTTPS, `gannet inject`.
 
 mod common;
 

@@ -176,6 +176,8 @@ pub struct TestConfig {
     routes: Vec<(String, String)>,
     sources: Vec<(String, String)>,
     listener_options: Vec<String>,
+    /// Raw `key = value` lines inside `[http]`.
+    http_options: Vec<String>,
     delivery_options: Vec<String>,
     extra: Vec<String>,
     /// Further `[[pool]]`s: name → sources.
@@ -200,6 +202,7 @@ impl TestConfig {
             routes: Vec::new(),
             sources: vec![("127.0.0.1".into(), "out.gannet.test".into())],
             listener_options: Vec::new(),
+            http_options: Vec::new(),
             delivery_options: Vec::new(),
             extra: Vec::new(),
             pools: Vec::new(),
@@ -291,6 +294,13 @@ impl TestConfig {
         self
     }
 
+    /// A raw `key = value` line inside `[http]` (e.g. `"tls_cert = \"${CERT}\""`). With
+    /// `tls_cert` the readiness check only connects to the HTTP port (it speaks plain HTTP).
+    pub fn http_option(mut self, line: &str) -> Self {
+        self.http_options.push(line.into());
+        self
+    }
+
     /// A raw `key = value` line inside `[dns]` (e.g. `"min_ttl = \"1s\""`).
     pub fn dns_option(mut self, line: &str) -> Self {
         self.dns_options.push(line.into());
@@ -335,7 +345,12 @@ impl TestConfig {
             t += l;
             t += "\n";
         }
-        t += "\n[http]\naddress = \"${HTTP}\"\n\n";
+        t += "\n[http]\naddress = \"${HTTP}\"\n";
+        for l in &self.http_options {
+            t += l;
+            t += "\n";
+        }
+        t += "\n";
         let ns: Vec<String> = self.nameservers.iter().map(|a| a.to_string()).collect();
         t += &format!(
             "[dns]\nnameservers = [{}]\ntimeout = \"2s\"\nnegative_ttl = \"1s\"\n",
@@ -547,6 +562,9 @@ impl Gannet {
             if !self.implicit_tls.contains(addr) {
                 let _ = s.write_all(b"QUIT\r\n").await;
             }
+        }
+        if http_tls(&self.config_text) {
+            return TcpStream::connect(self.http).await.is_ok();
         }
         matches!(http(self.http, "GET", "/health", None).await, Ok((200, _)))
     }
@@ -981,6 +999,14 @@ fn fill_placeholders(text: &str, dir: &Path) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Whether the config text's `[http]` has `tls_cert` (the API speaks HTTPS only).
+fn http_tls(text: &str) -> bool {
+    toml::from_str::<toml::Value>(text)
+        .ok()
+        .and_then(|v| v.get("http").and_then(|h| h.get("tls_cert")).cloned())
+        .is_some()
 }
 
 /// `[[listener]] address`es, those with implicit TLS, and `[http] address` of a config text.
