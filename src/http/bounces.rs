@@ -19,6 +19,13 @@ use crate::bounce::report::MAX_REPORT_SIZE;
 /// Largest body accepted (a bounce with its returned message is far smaller).
 pub const MAX_BODY: usize = MAX_REPORT_SIZE;
 
+#[utoipa::path(post, path = "/api/v1/bounces/classify", tag = "suppression",
+    request_body(content = String, description = "The raw returned message (RFC 5322); any content type", content_type = "text/plain"),
+    responses((status = 200, description = "What the mail is, each recipient's status and category", body = Object),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn classify(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -29,7 +29,7 @@ use crate::message::{Envelope, Origin, Rejection, Submission};
 use crate::suppression::token::{self, Claims};
 
 /// The answer for one recipient, in request order.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RecipientResult {
     pub email: String,
     /// `queued` (durable, will be delivered) or `rejected`.
@@ -43,7 +43,7 @@ pub struct RecipientResult {
     pub error: Option<RecipientErrorBody>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RecipientErrorBody {
     pub code: String,
     pub message: String,
@@ -55,7 +55,7 @@ pub struct RecipientErrorBody {
 }
 
 /// The whole answer.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct InjectResponse {
     pub accepted: usize,
     pub rejected: usize,
@@ -210,6 +210,18 @@ fn json_response(status: StatusCode, text: String, replayed: bool) -> Response {
 /// with another body is 422, and while the first request is still running 409 (with
 /// `Retry-After`). The batch runs in its own task, so a client that hangs up mid-batch does
 /// not cut it short: what it queued is still answered to the retry.
+#[utoipa::path(post, path = "/api/v1/messages", tag = "inject",
+    request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body gets the first answer (24 h)")),
+    responses(
+        (status = 200, description = "Every recipient's result in request order, sent once every accepted message is durable", body = InjectResponse),
+        (status = 409, description = "A request with this Idempotency-Key is still running (Retry-After)", body = crate::http::openapi::ErrorResponse),
+        (status = 413, description = "Over a size or recipient limit (the message states it)", body = crate::http::openapi::ErrorResponse),
+        (status = 422, description = "Idempotency-Key reused with another body", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn post_messages(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -66,8 +66,9 @@ fn suppression_error(message: String) -> ApiError {
 }
 
 /// Query parameters of `GET /api/v1/events`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     pub recipient: Option<String>,
     pub message_id: Option<String>,
@@ -75,6 +76,7 @@ pub struct EventsQuery {
     pub campaign: Option<String>,
     pub tenant: Option<String>,
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     pub kind: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
@@ -183,6 +185,14 @@ fn format_of(q: &EventsQuery, headers: &HeaderMap) -> Result<Format, ApiError> {
 }
 
 /// `GET /api/v1/events`
+#[utoipa::path(get, path = "/api/v1/events", tag = "logs", params(EventsQuery),
+    responses((status = 200, description = "`{\"events\": [...], \"next\": cursor}`, or CSV / NDJSON of every match (Accept or format)",
+            content((Object = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 503, description = "The send log is turned off", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn events(
     State(s): State<ApiState>,
     who: LogsReader,
@@ -267,6 +277,15 @@ pub async fn events(
 
 /// `GET /api/v1/messages/{id}`: every event of one message (by Message-ID or queue id),
 /// grouped by recipient, with attempts, IPs and replies.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "logs",
+    params(("id" = String, Path, description = "Message-ID or queue id")),
+    responses((status = 200, description = "The story of one message", body = Object),
+        (status = 404, description = "No such message in the send log", body = crate::http::openapi::ErrorResponse),
+        (status = 503, description = "The send log is turned off", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn message(
     State(s): State<ApiState>,
     who: LogsReader,
@@ -344,6 +363,14 @@ pub fn message_story(id: &str, rows: Vec<Value>) -> Value {
 }
 
 /// `GET /api/v1/campaigns/{campaign}/stats`
+#[utoipa::path(get, path = "/api/v1/campaigns/{campaign}/stats", tag = "logs",
+    params(("campaign" = String, Path)),
+    responses((status = 200, description = "Counts by variant and provider", body = Object),
+        (status = 503, description = "The send log is turned off", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn campaign_stats(
     State(s): State<ApiState>,
     who: LogsReader,
@@ -367,7 +394,7 @@ pub async fn campaign_stats(
 }
 
 /// Body of `POST /api/v1/erasures`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureRequest {
     pub address: String,
@@ -381,6 +408,13 @@ fn address_ok(a: &str) -> bool {
 /// `POST /api/v1/erasures` (scope admin): suppress the person by keyed hash (their clear
 /// suppression entries go), drop their queued mail (recorded as `purged`), crypto-shred their
 /// send-log rows, and record the erasure without the address.
+#[utoipa::path(post, path = "/api/v1/erasures", tag = "logs", request_body = ErasureRequest,
+    responses((status = 200, description = "`{\"erased\": {\"subject\", \"send_log_rows\"}}`", body = Object),
+        (status = 503, description = "The send log is turned off", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn erase(
     State(s): State<ApiState>,
     super::Admin { actor }: super::Admin,
@@ -422,6 +456,14 @@ pub async fn erase(
 
 /// `GET /api/v1/subjects/{address}` (scope logs): everything the send log holds about a
 /// person (GDPR Art. 15), with retention and purposes.
+#[utoipa::path(get, path = "/api/v1/subjects/{address}", tag = "logs",
+    params(("address" = String, Path, description = "An email address")),
+    responses((status = 200, description = "Everything the send log holds about the person", body = Object),
+        (status = 503, description = "The send log is turned off", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn subject(
     State(s): State<ApiState>,
     who: LogsReader,

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Filter, Queue};
 
 pub mod logs;
+pub mod openapi;
 pub mod rate;
 pub mod suppressions;
 pub mod suppressions_bulk;
@@ -257,6 +258,8 @@ pub(crate) fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
         })
 }
 
+#[utoipa::path(get, path = "/health", tag = "meta", security(()),
+    responses((status = 200, description = "The process answers", body = Object, example = json!({"status": "ok"}))))]
 async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -264,6 +267,8 @@ async fn health() -> impl IntoResponse {
 /// How long a scrape waits for the metrics subscriber to count what was published before it.
 const SCRAPE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+    responses((status = 200, description = "Prometheus text format; every name starts with gannet_", body = String, content_type = "text/plain")))]
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     // Counters come from the event stream: wait until they include every event published
     // before this request, so a scrape agrees with the log lines already written.
@@ -301,6 +306,12 @@ fn bad_request(e: impl std::fmt::Display, field: &str) -> ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/queues", tag = "queues", params(crate::queue::Filter),
+    responses((status = 200, description = "Queued recipients per domain, class, pool, tenant, state", body = crate::queue::QueueListing),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn queues(
     State(s): State<ApiState>,
     _: Admin,
@@ -315,6 +326,12 @@ fn filter_body(body: Result<Json<Filter>, JsonRejection>) -> Result<Filter, ApiE
         .map_err(|e| bad_request(e.body_text(), "filter"))
 }
 
+#[utoipa::path(post, path = "/api/v1/queues/suspend", tag = "queues", request_body = crate::queue::Filter,
+    responses((status = 200, description = "`{\"suspension\": {\"id\", \"filter\"}, \"held\": N}`", body = Object),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn suspend(
     State(s): State<ApiState>,
     admin: Admin,
@@ -325,6 +342,12 @@ async fn suspend(
     Ok(Json(json!({"suspension": suspension, "held": held})))
 }
 
+#[utoipa::path(post, path = "/api/v1/queues/resume", tag = "queues", request_body = crate::queue::Filter,
+    responses((status = 200, description = "`{\"removed\": N, \"released\": M}`", body = Object),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn resume(
     State(s): State<ApiState>,
     admin: Admin,
@@ -335,6 +358,12 @@ async fn resume(
     Ok(Json(json!({"removed": removed, "released": released})))
 }
 
+#[utoipa::path(post, path = "/api/v1/queues/purge", tag = "queues", request_body = crate::queue::Filter,
+    responses((status = 200, description = "`{\"purged\": N}`; the filter must name at least one field", body = Object),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn purge(
     State(s): State<ApiState>,
     admin: Admin,
@@ -351,15 +380,35 @@ async fn purge(
     Ok(Json(json!({"purged": n})))
 }
 
+#[utoipa::path(get, path = "/api/v1/queues/suspensions", tag = "queues",
+    responses((status = 200, description = "`{\"suspensions\": [...]}`", body = Object),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn suspensions(State(s): State<ApiState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(json!({"suspensions": s.queue.suspensions()})))
 }
 
+#[utoipa::path(post, path = "/api/v1/queues/flush", tag = "queues",
+    responses((status = 200, description = "`{\"flushed\": N}`: deferred deliveries retried now", body = Object),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn flush(State(s): State<ApiState>, admin: Admin) -> Result<impl IntoResponse, ApiError> {
     let n = s.queue.flush(&admin.actor).await;
     Ok(Json(json!({"flushed": n})))
 }
 
+#[utoipa::path(get, path = "/api/v1/domains/{domain}/check", tag = "queues",
+    params(("domain" = String, Path, description = "The From domain to check"),
+        ("return_path" = Option<String>, Query, description = "Return-Path domain when it differs")),
+    responses((status = 200, description = "The check-domain report", body = Object),
+        (status = 400, description = "Bad request", body = openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = openapi::ErrorResponse)))]
 async fn domain_check(
     State(s): State<ApiState>,
     _: Admin,
@@ -386,6 +435,7 @@ pub fn router(state: ApiState) -> Router {
             post(inject::post_messages).layer(axum::extract::DefaultBodyLimit::max(inject_limit)),
         )
         .route("/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/queues/flush", post(flush))

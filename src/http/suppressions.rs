@@ -89,8 +89,9 @@ fn announce(s: &ApiState, e: &Entry, change: &str, actor: &str) {
     s.bus.publish(ev);
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
     prefix: String,
@@ -106,6 +107,13 @@ pub struct ListQuery {
 
 /// `GET /api/v1/suppressions?prefix=&domain=&reason=&tenant=&cursor=&limit=` →
 /// `{"entries": [...], "next_cursor": "..." | null}` (limit 1..=1000, default 100).
+#[utoipa::path(get, path = "/api/v1/suppressions", tag = "suppression", params(ListQuery),
+    responses((status = 200, description = "`{\"entries\": [...], \"next_cursor\"}`", body = Object),
+        (status = 503, description = "The suppression list is not available", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn list(
     State(s): State<ApiState>,
     _who: SuppressionUser,
@@ -145,6 +153,15 @@ pub async fn list(
 }
 
 /// `GET /api/v1/suppressions/{address}` → `{"address", "entries": [...]}` (404 when none).
+#[utoipa::path(get, path = "/api/v1/suppressions/{address}", tag = "suppression",
+    params(("address" = String, Path)),
+    responses((status = 200, description = "Every entry of the address", body = Object),
+        (status = 404, description = "Not suppressed", body = crate::http::openapi::ErrorResponse),
+        (status = 503, description = "The suppression list is not available", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn get_one(
     State(s): State<ApiState>,
     _who: SuppressionUser,
@@ -164,7 +181,7 @@ pub async fn get_one(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
     address: String,
@@ -180,6 +197,13 @@ pub struct AddRequest {
 
 /// `POST /api/v1/suppressions` `{"address", "tenant"?: "*", "stream"?: "", "reason"?:
 /// "manual", "expires"?: unix seconds}` → 201 `{"entry": {...}, "created": bool}`.
+#[utoipa::path(post, path = "/api/v1/suppressions", tag = "suppression", request_body = AddRequest,
+    responses((status = 201, description = "`{\"entry\", \"created\"}`", body = Object),
+        (status = 503, description = "The suppression list is not available", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn add(
     State(s): State<ApiState>,
     who: SuppressionUser,
@@ -220,8 +244,9 @@ pub async fn add(
     ))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, utoipa::IntoParams, Default)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ScopeQuery {
     tenant: Option<String>,
     #[serde(default)]
@@ -230,6 +255,15 @@ pub struct ScopeQuery {
 
 /// `DELETE /api/v1/suppressions/{address}?tenant=*&stream=` → `{"removed": {...}}` (404 when
 /// there was no such entry).
+#[utoipa::path(delete, path = "/api/v1/suppressions/{address}", tag = "suppression",
+    params(("address" = String, Path), ScopeQuery),
+    responses((status = 200, description = "`{\"removed\": {...}}`", body = Object),
+        (status = 404, description = "No such entry", body = crate::http::openapi::ErrorResponse),
+        (status = 503, description = "The suppression list is not available", body = crate::http::openapi::ErrorResponse),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn remove(
     State(s): State<ApiState>,
     who: SuppressionUser,

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::template::{self, CompileError, RenderError, TemplateLimits, Templates};
 
 /// `"user@example.com"` or `{"email": "user@example.com", "name": "User"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Mailbox {
     Plain(String),
@@ -49,7 +49,7 @@ impl Mailbox {
 }
 
 /// One recipient of a batch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recipient {
     pub email: String,
@@ -57,14 +57,16 @@ pub struct Recipient {
     pub name: Option<String>,
     /// This recipient's template variables; they win over the request's `substitutions`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub substitutions: serde_json::Map<String, serde_json::Value>,
     /// Opaque data for the caller; not rendered, not sent.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The body of `POST /api/v1/messages`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub from: Mailbox,
@@ -96,6 +98,7 @@ pub struct BatchRequest {
     pub variant: Option<String>,
     /// Variables shared by every recipient.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub substitutions: serde_json::Map<String, serde_json::Value>,
     pub recipients: Vec<Recipient>,
 }

@@ -14,8 +14,19 @@ use super::{Job, QueueRow};
 /// Which queued mail an operator command is about. Every given field must match; an absent
 /// field matches anything. `site` matches the site key or any of its MX hosts by suffix
 /// (`google.com` matches `gmail-smtp-in.l.google.com`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    utoipa::ToSchema,
+    utoipa::IntoParams,
+)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,

@@ -14,7 +14,7 @@ use super::{Filter, Job, Queue, QueuedMessage, Suspension, scheduler};
 use crate::events::{Event, EventKind};
 
 /// One row of `gannet queue list`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueRow {
     pub domain: String,
     pub site: Option<String>,
@@ -28,11 +28,12 @@ pub struct QueueRow {
     pub state: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueListing {
     pub queued_recipients: usize,
     pub queues: Vec<QueueRow>,
     /// Damaged spool records the operator must look at (issue 15 item 1).
+    #[schema(value_type = Vec<Object>)]
     pub damaged: Vec<crate::spool::DamagedRecord>,
 }
 
