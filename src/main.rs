@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use gannet::config::Config;
 
 mod cli_bounce;
-mod cli_suppress;
 mod cli_inject;
+mod cli_suppress;
 
 #[derive(Parser)]
 #[command(

@@ -77,6 +77,8 @@ impl Modify for Bearer {
         super::suppressions::add,
         super::suppressions::get_one,
         super::suppressions::remove,
+        super::suppressions_bulk::import,
+        super::suppressions_bulk::export,
         super::bounces::classify,
     ),
     components(schemas(ErrorResponse, ErrorDetail)),

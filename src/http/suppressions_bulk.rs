@@ -36,8 +36,9 @@ pub const MAX_LISTED_ERRORS: usize = 100;
 /// Entries read from the store per export chunk.
 const EXPORT_CHUNK: usize = 5_000;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ImportQuery {
     format: Option<String>,
 }
@@ -107,6 +108,15 @@ async fn write(store: &SharedStore, batch: Vec<Entry>) -> Result<usize, ApiError
 /// `{"lines", "imported", "created", "rejected", "errors": [{"line", "message"}],
 /// "errors_truncated"}`: 200 when every line was imported; 422 with the same fields and an
 /// `error` naming the first bad line when some were not (the good ones are imported).
+#[utoipa::path(post, path = "/api/v1/suppressions/import", tag = "suppression", params(ImportQuery),
+    request_body(content = String, content_type = "text/plain",
+        description = "CSV or JSONL lines; the format from ?format=csv|jsonl, else the Content-Type (text/csv, application/x-ndjson, application/jsonl)"),
+    responses((status = 200, description = "Every line imported: `{\"lines\", \"imported\", \"created\", \"rejected\", \"errors\", \"errors_truncated\"}`", body = Object),
+        (status = 422, description = "Some lines were not imported (the good ones were): the same fields and an `error` naming the first bad line", body = Object),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn import(
     State(s): State<ApiState>,
     who: SuppressionUser,
@@ -216,8 +226,9 @@ fn stopped(t: &Tally, status: StatusCode, why: String) -> ApiError {
     )
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     format: Option<String>,
     #[serde(default)]
@@ -233,6 +244,13 @@ pub struct ExportQuery {
 /// `GET /api/v1/suppressions/export?format=csv|jsonl&prefix=&domain=&reason=&tenant=` →
 /// every matching entry, streamed in key order (CSV with a header line). The default format
 /// is JSONL, or CSV when the client accepts `text/csv`.
+#[utoipa::path(get, path = "/api/v1/suppressions/export", tag = "suppression", params(ExportQuery),
+    responses((status = 200, description = "Every matching entry, streamed in key order",
+            content((String = "application/x-ndjson"), (String = "text/csv"))),
+        (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
+        (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
+        (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
 pub async fn export(
     State(s): State<ApiState>,
     _who: SuppressionUser,
