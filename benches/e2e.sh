@@ -41,6 +41,8 @@ fi
 # needs one.
 [ -f /etc/postfix/main.cf ] || cp /etc/postfix/main.cf.proto /etc/postfix/main.cf
 # GANNET_BIN: use an already-built binary instead of building target/release/gannet.
+# GANNET_BENCH_EXTRA: TOML appended to Gannet's config (e.g. "[anomaly] enabled = false" to
+# measure the anomaly detector's share).
 if [ -z "${GANNET_BIN:-}" ]; then
   cargo build --release -q
 fi
@@ -126,6 +128,7 @@ host = "127.0.0.1:$SINK_PORT"
 $pools
 $dkim_conf
 $sendlog_conf
+${GANNET_BENCH_EXTRA:-}
 CONF
 
 smtp-sink -u nobody 127.0.0.1:$SINK_PORT 1000 >/dev/null 2>&1 &

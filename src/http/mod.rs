@@ -286,6 +286,12 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let (backoff, warming) = s.queue.shaping_state();
     s.metrics.backoff_sites.set(backoff as i64);
     s.metrics.warming_sources.set(warming as i64);
+    s.metrics.set_warmup_progress(
+        &s.queue
+            .warmup_progress(crate::shaping::Day::from_system_time(
+                std::time::SystemTime::now(),
+            )),
+    );
     let (m, dir) = (
         s.metrics.clone(),
         s.config.resolve_path(&s.config.spool.path),

@@ -42,6 +42,18 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Set the warm-up gauges: (source, day of its schedule, days in the schedule).
+    pub fn set_warmup_progress(&self, progress: &[(String, i64, usize)]) {
+        for (source, day, days) in progress {
+            self.warmup_day.with_label_values(&[source]).set(*day);
+            self.warmup_schedule_days
+                .with_label_values(&[source])
+                .set(*days as i64);
+        }
+    }
+}
+
 /// Spool disk use and free space, resident memory and open files. Blocking (reads the spool
 /// directory and /proc): call it from `spawn_blocking`.
 pub fn system(m: &Metrics, spool_dir: &Path) {

@@ -52,6 +52,13 @@ pub struct Metrics {
     pub backoff_sites: IntGauge,
     /// Sources still on a warm-up schedule (their daily caps apply).
     pub warming_sources: IntGauge,
+    /// Per warming source: the day of its schedule it is on, and the schedule's length.
+    pub warmup_day: IntGaugeVec,
+    pub warmup_schedule_days: IntGaugeVec,
+    /// Seconds one SMTP transaction took (MAIL to the end of DATA), per provider.
+    pub attempt_duration: HistogramVec,
+    /// MX resolutions that failed, per kind (`temporary`, `permanent`).
+    pub dns_errors: IntCounterVec,
     /// Bytes the spool directory holds, and bytes free on its file system.
     pub spool_used_bytes: IntGauge,
     pub spool_free_bytes: IntGauge,
@@ -191,6 +198,36 @@ impl Metrics {
             warming_sources: IntGauge::new(
                 "gannet_warmup_sources",
                 "Source IPs still on a warm-up schedule",
+            )
+            .expect("metric"),
+            warmup_day: IntGaugeVec::new(
+                Opts::new(
+                    "gannet_warmup_day",
+                    "Day of its warm-up schedule a source is on (0 = first day)",
+                ),
+                &["source"],
+            )
+            .expect("metric"),
+            warmup_schedule_days: IntGaugeVec::new(
+                Opts::new(
+                    "gannet_warmup_schedule_length",
+                    "Days in the source's warm-up schedule (progress = day / days)",
+                ),
+                &["source"],
+            )
+            .expect("metric"),
+            attempt_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "gannet_delivery_attempt_seconds",
+                    "One SMTP transaction to the MX, MAIL FROM to the reply after DATA",
+                )
+                .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).expect("buckets")),
+                &["provider"],
+            )
+            .expect("metric"),
+            dns_errors: IntCounterVec::new(
+                Opts::new("gannet_dns_errors_total", "MX resolutions that failed"),
+                &["kind"],
             )
             .expect("metric"),
             spool_used_bytes: IntGauge::new(
@@ -342,6 +379,10 @@ impl Metrics {
             Box::new(m.suspensions.clone()),
             Box::new(m.backoff_sites.clone()),
             Box::new(m.warming_sources.clone()),
+            Box::new(m.warmup_day.clone()),
+            Box::new(m.warmup_schedule_days.clone()),
+            Box::new(m.attempt_duration.clone()),
+            Box::new(m.dns_errors.clone()),
             Box::new(m.spool_used_bytes.clone()),
             Box::new(m.spool_free_bytes.clone()),
             Box::new(m.process_rss_bytes.clone()),
@@ -374,6 +415,9 @@ impl Metrics {
     /// with value 0, so rates and alert rules have data before the first bounce (Prometheus
     /// advises initialising label sets known in advance).
     pub fn preset(&self, config: &crate::config::Config, providers: &[String]) {
+        for kind in ["temporary", "permanent"] {
+            self.dns_errors.with_label_values(&[kind]);
+        }
         // The TLS share is 1 - plaintext / all: the plaintext series always exists.
         self.delivered_tls.with_label_values(&["none"]);
         for (class, c) in &config.classes {

@@ -130,6 +130,11 @@ impl Queue {
 }
 
 impl Queue {
+    /// Warm-up progress of every source with a plan, on `today` (see `Warmup::progress`).
+    pub fn warmup_progress(&self, today: crate::shaping::Day) -> Vec<(String, i64, usize)> {
+        self.inner.dispatch.warmup.progress(today)
+    }
+
     /// Sites with a backoff rule in force, and sources on a warm-up schedule.
     pub fn shaping_state(&self) -> (usize, usize) {
         let d = &self.inner.dispatch;

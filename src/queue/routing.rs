@@ -115,6 +115,17 @@ impl Queue {
         }
         let result = self.inner.resolver.resolve(domain).await;
         let now = Instant::now();
+        if let Err(e) = &result {
+            let kind = match e {
+                ResolveError::Temporary(_) => "temporary",
+                ResolveError::Permanent(_) => "permanent",
+            };
+            self.inner
+                .metrics
+                .dns_errors
+                .with_label_values(&[kind])
+                .inc();
+        }
         match result {
             Ok(dest) => {
                 let keep_until = dest.valid_until + self.inner.config.dns.stale_grace;

@@ -163,6 +163,19 @@ impl Warmup {
         })
     }
 
+    /// Per source with a plan: (source, days since its start on `today`, days in its
+    /// schedule), sorted by source (for `gannet_warmup_day` / `gannet_warmup_schedule_length`).
+    pub fn progress(&self, today: Day) -> Vec<(String, i64, usize)> {
+        let mut v: Vec<(String, i64, usize)> = self
+            .inner
+            .plans
+            .iter()
+            .map(|(s, p)| (s.clone(), today.days_since(p.start), p.schedule.days()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// How many sources have a warm-up plan (for `gannet_warmup_sources`).
     pub fn warming_sources(&self) -> usize {
         self.inner.plans.len()

@@ -493,3 +493,86 @@ async fn breaker_suspends_the_campaign_that_hard_bounces_and_resume_releases_it(
             .await;
     }
 }
+
+/// Days since the Unix epoch now (UTC), for warm-up start dates in tests.
+fn epoch_day() -> i64 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 86_400) as i64
+}
+
+/// A recipient whose domain does not exist counts one permanent DNS error; one transaction to
+/// the Gmail site is one `gannet_delivery_attempt_seconds{provider="google"}` observation; a
+/// source on day 10 of the 21-day `standard` warm-up shows `gannet_warmup_day 10` and
+/// `gannet_warmup_schedule_length 21`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_errors_attempt_durations_and_warmup_progress_are_exported() {
+    // Ten days ago, as YYYY-MM-DD (civil from days: Howard Hinnant's algorithm).
+    let z = epoch_day() - 10 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let start = format!("{y:04}-{m:02}-{d:02}");
+    let w = World::start(
+        &["127.0.0.169"],
+        Zone::new()
+            .mx("gm2.test", 10, GOOGLE_MX)
+            .a(GOOGLE_MX, "127.0.0.169")
+            .mail_domain("origin.test", "127.0.0.169"),
+        |c| {
+            c.extra(&format!(
+                "[[pool]]\nname = \"fresh\"\nsources = [{{ ip = \"127.0.0.1\", ehlo = \"fresh.test\", \
+                 name = \"fresh1\", warmup = \"standard\", warmup_start = \"{start}\" }}]\n"
+            ))
+        },
+    )
+    .await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.send(
+        "s@origin.test",
+        &["a@gm2.test", "b@gm2.test", "c@nx.test"],
+        &campaign_message("x", "hi"),
+    )
+    .await;
+    c.quit().await;
+    w.gannet.wait_event("delivered", "b@gm2.test", WAIT).await;
+    w.gannet.wait_event("bounced", "c@nx.test", WAIT).await;
+    let g = &w.gannet;
+    assert_eq!(
+        g.metric("gannet_dns_errors_total", &[("kind", "permanent")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        g.metric("gannet_dns_errors_total", &[("kind", "temporary")])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        g.metric(
+            "gannet_delivery_attempt_seconds_count",
+            &[("provider", "google")]
+        )
+        .await,
+        1.0,
+        "a and b went in one transaction"
+    );
+    assert_eq!(
+        g.metric("gannet_warmup_day", &[("source", "fresh1")]).await,
+        10.0
+    );
+    assert_eq!(
+        g.metric("gannet_warmup_schedule_length", &[("source", "fresh1")])
+            .await,
+        21.0
+    );
+    assert_eq!(g.metric("gannet_warmup_sources", &[]).await, 1.0);
+}

@@ -246,6 +246,11 @@ async fn every_dashboard_query_returns_data_and_the_bounce_alert_fires_in_promet
                      algorithm = \"rsa-sha256\"\nkey = \"${DIR}/k.pem\"\n",
                 )
                 .extra("[dkim_policy]\ncheck_interval = \"1s\"\n")
+                // A source on a warm-up schedule (its pool carries no class: nothing is sent).
+                .extra(
+                    "[[pool]]\nname = \"fresh\"\nsources = [{ ip = \"127.0.0.1\", ehlo = \"fresh.test\", \
+                     name = \"fresh1\", warmup = \"standard\", warmup_start = \"2026-01-01\" }]\n",
+                )
                 .extra(
                     "[anomaly]\ninterval = \"1s\"\nhard_bounce_min_sample = 20\n\
                      admins = [\"ops@admin.test\"]",

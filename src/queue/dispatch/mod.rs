@@ -471,7 +471,13 @@ async fn deliver(cx: &Context, rq: &ReadyQueue, o: &mut Open, job: Job) -> bool 
             })),
             None => std::borrow::Cow::Borrowed(job.msg.mail_from.as_str()),
         };
-        match o.conn.send(&sender, &addrs, &body).await {
+        let started = std::time::Instant::now();
+        let sent = o.conn.send(&sender, &addrs, &body).await;
+        cx.metrics
+            .attempt_duration
+            .with_label_values(&[provider_label(rq)])
+            .observe(started.elapsed().as_secs_f64());
+        match sent {
             Ok(t) => outcomes.extend(t.rcpts.into_iter().map(Outcome::from_reply)),
             Err(e) => {
                 let r = e.as_reply();
