@@ -45,6 +45,7 @@ pub(super) fn store(s: &ApiState) -> Result<&SharedStore, ApiError> {
 pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::BadAddress(_) => bad_request(e, "address"),
+        StoreError::BadTenant(_) => bad_request(e, "tenant"),
         e => {
             tracing::error!(error = %e, "suppression store request failed");
             ApiError::new(

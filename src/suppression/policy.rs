@@ -236,7 +236,9 @@ pub(super) fn apply(
             Ok(true) => added.push((entry, p.event.clone())),
             Ok(false) => {}
             // An address the list cannot key (should not reach an event): nothing to suppress.
-            Err(super::store::StoreError::BadAddress(a)) => {
+            Err(
+                super::store::StoreError::BadAddress(a) | super::store::StoreError::BadTenant(a),
+            ) => {
                 tracing::warn!(address = %a, event = %p.event.id, "event names an address the suppression list cannot hold; ignored");
             }
             Err(e) => return Err(e),

@@ -468,3 +468,32 @@ fn erasure_keeps_only_the_keyed_hash_and_refuses_the_address_in_every_scope() {
     assert_eq!(s.soft_bounce("erin@x.test", 70, 100, 2).unwrap(), 0);
     assert_eq!(s.len(), 0, "no clear entry is left");
 }
+
+/// Entries are stored in the compact binary form and read back whole; an entry written by an
+/// earlier version (JSON value) is still found and read; a tenant with a control character
+/// is refused (it would make the key ambiguous).
+#[test]
+fn binary_and_earlier_json_values_both_read() {
+    let s = SledStore::temporary().expect("store");
+    let e = Entry {
+        source: "api:ops".into(),
+        ..entry("a@x.test", "acme", "list:news", "unsubscribe", 99)
+    };
+    s.add(&e).expect("add");
+    assert_eq!(s.get("a@x.test").expect("get"), vec![e.clone()]);
+    let json = entry("old@x.test", "*", "", "complaint", 0);
+    s.raw_insert_for_tests(
+        b"old@x.test\0*\0",
+        &serde_json::to_vec(&json).expect("json"),
+    );
+    assert_eq!(
+        s.check(&q("old@x.test", "acme", "p"), 5)
+            .expect("check")
+            .map(|e| e.reason)
+            .as_deref(),
+        Some("complaint")
+    );
+    assert_eq!(s.get("old@x.test").expect("get"), vec![json]);
+    let bad = entry("b@x.test", "ac\0me", "", "manual", 0);
+    assert!(matches!(s.add(&bad), Err(StoreError::BadTenant(_))));
+}
