@@ -158,14 +158,10 @@ async fn http_queue_api_reports_and_flushes() {
     for r in ["a@dest.test", "b@dest.test", "c@other.test"] {
         w.gannet.wait_event("delivered", r, WAIT).await;
     }
-    let mut q = w.gannet.queue_status().await;
-    for _ in 0..50 {
-        if q.queued_recipients == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        q = w.gannet.queue_status().await;
-    }
+    let q = w
+        .gannet
+        .queue_drained(std::time::Duration::from_secs(5))
+        .await;
     assert_eq!(
         q.queued_recipients, 0,
         "queue empty after delivery: {:?}",

@@ -372,7 +372,7 @@ async fn a_retried_request_with_its_idempotency_key_sends_nothing_twice_across_a
         .wait_until(WAIT, |ts| distinct_message_ids(ts).is_superset(&want))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let q = w.gannet.queue_status().await;
+    let q = w.gannet.queue_drained(WAIT).await;
     assert_eq!(q.queued_recipients, 0, "{:?}", q.raw);
     let got = distinct_message_ids(&w.sinks[0].transactions());
     assert_eq!(got, want, "exactly the two batches' messages arrive");
@@ -417,7 +417,7 @@ async fn concurrent_duplicates_with_one_key_send_once() {
         .wait_until(WAIT * 2, |ts| distinct_message_ids(ts).is_superset(&want))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let q = w.gannet.queue_status().await;
+    let q = w.gannet.queue_drained(WAIT).await;
     assert_eq!(q.queued_recipients, 0, "{:?}", q.raw);
     assert_eq!(
         w.sinks[0].messages().len(),

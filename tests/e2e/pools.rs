@@ -303,7 +303,8 @@ async fn unknown_class_is_refused_after_data_and_labels_travel_with_the_message(
         w.gannet.outcomes_for("refused@labels.test").is_empty(),
         "the refused message was never queued"
     );
-    assert_eq!(w.gannet.queue_status().await.queued_recipients, 0);
+    let q = w.gannet.queue_drained(WAIT).await;
+    assert_eq!(q.queued_recipients, 0, "{:?}", q.raw);
 }
 
 /// One message to `rcpt` on an open session, with `X-Gannet-Class: class` when given.

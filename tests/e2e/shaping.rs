@@ -684,7 +684,7 @@ async fn purge_of_a_suspended_campaign_logs_purged_and_empties_the_queue() {
             "{r}: exactly one `purged` outcome with its campaign: {mine:#?}"
         );
     }
-    let status = w.gannet.queue_status().await;
+    let status = w.gannet.queue_drained(WAIT).await;
     assert_eq!(
         status.queued_recipients, 0,
         "the queue is empty: {:#}",

@@ -780,6 +780,20 @@ impl Gannet {
         QueueStatus::from_json(v)
     }
 
+    /// Polls `GET /api/v1/queues` until nothing is queued, for at most `within`; returns the
+    /// last status either way so the caller's assertion shows what was left. A sink that has
+    /// every message does not mean the queue has recorded every outcome yet.
+    pub async fn queue_drained(&self, within: Duration) -> QueueStatus {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let q = self.queue_status().await;
+            if q.queued_recipients == 0 || tokio::time::Instant::now() >= until {
+                return q;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// JSON log lines of one tracing target (e.g. `gannet::shaping`), oldest first, across
     /// restarts.
     pub fn log_events(&self, target: &str) -> Vec<Value> {
