@@ -435,7 +435,13 @@ pub async fn run_with(
                 tokio::select! {
                     _ = tick.tick() => {
                         let s = spool.clone();
-                        let _ = tokio::task::spawn_blocking(move || s.flush_index()).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            s.flush_index();
+                            // A spool refusing mail for lack of space accepts again within a
+                            // second of space returning.
+                            s.refresh_free_space();
+                        })
+                        .await;
                     }
                     _ = shutdown.cancelled() => break,
                 }

@@ -108,6 +108,11 @@ pub struct SpoolConfig {
     /// push back with 421/451 instead of buffering.
     #[serde(default = "default_commit_queue")]
     pub commit_queue: usize,
+    /// New mail is refused (SMTP 452 4.3.1, HTTP 507) while the spool's file system has less
+    /// free space than this, so what is queued can still be finished (state journal, index,
+    /// send log) and free space again. 0 = only when a write fails for lack of space.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 fn default_spool_path() -> PathBuf {
@@ -122,6 +127,9 @@ fn default_commit_bytes() -> usize {
 fn default_commit_queue() -> usize {
     4096
 }
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
+}
 
 impl Default for SpoolConfig {
     fn default() -> Self {
@@ -130,6 +138,7 @@ impl Default for SpoolConfig {
             max_segment_bytes: default_segment_bytes(),
             max_commit_bytes: default_commit_bytes(),
             commit_queue: default_commit_queue(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
@@ -183,6 +192,11 @@ pub struct ListenerConfig {
     pub default_class: Option<String>,
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// Message bytes all sessions of this listener may hold together while reading content
+    /// and waiting for the spool (memory in flight); past it a message gets 452 4.3.1.
+    /// At least `max_message_size`; 0 = no listener-wide limit.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
     /// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; we allow more by default).
@@ -215,6 +229,9 @@ pub struct ListenerConfig {
 
 fn default_listener_name() -> String {
     "default".to_string()
+}
+fn default_max_inflight_bytes() -> usize {
+    512 * 1024 * 1024
 }
 fn default_max_message_size() -> usize {
     25 * 1024 * 1024

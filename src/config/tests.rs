@@ -181,3 +181,23 @@ fn anomaly_settings_are_checked_and_named() {
     assert_eq!(c.anomaly.hard_bounce_warn, 0.02);
     assert!(c.anomaly.breaker);
 }
+
+/// Issue 21 item 3: a listener's budget of bytes in flight below its largest message could
+/// never accept such a message; the error names the key and both values.
+#[test]
+fn max_inflight_bytes_below_max_message_size_is_rejected() {
+    let e = err_of(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\nmax_message_size = 2000\nmax_inflight_bytes = 1999\n{MIN}"
+    ));
+    assert!(
+        e.contains("listener[0].max_inflight_bytes") && e.contains("1999") && e.contains("2000"),
+        "{e}"
+    );
+    for ok in ["2000", "0"] {
+        Config::from_toml(
+            &format!("[[listener]]\naddress = \"127.0.0.1:1\"\nmax_message_size = 2000\nmax_inflight_bytes = {ok}\n{MIN}"),
+            "test.toml",
+        )
+        .unwrap();
+    }
+}

@@ -169,6 +169,15 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        if l.max_inflight_bytes != 0 && l.max_inflight_bytes < l.max_message_size {
+            return Err(invalid(
+                format!("{key}.max_inflight_bytes"),
+                format!(
+                    "{} is below max_message_size ({}): a message of the largest allowed size could never be accepted; raise it, or 0 for no listener-wide limit",
+                    l.max_inflight_bytes, l.max_message_size
+                ),
+            ));
+        }
     }
     for (i, r) in c.routes.iter().enumerate() {
         if r.host

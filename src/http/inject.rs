@@ -221,7 +221,8 @@ fn json_response(status: StatusCode, text: String, replayed: bool) -> Response {
         (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
         (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
         (status = 403, description = "Token lacks the scope, or not loopback", body = crate::http::openapi::ErrorResponse),
-        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse)))]
+        (status = 429, description = "Token over its rate (Retry-After)", body = crate::http::openapi::ErrorResponse),
+        (status = 507, description = "The spool disk is full: nothing was queued; send the batch again later", body = crate::http::openapi::ErrorResponse)))]
 pub async fn post_messages(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -471,6 +472,17 @@ async fn run_batch(
         .await;
     let _ = producer.await;
     outcomes.sort_by_key(|(i, _)| *i);
+    // Nothing accepted because the spool's disk is full: the whole request is 507 (RFC 4918
+    // §11.5), so a client retries it later as a whole; with some accepted, the per-recipient
+    // answer says which to send again (`smtp_4_3_1`, temporary).
+    let full = |o: &Outcome| matches!(o, Err(Failure::Intake(r)) if r.code == 452 && r.enhanced == "4.3.1");
+    if outcomes.iter().all(|(_, o)| o.is_err()) && outcomes.iter().any(|(_, o)| full(o)) {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "the spool disk is full: nothing of this batch was queued; send it again later",
+        ));
+    }
     let mut accepted = 0;
     let results: Vec<RecipientResult> = outcomes
         .into_iter()

@@ -281,11 +281,21 @@ impl Intake {
             .append(&record)
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot make a message durable; answering 4xx");
+                // A full disk is reported by the spool once per episode, not per message.
+                if !matches!(e, SpoolError::Full { .. }) {
+                    tracing::error!(error = %e, "cannot make a message durable; answering 4xx");
+                }
                 match e {
                     SpoolError::Busy(_) => {
                         Rejection::new(451, "4.3.1", "spool busy, try again shortly")
                     }
+                    // RFC 3463 X.3.1 "mail system full"; 452 is RFC 5321's "insufficient
+                    // system storage".
+                    SpoolError::Full { .. } => Rejection::new(
+                        452,
+                        "4.3.1",
+                        "insufficient system storage: the spool disk is full, try again later",
+                    ),
                     SpoolError::TooLarge { .. } => {
                         Rejection::new(552, "5.3.4", "message too big for the spool")
                     }

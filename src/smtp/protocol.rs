@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
 
 use super::auth::{self, Credentials, SaslError};
+use super::budget::{Held, InflightBudget};
 use super::data::{self, DataDecoder};
 use crate::config::{Config, ListenerConfig};
 use crate::message::address;
@@ -56,6 +57,9 @@ pub struct ProtocolConfig {
     /// Asked about each recipient that passed relay control, before `250`: a refusal is
     /// answered as it is (the suppression list's `550 5.7.1`). None: nothing more is checked.
     pub rcpt_check: Option<RcptCheck>,
+    /// The listener's budget of message bytes in flight (`max_inflight_bytes`); None:
+    /// unlimited.
+    pub budget: Option<Arc<InflightBudget>>,
     metrics: Metrics,
 }
 
@@ -98,6 +102,8 @@ impl ProtocolConfig {
             postmaster: config.postmaster_address(),
             rcpt_filter: None,
             rcpt_check: None,
+            budget: (listener.max_inflight_bytes > 0)
+                .then(|| InflightBudget::new(listener.max_inflight_bytes)),
             metrics,
         }
     }
@@ -149,6 +155,8 @@ enum ChunkRefusal {
     Sequence(u16, &'static str, &'static str),
     /// Message too large (552 5.3.4).
     Size,
+    /// The listener's bytes-in-flight budget is spent (452 4.3.1); the transaction ends.
+    Budget,
 }
 
 enum State {
@@ -160,6 +168,9 @@ enum State {
     Data {
         decoder: DataDecoder,
         oversize: bool,
+        /// The listener's bytes-in-flight budget could not cover the content: it is
+        /// discarded as it arrives and the message is refused with 452 4.3.1.
+        over_budget: bool,
     },
     /// Reading `left` more bytes of a BDAT chunk.
     Bdat {
@@ -213,6 +224,9 @@ pub struct Protocol {
     errors: usize,
     line: Vec<u8>,
     body: Vec<u8>,
+    /// This session's share of the listener's bytes-in-flight budget: covers `body` while it
+    /// grows and the submission until the acceptor answers.
+    held: Held,
     out: Vec<u8>,
 }
 
@@ -230,6 +244,7 @@ impl Protocol {
     pub fn new(cfg: Arc<ProtocolConfig>, client_ip: IpAddr, tls: bool) -> Protocol {
         let client_ip = canonical_ip(client_ip);
         let relay_ip = cfg.relay_from.iter().any(|net| net.contains(&client_ip));
+        let cfg_budget = cfg.budget.clone();
         let mut p = Protocol {
             cfg,
             client_ip,
@@ -245,6 +260,7 @@ impl Protocol {
             errors: 0,
             line: Vec::new(),
             body: Vec::new(),
+            held: Held::new(cfg_budget),
             out: Vec::with_capacity(512),
         };
         let greeting = format!("{} ESMTP Gannet", p.cfg.hostname);
@@ -320,10 +336,19 @@ impl Protocol {
                         self.line_too_long();
                     }
                 },
-                State::Data { decoder, oversize } => {
+                State::Data {
+                    decoder,
+                    oversize,
+                    over_budget,
+                } => {
                     let done = decoder.feed(input, &mut self.body);
                     if self.body.len() > self.cfg.max_message_size {
                         *oversize = true;
+                    } else if !*oversize && !*over_budget && !self.held.grow_to(self.body.len()) {
+                        *over_budget = true;
+                        self.held.release();
+                    }
+                    if (*oversize || *over_budget) && self.body.len() > 2 {
                         // Keep only the last two bytes: the decoder looks at the last one.
                         let n = self.body.len();
                         self.body.drain(..n - 2);
@@ -331,8 +356,12 @@ impl Protocol {
                     if !done {
                         return Action::Read;
                     }
-                    let oversize = *oversize;
+                    let (oversize, over_budget) = (*oversize, *over_budget);
                     self.state = State::Command;
+                    if over_budget && !oversize {
+                        self.refuse_over_budget();
+                        continue;
+                    }
                     if let Some(action) = self.finish_message(oversize, false) {
                         return action;
                     }
@@ -346,6 +375,11 @@ impl Protocol {
                     let n = (*left).min(input.len());
                     if refusal.is_none() {
                         self.body.extend_from_slice(&input[..n]);
+                        if !self.held.grow_to(self.body.len()) {
+                            *refusal = Some(ChunkRefusal::Budget);
+                            self.held.release();
+                            self.body.clear();
+                        }
                     }
                     *input = &input[n..];
                     *left -= n;
@@ -412,6 +446,8 @@ impl Protocol {
     pub fn submitted(&mut self, result: Result<Accepted, Rejection>) {
         debug_assert!(matches!(self.state, State::WaitSubmit));
         self.state = State::Command;
+        // Durable (or refused): the content no longer counts as in flight.
+        self.held.release();
         match result {
             Ok(accepted) => {
                 let text = format!("Ok: queued as {}", one_line(&accepted.queue_id));
@@ -799,6 +835,7 @@ impl Protocol {
         self.state = State::Data {
             decoder: DataDecoder::new(),
             oversize: false,
+            over_budget: false,
         };
     }
 
@@ -857,6 +894,10 @@ impl Protocol {
                 );
                 None
             }
+            Some(ChunkRefusal::Budget) => {
+                self.refuse_over_budget();
+                None
+            }
             None if last => self.finish_message(false, true),
             None => {
                 self.reply(250, "2.0.0", &format!("{size} octets received"));
@@ -865,12 +906,25 @@ impl Protocol {
         }
     }
 
+    /// The listener's bytes-in-flight budget could not hold this message: refuse it (RFC 5321
+    /// §4.2.3 452 "insufficient system storage", RFC 3463 X.3.1) and end the transaction.
+    fn refuse_over_budget(&mut self) {
+        self.cfg.count_rejected(452);
+        self.reset_txn();
+        self.reply(
+            452,
+            "4.3.1",
+            "Insufficient system storage: too much mail in flight on this listener, try again shortly",
+        );
+    }
+
     /// The message content is complete: refuse it for size, or hand it on.
     fn finish_message(&mut self, oversize: bool, bdat: bool) -> Option<Action> {
         let txn = self.txn.take()?;
         if oversize {
             self.cfg.count_rejected(552);
             self.reset_body();
+            self.held.release();
             self.reply(
                 552,
                 "5.3.4",
@@ -1053,6 +1107,7 @@ impl Protocol {
     fn reset_txn(&mut self) {
         self.txn = None;
         self.reset_body();
+        self.held.release();
     }
 
     fn reset_body(&mut self) {

@@ -9,11 +9,12 @@
 //! Invariants:
 //! - `append` resolves only after the record is on stable storage (write + fdatasync; a new
 //!   segment's directory entry is fsynced too). Many appends share one fdatasync.
-//! - The segment files are the truth about which messages exist. sled holds only what changes
-//!   afterwards (per-recipient outcomes, the DSNs still owed for failed recipients, "done"
-//!   tombstones); sled's flush is not durable
-//!   (CRATES.md), so a lost sled update can only cause a redelivery, never a lost message. A
-//!   missing or torn index is rebuilt by scanning the segments: every message is then pending.
+//! - The segment files are the truth about which messages exist. What changes afterwards
+//!   (per-recipient outcomes, the DSNs still owed for failed recipients, "done" tombstones) is
+//!   made durable by the state `journal` (group commit, like bodies) and then applied to sled,
+//!   which is only the journal's cache: sled's flush is not durable (CRATES.md). At open the
+//!   journal is replayed into the index; a missing or torn index and journal are rebuilt by
+//!   scanning the segments: every message is then pending (a redelivery, never a loss).
 //! - A segment file is deleted once every message in it is done and it is no longer written to;
 //!   its tombstones are removed from the index after the deletion is durable.
 //! - One damaged record never hides the records after it: the start-up scan finds the next
@@ -23,6 +24,7 @@
 //!
 //! Never does: decide when or where to deliver (queue/), parse messages (message/).
 
+mod journal;
 mod record;
 mod storage;
 mod writer;
@@ -33,6 +35,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -131,6 +134,10 @@ pub enum SpoolError {
     },
     #[error("spool writer is not running (shutting down)")]
     Closed,
+    #[error(
+        "the spool's file system at {path} is full (or below [spool] min_free_bytes = {min_free}): new mail is refused with 452 4.3.1 until deliveries or the operator free space"
+    )]
+    Full { path: PathBuf, min_free: u64 },
     #[error("spool is busy: {0} submissions already wait for the disk")]
     Busy(usize),
     #[error(
@@ -198,6 +205,14 @@ struct Inner {
     state: sled::Db,
     state_path: PathBuf,
     segments: Arc<Segments>,
+    /// Durable state changes (group commit), applied to the index in order.
+    journal: journal::Journal,
+    /// Free bytes on the segments' file system, as last measured (by the writer after each
+    /// commit, and by [`Spool::refresh_free_space`]); u64::MAX before the first measurement.
+    free: Arc<AtomicU64>,
+    min_free: u64,
+    /// In a disk-full episode (logged once when it starts and once when it ends).
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 /// Segment files and their live-message counts; shared by the handle and the writer thread
@@ -219,6 +234,17 @@ fn now_ms() -> u64 {
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}.seg"))
+}
+
+/// Free bytes (for unprivileged users) on the file system holding `dir`; u64::MAX when it
+/// cannot be measured (then only a real ENOSPC refuses mail).
+fn free_space(dir: &Path) -> u64 {
+    fs2::available_space(dir).unwrap_or(u64::MAX)
+}
+
+/// True for "no space left on device" (ENOSPC) and "disk quota exceeded" (EDQUOT).
+fn is_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -290,6 +316,9 @@ impl Spool {
             }
         }
 
+        // State changes made durable by the journal but perhaps not by sled come back first.
+        let journal_dir = root.join("journal");
+        let journals = journal::replay(&journal_dir, &segments_dir, &index)?;
         let (recovered, segs, max_seg, damaged) =
             scan(&segments_dir, &root.join("quarantine"), &index)?;
         metrics.spool_damaged_records.set(damaged.len() as i64);
@@ -310,6 +339,8 @@ impl Spool {
         for seg in empty {
             segments.delete(seg);
         }
+        let journal = journal::start(journal_dir, journals, segments.clone())?;
+        let free = Arc::new(AtomicU64::new(free_space(&segments_dir)));
         let inner = Arc::new(Inner {
             tx,
             damaged,
@@ -318,6 +349,10 @@ impl Spool {
             state,
             state_path,
             segments: segments.clone(),
+            journal,
+            free: free.clone(),
+            min_free: config.min_free_bytes,
+            refusing: std::sync::atomic::AtomicBool::new(false),
         });
         let spool = Spool { inner };
         let first_segment = (now_ms() * 1000).max(max_seg + 1);
@@ -327,6 +362,7 @@ impl Spool {
                 first_segment,
                 max_segment_bytes: config.max_segment_bytes,
                 max_commit_bytes: config.max_commit_bytes,
+                free,
             },
             storage,
             rx,
@@ -346,6 +382,16 @@ impl Spool {
                 limit: record::MAX_PAYLOAD,
             });
         }
+        if self.inner.free.load(Ordering::Relaxed) < self.inner.min_free + bytes.len() as u64 {
+            // Below the floor: refuse now rather than fill the disk the journal, the index and
+            // the send log need to finish what is queued (and so free space again).
+            let e = SpoolError::Full {
+                path: self.inner.segments.dir.clone(),
+                min_free: self.inner.min_free,
+            };
+            self.note_full(&e);
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         // Bounded channel: when the disk falls behind, callers wait here (and SMTP clients
         // wait for their 250) instead of buffering without limit; if even the queue is full
@@ -362,7 +408,26 @@ impl Spool {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(SpoolError::Closed),
         };
         permit.send(WriteReq { bytes, reply });
-        rx.await.map_err(|_| SpoolError::Closed)?
+        let r = rx.await.map_err(|_| SpoolError::Closed)?;
+        match &r {
+            Err(e @ SpoolError::Full { .. }) => self.note_full(e),
+            Ok(_)
+                if self.inner.refusing.load(Ordering::Relaxed)
+                    && self.inner.refusing.swap(false, Ordering::Relaxed) =>
+            {
+                tracing::info!(path = %self.inner.segments.dir.display(),
+                    "spool has free space again; accepting new mail");
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// Log the start of a disk-full episode once (not once per refused message).
+    fn note_full(&self, e: &SpoolError) {
+        if !self.inner.refusing.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "spool disk full; refusing new mail (SMTP 452 4.3.1, HTTP 507) and delivering what is queued");
+        }
     }
 
     /// Read a message back (for a retry, or after a restart). Runs the file read on the
@@ -396,32 +461,19 @@ impl Spool {
 
     /// Record per-recipient outcomes and the DSNs still owed of a message that is not done
     /// (pending recipients, or a DSN not yet durably queued). The index value is one state
-    /// byte per recipient, then (when DSNs are owed) their JSON.
+    /// byte per recipient, then (when DSNs are owed) their JSON. Never waits: the journal
+    /// makes it durable with the next group commit (see [`Spool::flush_index`]).
     pub fn record_progress(&self, key: MsgKey, states: &[RcptState], owed: &[DsnOwed]) {
-        let v = encode_progress(states, owed);
-        if let Err(e) = self.inner.segments.index.insert(key.to_bytes(), v) {
-            tracing::warn!(queue_id = %key.queue_id(), error = %e, owed_dsns = owed.len(),
-                "spool index update failed; recipients may be retried after a restart");
-        }
+        self.inner
+            .journal
+            .put(key, encode_progress(states, owed), false);
     }
 
-    /// Every recipient of the message has a final outcome: mark it done and release its
-    /// segment when that was the segment's last live message.
+    /// Every recipient of the message has a final outcome: mark it done and, once that is
+    /// durable, release its segment when that was the segment's last live message. Never
+    /// waits.
     pub fn complete(&self, key: MsgKey) {
-        if let Err(e) = self.inner.segments.index.insert(key.to_bytes(), &[1u8][..]) {
-            tracing::warn!(queue_id = %key.queue_id(), error = %e, "spool index update failed; message may be redelivered after a restart");
-        }
-        if self.inner.segments.release_one(key.segment) {
-            let segments = self.inner.segments.clone();
-            let seg = key.segment;
-            // File deletion and directory fsync are blocking I/O.
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => {
-                    h.spawn_blocking(move || segments.delete(seg));
-                }
-                Err(_) => segments.delete(seg),
-            }
-        }
+        self.inner.journal.put(key, vec![1u8], true);
     }
 
     /// Damaged records the start-up scan found (each copied to `quarantine/` and reported),
@@ -448,6 +500,15 @@ impl Spool {
             .collect()
     }
 
+    /// Measure the free space of the segments' file system again (blocking: one statvfs), so
+    /// a spool that refused mail for lack of space accepts again soon after space returns,
+    /// even when no commit happens meanwhile. `serve` calls it every second.
+    pub fn refresh_free_space(&self) {
+        self.inner
+            .free
+            .store(free_space(&self.inner.segments.dir), Ordering::Relaxed);
+    }
+
     /// Number of segment files currently tracked (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.inner.segments.lock().len()
@@ -466,9 +527,11 @@ impl Spool {
             })
     }
 
-    /// Push sled's buffered index and operator-state updates to the OS (not a durability
-    /// point; see module docs).
+    /// Wait until every state change made so far is durable (journal) and in the index, then
+    /// push sled's buffered index and operator-state updates to the OS (operator state has no
+    /// journal: sled's flush is its only durability point, see module docs). Blocking.
     pub fn flush_index(&self) {
+        self.inner.journal.barrier();
         if let Err(e) = self.inner.db.flush() {
             tracing::warn!(error = %e, "spool index flush failed");
         }

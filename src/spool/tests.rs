@@ -522,3 +522,53 @@ fn unreadable_owed_dsn_data_still_owes_the_failed_recipients() {
     assert_eq!(states, [RcptState::Delivered, RcptState::Failed]);
     assert!(owed.is_empty());
 }
+
+/// Issue 21 item 2: a state change is durable once the journal has it, without waiting for
+/// sled (whose flush is not durable and ran every 200 ms, so a crash redelivered whatever was
+/// finished in the last fraction of a second). With the sled index gone entirely, the journal
+/// still says which messages are done and which recipients were delivered; a journal whose
+/// last record was cut short keeps the changes before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_keeps_finished_states_when_the_index_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cfg(dir.path());
+    let (spool, _) = Spool::open(&config, dir.path(), Metrics::new()).unwrap();
+    let a = spool.append(&rec(1)).await.unwrap();
+    let b = spool.append(&rec(2)).await.unwrap();
+    let c = spool.append(&rec(3)).await.unwrap();
+    spool.complete(a.key);
+    spool.record_states(b.key, &[RcptState::Delivered, RcptState::Pending]);
+    spool.flush_index();
+    drop(spool);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    // A torn record at the journal's end (a crash in the middle of a write).
+    let jdir = dir.path().join("journal");
+    let mut files: Vec<_> = std::fs::read_dir(&jdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 1, "one journal file: {files:?}");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&files[0])
+            .unwrap();
+        f.write_all(&[30, 0, 0, 0, 1, 2]).unwrap();
+    }
+
+    let (spool, recovered) = reopen(&config, dir.path(), Metrics::new()).await;
+    let keys: Vec<_> = recovered.iter().map(|r| r.location.key).collect();
+    assert_eq!(keys, vec![b.key, c.key], "the done message stays done");
+    assert_eq!(
+        recovered[0].states,
+        vec![RcptState::Delivered, RcptState::Pending],
+        "the delivered recipient stays delivered"
+    );
+    // Opening compacted the journal into one new file.
+    let after: Vec<_> = std::fs::read_dir(&jdir).unwrap().collect();
+    assert_eq!(after.len(), 1);
+    drop(spool);
+}

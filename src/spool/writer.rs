@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use std::sync::Arc;
 
 use super::storage::{SegmentFile, Storage};
-use super::{Location, MsgKey, Segments, SpoolError, WriteReq, segment_path};
+use super::{Location, MsgKey, Segments, SpoolError, WriteReq, free_space, is_full, segment_path};
 use crate::metrics::Metrics;
 
 pub(super) struct WriterConfig {
@@ -24,6 +24,8 @@ pub(super) struct WriterConfig {
     pub first_segment: u64,
     pub max_segment_bytes: u64,
     pub max_commit_bytes: usize,
+    /// Free bytes on the file system, measured after every commit.
+    pub free: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Active {
@@ -45,12 +47,18 @@ pub(super) fn start(
         .expect("spawning the spool writer thread");
 }
 
+/// A write error as the caller sees it: `Full` when the disk is full (452 4.3.1 / HTTP 507).
+fn write_error(path: PathBuf, e: std::io::Error) -> SpoolError {
+    if is_full(&e) {
+        SpoolError::Full { path, min_free: 0 }
+    } else {
+        SpoolError::Write { path, source: e }
+    }
+}
+
 fn open_segment(cfg: &WriterConfig, storage: &dyn Storage, id: u64) -> Result<Active, SpoolError> {
     let path = segment_path(&cfg.dir, id);
-    let err = |e| SpoolError::Write {
-        path: path.clone(),
-        source: e,
-    };
+    let err = |e| write_error(path.clone(), e);
     let file = storage.create_new(&path).map_err(err)?;
     // The new directory entry must be durable before anything in the file is acknowledged.
     if let Err(e) = storage.sync_dir(&cfg.dir) {
@@ -128,6 +136,8 @@ fn run(
             buf.extend_from_slice(&req.bytes);
         }
         let result = a.file.append(&buf).and_then(|()| a.file.sync_data());
+        cfg.free
+            .store(free_space(&cfg.dir), std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(()) => {
                 a.len += buf.len() as u64;
@@ -139,10 +149,7 @@ fn run(
                 }
             }
             Err(e) => {
-                let err = SpoolError::Write {
-                    path: segment_path(&cfg.dir, a.id),
-                    source: e,
-                };
+                let err = write_error(segment_path(&cfg.dir, a.id), e);
                 tracing::error!(error = %err, "spool commit failed; answering 4xx and starting a new segment");
                 fail_batch(&mut batch, &err);
                 // What was written is unknown: stop using this file. Messages in it that were
@@ -160,9 +167,16 @@ fn run(
 
 fn fail_batch(batch: &mut Vec<WriteReq>, err: &SpoolError) {
     for req in batch.drain(..) {
-        let _ = req.reply.send(Err(SpoolError::Write {
-            path: PathBuf::new(),
-            source: std::io::Error::other(err.to_string()),
-        }));
+        let e = match err {
+            SpoolError::Full { path, min_free } => SpoolError::Full {
+                path: path.clone(),
+                min_free: *min_free,
+            },
+            other => SpoolError::Write {
+                path: PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        };
+        let _ = req.reply.send(Err(e));
     }
 }

@@ -24,6 +24,10 @@
 //! - `suppress`, `suppress_intake`, `suppress_bulk`, `suppress_inbound` (issue 17): bounce
 //!   categories and the list; refusal at RCPT or drop; bulk import/export and the CLI; the
 //!   bounces listener suppressing a recipient end to end.
+//! - `crashloop` (issue 21 items 1 and 2): SIGKILL at chosen moments under SMTP and HTTP load,
+//!   restart, repeat; nothing acknowledged lost, nothing refused delivered, duplicates counted.
+//! - `diskfull` (issue 21 item 3): the spool on a small tmpfs fills: 452 4.3.1 / HTTP 507, delivery
+//!   frees it, acceptance resumes, the spool reads back whole after kill -9.
 //! - `anomaly` (issue 20): exact metrics, bounded series, the anomaly detector's breaker.
 //! - `dashboards` (issue 20): dashboards and alert rules against a real Prometheus.
 //! - `inject` (issue 16): HTTP injection of personalised batches: rendering, per-recipient
@@ -35,8 +39,10 @@ mod common;
 mod anomaly;
 mod bounces;
 mod cli;
+mod crashloop;
 mod dashboards;
 mod delivery_faults;
+mod diskfull;
 mod dkim;
 mod dsn;
 mod durability;

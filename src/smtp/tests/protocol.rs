@@ -1042,3 +1042,81 @@ fn bdat_before_mail_is_503_and_leaves_the_session_in_the_command_state() {
         &["220", "250-", "503 5.5.1", "250 2.0.0"],
     );
 }
+
+/// Issue 21 item 2: the listener-wide budget of bytes in flight (`max_inflight_bytes`). Two
+/// sessions of one listener (budget 1,500 bytes, messages up to 1,000): while the first holds
+/// 900 bytes of DATA, the second's 800-byte message gets `452 4.3.1` (its content discarded,
+/// the session usable); once the first is answered its bytes are given back and the second
+/// session's next message is taken. BDAT is held to the same budget.
+#[test]
+fn listener_budget_of_bytes_in_flight_answers_452() {
+    let config = config("max_inflight_bytes = 1500", "");
+    let cfg = Arc::new(ProtocolConfig::new(
+        &config,
+        &config.listeners[0],
+        false,
+        false,
+        Metrics::new(),
+    ));
+    let budget = cfg.budget.clone().expect("a budget is configured");
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut a = Protocol::new(cfg.clone(), ip, false);
+    let mut b = Protocol::new(cfg, ip, false);
+    // Feed `chunk`; the submissions answered 250 and the replies written.
+    let feed = |p: &mut Protocol, chunk: &[u8]| -> (usize, String) {
+        let mut input = chunk;
+        let mut submitted = 0;
+        loop {
+            match p.advance(&mut input) {
+                Action::Read | Action::Close => break,
+                Action::Submit(_) => {
+                    submitted += 1;
+                    p.submitted(Ok(Accepted {
+                        queue_id: "Q".into(),
+                    }));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let out = String::from_utf8_lossy(p.output()).into_owned();
+        p.clear_output();
+        (submitted, out)
+    };
+    let head = b"EHLO c.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\nDATA\r\n";
+    feed(&mut a, head);
+    feed(&mut b, head);
+    let body = |n: usize| "x".repeat(n - 2) + "\r\n";
+    feed(&mut a, body(900).as_bytes());
+    assert!(budget.used() >= 900, "{}", budget.used());
+    let (n, out) = feed(&mut b, (body(800) + ".\r\n").as_bytes());
+    assert_eq!(n, 0, "{out}");
+    assert!(out.starts_with("452 4.3.1 "), "{out}");
+    let (n, out) = feed(&mut a, b".\r\n");
+    assert_eq!(n, 1, "{out}");
+    assert_eq!(budget.used(), 0, "answered: nothing held");
+    let again = format!(
+        "MAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\nDATA\r\n{}.\r\n",
+        body(800)
+    );
+    let (n, out) = feed(&mut b, again.as_bytes());
+    assert_eq!(n, 1, "the session is usable after a 452: {out}");
+    // BDAT: a chunk over what is left is refused with 452 and the transaction ends.
+    feed(&mut a, b"MAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\n");
+    feed(&mut a, format!("BDAT 900\r\n{}", body(900)).as_bytes());
+    let (n, out) = feed(
+        &mut b,
+        format!(
+            "MAIL FROM:<s@a.test>\r\nRCPT TO:<r@b.test>\r\nBDAT 800 LAST\r\n{}",
+            body(800)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(n, 0, "{out}");
+    assert!(out.contains("452 4.3.1 "), "{out}");
+    drop(a);
+    assert_eq!(
+        budget.used(),
+        0,
+        "a session that goes away gives its bytes back"
+    );
+}

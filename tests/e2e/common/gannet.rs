@@ -178,6 +178,8 @@ pub struct TestConfig {
     listener_options: Vec<String>,
     /// Raw `key = value` lines inside `[http]`.
     http_options: Vec<String>,
+    /// Raw `key = value` lines inside `[spool]`.
+    spool_options: Vec<String>,
     delivery_options: Vec<String>,
     extra: Vec<String>,
     /// Further `[[pool]]`s: name → sources.
@@ -203,6 +205,7 @@ impl TestConfig {
             sources: vec![("127.0.0.1".into(), "out.gannet.test".into())],
             listener_options: Vec::new(),
             http_options: Vec::new(),
+            spool_options: Vec::new(),
             delivery_options: Vec::new(),
             extra: Vec::new(),
             pools: Vec::new(),
@@ -301,6 +304,13 @@ impl TestConfig {
         self
     }
 
+    /// A raw `key = value` line inside `[spool]` (e.g. `"max_segment_bytes = 65536"`); a
+    /// `path = ...` line replaces the default `${SPOOL}`.
+    pub fn spool_option(mut self, line: &str) -> Self {
+        self.spool_options.push(line.into());
+        self
+    }
+
     /// A raw `key = value` line inside `[dns]` (e.g. `"min_ttl = \"1s\""`).
     pub fn dns_option(mut self, line: &str) -> Self {
         self.dns_options.push(line.into());
@@ -337,7 +347,19 @@ impl TestConfig {
             t += "\n";
         }
         t += "\n";
-        t += "[spool]\npath = \"${SPOOL}\"\n\n";
+        t += "[spool]\n";
+        if !self
+            .spool_options
+            .iter()
+            .any(|l| l.trim_start().starts_with("path"))
+        {
+            t += "path = \"${SPOOL}\"\n";
+        }
+        for l in &self.spool_options {
+            t += l;
+            t += "\n";
+        }
+        t += "\n";
         t += "[[listener]]\nname = \"default\"\naddress = \"${SMTP}\"\n";
         t += &format!("relay_from = [{}]\n", list(&self.relay_from));
         t += "default_class = \"promotional\"\n";

@@ -1,0 +1,218 @@
+//! Disk full (issue 21 item 3): the spool lives on a small tmpfs this test mounts. While the MX
+//! defers everything, mail fills it; Gannet then answers `452 4.3.1` over SMTP and `507` over
+//! HTTP instead of accepting, keeps delivering what it holds once the MX takes mail again
+//! (which frees the space), accepts again, and after a kill -9 the spool reads back whole.
+//!
+//! Mounting needs root (CI runs as root). Without it the test says so and checks nothing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::gannet::http_with_headers;
+use crate::common::*;
+
+const SINK_IP: &str = "127.0.0.72";
+
+/// A size-limited tmpfs on a fresh directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("gannet-diskfull-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// One message over SMTP; the final reply (code, text), or None if the session failed.
+async fn send(c: &mut SmtpClient, mid: &str, body: &str) -> Option<(u16, String)> {
+    c.send_raw(b"MAIL FROM:<s@origin.test>\r\nRCPT TO:<r@dest.test>\r\nDATA\r\n")
+        .await
+        .ok()?;
+    let (m, r, d) = (
+        c.read_reply().await.ok()??,
+        c.read_reply().await.ok()??,
+        c.read_reply().await.ok()??,
+    );
+    if (m.code, r.code, d.code) != (250, 250, 354) {
+        return Some((d.code, d.text()));
+    }
+    let msg = format!("Message-ID: <{mid}>\r\nSubject: fill\r\n\r\n{body}.\r\n");
+    c.send_raw(msg.as_bytes()).await.ok()?;
+    let done = c.read_reply().await.ok()??;
+    Some((done.code, done.text()))
+}
+
+fn filler(bytes: usize) -> String {
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+    line.repeat(bytes / line.len() + 1)
+}
+
+async fn wait_delivered(sink: &Sink, ids: &BTreeSet<String>, g: &Gannet) {
+    let r = sink
+        .wait_until(Duration::from_secs(60), |ts| {
+            distinct_message_ids(ts).is_superset(ids)
+        })
+        .await;
+    if let Err(e) = r {
+        let got = distinct_message_ids(&sink.transactions());
+        let missing: Vec<_> = ids.difference(&got).collect();
+        panic!("not delivered: {missing:?}\n{e}\n{}", g.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_disk_answers_452_and_507_then_recovers_and_reads_back_whole() {
+    let fs = match Tmpfs::mount("8m") {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED full_spool_disk...: cannot mount a tmpfs for the spool ({e}); run as root (CI does)"
+            );
+            return;
+        }
+    };
+    let spool: PathBuf = fs.path().join("spool");
+    let zone = Zone::new()
+        .mail_domain("dest.test", SINK_IP)
+        .mail_domain("origin.test", SINK_IP);
+    let mut w = World::start(&[SINK_IP], zone, |c| {
+        c.spool_option(&format!("path = \"{}\"", spool.display()))
+            .spool_option("max_segment_bytes = 262144")
+            .spool_option("min_free_bytes = 1048576")
+            // The send log and the suppression list live elsewhere: only the spool fills.
+            .extra("[sendlog]\npath = \"${DIR}/sendlog.sqlite\"\n\n[suppression]\npath = \"${DIR}/suppression\"")
+    })
+    .await;
+    let sink = &w.sinks[0];
+    sink.add_rule(Rule::new(Stage::Data, "451 4.7.1 try later"));
+
+    // Fill the disk: 64 KB messages until Gannet refuses one.
+    let body = filler(64 * 1024);
+    let mut acked = BTreeSet::new();
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("fill.test").await;
+    let mut refusal = None;
+    for i in 0..400 {
+        let mid = format!("fill-{i}@origin.test");
+        match send(&mut c, &mid, &body).await {
+            Some((250, _)) => {
+                acked.insert(format!("<{mid}>"));
+            }
+            Some((code, text)) => {
+                refusal = Some((code, text));
+                break;
+            }
+            None => panic!("session failed after {i} messages\n{}", w.gannet.log()),
+        }
+    }
+    let (code, text) = refusal.unwrap_or_else(|| {
+        panic!(
+            "400 messages of 64 KB fit on an 8 MB spool?\n{}",
+            w.gannet.log()
+        )
+    });
+    assert_eq!(code, 452, "{text}");
+    assert!(text.starts_with("452 4.3.1"), "{text}");
+    assert!(
+        acked.len() >= 20,
+        "{} accepted before it filled",
+        acked.len()
+    );
+
+    // HTTP injection is refused as a whole with 507.
+    let batch = serde_json::json!({
+        "from": {"email": "news@origin.test"},
+        "subject": "fill",
+        "text": "hello world, this line fills the disk\n".repeat(3000),
+        "recipients": [{"email": "h1@dest.test"}, {"email": "h2@dest.test"}],
+    })
+    .to_string();
+    let (status, answer) = http_with_headers(
+        w.gannet.http_addr(),
+        "POST",
+        "/api/v1/messages",
+        Some(&batch),
+        &[],
+    )
+    .await
+    .expect("POST /api/v1/messages");
+    assert_eq!(status, 507, "{answer}");
+    assert!(answer.contains("insufficient_storage"), "{answer}");
+
+    // The MX takes mail again: Gannet delivers what it holds, which frees the disk.
+    sink.clear_rules();
+    wait_delivered(sink, &acked, &w.gannet).await;
+    // ... and accepts again (the free space is measured again within a second).
+    let mut accepted_again = None;
+    for i in 0..100 {
+        let mid = format!("again-{i}@origin.test");
+        match send(&mut c, &mid, &body).await {
+            Some((250, _)) => {
+                accepted_again = Some(format!("<{mid}>"));
+                break;
+            }
+            Some((452, _)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("unexpected {other:?}\n{}", w.gannet.log()),
+        }
+    }
+    let again = accepted_again.unwrap_or_else(|| {
+        panic!(
+            "never accepted again after the disk was freed\n{}",
+            w.gannet.log()
+        )
+    });
+    let log = w.gannet.log();
+    assert!(
+        log.contains("spool disk full"),
+        "the episode is logged\n{log}"
+    );
+
+    // Fill it part way again, kill -9, restart: every accepted message reads back and is
+    // delivered, nothing is reported damaged.
+    sink.add_rule(Rule::new(Stage::Data, "451 4.7.1 try later"));
+    let mut held: BTreeSet<String> = [again].into();
+    for i in 0..20 {
+        let mid = format!("held-{i}@origin.test");
+        if let Some((250, _)) = send(&mut c, &mid, &body).await {
+            held.insert(format!("<{mid}>"));
+        }
+    }
+    assert!(held.len() > 5, "{held:?}");
+    w.gannet.kill9().await;
+    w.gannet.restart().await;
+    sink.clear_rules();
+    wait_delivered(sink, &held, &w.gannet).await;
+    assert_eq!(
+        w.gannet.metric("gannet_spool_damaged_records", &[]).await,
+        0.0
+    );
+    drop(w);
+    drop(fs);
+}
