@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         action: cli_suppress::SuppressAction,
     },
+    /// The web console: enrol a user's authenticator app
+    Console {
+        #[command(subcommand)]
+        action: ConsoleAction,
+    },
     /// Write a self-signed development certificate and key (PEM) for STARTTLS
     DevCert {
         /// Directory to write cert.pem and key.pem into
@@ -92,6 +97,19 @@ enum Command {
         /// Host names the certificate is for
         #[arg(long = "name", default_value = "gannet.localhost")]
         names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleAction {
+    /// Make a new TOTP secret for NAME: prints the otpauth URI (and its QR code) for the
+    /// authenticator app, and the totp_secret line for [[console_user]]
+    Enrol {
+        /// The console user's name (as in [[console_user]] name)
+        name: String,
+        /// Do not draw the QR code
+        #[arg(long)]
+        no_qr: bool,
     },
 }
 
@@ -410,6 +428,25 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::DevCert { out, names } => dev_cert(&out, &names),
+        Command::Console {
+            action: ConsoleAction::Enrol { name, no_qr },
+        } => {
+            let (secret, uri) =
+                gannet::http::console::auth::enrol(&name).map_err(anyhow::Error::msg)?;
+            println!("otpauth URI (add it to the authenticator app):\n{uri}\n");
+            if !no_qr {
+                // The URI as a QR code in the terminal (two rows per character).
+                let code = qrcode::QrCode::new(uri.as_bytes())
+                    .context("cannot draw the otpauth URI as a QR code")?;
+                let art = code
+                    .render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build();
+                println!("{art}\n");
+            }
+            println!("In the [[console_user]] entry of {name}:\ntotp_secret = \"{secret}\"");
+            Ok(())
+        }
         Command::Bounce { action } => cli_bounce::run(action, load_config),
         Command::Suppress { action } => cli_suppress::run(action, load_config),
         Command::Dkim {

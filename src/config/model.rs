@@ -70,6 +70,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// Users of the web console at `/console` (none: the console answers 404).
+    #[serde(default, rename = "console_user")]
+    pub console_users: Vec<ConsoleUserConfig>,
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -1114,6 +1119,90 @@ impl Default for AnomalyConfig {
             alert_from: None,
             alert_class: None,
             breaker: false,
+        }
+    }
+}
+
+/// What a console user may do (see `http::console::auth::Right`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRole {
+    /// Reads the queue, the suppression list and the send log; changes nothing.
+    Viewer,
+    /// Send-log search and export, data-subject requests (access, four-eyes erasure),
+    /// suppressions.
+    Compliance,
+    /// Queue control (suspend/resume), suppressions, send-log search.
+    Operator,
+    /// Everything, and the audit trail.
+    Admin,
+}
+
+impl ConsoleRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleRole::Viewer => "viewer",
+            ConsoleRole::Compliance => "compliance",
+            ConsoleRole::Operator => "operator",
+            ConsoleRole::Admin => "admin",
+        }
+    }
+}
+
+/// `[[console_user]]`: one person who signs in to the web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleUserConfig {
+    pub name: String,
+    /// PHC string (argon2id), made with `gannet hash-password`.
+    pub password_hash: String,
+    pub role: ConsoleRole,
+    /// Base32 TOTP secret (RFC 6238, SHA-1, 6 digits, 30 s), made with `gannet console enrol
+    /// NAME`. Required for every role but `viewer`.
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+}
+
+/// `[console]`: sessions and sign-in throttling of the web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A session cookie stops working this long after sign-in.
+    #[serde(default = "default_console_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// The answer to the first failed sign-in of a user waits this long; each further failure
+    /// in a row doubles it (at most 32 times this).
+    #[serde(default = "default_console_failure_delay", with = "humantime_serde")]
+    pub failure_delay: Duration,
+    /// After this many failed sign-ins in a row, the user is locked out (the next attempt is
+    /// refused even with the right password)...
+    #[serde(default = "default_console_lockout_after")]
+    pub lockout_after: u32,
+    /// ...for this long.
+    #[serde(default = "default_console_lockout", with = "humantime_serde")]
+    pub lockout: Duration,
+}
+
+fn default_console_session_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_console_failure_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_console_lockout_after() -> u32 {
+    5
+}
+fn default_console_lockout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_ttl: default_console_session_ttl(),
+            failure_delay: default_console_failure_delay(),
+            lockout_after: default_console_lockout_after(),
+            lockout: default_console_lockout(),
         }
     }
 }

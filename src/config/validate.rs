@@ -304,6 +304,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             "tls_cert and tls_key must be given together",
         ));
     }
+    validate_console(c)?;
     for (i, t) in c.api_tokens.iter().enumerate() {
         if t.hash.len() != 64 || !t.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid(
@@ -472,6 +473,71 @@ fn validate_anomaly(c: &Config) -> Result<(), ConfigError> {
         return Err(invalid(
             "anomaly.alert_class",
             format!("no [class.{class}] is defined"),
+        ));
+    }
+    Ok(())
+}
+
+/// `[[console_user]]` and `[console]`: names unique, hashes parse, TOTP secrets decode and are
+/// present for every role but viewer.
+fn validate_console(c: &Config) -> Result<(), ConfigError> {
+    use crate::config::ConsoleRole;
+    let mut names = std::collections::HashSet::new();
+    for (i, u) in c.console_users.iter().enumerate() {
+        let key = |f: &str| format!("console_user[{i}].{f}");
+        let name_ok = !u.name.is_empty()
+            && u.name.len() <= 64
+            && u.name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-@".contains(ch));
+        if !name_ok {
+            return Err(invalid(
+                key("name"),
+                "expected 1 to 64 characters from letters, digits, '.', '_', '-', '@'",
+            ));
+        }
+        if !names.insert(u.name.to_ascii_lowercase()) {
+            return Err(invalid(
+                key("name"),
+                format!("{:?} is named twice (names are case-insensitive)", u.name),
+            ));
+        }
+        if argon2::PasswordHash::new(&u.password_hash).is_err() {
+            return Err(invalid(
+                key("password_hash"),
+                "expected a PHC string such as $argon2id$v=19$... (make one with `gannet hash-password`)",
+            ));
+        }
+        match &u.totp_secret {
+            None if u.role != ConsoleRole::Viewer => {
+                return Err(invalid(
+                    key("totp_secret"),
+                    format!(
+                        "role {} needs a second factor: run `gannet console enrol {}` and paste its totp_secret line",
+                        u.role.as_str(),
+                        u.name
+                    ),
+                ));
+            }
+            Some(s) if !crate::http::console::auth::totp_secret_ok(s) => {
+                return Err(invalid(
+                    key("totp_secret"),
+                    "expected a base32 secret of at least 128 bits (make one with `gannet console enrol NAME`)",
+                ));
+            }
+            _ => {}
+        }
+    }
+    if c.console.lockout_after == 0 {
+        return Err(invalid(
+            "console.lockout_after".to_string(),
+            "expected at least 1 failed sign-in before a lockout",
+        ));
+    }
+    if c.console.session_ttl.is_zero() {
+        return Err(invalid(
+            "console.session_ttl".to_string(),
+            "expected a duration such as \"8h\"",
         ));
     }
     Ok(())

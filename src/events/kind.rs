@@ -178,6 +178,19 @@ pub enum EventKind {
         #[serde(default)]
         rows: u64,
     },
+    /// The web console: a sign-in (`login`, `login_failed`, `login_locked`), `logout`, or a
+    /// step of a four-eyes erasure (`erasure_requested`, `erasure_confirmed`,
+    /// `erasure_cancelled`). `recipient` is the person an erasure step is about.
+    Console {
+        /// The console user (as typed, for a failed sign-in).
+        actor: String,
+        action: String,
+        /// Why a sign-in failed (`password`, `totp`, `locked`, ...) or the request id.
+        #[serde(default)]
+        detail: String,
+        #[serde(default)]
+        client_ip: String,
+    },
     /// An asynchronous bounce (a DSN or a non-standard bounce mail arriving on the bounces
     /// listener) tied to the original send; `queue_id`/`recipient` are the original's.
     BounceReport {
@@ -303,6 +316,7 @@ impl EventKind {
             EventKind::Backoff { .. } => "backoff",
             EventKind::LogAccess { .. } => "log_access",
             EventKind::Erased { .. } => "erased",
+            EventKind::Console { .. } => "console",
             EventKind::BounceReport { .. } => "bounce_report",
             EventKind::Complaint { .. } => "complaint",
             EventKind::Unsubscribed { .. } => "unsubscribed",

@@ -190,6 +190,19 @@ pub fn log_event(e: &Event) {
             rows = *rows,
             actor = %actor,
         ),
+        EventKind::Console {
+            actor,
+            action,
+            detail,
+            client_ip,
+        } => tracing::info!(
+            target: "gannet::control",
+            event = "console",
+            action = %action,
+            detail = %detail,
+            client_ip = %client_ip,
+            actor = %actor,
+        ),
         // Bounce reports, complaints, opt-outs and suppressions: one line with the event's
         // own fields, so the line never drifts from the event (the recipient stays out of the
         // log like everywhere else; the send log keeps it sealed).

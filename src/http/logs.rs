@@ -184,6 +184,32 @@ fn format_of(q: &EventsQuery, headers: &HeaderMap) -> Result<Format, ApiError> {
     })
 }
 
+/// One page of a search (events and the cursor of the next page), recorded as `log_access`
+/// by `actor`: the path of `GET /api/v1/events` and of the console's search.
+pub async fn search_page(
+    s: &ApiState,
+    actor: &str,
+    q: &EventsQuery,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let log = sendlog(s)?.clone();
+    let filter = q.filter()?;
+    let f = filter.clone();
+    let rows = log.read(move |r| r.events(&f)).await.map_err(store_error)?;
+    let next = (rows.len() == filter.limit)
+        .then(|| rows.last().and_then(|e| e["seq"].as_u64()))
+        .flatten()
+        .map(|n| n.to_string());
+    log.record_access(
+        actor,
+        "events",
+        filter.recipient.as_deref(),
+        filter_json(&filter),
+        "json",
+        rows.len() as u64,
+    );
+    Ok((rows, next))
+}
+
 /// `GET /api/v1/events`
 #[utoipa::path(get, path = "/api/v1/events", tag = "logs", params(EventsQuery),
     responses((status = 200, description = "`{\"events\": [...], \"next\": cursor}`, or CSV / NDJSON of every match (Accept or format)",
@@ -200,26 +226,13 @@ pub async fn events(
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| bad_request(e.body_text(), "query"))?;
-    let log = sendlog(&s)?.clone();
-    let filter = q.filter()?;
     let format = format_of(&q, &headers)?;
     if format == Format::Json {
-        let f = filter.clone();
-        let rows = log.read(move |r| r.events(&f)).await.map_err(store_error)?;
-        let next = (rows.len() == filter.limit)
-            .then(|| rows.last().and_then(|e| e["seq"].as_u64()))
-            .flatten()
-            .map(|n| n.to_string());
-        log.record_access(
-            &who.actor,
-            "events",
-            filter.recipient.as_deref(),
-            filter_json(&filter),
-            "json",
-            rows.len() as u64,
-        );
+        let (rows, next) = search_page(&s, &who.actor, &q).await?;
         return Ok(axum::Json(json!({"events": rows, "next": next})).into_response());
     }
+    let log = sendlog(&s)?.clone();
+    let filter = q.filter()?;
     // Streamed export: every matching row up to the end of the log as it is now, read in
     // chunks so memory stays flat however large the export is.
     let through = log.read(|r| r.last_seq()).await.map_err(store_error)?;
@@ -291,7 +304,14 @@ pub async fn message(
     who: LogsReader,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let log = sendlog(&s)?.clone();
+    Ok(axum::Json(story(&s, &who.actor, &id).await?).into_response())
+}
+
+/// The story of message `id` (Message-ID or queue id), recorded as `log_access` by `actor`:
+/// the path of `GET /api/v1/messages/{id}` and of the console's story page.
+pub async fn story(s: &ApiState, actor: &str, id: &str) -> Result<Value, ApiError> {
+    let id = id.to_string();
+    let log = sendlog(s)?.clone();
     let f = EventFilter {
         message_id: Some(id.clone()),
         limit: 100_000,
@@ -299,7 +319,7 @@ pub async fn message(
     };
     let rows = log.read(move |r| r.events(&f)).await.map_err(store_error)?;
     log.record_access(
-        &who.actor,
+        actor,
         "message",
         None,
         json!({"message_id": id}),
@@ -316,7 +336,7 @@ pub async fn message(
             field: Some("id".into()),
         });
     }
-    Ok(axum::Json(message_story(&id, rows)).into_response())
+    Ok(message_story(&id, rows))
 }
 
 /// The story of a message from its events (in log order).
@@ -421,13 +441,26 @@ pub async fn erase(
     body: Result<axum::Json<ErasureRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let axum::Json(req) = body.map_err(|e| bad_request(e.body_text(), "address"))?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(erase_person(&s, &actor, &req.address).await?),
+    ))
+}
+
+/// Erase a person (the steps of `POST /api/v1/erasures`, which the console's confirmed
+/// four-eyes request runs too): `{"erased": {"subject", "send_log_rows",
+/// "queued_recipients_dropped", "suppression_entries_removed"}}`.
+pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Value, ApiError> {
+    let req = ErasureRequest {
+        address: address.to_string(),
+    };
     if !address_ok(&req.address) {
         return Err(bad_request(
             format!("{:?} is not an email address", req.address),
             "address",
         ));
     }
-    let log = sendlog(&s)?.clone();
+    let log = sendlog(s)?.clone();
     let hash = log.address_hash(&req.address);
     // First the suppression (keyed by hash only), so nothing new is accepted for them; then
     // their queued mail; then their key, so the purges just recorded are shredded with the rest.
@@ -441,17 +474,14 @@ pub async fn erase(
                 .map_err(|e| suppression_error(format!("suppression task failed: {e}")))?
                 .map_err(|e| suppression_error(e.to_string()))?;
     }
-    let queued = s.queue.purge_recipient(&req.address, &actor).await;
-    let rows = log.erase(&req.address, &actor).await.map_err(store_error)?;
-    Ok((
-        StatusCode::OK,
-        axum::Json(json!({"erased": {
-            "subject": hex::encode(hash),
-            "send_log_rows": rows,
-            "queued_recipients_dropped": queued,
-            "suppression_entries_removed": suppression_entries_removed,
-        }})),
-    ))
+    let queued = s.queue.purge_recipient(&req.address, actor).await;
+    let rows = log.erase(&req.address, actor).await.map_err(store_error)?;
+    Ok(json!({"erased": {
+        "subject": hex::encode(hash),
+        "send_log_rows": rows,
+        "queued_recipients_dropped": queued,
+        "suppression_entries_removed": suppression_entries_removed,
+    }}))
 }
 
 /// `GET /api/v1/subjects/{address}` (scope logs): everything the send log holds about a
@@ -469,13 +499,21 @@ pub async fn subject(
     who: LogsReader,
     Path(address): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(subject_report(&s, &who.actor, &address).await?))
+}
+
+/// Everything the send log holds about `address` (GDPR Art. 15), recorded as `log_access`
+/// (`subject_export`) by `actor`: the path of `GET /api/v1/subjects/{address}` and of the
+/// console's access export.
+pub async fn subject_report(s: &ApiState, actor: &str, address: &str) -> Result<Value, ApiError> {
+    let address = address.to_string();
     if !address_ok(&address) {
         return Err(bad_request(
             format!("{address:?} is not an email address"),
             "address",
         ));
     }
-    let log = sendlog(&s)?.clone();
+    let log = sendlog(s)?.clone();
     let a = address.clone();
     let (events, erased_at) = log
         .read(move |r| {
@@ -502,7 +540,7 @@ pub async fn subject(
         .await
         .map_err(store_error)?;
     log.record_access(
-        &who.actor,
+        actor,
         "subject_export",
         erased_at.is_none().then_some(address.as_str()),
         json!({}),
@@ -539,7 +577,7 @@ pub async fn subject(
         .iter()
         .filter(|e| e["type"] == "log_access")
         .collect();
-    Ok(axum::Json(json!({
+    Ok(json!({
         "address": address,
         "erased_at_us": erased_at,
         "messages": messages,
@@ -548,5 +586,5 @@ pub async fn subject(
         "suppressions": erased_at.map(|t| vec![json!({"reason": "erasure", "since_us": t})]).unwrap_or_default(),
         "retention_days": log.retention_days,
         "purposes": *log.purposes,
-    })))
+    }))
 }

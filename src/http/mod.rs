@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub mod bounces;
+pub mod console;
 pub mod idempotency;
 pub mod inject;
 
@@ -485,6 +486,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .fallback(not_found)
         .with_state(state.clone())
+        .merge(console::router(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.rates.clone(),
             rate::limit,

@@ -95,15 +95,15 @@ fn announce(s: &ApiState, e: &Entry, change: &str, actor: &str) {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
-    prefix: String,
+    pub(crate) prefix: String,
     #[serde(default)]
-    domain: String,
+    pub(crate) domain: String,
     #[serde(default)]
-    reason: String,
+    pub(crate) reason: String,
     #[serde(default)]
-    tenant: String,
-    cursor: Option<String>,
-    limit: Option<usize>,
+    pub(crate) tenant: String,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<usize>,
 }
 
 /// `GET /api/v1/suppressions?prefix=&domain=&reason=&tenant=&cursor=&limit=` →
@@ -185,15 +185,15 @@ pub async fn get_one(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
-    address: String,
+    pub(crate) address: String,
     #[serde(default)]
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     #[serde(default)]
-    stream: String,
+    pub(crate) stream: String,
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     #[serde(default)]
-    expires: u64,
+    pub(crate) expires: u64,
 }
 
 /// `POST /api/v1/suppressions` `{"address", "tenant"?: "*", "stream"?: "", "reason"?:
@@ -249,9 +249,9 @@ pub async fn add(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ScopeQuery {
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     #[serde(default)]
-    stream: String,
+    pub(crate) stream: String,
 }
 
 /// `DELETE /api/v1/suppressions/{address}?tenant=*&stream=` → `{"removed": {...}}` (404 when

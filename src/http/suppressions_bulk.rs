@@ -40,7 +40,7 @@ const EXPORT_CHUNK: usize = 5_000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ImportQuery {
-    format: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 /// The format from `?format=`, else the Content-Type (`text/csv`, `application/x-ndjson`,
@@ -230,15 +230,15 @@ fn stopped(t: &Tally, status: StatusCode, why: String) -> ApiError {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
-    format: Option<String>,
+    pub(crate) format: Option<String>,
     #[serde(default)]
-    prefix: String,
+    pub(crate) prefix: String,
     #[serde(default)]
-    domain: String,
+    pub(crate) domain: String,
     #[serde(default)]
-    reason: String,
+    pub(crate) reason: String,
     #[serde(default)]
-    tenant: String,
+    pub(crate) tenant: String,
 }
 
 /// `GET /api/v1/suppressions/export?format=csv|jsonl&prefix=&domain=&reason=&tenant=` →

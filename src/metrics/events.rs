@@ -201,6 +201,7 @@ fn count(m: &Metrics, labels: &mut Labels, p: &Published) {
         | EventKind::Flushed { .. }
         | EventKind::LogAccess { .. }
         | EventKind::Erased { .. }
+        | EventKind::Console { .. }
         | EventKind::InboundRejected { .. }
         | EventKind::Anomaly { .. } => {}
     }

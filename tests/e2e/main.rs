@@ -33,12 +33,15 @@
 //! - `inject` (issue 16): HTTP injection of personalised batches: rendering, per-recipient
 //!   answers, Idempotency-Key, kill -9 after the answer, 10,000 recipients with DKIM, header
 //!   injection, token rates, HTTPS, `gannet inject`.
+//! - `console` (issue 22): the web console over plain HTTP (refusals, audit trail) and in a
+//!   real browser (Playwright with Debian's Chromium).
 
 mod common;
 
 mod anomaly;
 mod bounces;
 mod cli;
+mod console;
 mod crashloop;
 mod dashboards;
 mod delivery_faults;

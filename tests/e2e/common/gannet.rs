@@ -1096,24 +1096,69 @@ pub async fn http_with_headers(
     json: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
+    let mut all = vec![("Accept", "application/json")];
+    all.extend_from_slice(headers);
+    let body = json.map(|j| ("application/json", j.as_bytes()));
+    http_request(addr, method, path, body, &all)
+        .await
+        .map(|r| (r.status, r.body))
+}
+
+/// A whole HTTP answer: status, every header (name lower-cased, in order) and the body.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (lower case), e.g. each `set-cookie`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close) with an optional `(content type, body)`; answers
+/// with every header, for tests that look at cookies or redirects.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content: Option<(&str, &[u8])>,
+    headers: &[(&str, &str)],
+) -> Result<HttpReply, String> {
     let fut = async {
         let mut s = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let body = json.unwrap_or("");
+        let body: &[u8] = content.map_or(&[], |(_, b)| b);
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
-        if json.is_some() {
-            req.push_str("Content-Type: application/json\r\n");
+        if let Some((ctype, _)) = content {
+            req.push_str(&format!("Content-Type: {ctype}\r\n"));
         }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes())
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        s.write_all(&bytes)
             .await
             .map_err(|e| format!("write: {e}"))?;
         let mut r = BufReader::new(s);
@@ -1127,6 +1172,7 @@ pub async fn http_with_headers(
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| format!("bad status line {status_line:?}"))?;
         let mut chunked = false;
+        let mut all_headers: Vec<(String, String)> = Vec::new();
         let mut length: Option<usize> = None;
         loop {
             let mut h = String::new();
@@ -1140,6 +1186,7 @@ pub async fn http_with_headers(
             if let Some((k, v)) = h.split_once(':') {
                 let k = k.trim().to_ascii_lowercase();
                 let v = v.trim();
+                all_headers.push((k.clone(), v.to_string()));
                 if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
                     chunked = true;
                 }
@@ -1177,7 +1224,11 @@ pub async fn http_with_headers(
                 .await
                 .map_err(|e| format!("read body: {e}"))?;
         }
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok(HttpReply {
+            status,
+            headers: all_headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
