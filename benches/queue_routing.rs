@@ -174,11 +174,21 @@ async fn run(domains: usize) {
     let (spool, _) = Spool::open(&config.spool, dir.path(), metrics.clone()).expect("spool");
     let resolver = MxResolver::new(&config).expect("resolver");
     let bus = gannet::events::EventBus::new(&metrics.registry);
-    let shapers = Shapers::in_process(
-        gannet::shaping::Shaping::from_config(&config).expect("shaping"),
-        &config,
-    )
-    .expect("shapers");
+    let shaping = gannet::shaping::Shaping::from_config(&config).expect("shaping");
+    // The metrics subscriber as `serve` registers it (issue 20: series stay bounded however
+    // many domains are mailed; counted at the end).
+    let providers: Vec<String> = shaping.provider_names().map(str::to_string).collect();
+    metrics.preset(&config, &providers);
+    tokio::spawn(gannet::metrics::events::run_with(
+        metrics.clone(),
+        bus.subscribe("metrics", gannet::events::Mode::Lossy { capacity: 65_536 }),
+        gannet::metrics::labels::Labels::new(
+            providers.iter().cloned(),
+            config.metrics.top_campaigns,
+            config.metrics.campaign_idle.as_secs(),
+        ),
+    ));
+    let shapers = Shapers::in_process(shaping, &config).expect("shapers");
     let (queue, bounce_rx) = Queue::start(
         config.clone(),
         spool.clone(),
@@ -212,7 +222,13 @@ async fn run(domains: usize) {
         });
     }
     let queued = metrics.queued_recipients.clone();
-    let intake = Intake::new(config.clone(), queue.clone(), None, metrics, bus.clone());
+    let intake = Intake::new(
+        config.clone(),
+        queue.clone(),
+        None,
+        metrics.clone(),
+        bus.clone(),
+    );
     tokio::spawn(gannet::bounce::notify_loop(
         bounce_rx,
         Arc::new(intake.clone()),
@@ -291,6 +307,24 @@ async fn run(domains: usize) {
         "  swept : ready queues {:>7}  destinations {:>7}  rss {:>7} KiB (after malloc_trim {} KiB)",
         after.ready_queues, after.destinations, swept_rss, trimmed_rss
     );
+    // Series on /metrics: one per distinct name+labels line; no domain may be a label.
+    let text = metrics.render();
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    let dropped = text
+        .lines()
+        .find(|l| l.starts_with("gannet_events_dropped_total{subscriber=\"metrics\"}"))
+        .unwrap_or("no metrics drops");
+    println!("  /metrics: {series} series after {domains} domains ({dropped})");
+    let labelled: Vec<&String> = names
+        .iter()
+        .step_by((domains / 100).max(1))
+        .filter(|d| text.contains(d.as_str()))
+        .collect();
+    assert!(
+        labelled.is_empty(),
+        "mailed domains appear in metric labels: {labelled:?}"
+    );
+    assert!(series < 1000, "{series} series: not bounded");
     assert_eq!(
         (after.ready_queues, after.destinations),
         (start_stats.ready_queues, start_stats.destinations),
