@@ -201,3 +201,73 @@ fn max_inflight_bytes_below_max_message_size_is_rejected() {
         .unwrap();
     }
 }
+
+/// Issue 22: `[[console_user]]` entries are checked and errors name the entry's key.
+#[test]
+fn console_users_are_checked_and_named() {
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$8nbpC5bJMcUh0lUMUZmn2A$7fMcxRZjGpt1i/6EHtWiotTpHVpbJnXPLTfnQ0lP5Kg";
+    const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+    let user = |name: &str, role: &str, hash: &str, totp: Option<&str>| {
+        format!(
+            "[[console_user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\nrole = \"{role}\"\n{}",
+            totp.map(|t| format!("totp_secret = \"{t}\"\n"))
+                .unwrap_or_default()
+        )
+    };
+    let ok = format!(
+        "{}{}{MIN}",
+        user("vera", "viewer", HASH, None),
+        user("adam", "admin", HASH, Some(SECRET))
+    );
+    let c = Config::from_toml(&ok, "t").unwrap();
+    assert_eq!(c.console_users.len(), 2);
+    for (toml, key, says) in [
+        (
+            user("adam", "admin", HASH, None),
+            "console_user[0].totp_secret",
+            "needs a second factor",
+        ),
+        (
+            user("adam", "operator", HASH, Some("not base32!")),
+            "console_user[0].totp_secret",
+            "base32",
+        ),
+        (
+            user("adam", "operator", HASH, Some("JBSWY3DP")),
+            "console_user[0].totp_secret",
+            "128 bits",
+        ),
+        (
+            user("adam", "viewer", "plain", None),
+            "console_user[0].password_hash",
+            "PHC",
+        ),
+        (
+            user("a b", "viewer", HASH, None),
+            "console_user[0].name",
+            "letters",
+        ),
+        (
+            format!(
+                "{}{}",
+                user("Vera", "viewer", HASH, None),
+                user("vera", "viewer", HASH, None)
+            ),
+            "console_user[1].name",
+            "named twice",
+        ),
+        (
+            format!(
+                "{}[console]\nlockout_after = 0\n",
+                user("vera", "viewer", HASH, None)
+            ),
+            "console.lockout_after",
+            "at least 1",
+        ),
+    ] {
+        let e = err_of(&format!("{toml}{MIN}"));
+        assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
+    }
+    let e = err_of(&format!("{}{MIN}", user("x", "root", HASH, None)));
+    assert!(e.contains("role"), "{e}");
+}

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::auth::Right;
 use super::page::{self, Notice, events_table, layout, text, time_us, urlencode};
+use super::session::Session;
 use super::{Console, Ctx};
 use crate::http::logs::{EventsQuery, LogsReader, events, search_page, story};
 use crate::sendlog::EventFilter;
@@ -53,6 +54,14 @@ pub struct SearchForm {
 }
 
 impl SearchForm {
+    /// A search by recipient.
+    pub fn by_recipient(address: &str) -> SearchForm {
+        SearchForm {
+            recipient: address.to_string(),
+            ..SearchForm::default()
+        }
+    }
+
     fn is_empty(&self) -> bool {
         [
             &self.recipient,
@@ -104,7 +113,7 @@ impl SearchForm {
 }
 
 /// Events per page.
-const PAGE: usize = 50;
+pub const PAGE: usize = 50;
 
 const EVENT_TYPES: &[&str] = &[
     "received",
@@ -169,6 +178,18 @@ async fn search(State(c): State<Console>, ctx: Ctx, Query(f): Query<SearchForm>)
         Ok((rows, next)) => (Notice::None, rows, next),
         Err(e) => (Notice::Error(e.message), Vec::new(), None),
     };
+    results_page(s, &f, &rows, next, notice).into_response()
+}
+
+/// The search page with its results (the handler's whole output; `benches/console_search`
+/// renders it too).
+pub fn results_page(
+    s: &Session,
+    f: &SearchForm,
+    rows: &[Value],
+    next: Option<String>,
+    notice: Notice,
+) -> maud::Markup {
     let qs = f.query_string();
     let can_export = super::auth::allows(s.role, Right::ExportLogs);
     layout(
@@ -176,7 +197,7 @@ async fn search(State(c): State<Console>, ctx: Ctx, Query(f): Query<SearchForm>)
         Some(s),
         &notice,
         html! {
-            (search_form(&f))
+            (search_form(f))
             p {
                 (rows.len()) " events on this page. "
                 @if can_export {
@@ -184,13 +205,12 @@ async fn search(State(c): State<Console>, ctx: Ctx, Query(f): Query<SearchForm>)
                     a href={ "/console/logs/export?format=ndjson&" (qs) } download { "Export JSONL" }
                 }
             }
-            (events_table(&rows, "Matching events, oldest first"))
+            (events_table(rows, "Matching events, oldest first"))
             @if let Some(n) = next {
                 p { a rel="next" href={ "/console/logs?" (qs) "&cursor=" (urlencode(&n)) } { "Next page" } }
             }
         },
     )
-    .into_response()
 }
 
 /// CSV or JSONL of every matching event: the API's own export (`http::logs::events`).

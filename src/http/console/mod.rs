@@ -10,7 +10,7 @@
 //! Never does: SQL, list or queue logic of its own; JavaScript (pages work without it).
 
 pub mod auth;
-mod logs;
+pub mod logs;
 pub mod page;
 mod queue;
 pub mod session;
