@@ -292,6 +292,39 @@ async fn console_refuses_bad_sign_ins_missing_rights_and_forged_posts_and_audits
             "session cookie {cookie:?} lacks {part}"
         );
     }
+    // Import (pasted JSONL, one bad line reported) and export of the suppression list.
+    let page = j.get("/console/suppressions").await;
+    assert_eq!(page.status, 200);
+    let acsrf = Jar::csrf(&page.body);
+    let lines = "{\"address\": \"imported1@dest.test\", \"reason\": \"complaint\"}\n\
+                 {\"address\": \"imported2@dest.test\"}\nnot json\n";
+    let r = j
+        .post(
+            "/console/suppressions/import",
+            &[("csrf", &acsrf), ("format", "jsonl"), ("lines", lines)],
+        )
+        .await;
+    assert_eq!(r.status, 422, "one bad line: {}", r.body);
+    assert!(r.body.contains("Imported 2 of 3 lines"), "{}", r.body);
+    let r = j.get("/console/suppressions/export?format=csv").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-disposition")
+            .is_some_and(|d| d.contains("attachment")),
+        "{r:?}"
+    );
+    assert!(
+        r.body.starts_with("address,tenant,stream,reason"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("imported1@dest.test,*,,complaint")
+            && r.body.contains("imported2@dest.test"),
+        "{}",
+        r.body
+    );
+
     // A search by alice, to be found in the audit trail.
     let r = j.get("/console/logs?recipient=someone%40dest.test").await;
     assert_eq!(r.status, 200, "{}", r.body);

@@ -75,7 +75,7 @@ pub fn router(api: ApiState) -> Router {
         return Router::new();
     }
     let tls = api.config.http.tls_cert.is_some();
-    if !tls && !api.config.http.address.ip().is_loopback() {
+    if exposed_without_tls(&api.config.http) {
         tracing::warn!(
             address = %api.config.http.address,
             "the web console is served without TLS on a non-loopback address: passwords, codes \
@@ -106,6 +106,12 @@ pub fn router(api: ApiState) -> Router {
         .merge(signed_in)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(console)
+}
+
+/// Whether the console would take passwords in clear from the network: a listener on a
+/// non-loopback address (or all addresses) without `[http] tls_cert`.
+pub fn exposed_without_tls(http: &crate::config::HttpConfig) -> bool {
+    http.tls_cert.is_none() && !http.address.ip().is_loopback()
 }
 
 fn now_unix() -> u64 {
@@ -395,4 +401,25 @@ async fn home(ctx: Ctx) -> Response {
         },
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_off_loopback_without_tls_is_flagged() {
+        let mut http = crate::config::HttpConfig::default();
+        assert!(!exposed_without_tls(&http), "127.0.0.1 without TLS");
+        http.address = "0.0.0.0:8025".parse().unwrap();
+        assert!(exposed_without_tls(&http), "every address without TLS");
+        http.address = "192.0.2.10:8025".parse().unwrap();
+        assert!(exposed_without_tls(&http));
+        http.tls_cert = Some("cert.pem".into());
+        assert!(!exposed_without_tls(&http), "with TLS");
+        assert_eq!(
+            form_urlencoded_field(b"a=1&csrf=x%2By&csrf=z", "csrf").as_deref(),
+            Some("x+y")
+        );
+    }
 }
