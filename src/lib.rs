@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod queue;
 pub mod sendlog;
 pub mod serve;
+pub mod ship;
 pub mod shaping;
 pub mod smtp;
 pub mod spool;

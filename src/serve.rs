@@ -61,6 +61,8 @@ pub enum ServeError {
     Verp(#[from] crate::bounce::verp::VerpError),
     #[error(transparent)]
     Idempotency(#[from] crate::http::idempotency::IdempotencyError),
+    #[error("event shipping: {0}")]
+    Ship(#[from] crate::ship::ShipError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -181,6 +183,11 @@ pub async fn run_with(
     } else {
         None
     };
+    // Event shipping's outbox is a durable subscriber too (its own fdatasync'd files):
+    // registered here, before anything publishes; destinations read the files, never the bus.
+    let ship_stop = CancellationToken::new();
+    let shipping =
+        crate::ship::start(&config, &bus, &metrics.registry, ship_stop.clone()).await?;
     let sendlog_stop = CancellationToken::new();
     let (sendlog, sendlog_task) = match sendlog_writer {
         Some(w) => {
@@ -507,6 +514,12 @@ pub async fn run_with(
     }
     if let Some(t) = sendlog_task {
         let _ = t.await;
+    }
+    // The outbox appends what was published until now; destinations stop where they are
+    // (what they had not confirmed goes out after the next start).
+    ship_stop.cancel();
+    if let Some(s) = shipping {
+        s.join().await;
     }
     tracing::info!("stopped; queued mail stays in the spool");
     Ok(())

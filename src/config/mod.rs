@@ -7,6 +7,7 @@
 //! immutable [`Config`] that `serve` hands to each stage.
 
 mod model;
+pub mod ship;
 mod validate;
 
 pub use model::*;

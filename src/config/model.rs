@@ -75,6 +75,15 @@ pub struct Config {
     pub console_users: Vec<ConsoleUserConfig>,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Event shipping (`ship/`): the outbox and its destinations.
+    #[serde(default)]
+    pub outbox: super::ship::OutboxConfig,
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<super::ship::WebhookConfig>,
+    #[serde(default)]
+    pub amqp: Vec<super::ship::AmqpConfig>,
+    #[serde(default)]
+    pub jsonl: Vec<super::ship::JsonlConfig>,
     /// Directory of the config file, for resolving relative paths. Not a TOML key.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,

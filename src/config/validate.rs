@@ -26,6 +26,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     validate_anomaly(c)?;
+    super::ship::validate(c)?;
     if c.unsubscribe.key_file.is_some() && c.unsubscribe.secret.is_some() {
         return Err(invalid(
             "unsubscribe.secret",

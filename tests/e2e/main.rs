@@ -35,6 +35,8 @@
 //!   injection, token rates, HTTPS, `gannet inject`.
 //! - `console` (issue 22): the web console over plain HTTP (refusals, audit trail) and in a
 //!   real browser (Playwright with Debian's Chromium).
+//! - `ship` (issue 19): events to JSONL files (rotation under load, restart appends) and
+//!   signed webhooks (receiver down, kill -9, 410 not retried) through the durable outbox.
 
 mod common;
 
@@ -58,6 +60,7 @@ mod relay;
 mod retry;
 mod sendlog;
 mod shaping;
+mod ship;
 mod smtp_input;
 mod suppress;
 mod suppress_bulk;

@@ -1,0 +1,404 @@
+//! The durable outbox: append-only segment files of events (one JSON object per line) that
+//! every destination reads at its own cursor.
+//!
+//! Owns: the segment files and their list, the durable end position (published to readers
+//! through a `watch` channel), cursor files, and deleting segments every destination has
+//! passed. Never does: talk to a destination, or decide what one takes.
+//!
+//! Written by hand (not sled): sled's flush is not durable (CRATES.md), and what is needed is
+//! small: append + fdatasync of whole lines, read forward from a position, drop whole files.
+//!
+//! Layout under the outbox directory: `{byte:020}-{event:020}.seg` (the position of the
+//! segment's first line: bytes and events since the outbox was created), `cursors/{name}`
+//! (`"{byte} {event}\n"`: where that destination goes on). A line is durable, and visible to
+//! readers, only after the fdatasync that covers it; a torn last line (a crash mid-write) was
+//! never acknowledged to the bus and is cut off at the next start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// A place in the outbox: bytes and lines since it was created. Both only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub byte: u64,
+    pub event: u64,
+}
+
+/// Why the outbox cannot be opened or written; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {path}: {source} (check the directory exists and is writable, `[outbox] path`)")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
+    move |source| OutboxError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    start: Pos,
+    path: PathBuf,
+}
+
+/// The cheap, cloneable handle readers, the appender and housekeeping share.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// Segments oldest first; the last one is the one being appended to. A std Mutex: held
+    /// only to look up or change the list, never across I/O of a whole batch.
+    segments: Mutex<Vec<Segment>>,
+    /// The durable end: everything before it is fsynced and may be read.
+    end: watch::Sender<Pos>,
+}
+
+/// Owned by the one task that appends (one writer per outbox).
+pub struct Appender {
+    outbox: Outbox,
+    file: File,
+    size: u64,
+    end: Pos,
+    segment_bytes: u64,
+}
+
+fn segment_name(p: Pos) -> String {
+    format!("{:020}-{:020}.seg", p.byte, p.event)
+}
+
+fn parse_segment_name(name: &str) -> Option<Pos> {
+    let stem = name.strip_suffix(".seg")?;
+    let (b, e) = stem.split_once('-')?;
+    Some(Pos {
+        byte: b.parse().ok()?,
+        event: e.parse().ok()?,
+    })
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Outbox {
+    /// Open (or create) the outbox in `dir`, cutting a torn last line. Blocking.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Outbox, Appender), OutboxError> {
+        fs::create_dir_all(dir.join("cursors")).map_err(io_err(dir))?;
+        let mut segments = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name();
+            if let Some(start) = name.to_str().and_then(parse_segment_name) {
+                segments.push(Segment {
+                    start,
+                    path: entry.path(),
+                });
+            }
+        }
+        segments.sort_by_key(|s| s.start);
+        if segments.is_empty() {
+            let start = Pos::default();
+            let path = dir.join(segment_name(start));
+            File::create(&path).map_err(io_err(&path))?;
+            sync_dir(dir).map_err(io_err(dir))?;
+            segments.push(Segment { start, path });
+        }
+        let last = segments.last().cloned().expect("one segment at least");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&last.path)
+            .map_err(io_err(&last.path))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io_err(&last.path))?;
+        let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < data.len() {
+            tracing::warn!(target: "gannet::ship", path = %last.path.display(),
+                bytes = data.len() - whole,
+                "outbox: cutting an incomplete last line (written when the process stopped; it was never acknowledged)");
+            file.set_len(whole as u64).map_err(io_err(&last.path))?;
+            file.sync_data().map_err(io_err(&last.path))?;
+        }
+        let lines = memchr::memchr_iter(b'\n', &data[..whole]).count() as u64;
+        let end = Pos {
+            byte: last.start.byte + whole as u64,
+            event: last.start.event + lines,
+        };
+        let (tx, _) = watch::channel(end);
+        let outbox = Outbox {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                segments: Mutex::new(segments),
+                end: tx,
+            }),
+        };
+        let appender = Appender {
+            outbox: outbox.clone(),
+            file,
+            size: whole as u64,
+            end,
+            segment_bytes,
+        };
+        Ok((outbox, appender))
+    }
+
+    fn segments(&self) -> std::sync::MutexGuard<'_, Vec<Segment>> {
+        self.shared
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The durable end now.
+    pub fn end(&self) -> Pos {
+        *self.shared.end.borrow()
+    }
+
+    /// Told every time the durable end moves.
+    pub fn watch_end(&self) -> watch::Receiver<Pos> {
+        self.shared.end.subscribe()
+    }
+
+    /// The oldest position still held.
+    pub fn start(&self) -> Pos {
+        self.segments().first().map(|s| s.start).unwrap_or_default()
+    }
+
+    /// Bytes held in segment files (what some destination has not passed yet, give or take
+    /// one segment).
+    pub fn retained_bytes(&self) -> u64 {
+        self.end().byte - self.start().byte
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Delete every segment that ends at or before `min` (the lowest cursor of all
+    /// destinations). The segment being appended to stays. Blocking.
+    pub fn compact(&self, min: Pos) -> io::Result<usize> {
+        let doomed: Vec<PathBuf> = {
+            let mut segs = self.segments();
+            let mut doomed = Vec::new();
+            while segs.len() > 1 && segs[1].start.byte <= min.byte {
+                doomed.push(segs.remove(0).path);
+            }
+            doomed
+        };
+        for p in &doomed {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// The saved cursor of destination `name`, kept within what the outbox holds: None when
+    /// it has none yet (a new destination). A damaged cursor file starts at the oldest
+    /// event held (duplicates, never a gap). Blocking.
+    pub fn load_cursor(&self, name: &str) -> Option<Pos> {
+        let path = self.cursor_path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(target: "gannet::ship", path = %path.display(), error = %e,
+                    "cannot read the cursor; starting at the oldest event held");
+                return Some(self.start());
+            }
+        };
+        let mut it = text.split_whitespace().map(str::parse::<u64>);
+        let p = match (it.next(), it.next()) {
+            (Some(Ok(byte)), Some(Ok(event))) => Pos { byte, event },
+            _ => {
+                tracing::warn!(target: "gannet::ship", path = %path.display(),
+                    "damaged cursor file; starting at the oldest event held");
+                return Some(self.start());
+            }
+        };
+        Some(p.clamp(self.start(), self.end()))
+    }
+
+    /// Save destination `name`'s cursor (write + rename; not fsynced: losing it after a crash
+    /// means sending some events again, which at-least-once allows). Blocking.
+    pub fn save_cursor(&self, name: &str, p: Pos) -> io::Result<()> {
+        let path = self.cursor_path(name);
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, format!("{} {}\n", p.byte, p.event))?;
+        fs::rename(&tmp, &path)
+    }
+
+    fn cursor_path(&self, name: &str) -> PathBuf {
+        self.shared.dir.join("cursors").join(name)
+    }
+
+    /// Names of every saved cursor (to warn about destinations no longer configured).
+    pub fn cursor_names(&self) -> Vec<String> {
+        fs::read_dir(self.shared.dir.join("cursors"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.ends_with(".tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A reader positioned at `at`.
+    pub fn reader(&self, at: Pos) -> Reader {
+        Reader {
+            outbox: self.clone(),
+            pos: at,
+            file: None,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Appender {
+    /// Append whole lines (`lines` ends in `\n`, holds `count` of them) and fdatasync them;
+    /// then readers may see them. Blocking.
+    pub fn append(&mut self, lines: &[u8], count: u64) -> Result<Pos, OutboxError> {
+        if lines.is_empty() {
+            return Ok(self.end);
+        }
+        if self.size > 0 && self.size + lines.len() as u64 > self.segment_bytes {
+            self.roll()?;
+        }
+        let path = self.current_path();
+        if let Err(e) = self
+            .file
+            .write_all(lines)
+            .and_then(|()| self.file.sync_data())
+        {
+            // The file may hold part of the batch: cut back so the next try starts clean.
+            let _ = self.file.set_len(self.size);
+            return Err(OutboxError::Io { path, source: e });
+        }
+        self.size += lines.len() as u64;
+        self.end = Pos {
+            byte: self.end.byte + lines.len() as u64,
+            event: self.end.event + count,
+        };
+        self.outbox.shared.end.send_replace(self.end);
+        Ok(self.end)
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.outbox
+            .segments()
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
+    }
+
+    fn roll(&mut self) -> Result<(), OutboxError> {
+        let dir = self.outbox.shared.dir.clone();
+        let path = dir.join(segment_name(self.end));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.set_len(0).map_err(io_err(&path))?;
+        sync_dir(&dir).map_err(io_err(&dir))?;
+        self.outbox.segments().push(Segment {
+            start: self.end,
+            path,
+        });
+        self.file = file;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// One line read from the outbox: the event's JSON (without the newline) and where the next
+/// line starts.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub json: Vec<u8>,
+    pub next: Pos,
+}
+
+/// Reads forward from a position; owned by one destination's runner.
+pub struct Reader {
+    outbox: Outbox,
+    pos: Pos,
+    /// The open segment: its start and the buffered file.
+    file: Option<(Pos, BufReader<File>)>,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    pub fn pos(&self) -> Pos {
+        self.pos
+    }
+
+    /// Up to `max` lines from the current position, never past the durable `end`. Blocking.
+    pub fn read(&mut self, max: usize, end: Pos) -> io::Result<Vec<Line>> {
+        let mut out = Vec::new();
+        while out.len() < max && self.pos.byte < end.byte {
+            if self.file.is_none() {
+                let seg = {
+                    let segs = self.outbox.segments();
+                    // A position before the oldest segment (compacted): start at the oldest.
+                    if let Some(first) = segs.first()
+                        && self.pos.byte < first.start.byte
+                    {
+                        self.pos = first.start;
+                    }
+                    segs.iter()
+                        .rev()
+                        .find(|s| s.start.byte <= self.pos.byte)
+                        .cloned()
+                };
+                let Some(seg) = seg else { break };
+                let mut f = File::open(&seg.path)?;
+                f.seek(SeekFrom::Start(self.pos.byte - seg.start.byte))?;
+                self.file = Some((seg.start, BufReader::with_capacity(256 * 1024, f)));
+            }
+            let (_, r) = self.file.as_mut().expect("opened above");
+            self.buf.clear();
+            let n = r.read_until(b'\n', &mut self.buf)?;
+            if n == 0 || self.buf.last() != Some(&b'\n') {
+                // End of this segment: the next one starts here. (An unfinished line cannot
+                // be seen: it is past `end`.)
+                self.file = None;
+                if n > 0 {
+                    break;
+                }
+                let next_exists = self
+                    .outbox
+                    .segments()
+                    .iter()
+                    .any(|s| s.start.byte == self.pos.byte);
+                if !next_exists {
+                    break;
+                }
+                continue;
+            }
+            self.pos = Pos {
+                byte: self.pos.byte + n as u64,
+                event: self.pos.event + 1,
+            };
+            self.buf.pop();
+            out.push(Line {
+                json: std::mem::take(&mut self.buf),
+                next: self.pos,
+            });
+        }
+        Ok(out)
+    }
+}

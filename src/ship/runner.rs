@@ -1,0 +1,334 @@
+//! One destination's loop: read from its cursor, keep the events it takes, hand them over in
+//! batches, retry with backoff, and move the cursor only after the destination took them.
+//!
+//! Owns: the cursor of one destination, its retry timing, its metrics. Never does: write to
+//! the outbox, or know how a destination talks (that is the [`Destination`]'s).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::ShipMetrics;
+use super::outbox::{Outbox, Pos};
+use crate::config::ship::ShipFilter;
+
+/// One event as a destination receives it: the JSON exactly as stored, and the fields
+/// destinations route on.
+#[derive(Debug, Clone)]
+pub struct ShipEvent {
+    pub json: Vec<u8>,
+    pub id: String,
+    pub kind: String,
+    pub tenant: String,
+    pub class: String,
+    pub campaign: String,
+    pub time_us: u64,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    tenant: Cow<'a, str>,
+    #[serde(borrow, default)]
+    class: Cow<'a, str>,
+    #[serde(borrow, default)]
+    campaign: Cow<'a, str>,
+    #[serde(default)]
+    time_us: u64,
+}
+
+impl ShipEvent {
+    /// Read the routing fields of a stored line; None for a line that is not an event.
+    pub fn parse(json: Vec<u8>) -> Option<ShipEvent> {
+        let h: Head<'_> = serde_json::from_slice(&json).ok()?;
+        let (id, kind, tenant, class, campaign, time_us) = (
+            h.id.into_owned(),
+            h.kind.into_owned(),
+            h.tenant.into_owned(),
+            h.class.into_owned(),
+            h.campaign.into_owned(),
+            h.time_us,
+        );
+        Some(ShipEvent {
+            json,
+            id,
+            kind,
+            tenant,
+            class,
+            campaign,
+            time_us,
+        })
+    }
+}
+
+/// Why a batch was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Try the same batch again later (timeouts, 5xx, 429, a broker that is down).
+    #[error("{reason}")]
+    Retry {
+        reason: String,
+        /// The destination asked for this wait (HTTP `Retry-After`).
+        after: Option<Duration>,
+    },
+    /// The destination refused the batch for good (HTTP 4xx other than 408/429): counted
+    /// as failed, logged, and skipped.
+    #[error("{reason}")]
+    Refused { reason: String },
+}
+
+/// A place events are shipped to.
+pub trait Destination: Send {
+    /// Hand over `batch` (in outbox order). Ok only when the destination has taken all of it
+    /// (durably, as far as it can say so).
+    fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>>;
+
+    /// Called when nothing arrived for a while (hourly rotation of a quiet file).
+    fn idle(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// How one runner batches and retries.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub name: String,
+    pub filter: ShipFilter,
+    pub batch_size: usize,
+    pub max_delay: Duration,
+    pub max_backoff: Duration,
+}
+
+/// What housekeeping reads of a runner (lowest cursor for compaction, gauges).
+pub struct RunnerState {
+    pub name: String,
+    cursor_byte: AtomicU64,
+    cursor_event: AtomicU64,
+    /// `time_us` of the oldest event handed over and not yet taken; 0 when none.
+    oldest_unsent_us: AtomicU64,
+}
+
+impl RunnerState {
+    pub fn cursor(&self) -> Pos {
+        Pos {
+            byte: self.cursor_byte.load(Ordering::Acquire),
+            event: self.cursor_event.load(Ordering::Acquire),
+        }
+    }
+
+    fn set_cursor(&self, p: Pos) {
+        self.cursor_event.store(p.event, Ordering::Release);
+        self.cursor_byte.store(p.byte, Ordering::Release);
+    }
+
+    /// Seconds the oldest event not yet taken has waited (0 when caught up).
+    pub fn lag_seconds(&self) -> f64 {
+        let t = self.oldest_unsent_us.load(Ordering::Acquire);
+        if t == 0 {
+            return 0.0;
+        }
+        (now_us().saturating_sub(t)) as f64 / 1e6
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as u64
+}
+
+/// The starting cursor of `name`: saved, else the end (a new destination takes events from
+/// now on). Blocking.
+pub fn initial_cursor(outbox: &Outbox, name: &str) -> std::io::Result<Pos> {
+    match outbox.load_cursor(name) {
+        Some(p) => Ok(p),
+        None => {
+            let end = outbox.end();
+            outbox.save_cursor(name, end)?;
+            Ok(end)
+        }
+    }
+}
+
+/// Register the runner's state at `at` (before housekeeping starts).
+pub fn state(name: &str, at: Pos) -> Arc<RunnerState> {
+    Arc::new(RunnerState {
+        name: name.to_string(),
+        cursor_byte: AtomicU64::new(at.byte),
+        cursor_event: AtomicU64::new(at.event),
+        oldest_unsent_us: AtomicU64::new(0),
+    })
+}
+
+fn takes(filter: &ShipFilter, e: &ShipEvent) -> bool {
+    (filter.events.is_empty() || filter.events.iter().any(|t| *t == e.kind))
+        && filter.tenant.as_deref().is_none_or(|t| t == e.tenant)
+}
+
+/// Exponential backoff from 1 s to `max`, "equal jitter": half fixed, half random, so many
+/// endpoints that failed together do not retry together.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << failures.min(20))
+        .min(max);
+    let half = base / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Run one destination until `stop`. What it has not confirmed is sent again after a restart.
+pub async fn run(
+    outbox: Outbox,
+    mut dest: Box<dyn Destination>,
+    opts: RunnerOptions,
+    st: Arc<RunnerState>,
+    metrics: ShipMetrics,
+    stop: CancellationToken,
+) {
+    let name = opts.name.clone();
+    let sent = metrics.sent.with_label_values(&[&name]);
+    let failed = metrics.failed.with_label_values(&[&name]);
+    let retries = metrics.retries.with_label_values(&[&name]);
+    let mut cursor = st.cursor();
+    let mut reader = Some(outbox.reader(cursor));
+    let mut end_rx = outbox.watch_end();
+    let idle_every = Duration::from_secs(30);
+    loop {
+        // Gather a batch: what is there, then wait up to max_delay for more to fill it.
+        let mut batch: Vec<ShipEvent> = Vec::new();
+        let mut next = cursor;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let end = *end_rx.borrow_and_update();
+            if next.byte < end.byte {
+                let want = opts.batch_size - batch.len();
+                let mut r = reader.take().expect("reader is put back after each read");
+                let res = tokio::task::spawn_blocking(move || {
+                    let lines = r.read(want, end);
+                    (r, lines)
+                })
+                .await;
+                let (r, lines) = match res {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(target: "gannet::ship", destination = %name, error = %e,
+                            "outbox reader task failed; this destination stops until restart");
+                        return;
+                    }
+                };
+                reader = Some(r);
+                let lines = match lines {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(target: "gannet::ship", destination = %name, error = %e,
+                            "cannot read the outbox; retrying in 1s");
+                        *reader.as_mut().expect("just put back") = outbox.reader(next);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                };
+                // At most `want` lines: the batch never overflows.
+                for l in lines {
+                    next = l.next;
+                    match ShipEvent::parse(l.json) {
+                        Some(e) if takes(&opts.filter, &e) => batch.push(e),
+                        Some(_) => {}
+                        None => tracing::warn!(target: "gannet::ship", destination = %name,
+                            "outbox line is not an event; skipped"),
+                    }
+                }
+                if batch.len() >= opts.batch_size {
+                    break;
+                }
+                continue;
+            }
+            if batch.is_empty() {
+                if next != cursor {
+                    // Only events this destination does not take: move on quietly.
+                    cursor = next;
+                    st.set_cursor(cursor);
+                    save(&outbox, &name, cursor).await;
+                }
+                tokio::select! {
+                    r = end_rx.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(idle_every) => dest.idle().await,
+                    _ = stop.cancelled() => return,
+                }
+                continue;
+            }
+            let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + opts.max_delay);
+            tokio::select! {
+                r = end_rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(d) => break,
+                _ = stop.cancelled() => return,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        st.oldest_unsent_us
+            .store(batch[0].time_us.max(1), Ordering::Release);
+        let mut failures = 0u32;
+        loop {
+            let r = tokio::select! {
+                r = dest.send(&batch) => r,
+                _ = stop.cancelled() => return,
+            };
+            match r {
+                Ok(()) => {
+                    sent.inc_by(batch.len() as u64);
+                    break;
+                }
+                Err(SendError::Refused { reason }) => {
+                    failed.inc_by(batch.len() as u64);
+                    tracing::error!(target: "gannet::ship", destination = %name,
+                        events = batch.len(), first_id = %batch[0].id, %reason,
+                        "destination refused the batch for good; not retried (fix the receiver, the events stay in the send log)");
+                    break;
+                }
+                Err(SendError::Retry { reason, after }) => {
+                    retries.inc();
+                    let mut wait = backoff(failures, opts.max_backoff);
+                    if let Some(a) = after {
+                        wait = wait.max(a.min(Duration::from_secs(3600)));
+                    }
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(target: "gannet::ship", destination = %name,
+                        events = batch.len(), %reason, retry_in_ms = wait.as_millis() as u64,
+                        "destination did not take the batch; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        cursor = next;
+        st.set_cursor(cursor);
+        st.oldest_unsent_us.store(0, Ordering::Release);
+        save(&outbox, &name, cursor).await;
+    }
+}
+
+async fn save(outbox: &Outbox, name: &str, p: Pos) {
+    let o = outbox.clone();
+    let n = name.to_string();
+    match tokio::task::spawn_blocking(move || o.save_cursor(&n, p)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(target: "gannet::ship", destination = %name, error = %e,
+            "cannot save the cursor; events may be sent again after a restart"),
+        Err(e) => tracing::warn!(target: "gannet::ship", destination = %name, error = %e,
+            "cursor task failed"),
+    }
+}

@@ -1,0 +1,177 @@
+//! The outbox's files and one runner against an in-process destination.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::{Outbox, Pos};
+use super::runner::{self, Destination, RunnerOptions, SendError, ShipEvent};
+use crate::config::ship::ShipFilter;
+
+fn line(i: u64, kind: &str) -> Vec<u8> {
+    format!("{{\"id\":\"e{i}\",\"time_us\":{i},\"type\":\"{kind}\",\"tenant\":\"t{}\"}}\n", i % 2)
+        .into_bytes()
+}
+
+fn read_ids(o: &Outbox, from: Pos) -> Vec<String> {
+    let mut r = o.reader(from);
+    let mut ids = Vec::new();
+    loop {
+        let lines = r.read(7, o.end()).unwrap();
+        if lines.is_empty() {
+            return ids;
+        }
+        for l in lines {
+            ids.push(ShipEvent::parse(l.json).unwrap().id);
+        }
+    }
+}
+
+#[test]
+fn lines_survive_segment_rolls_and_reopen_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096).unwrap();
+    for b in 0..40u64 {
+        let mut buf = Vec::new();
+        for i in 0..10 {
+            buf.extend(line(b * 10 + i, "delivered"));
+        }
+        a.append(&buf, 10).unwrap();
+    }
+    let segs = std::fs::read_dir(tmp.path()).unwrap().count() - 1;
+    assert!(segs > 3, "{segs} segments");
+    let ids = read_ids(&o, Pos::default());
+    assert_eq!(ids.len(), 400);
+    assert_eq!(ids[399], "e399");
+    let end = o.end();
+    drop((o, a));
+    let (o, _a) = Outbox::open(tmp.path(), 4096).unwrap();
+    assert_eq!(o.end(), end);
+    assert_eq!(read_ids(&o, Pos::default()).len(), 400);
+}
+
+#[test]
+fn a_torn_last_line_is_cut_at_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    a.append(&[line(1, "received"), line(2, "delivered")].concat(), 2)
+        .unwrap();
+    let end = o.end();
+    drop((o, a));
+    let seg = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"id\":\"e3\",\"ti").unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    assert_eq!(o.end(), end);
+    a.append(&line(3, "bounced"), 1).unwrap();
+    assert_eq!(read_ids(&o, Pos::default()), ["e1", "e2", "e3"]);
+}
+
+#[test]
+fn compaction_drops_only_segments_every_cursor_passed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096).unwrap();
+    for i in 0..300 {
+        a.append(&line(i, "delivered"), 1).unwrap();
+    }
+    let mut r = o.reader(Pos::default());
+    let first = r.read(150, o.end()).unwrap();
+    let mid = first.last().unwrap().next;
+    let before = o.start();
+    o.compact(mid).unwrap();
+    assert!(o.start() > before && o.start() <= mid);
+    // Everything from `mid` on is still there.
+    let ids = read_ids(&o, mid);
+    assert_eq!(ids.len(), 150);
+    assert_eq!(ids[0], "e150");
+    // A cursor from before the oldest segment starts at the oldest (duplicates, no gap).
+    o.save_cursor("old", Pos::default()).unwrap();
+    assert_eq!(o.load_cursor("old"), Some(o.start()));
+    std::fs::write(o.dir().join("cursors/bad"), "garbage").unwrap();
+    assert_eq!(o.load_cursor("bad"), Some(o.start()));
+    assert_eq!(o.load_cursor("new"), None);
+}
+
+/// Fails `fail_first` sends with Retry, refuses batches holding `refuse_id`, records the rest.
+struct Fake {
+    got: Arc<Mutex<Vec<Vec<String>>>>,
+    fail_first: usize,
+    refuse_id: &'static str,
+}
+
+impl Destination for Fake {
+    fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            if self.fail_first > 0 {
+                self.fail_first -= 1;
+                return Err(SendError::Retry {
+                    reason: "down".into(),
+                    after: None,
+                });
+            }
+            if batch.iter().any(|e| e.id == self.refuse_id) {
+                return Err(SendError::Refused {
+                    reason: "410".into(),
+                });
+            }
+            self.got
+                .lock()
+                .unwrap()
+                .push(batch.iter().map(|e| e.id.clone()).collect());
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let st = runner::state("fake", o.end());
+    let stop = CancellationToken::new();
+    let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
+    let task = tokio::spawn(runner::run(
+        o.clone(),
+        Box::new(Fake {
+            got: got.clone(),
+            fail_first: 3,
+            refuse_id: "e4",
+        }),
+        RunnerOptions {
+            name: "fake".into(),
+            filter: ShipFilter {
+                events: vec!["delivered".into()],
+                tenant: Some("t0".into()),
+            },
+            batch_size: 2,
+            max_delay: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(4),
+        },
+        st.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let mut buf = Vec::new();
+    for i in 0..12 {
+        buf.extend(line(i, if i == 6 { "bounced" } else { "delivered" }));
+    }
+    a.append(&buf, 12).unwrap();
+    while st.cursor() != o.end() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    // Tenant t0 = even ids; e6 is a bounce; the batch [e4, e8] was refused (not retried).
+    assert_eq!(*got.lock().unwrap(), vec![vec!["e0", "e2"], vec!["e10"]]);
+    assert_eq!(metrics.retries.with_label_values(&["fake"]).get(), 3);
+    assert_eq!(metrics.failed.with_label_values(&["fake"]).get(), 2);
+    assert_eq!(metrics.sent.with_label_values(&["fake"]).get(), 3);
+    assert_eq!(o.load_cursor("fake"), Some(o.end()));
+}
