@@ -186,8 +186,7 @@ pub async fn run_with(
     // Event shipping's outbox is a durable subscriber too (its own fdatasync'd files):
     // registered here, before anything publishes; destinations read the files, never the bus.
     let ship_stop = CancellationToken::new();
-    let shipping =
-        crate::ship::start(&config, &bus, &metrics.registry, ship_stop.clone()).await?;
+    let shipping = crate::ship::start(&config, &bus, &metrics.registry, ship_stop.clone()).await?;
     let sendlog_stop = CancellationToken::new();
     let (sendlog, sendlog_task) = match sendlog_writer {
         Some(w) => {

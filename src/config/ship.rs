@@ -206,7 +206,10 @@ impl WebhookConfig {
 impl AmqpConfig {
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            format!("amqp-{}", short_hash(&format!("{}|{}", self.url, self.exchange)))
+            format!(
+                "amqp-{}",
+                short_hash(&format!("{}|{}", self.url, self.exchange))
+            )
         })
     }
 }
@@ -256,7 +259,9 @@ fn check_name(key: &str, name: &str, seen: &mut Vec<String>) -> Result<(), Confi
     {
         return Err(invalid(
             format!("{key}.name"),
-            format!("expected 1-64 letters, digits, '-' or '_', got {name:?} (it names a cursor file)"),
+            format!(
+                "expected 1-64 letters, digits, '-' or '_', got {name:?} (it names a cursor file)"
+            ),
         ));
     }
     if seen.iter().any(|n| n == name) {
@@ -309,7 +314,10 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
             return Err(invalid(format!("{key}.timeout"), "expected more than 0s"));
         }
         if w.max_backoff < Duration::from_secs(1) {
-            return Err(invalid(format!("{key}.max_backoff"), "expected at least 1s"));
+            return Err(invalid(
+                format!("{key}.max_backoff"),
+                "expected at least 1s",
+            ));
         }
     }
     for (i, a) in c.amqp.iter().enumerate() {
@@ -332,7 +340,10 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
             return Err(invalid(format!("{key}.batch_size"), "expected 1 to 100000"));
         }
         if a.max_backoff < Duration::from_secs(1) {
-            return Err(invalid(format!("{key}.max_backoff"), "expected at least 1s"));
+            return Err(invalid(
+                format!("{key}.max_backoff"),
+                "expected at least 1s",
+            ));
         }
     }
     for (i, j) in c.jsonl.iter().enumerate() {
@@ -347,11 +358,17 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
         {
             return Err(invalid(
                 format!("{key}.prefix"),
-                format!("expected letters, digits, '-', '_' or '.', got {:?}", j.prefix),
+                format!(
+                    "expected letters, digits, '-', '_' or '.', got {:?}",
+                    j.prefix
+                ),
             ));
         }
         if j.max_bytes < 4096 {
-            return Err(invalid(format!("{key}.max_bytes"), "expected at least 4096"));
+            return Err(invalid(
+                format!("{key}.max_bytes"),
+                "expected at least 4096",
+            ));
         }
     }
     Ok(())

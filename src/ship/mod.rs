@@ -118,7 +118,9 @@ fn plan(config: &Config) -> Vec<Planned> {
                 max_delay: w.max_delay,
                 max_backoff: w.max_backoff,
             },
-            build: Box::new(move || Ok(Box::new(webhook::Webhook::new(&c)) as Box<dyn Destination>)),
+            build: Box::new(
+                move || Ok(Box::new(webhook::Webhook::new(&c)) as Box<dyn Destination>),
+            ),
         });
     }
     out

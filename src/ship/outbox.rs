@@ -31,7 +31,9 @@ pub struct Pos {
 /// Why the outbox cannot be opened or written; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox {path}: {source} (check the directory exists and is writable, `[outbox] path`)")]
+    #[error(
+        "outbox {path}: {source} (check the directory exists and is writable, `[outbox] path`)"
+    )]
     Io { path: PathBuf, source: io::Error },
 }
 

@@ -171,7 +171,7 @@ pub fn state(name: &str, at: Pos) -> Arc<RunnerState> {
 }
 
 fn takes(filter: &ShipFilter, e: &ShipEvent) -> bool {
-    (filter.events.is_empty() || filter.events.iter().any(|t| *t == e.kind))
+    (filter.events.is_empty() || filter.events.contains(&e.kind))
         && filter.tenant.as_deref().is_none_or(|t| t == e.tenant)
 }
 
@@ -238,6 +238,13 @@ pub async fn run(
                         }
                     }
                 };
+                if lines.is_empty() {
+                    // Nothing readable yet (a line still being written): look again shortly.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
                 // At most `want` lines: the batch never overflows.
                 for l in lines {
                     next = l.next;

@@ -11,8 +11,11 @@ use super::runner::{self, Destination, RunnerOptions, SendError, ShipEvent};
 use crate::config::ship::ShipFilter;
 
 fn line(i: u64, kind: &str) -> Vec<u8> {
-    format!("{{\"id\":\"e{i}\",\"time_us\":{i},\"type\":\"{kind}\",\"tenant\":\"t{}\"}}\n", i % 2)
-        .into_bytes()
+    format!(
+        "{{\"id\":\"e{i}\",\"time_us\":{i},\"type\":\"{kind}\",\"tenant\":\"t{}\"}}\n",
+        i % 2
+    )
+    .into_bytes()
 }
 
 fn read_ids(o: &Outbox, from: Pos) -> Vec<String> {

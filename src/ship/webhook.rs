@@ -78,7 +78,10 @@ fn retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(s));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn post(agent: &ureq::Agent, url: &str, secret: &[u8], body: Vec<u8>) -> Result<(), SendError> {

@@ -106,9 +106,18 @@ async fn jsonl_rotation_under_load_splits_or_loses_no_line_and_a_restart_appends
     assert_eq!(ids.len(), lines.len(), "no event twice without a crash");
     let rotated = std::fs::read_dir(&dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".jsonl.zst"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".jsonl.zst")
+        })
         .count();
-    assert!(rotated >= 5, "{N} messages in 16 KiB files rotated only {rotated} times");
+    assert!(
+        rotated >= 5,
+        "{N} messages in 16 KiB files rotated only {rotated} times"
+    );
     // The filtered destination took the deliveries only, in the same order.
     let only = poll(WAIT, || {
         let l = jsonl_lines(&plain, "delivered");
@@ -123,7 +132,10 @@ async fn jsonl_rotation_under_load_splits_or_loses_no_line_and_a_restart_appends
         .filter(|v| v["type"] == "delivered")
         .map(|v| &v["id"])
         .collect();
-    assert_eq!(only.iter().map(|v| &v["id"]).collect::<Vec<_>>(), delivered_ids);
+    assert_eq!(
+        only.iter().map(|v| &v["id"]).collect::<Vec<_>>(),
+        delivered_ids
+    );
 
     // A restart appends: every line written before it is still there, in place.
     let plain_before = std::fs::read(plain.join("delivered.jsonl")).unwrap();
@@ -139,7 +151,11 @@ async fn jsonl_rotation_under_load_splits_or_loses_no_line_and_a_restart_appends
     })
     .await
     .unwrap_or_else(|| panic!("deliveries after the restart not written\n{}", g.log()));
-    assert_eq!(&after[..lines.len()], &lines[..], "earlier lines kept, in order");
+    assert_eq!(
+        &after[..lines.len()],
+        &lines[..],
+        "earlier lines kept, in order"
+    );
     assert_eq!(count_type(&after, "received"), N + 10);
     let plain_after = poll(WAIT, || {
         let b = std::fs::read(plain.join("delivered.jsonl")).unwrap();
@@ -171,7 +187,10 @@ impl Receiver {
             .expect("python3 runs");
         // Listening once a TCP connect succeeds.
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,7 +293,10 @@ async fn webhooks_deliver_every_event_signed_across_a_receiver_outage_and_kill9(
         )
     });
     // Every POST verified with the documented algorithm.
-    assert!(posts.iter().all(|v| v["sig_ok"] == true), "a signature did not verify");
+    assert!(
+        posts.iter().all(|v| v["sig_ok"] == true),
+        "a signature did not verify"
+    );
     // Duplicates (allowed after kill -9) carry the same id and the same content.
     let mut by_id: BTreeMap<String, &Value> = BTreeMap::new();
     for p in posts.iter().filter(|v| v["path"] == "/hook") {
@@ -310,7 +332,10 @@ async fn webhooks_deliver_every_event_signed_across_a_receiver_outage_and_kill9(
         g.is_superset(&delivered_ids).then_some(())
     })
     .await;
-    assert!(gone_ok.is_some(), "the 410 endpoint got every delivered event");
+    assert!(
+        gone_ok.is_some(),
+        "the 410 endpoint got every delivered event"
+    );
     // Longer than the endpoint's max_backoff (1s): a retry would have come by now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let gone_posts: Vec<Value> = received_posts(&out)

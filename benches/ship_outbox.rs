@@ -1,0 +1,156 @@
+//! Throughput of event shipping's outbox (issue 19: ≥ 50k events/s to a fast receiver):
+//! appending typical `delivered` events (one fdatasync per 4,096), then draining the whole
+//! backlog, as after an outage, to (a) a webhook receiver on loopback that answers 200 at once
+//! (axum; batches of 1,000, signed) and (b) a JSONL file (fdatasync per batch). Catch-up rate =
+//! the drain rate. `cargo bench --bench ship_outbox` ships 200,000 events
+//! (`SHIP_BENCH_EVENTS` overrides); the test suite's single pass uses 2,000.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gannet::events::{Event, EventKind, TlsInfo};
+use gannet::ship::outbox::{Outbox, Pos};
+use gannet::ship::runner::{self, Destination, RunnerOptions};
+use tokio_util::sync::CancellationToken;
+
+fn delivered(i: u64) -> Event {
+    let mut e = Event::new(EventKind::Delivered {
+        site: "gmail-smtp-in.l.google.com".into(),
+        mx_host: "gmail-smtp-in.l.google.com".into(),
+        remote_ip: "142.250.1.27".into(),
+        source_ip: "192.0.2.10".into(),
+        tls: Some(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        }),
+        reply: "250 2.0.0 OK 1700000000 a1-20020a170902".into(),
+        queue_secs: 0.8,
+        provider: "google".into(),
+    });
+    e.queue_id = format!("661C1B01CD958{i:08}");
+    e.message_id = format!("661c1b01dff57.{i}@gannet.example");
+    e.recipient = format!("someone{i}@gmail.com");
+    e.sender = "bounces@news.example".into();
+    e.tenant = "acme".into();
+    e.campaign = "spring-sale".into();
+    e.class = "promotional".into();
+    e.pool = "promo".into();
+    e.attempt = 1;
+    e
+}
+
+async fn drain(outbox: &Outbox, name: &str, dest: Box<dyn Destination>, batch: usize) -> f64 {
+    let st = runner::state(name, Pos::default());
+    let stop = CancellationToken::new();
+    let metrics = gannet::ship::metrics::ShipMetrics::new(&prometheus::Registry::new());
+    let t = Instant::now();
+    let task = tokio::spawn(runner::run(
+        outbox.clone(),
+        dest,
+        RunnerOptions {
+            name: name.into(),
+            filter: Default::default(),
+            batch_size: batch,
+            max_delay: Duration::ZERO,
+            max_backoff: Duration::from_secs(1),
+        },
+        st.clone(),
+        metrics,
+        stop.clone(),
+    ));
+    while st.cursor() != outbox.end() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    secs
+}
+
+fn bench(_c: &mut Criterion) {
+    let n: u64 = std::env::var("SHIP_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            200_000
+        } else {
+            2_000
+        });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, mut appender) = Outbox::open(&dir.path().join("outbox"), 64 << 20).unwrap();
+
+    // Append: serialise + write + one fdatasync per 4,096 events (what the appender does).
+    let t = Instant::now();
+    let mut i = 0;
+    let mut bytes = 0;
+    while i < n {
+        let k = (n - i).min(4096);
+        let mut buf = Vec::with_capacity(k as usize * 600);
+        for j in 0..k {
+            serde_json::to_writer(&mut buf, &delivered(i + j)).unwrap();
+            buf.push(b'\n');
+        }
+        bytes += buf.len();
+        appender.append(&buf, k).unwrap();
+        i += k;
+    }
+    let append_secs = t.elapsed().as_secs_f64();
+
+    rt.block_on(async {
+        // A fast receiver: answers 200 at once, counts bytes.
+        let got = Arc::new(AtomicU64::new(0));
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let g = g.clone();
+                async move {
+                    g.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hook: gannet::config::ship::WebhookConfig = toml::from_str(&format!(
+            "url = \"http://{addr}/hook\"\nsecret = \"bench-secret-0123456789\"\nbatch_size = 1000\n"
+        ))
+        .unwrap();
+        let webhook_secs = drain(
+            &outbox,
+            "webhook",
+            Box::new(gannet::ship::webhook::Webhook::new(&hook)),
+            1000,
+        )
+        .await;
+        assert!(got.load(Ordering::Relaxed) >= bytes as u64);
+
+        let jsonl: gannet::config::ship::JsonlConfig =
+            toml::from_str("dir = \"unused\"\n").unwrap();
+        let files =
+            gannet::ship::jsonl::JsonlFiles::open(&jsonl, dir.path().join("files")).unwrap();
+        let jsonl_secs = drain(&outbox, "jsonl", Box::new(files), 10_000).await;
+
+        let rate = |s: f64| n as f64 / s;
+        println!(
+            "ship_outbox: {n} events, {:.0} bytes/event\n  append (fdatasync per 4096): {:>9.0} events/s\n  \
+             drain to webhook (batches of 1000, loopback 200): {:>9.0} events/s (catch-up rate after an outage)\n  \
+             drain to JSONL file (fdatasync per 10000): {:>9.0} events/s",
+            bytes as f64 / n as f64,
+            rate(append_secs),
+            rate(webhook_secs),
+            rate(jsonl_secs),
+        );
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
