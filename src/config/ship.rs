@@ -25,6 +25,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "flushed",
     "log_access",
     "erased",
+    "console",
     "bounce_report",
     "complaint",
     "unsubscribed",
