@@ -105,7 +105,7 @@ fn measure() -> Duration {
     }
     let append_secs = t.elapsed().as_secs_f64();
 
-    let per_event = rt.block_on(async {
+    rt.block_on(async {
         // A fast receiver: answers 200 at once, counts bytes.
         let got = Arc::new(AtomicU64::new(0));
         let g = got.clone();
@@ -152,8 +152,7 @@ fn measure() -> Duration {
             rate(jsonl_secs),
         );
         Duration::from_secs_f64(webhook_secs / n as f64)
-    });
-    per_event
+    })
 }
 
 fn bench(c: &mut Criterion) {
