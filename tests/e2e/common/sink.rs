@@ -382,6 +382,12 @@ impl Sink {
         self.shared.lock().transactions.clone()
     }
 
+    /// `f` over every transaction so far, without copying them (long runs hold tens of
+    /// thousands).
+    pub fn with_transactions<R>(&self, f: impl FnOnce(&[Transaction]) -> R) -> R {
+        f(&self.shared.lock().transactions)
+    }
+
     /// Messages the sink accepted (final reply 2xx).
     pub fn messages(&self) -> Vec<Transaction> {
         self.transactions()
