@@ -626,6 +626,15 @@ impl Gannet {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// Resident memory of the Gannet process now (`VmRSS` of `/proc/PID/status`), in bytes;
+    /// None when it is not running.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// SIGKILL: no chance to flush or clean up (a crash or power loss of the process).
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

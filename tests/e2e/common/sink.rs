@@ -9,6 +9,11 @@
 //! (self-signed certificate) and CHUNKING (BDAT) when switched on. Replies are 250 unless a
 //! rule says otherwise; a `421` reply closes the connection, like a real server.
 //!
+//! Misbehaviours for fault tests (issue 21): a tarpit that never greets, replies trickled one
+//! byte per write, a connection dropped mid-DATA, a broken STARTTLS, a held final reply
+//! ([`Sink::set_delay`]); a rule's reply may be any length (a 10 MB line). [`Sink::behave`]
+//! turns them all off.
+//!
 //! ```ignore
 //! let (port, sinks) = bind_sinks(&["127.0.0.11", "127.0.0.12"]).await;
 //! let mx1 = &sinks[0];
@@ -199,6 +204,11 @@ struct State {
     starttls: bool,
     /// STARTTLS is offered and answered 220, but the handshake then fails.
     tls_broken: bool,
+    /// Misbehaviours (see [`Sink::set_tarpit`], [`Sink::set_trickle`],
+    /// [`Sink::set_drop_mid_data`]).
+    tarpit: bool,
+    trickle: bool,
+    drop_mid_data: bool,
     chunking: bool,
     delay: Duration,
     transactions: Vec<Transaction>,
@@ -349,7 +359,6 @@ impl Sink {
         self
     }
 
-    /// Offer CHUNKING (BDAT) from now on.
     /// Offer STARTTLS but break every handshake (answer 220, then send bytes that are not TLS
     /// and close): a server whose TLS a client cannot use.
     pub fn set_tls_broken(&self, on: bool) -> &Self {
@@ -363,6 +372,44 @@ impl Sink {
         self
     }
 
+    /// Tarpit: accept the TCP connection and never say anything (no greeting); the connection
+    /// stays open until the client gives up (or the sink's idle timeout).
+    pub fn set_tarpit(&self, on: bool) -> &Self {
+        self.shared.lock().tarpit = on;
+        self
+    }
+
+    /// Send every reply one byte per write (each flushed, with a short pause), so the client
+    /// sees replies in as many reads as they have bytes.
+    pub fn set_trickle(&self, on: bool) -> &Self {
+        self.shared.lock().trickle = on;
+        self
+    }
+
+    /// Close the connection in the middle of the message body: after `354` and the body's first
+    /// line, without a reply (the transaction is recorded as not accepted).
+    pub fn set_drop_mid_data(&self, on: bool) -> &Self {
+        self.shared.lock().drop_mid_data = on;
+        self
+    }
+
+    /// Every misbehaviour off (tarpit, trickle, drop mid-DATA, broken TLS, delay) and every rule
+    /// removed: a well-behaved sink again.
+    pub fn behave(&self) -> &Self {
+        {
+            let mut st = self.shared.lock();
+            st.tarpit = false;
+            st.trickle = false;
+            st.drop_mid_data = false;
+            st.tls_broken = false;
+            st.delay = Duration::ZERO;
+            st.rules.clear();
+        }
+        self.shared.bump();
+        self
+    }
+
+    /// Offer CHUNKING (BDAT) from now on.
     pub fn set_chunking(&self, on: bool) -> &Self {
         self.shared.lock().chunking = on;
         self
@@ -562,7 +609,16 @@ impl Conn {
         let mut line = Vec::with_capacity(text.len() + 2);
         line.extend_from_slice(text.as_bytes());
         line.extend_from_slice(b"\r\n");
+        let trickle = self.shared.lock().trickle;
         let w = self.io.get_mut();
+        if trickle {
+            for b in &line {
+                w.write_all(std::slice::from_ref(b)).await?;
+                w.flush().await?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            return Ok(());
+        }
         w.write_all(&line).await?;
         w.flush().await
     }
@@ -636,6 +692,23 @@ async fn session(
         id,
     };
     shared.note(id, "--", &format!("connect from {peer}"));
+    if shared.lock().tarpit {
+        // Never speak; wait for the client to give up.
+        shared.note(
+            id,
+            "--",
+            "tarpit: holding the connection without a greeting",
+        );
+        let mut sink = [0u8; 512];
+        loop {
+            match tokio::time::timeout(IDLE_TIMEOUT, c.io.read(&mut sink)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+        shared.note(id, "--", "tarpit: client gone");
+        return Ok(());
+    }
     let greeting = shared
         .rule_reply(Stage::Connect, &[])
         .unwrap_or_else(|| format!("220 {} ESMTP test sink", shared.name));
@@ -790,6 +863,15 @@ async fn session(
                         }
                         if l == b".\r\n" || l == b".\n" {
                             break;
+                        }
+                        if shared.lock().drop_mid_data {
+                            shared.note(id, "--", "dropping the connection mid-DATA");
+                            t.reply = "(connection dropped mid-DATA)".into();
+                            t.at = SystemTime::now();
+                            t.elapsed = shared.started.elapsed();
+                            shared.lock().transactions.push(t);
+                            shared.bump();
+                            return Ok(());
                         }
                         let l = if l.starts_with(b".") { &l[1..] } else { &l[..] };
                         if data.len() + l.len() <= MAX_MESSAGE {
