@@ -232,6 +232,27 @@ pub struct ListenerConfig {
     /// Errors (bad commands) tolerated before the session is closed with 421.
     #[serde(default = "default_max_errors")]
     pub max_errors: usize,
+    /// `max_sessions_per_ip` and AUTH failures count IPv6 clients by this prefix (a host
+    /// usually holds a whole /64, so one address per session would be no limit); IPv4 clients
+    /// count by address.
+    #[serde(default = "default_ipv6_prefix_length")]
+    pub ipv6_prefix_length: u8,
+    /// Under stress (90% of `max_sessions` in use) a session waiting for a command gets this
+    /// instead of `command_timeout`, so idle connections (slowloris) cannot hold every slot.
+    #[serde(default = "default_stress_command_timeout", with = "humantime_serde")]
+    pub stress_command_timeout: Duration,
+    /// AUTH brute force: a failed AUTH is answered after this delay, doubled for each further
+    /// failure of the same client network or user name, up to `auth_max_delay`.
+    #[serde(default = "default_auth_fail_delay", with = "humantime_serde")]
+    pub auth_fail_delay: Duration,
+    #[serde(default = "default_auth_max_delay", with = "humantime_serde")]
+    pub auth_max_delay: Duration,
+    /// After this many failures (of one client network, or of one user name), AUTH is refused
+    /// with `454 4.7.0` for `auth_lockout` without checking the password; 0 turns lockout off.
+    #[serde(default = "default_auth_lockout_after")]
+    pub auth_lockout_after: u32,
+    #[serde(default = "default_auth_lockout", with = "humantime_serde")]
+    pub auth_lockout: Duration,
     /// Sender authorisation: From domains this listener may send as (`example.com`, or
     /// `*.example.com` for its subdomains); absent means any. Outside it: 550 5.7.1.
     #[serde(default)]
@@ -273,6 +294,24 @@ fn default_shutdown_grace() -> Duration {
 }
 fn default_max_errors() -> usize {
     10
+}
+fn default_ipv6_prefix_length() -> u8 {
+    64
+}
+fn default_stress_command_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_auth_fail_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_auth_max_delay() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_auth_lockout_after() -> u32 {
+    10
+}
+fn default_auth_lockout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -154,6 +154,36 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 "must be at least 512 (RFC 5321 §4.5.3.1.4)",
             ));
         }
+        if !(1..=128).contains(&l.ipv6_prefix_length) {
+            return Err(invalid(
+                format!("{key}.ipv6_prefix_length"),
+                format!(
+                    "{} is not a prefix length; give 1 to 128 (64 is usual)",
+                    l.ipv6_prefix_length
+                ),
+            ));
+        }
+        if l.stress_command_timeout.is_zero() {
+            return Err(invalid(
+                format!("{key}.stress_command_timeout"),
+                "must be above 0 (e.g. \"10s\")",
+            ));
+        }
+        if l.auth_max_delay < l.auth_fail_delay {
+            return Err(invalid(
+                format!("{key}.auth_max_delay"),
+                format!(
+                    "{:?} is below auth_fail_delay ({:?}); the delay grows from auth_fail_delay up to auth_max_delay",
+                    l.auth_max_delay, l.auth_fail_delay
+                ),
+            ));
+        }
+        if l.auth_lockout_after > 0 && l.auth_lockout.is_zero() {
+            return Err(invalid(
+                format!("{key}.auth_lockout"),
+                "must be above 0 when auth_lockout_after is set (or set auth_lockout_after = 0)",
+            ));
+        }
         if l.max_recipients == 0 || l.max_message_size == 0 {
             return Err(invalid(
                 format!("{key}.max_recipients"),

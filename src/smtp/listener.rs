@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::SmtpError;
 use super::auth::Authenticator;
+use super::auth_guard::{AuthGuard, GuardConfig};
 use super::per_ip::IpLimiter;
 use super::protocol::ProtocolConfig;
 use super::session::{self, Shared};
@@ -123,6 +124,7 @@ impl SmtpListener {
         };
         let listener = TcpListener::bind(l.address).await.map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
+        let slots = Arc::new(Semaphore::new(l.max_sessions.max(1)));
         let shared = Arc::new(Shared {
             proto: Arc::new(proto),
             tls,
@@ -130,9 +132,19 @@ impl SmtpListener {
             command_timeout: l.command_timeout,
             data_timeout: l.data_timeout,
             shutdown_grace: l.shutdown_grace,
-            per_ip: IpLimiter::new(l.max_sessions_per_ip.max(1)),
+            per_ip: IpLimiter::new(l.max_sessions_per_ip.max(1), l.ipv6_prefix_length),
             acceptor,
             authenticator,
+            auth_guard: AuthGuard::new(GuardConfig {
+                fail_delay: l.auth_fail_delay,
+                max_delay: l.auth_max_delay,
+                lockout_after: l.auth_lockout_after,
+                lockout: l.auth_lockout,
+            }),
+            ipv6_prefix_length: l.ipv6_prefix_length,
+            slots: slots.clone(),
+            max_sessions: l.max_sessions.max(1),
+            stress_command_timeout: l.stress_command_timeout,
             sessions: metrics.smtp_sessions.with_label_values(&[l.name.as_str()]),
             accept_latency: metrics.accept_latency.clone(),
         });
@@ -140,7 +152,7 @@ impl SmtpListener {
             listener,
             local_addr,
             name: l.name.clone(),
-            slots: Arc::new(Semaphore::new(l.max_sessions.max(1))),
+            slots,
             shared,
         })
     }

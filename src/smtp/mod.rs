@@ -17,6 +17,7 @@
 //! and `auth` hold the TLS and password helpers.
 
 mod auth;
+mod auth_guard;
 pub mod budget;
 pub mod data;
 mod listener;

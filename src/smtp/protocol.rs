@@ -442,6 +442,21 @@ impl Protocol {
         }
     }
 
+    /// The credentials of [`Action::Authenticate`] were not checked because the client's
+    /// network or the user name is locked out after too many failures (`auth_guard`):
+    /// `454 4.7.0` (RFC 4954 §6, temporary authentication failure).
+    pub fn auth_locked(&mut self) {
+        let State::WaitAuth { .. } = std::mem::replace(&mut self.state, State::Command) else {
+            debug_assert!(false, "auth_locked() without Action::Authenticate");
+            return;
+        };
+        self.error(
+            454,
+            "4.7.0",
+            "Too many failed authentication attempts; try again later",
+        );
+    }
+
     /// The acceptor's answer for the message handed on with [`Action::Submit`].
     pub fn submitted(&mut self, result: Result<Accepted, Rejection>) {
         debug_assert!(matches!(self.state, State::WaitSubmit));

@@ -15,12 +15,13 @@ use bytes::{Buf, BytesMut};
 use prometheus::{Histogram, IntGauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Authenticator;
-use super::per_ip::IpLimiter;
+use super::auth_guard::AuthGuard;
+use super::per_ip::{IpLimiter, client_key};
 use super::protocol::{Action, Protocol, ProtocolConfig, canonical_ip};
 use super::tls::Conn;
 use crate::message::SharedAcceptor;
@@ -37,6 +38,15 @@ pub(super) struct Shared {
     pub per_ip: Arc<IpLimiter>,
     pub acceptor: SharedAcceptor,
     pub authenticator: Arc<Authenticator>,
+    /// Failed-AUTH counters, delays and lockouts (`[[listener]] auth_*`).
+    pub auth_guard: AuthGuard,
+    /// IPv6 clients are counted by this prefix (per-IP limits, AUTH failures).
+    pub ipv6_prefix_length: u8,
+    /// The listener's session slots (`max_sessions`): how full it is decides stress.
+    pub slots: Arc<Semaphore>,
+    pub max_sessions: usize,
+    /// Idle timeout for a session waiting for a command while the listener is under stress.
+    pub stress_command_timeout: Duration,
     pub sessions: IntGauge,
     pub accept_latency: Histogram,
 }
@@ -116,7 +126,7 @@ pub(super) async fn run(
     }
     let session = proto.session_id().to_string();
     tracing::debug!(%peer, %session, listener = %shared.proto.listener, "smtp session started");
-    match drive(conn, &mut proto, &shared, &shutdown).await {
+    match drive(conn, &mut proto, &shared, &shutdown, ip).await {
         Ok(()) => tracing::debug!(%peer, %session, "smtp session closed"),
         Err(e) => tracing::debug!(%peer, %session, error = %e, "smtp session ended"),
     }
@@ -157,11 +167,106 @@ async fn flush(conn: &mut Conn, proto: &mut Protocol, limit: Duration) -> Result
     Ok(())
 }
 
+/// Checks credentials under the AUTH guard: a locked-out network or user gets `454` without a
+/// password check; a failure is counted, logged (target `gannet::auth`) and answered after its
+/// delay (or at once when shutdown starts).
+async fn authenticate(
+    proto: &mut Protocol,
+    shared: &Shared,
+    peer_ip: std::net::IpAddr,
+    credentials: super::auth::Credentials,
+    shutdown: &CancellationToken,
+) {
+    let net = client_key(peer_ip, shared.ipv6_prefix_length);
+    let user = credentials.user.clone();
+    if let Err(lockout) = shared.auth_guard.check(net, &user, Instant::now()) {
+        tracing::warn!(
+            target: "gannet::auth",
+            event = "auth_refused_locked",
+            listener = %shared.proto.listener,
+            client = %peer_ip,
+            user = %user,
+            locked = %lockout.locked,
+            remaining_secs = lockout.remaining.as_secs(),
+            "AUTH refused without a password check: {} is locked out for {}s more after too many failures",
+            lockout.locked,
+            lockout.remaining.as_secs()
+        );
+        proto.auth_locked();
+        return;
+    }
+    if shared.authenticator.verify(credentials).await {
+        shared.auth_guard.succeeded(&user);
+        proto.auth_result(true);
+        return;
+    }
+    let failure = shared.auth_guard.failed(net, &user, Instant::now());
+    tracing::warn!(
+        target: "gannet::auth",
+        event = "auth_failed",
+        listener = %shared.proto.listener,
+        client = %peer_ip,
+        user = %user,
+        failures = failure.failures,
+        delay_ms = failure.delay.as_millis() as u64,
+        "AUTH failed for user {user:?} from {peer_ip} (failure {}); answering in {:?}",
+        failure.failures,
+        failure.delay
+    );
+    if let Some(lockout) = &failure.locked {
+        tracing::warn!(
+            target: "gannet::auth",
+            event = "auth_lockout",
+            listener = %shared.proto.listener,
+            client = %peer_ip,
+            user = %user,
+            locked = %lockout.locked,
+            lockout_secs = lockout.remaining.as_secs(),
+            "{} locked out of AUTH for {}s after {} failures",
+            lockout.locked,
+            lockout.remaining.as_secs(),
+            failure.failures
+        );
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(failure.delay) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    proto.auth_result(false);
+}
+
+/// True while 90% or more of the listener's session slots are taken.
+fn under_stress(shared: &Shared) -> bool {
+    let free = shared.slots.available_permits();
+    free * 10 <= shared.max_sessions
+}
+
+/// Resolves when a session idle since `idle_since` has been idle past the stress timeout while
+/// the listener is under stress; checks again every so often while it is not.
+async fn stress_expiry(shared: &Shared, idle_since: tokio::time::Instant) {
+    let check = (shared.stress_command_timeout / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        let due = idle_since + shared.stress_command_timeout;
+        if under_stress(shared) && tokio::time::Instant::now() >= due {
+            return;
+        }
+        let next = tokio::time::Instant::now() + check;
+        let wake = if under_stress(shared) {
+            due.min(next)
+        } else {
+            next
+        };
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
 async fn drive(
     mut conn: Conn,
     proto: &mut Protocol,
     shared: &Shared,
     shutdown: &CancellationToken,
+    peer_ip: std::net::IpAddr,
 ) -> Result<(), SessionEnd> {
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let write_limit = shared.command_timeout;
@@ -221,6 +326,16 @@ async fn drive(
                         proto.shutting_down();
                         continue;
                     }
+                    _ = stress_expiry(shared, tokio::time::Instant::now()), if !in_body => {
+                        tracing::info!(
+                            listener = %shared.proto.listener,
+                            session = %proto.session_id(),
+                            timeout = ?shared.stress_command_timeout,
+                            "listener under stress (90% of max_sessions in use): closing a session idle past stress_command_timeout"
+                        );
+                        proto.timed_out();
+                        continue;
+                    }
                     read = tokio::time::timeout(limit, conn.read_buf(&mut inbuf)) => read,
                 };
                 match read {
@@ -242,8 +357,7 @@ async fn drive(
                 proto.tls_established();
             }
             Action::Authenticate(credentials) => {
-                let ok = shared.authenticator.verify(credentials).await;
-                proto.auth_result(ok);
+                authenticate(proto, shared, peer_ip, credentials, shutdown).await;
             }
             Action::Submit(submission) => {
                 let started = Instant::now();
