@@ -25,7 +25,7 @@
 //! Never does: decide when or where to deliver (queue/), parse messages (message/).
 
 mod journal;
-mod record;
+pub mod record;
 mod storage;
 mod writer;
 
