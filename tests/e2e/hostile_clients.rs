@@ -119,9 +119,10 @@ async fn idle_connection_flood_does_not_starve_other_clients() {
             tokio::task::yield_now().await;
         }
     }
-    // Let the flood take every slot first.
+    // Let the flood fill the listener first: 90% of its slots (where stress starts; on a busy
+    // machine the flood arrives slowly enough that stress closes begin before it is full).
     let deadline = tokio::time::Instant::now() + WAIT;
-    while w.gannet.metric("gannet_smtp_sessions", &[]).await < 990.0 {
+    while w.gannet.metric("gannet_smtp_sessions", &[]).await < 900.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the flood never filled the listener\n{}",
