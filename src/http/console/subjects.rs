@@ -419,7 +419,7 @@ fn receipt_page(ctx: &Ctx, r: &Value, notice: Notice) -> Response {
         ("Send-log rows made unreadable", "send_log_rows"),
         ("Queued recipients dropped", "queued_recipients_dropped"),
         (
-            "Suppression entries replaced by a hashed entry",
+            "Clear suppression entries removed (a keyed-hash entry now refuses mail to the person)",
             "suppression_entries_removed",
         ),
     ];
