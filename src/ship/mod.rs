@@ -17,6 +17,7 @@
 //! Events in the outbox are stored in clear (as destinations get them) until every
 //! destination has passed them; GDPR erasure does not reach them.
 
+pub mod amqp;
 pub mod jsonl;
 pub mod metrics;
 pub mod outbox;
@@ -121,6 +122,25 @@ fn plan(config: &Config) -> Vec<Planned> {
             build: Box::new(
                 move || Ok(Box::new(webhook::Webhook::new(&c)) as Box<dyn Destination>),
             ),
+        });
+    }
+    for (i, a) in config.amqp.iter().enumerate() {
+        let name = a.name();
+        let c = a.clone();
+        out.push(Planned {
+            name: name.clone(),
+            key: format!("amqp[{i}]"),
+            opts: RunnerOptions {
+                name,
+                filter: ShipFilter {
+                    events: a.events.clone(),
+                    tenant: a.tenant.clone(),
+                },
+                batch_size: a.batch_size,
+                max_delay: Duration::from_millis(50),
+                max_backoff: a.max_backoff,
+            },
+            build: Box::new(move || Ok(Box::new(amqp::Amqp::new(&c)) as Box<dyn Destination>)),
         });
     }
     out

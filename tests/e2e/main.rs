@@ -37,6 +37,7 @@
 //!   real browser (Playwright with Debian's Chromium).
 //! - `ship` (issue 19): events to JSONL files (rotation under load, restart appends) and
 //!   signed webhooks (receiver down, kill -9, 410 not retried) through the durable outbox.
+//! - `ship_amqp` (issue 19): a real RabbitMQ stopped and started mid-run, read with pika.
 
 mod common;
 
@@ -63,6 +64,7 @@ mod retry;
 mod sendlog;
 mod shaping;
 mod ship;
+mod ship_amqp;
 mod smtp_input;
 mod suppress;
 mod suppress_bulk;

@@ -1,0 +1,183 @@
+//! The AMQP 0-9-1 destination (RabbitMQ): one persistent message per event, published to
+//! `exchange` with a routing key from a template (`gannet.{tenant}.{type}`), with publisher
+//! confirms; a batch counts as taken only when the broker has confirmed every message of it.
+//!
+//! Owns: one connection and channel (made on first use, dropped on any error and made again
+//! on the next try). Never does: declare exchanges or queues (the broker's owner decides the
+//! topology), or retry by itself (the runner does, in order, so per-message order holds).
+//!
+//! Messages: body = the event's JSON, `content_type` `application/json`, `delivery_mode` 2
+//! (persistent), `message_id` = event id (consumers deduplicate on it), `type` = event type,
+//! `timestamp` = event time (seconds). Published without `mandatory`: a message no queue is
+//! bound for is dropped by the broker, as AMQP specifies; bind a queue before shipping.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use super::runner::{Destination, SendError, ShipEvent};
+use crate::config::ship::AmqpConfig;
+
+/// How long connecting, or waiting for a batch's confirms, may take before the try fails.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Amqp {
+    url: String,
+    exchange: String,
+    template: String,
+    link: Option<(Connection, Channel)>,
+}
+
+/// The routing key of `e` from `template`: `{tenant}`, `{type}`, `{class}`, `{campaign}`
+/// replaced (an empty value becomes `none`, so topic patterns keep their word count).
+pub fn routing_key(template: &str, e: &ShipEvent) -> String {
+    let v = |s: &str| {
+        if s.is_empty() {
+            "none".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let key = template
+        .replace("{tenant}", &v(&e.tenant))
+        .replace("{type}", &v(&e.kind))
+        .replace("{class}", &v(&e.class))
+        .replace("{campaign}", &v(&e.campaign));
+    // AMQP short strings hold at most 255 bytes.
+    let mut end = key.len().min(255);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    key[..end].to_string()
+}
+
+impl Amqp {
+    pub fn new(c: &AmqpConfig) -> Amqp {
+        Amqp {
+            url: c.url.clone(),
+            exchange: c.exchange.clone(),
+            template: c.routing_key.clone(),
+            link: None,
+        }
+    }
+
+    async fn channel(&mut self) -> Result<Channel, String> {
+        if let Some((conn, ch)) = &self.link
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        self.link = None;
+        let conn = tokio::time::timeout(
+            TIMEOUT,
+            Connection::connect(&self.url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| format!("connecting took more than {}s", TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot connect: {e}"))?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| format!("cannot turn on publisher confirms: {e}"))?;
+        self.link = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn publish(&mut self, batch: &[ShipEvent]) -> Result<(), String> {
+        let ch = self.channel().await?;
+        let mut confirms = Vec::with_capacity(batch.len());
+        for e in batch {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(e.id.as_str().into())
+                .with_type(e.kind.as_str().into())
+                .with_timestamp(e.time_us / 1_000_000);
+            let c = ch
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    routing_key(&self.template, e).as_str().into(),
+                    BasicPublishOptions::default(),
+                    &e.json,
+                    props,
+                )
+                .await
+                .map_err(|e| format!("publish failed: {e}"))?;
+            confirms.push(c);
+        }
+        let wait = async {
+            for c in confirms {
+                let conf = c.await.map_err(|e| format!("no confirm: {e}"))?;
+                if conf.is_nack() {
+                    return Err("the broker refused (nack) a message".to_string());
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(TIMEOUT, wait)
+            .await
+            .map_err(|_| format!("no confirms within {}s", TIMEOUT.as_secs()))?
+    }
+}
+
+impl Destination for Amqp {
+    fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            match self.publish(batch).await {
+                Ok(()) => Ok(()),
+                Err(reason) => {
+                    // Start over on a fresh connection: the whole batch again, in order.
+                    if let Some((conn, _)) = self.link.take() {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            conn.close(0, "gannet reconnects".into()),
+                        )
+                        .await;
+                    }
+                    Err(SendError::Retry {
+                        reason: format!("{}: {reason}", redact(&self.url)),
+                        after: None,
+                    })
+                }
+            }
+        })
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_key_fills_the_template() {
+        let e = ShipEvent {
+            json: Vec::new(),
+            id: "x".into(),
+            kind: "delivered".into(),
+            tenant: "acme".into(),
+            class: String::new(),
+            campaign: "spring".into(),
+            time_us: 0,
+        };
+        assert_eq!(
+            routing_key("gannet.{tenant}.{type}", &e),
+            "gannet.acme.delivered"
+        );
+        assert_eq!(routing_key("{class}.{campaign}", &e), "none.spring");
+        assert_eq!(redact("amqp://u:secret@h:5672/%2f"), "amqp://…@h:5672/%2f");
+    }
+}
