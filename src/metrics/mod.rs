@@ -79,6 +79,8 @@ pub struct Metrics {
     pub spool_damaged_records: IntGauge,
     /// Open SMTP sessions per listener.
     pub smtp_sessions: IntGaugeVec,
+    /// Message bytes held by a listener's sessions (its `max_inflight_bytes` budget).
+    pub smtp_inflight_bytes: IntGaugeVec,
     /// Open outbound connections per provider (shaping provider or `other`) and source.
     pub outbound_connections: IntGaugeVec,
     /// Seconds from acceptance to delivery, per class.
@@ -294,6 +296,14 @@ impl Metrics {
                 &["listener"],
             )
             .expect("metric"),
+            smtp_inflight_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "gannet_smtp_inflight_bytes",
+                    "Message bytes a listener's sessions hold (read, not yet answered), against max_inflight_bytes",
+                ),
+                &["listener"],
+            )
+            .expect("metric"),
             outbound_connections: IntGaugeVec::new(
                 Opts::new("gannet_outbound_connections", "Open outbound connections"),
                 &["provider", "source"],
@@ -394,6 +404,7 @@ impl Metrics {
             Box::new(m.spool_commit_messages.clone()),
             Box::new(m.spool_damaged_records.clone()),
             Box::new(m.smtp_sessions.clone()),
+            Box::new(m.smtp_inflight_bytes.clone()),
             Box::new(m.outbound_connections.clone()),
             Box::new(m.delivery_latency.clone()),
             Box::new(m.backoff_transitions.clone()),

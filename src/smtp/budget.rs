@@ -16,13 +16,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct InflightBudget {
     limit: usize,
     used: AtomicUsize,
+    /// `gannet_smtp_inflight_bytes{listener}`, kept equal to `used`.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl InflightBudget {
-    pub fn new(limit: usize) -> Arc<InflightBudget> {
+    pub fn new(limit: usize, gauge: Option<prometheus::IntGauge>) -> Arc<InflightBudget> {
         Arc::new(InflightBudget {
             limit,
             used: AtomicUsize::new(0),
+            gauge,
         })
     }
 
@@ -37,11 +40,19 @@ impl InflightBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 u.checked_add(n).filter(|t| *t <= self.limit)
             })
+            .inspect(|_| {
+                if let Some(g) = &self.gauge {
+                    g.add(n as i64);
+                }
+            })
             .is_ok()
     }
 
     fn give(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.sub(n as i64);
+        }
     }
 }
 
@@ -95,7 +106,7 @@ mod tests {
 
     #[test]
     fn sessions_share_the_limit_and_give_back_on_release_and_drop() {
-        let b = InflightBudget::new(100);
+        let b = InflightBudget::new(100, None);
         let mut a = Held::new(Some(b.clone()));
         let mut c = Held::new(Some(b.clone()));
         assert!(a.grow_to(60));

@@ -102,8 +102,12 @@ impl ProtocolConfig {
             postmaster: config.postmaster_address(),
             rcpt_filter: None,
             rcpt_check: None,
-            budget: (listener.max_inflight_bytes > 0)
-                .then(|| InflightBudget::new(listener.max_inflight_bytes)),
+            budget: (listener.max_inflight_bytes > 0).then(|| {
+                let gauge = metrics
+                    .smtp_inflight_bytes
+                    .with_label_values(&[listener.name.as_str()]);
+                InflightBudget::new(listener.max_inflight_bytes, Some(gauge))
+            }),
             metrics,
         }
     }

@@ -1,4 +1,5 @@
-//! Disk full (issue 21 item 3): the spool lives on a small tmpfs this test mounts. While the MX
+//! Disk full and memory in flight (issue 21 item 3). The spool lives on a small tmpfs the first
+//! test mounts. While the MX
 //! defers everything, mail fills it; Gannet then answers `452 4.3.1` over SMTP and `507` over
 //! HTTP instead of accepting, keeps delivering what it holds once the MX takes mail again
 //! (which frees the space), accepts again, and after a kill -9 the spool reads back whole.
@@ -215,4 +216,77 @@ async fn full_spool_disk_answers_452_and_507_then_recovers_and_reads_back_whole(
     );
     drop(w);
     drop(fs);
+}
+
+/// The listener-wide budget of bytes in flight, over real sockets: with 1.5 MB for the
+/// listener, a session holding 1 MB of DATA leaves too little for another's 800 KB message,
+/// which gets `452 4.3.1` (and is never delivered); once the first is answered its bytes are
+/// given back (`gannet_smtp_inflight_bytes` shows it) and the second is taken on retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_budget_of_bytes_in_flight_answers_452() {
+    let zone = Zone::new()
+        .mail_domain("dest.test", SINK_IP)
+        .mail_domain("origin.test", SINK_IP);
+    let w = World::start(&[SINK_IP], zone, |c| {
+        c.listener_option("max_message_size = 1048576")
+            .listener_option("max_inflight_bytes = 1572864")
+    })
+    .await;
+    let held = || async {
+        w.gannet
+            .metric("gannet_smtp_inflight_bytes", &[("listener", "default")])
+            .await
+    };
+    let mut a = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    a.hello("a.test").await;
+    a.cmd("MAIL FROM:<s@origin.test>", "250").await;
+    a.cmd("RCPT TO:<r@dest.test>", "250").await;
+    a.cmd("DATA", "354").await;
+    let big = format!(
+        "Message-ID: <budget-a@origin.test>\r\nSubject: big\r\n\r\n{}",
+        filler(1_000_000)
+    );
+    a.send_raw(big.as_bytes()).await.expect("write DATA");
+    let mut holding = 0.0;
+    for _ in 0..300 {
+        holding = held().await;
+        if holding >= 1_000_000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        holding >= 1_000_000.0,
+        "the first session's DATA is held: {holding}"
+    );
+
+    let mut b = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    b.hello("b.test").await;
+    let body = filler(800_000);
+    let refused = send(&mut b, "budget-b1@origin.test", &body).await;
+    let (code, text) = refused.expect("an answer");
+    assert!(
+        code == 452 && text.starts_with("452 4.3.1"),
+        "over the listener's budget: {text}"
+    );
+
+    a.send_raw(b".\r\n").await.expect("final dot");
+    a.expect("250").await;
+    assert_eq!(held().await, 0.0, "answered: nothing held");
+    let (code, text) = send(&mut b, "budget-b2@origin.test", &body)
+        .await
+        .expect("an answer");
+    assert_eq!(code, 250, "{text}");
+
+    let ids: BTreeSet<String> = ["<budget-a@origin.test>", "<budget-b2@origin.test>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    wait_delivered(&w.sinks[0], &ids, &w.gannet).await;
+    w.gannet.queue_drained(WAIT).await;
+    let got = distinct_message_ids(&w.sinks[0].transactions());
+    assert!(
+        !got.contains("<budget-b1@origin.test>"),
+        "the refused message is not delivered: {got:?}"
+    );
 }

@@ -27,7 +27,8 @@
 //! - `crashloop` (issue 21 items 1 and 2): SIGKILL at chosen moments under SMTP and HTTP load,
 //!   restart, repeat; nothing acknowledged lost, nothing refused delivered, duplicates counted.
 //! - `diskfull` (issue 21 item 3): the spool on a small tmpfs fills: 452 4.3.1 / HTTP 507, delivery
-//!   frees it, acceptance resumes, the spool reads back whole after kill -9.
+//!   frees it, acceptance resumes, the spool reads back whole after kill -9; the listener's
+//!   budget of bytes in flight answers 452 4.3.1.
 //! - `anomaly` (issue 20): exact metrics, bounded series, the anomaly detector's breaker.
 //! - `dashboards` (issue 20): dashboards and alert rules against a real Prometheus.
 //! - `inject` (issue 16): HTTP injection of personalised batches: rendering, per-recipient
