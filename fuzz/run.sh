@@ -20,7 +20,10 @@ status=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     log=$(mktemp)
-    if cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 \
+    # bounce_report also reads the bounce fixtures as seeds (new inputs go to corpus/$t).
+    seeds=()
+    if [ "$t" = bounce_report ]; then seeds=(../tests/fixtures/bounces); fi
+    if cargo +nightly fuzz run -O "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$secs" -max_len=65536 \
         -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         result=ok
     else

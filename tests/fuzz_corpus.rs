@@ -20,16 +20,23 @@ fn replay(target: &str) {
         .find(|(name, _)| *name == target)
         .map(|(_, f)| *f)
         .unwrap_or_else(|| panic!("no fuzz entry named {target}"));
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // bounce_report's seeds are the bounce fixtures themselves (not a copy of them).
+    let dirs = match target {
+        "bounce_report" => vec![root.join("tests/fixtures/bounces")],
+        _ => vec![root.join("fuzz/corpus").join(target)],
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in &dirs {
+        files.extend(
+            std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file()),
+        );
+    }
     files.sort();
-    assert!(!files.is_empty(), "{} holds no inputs", dir.display());
+    assert!(!files.is_empty(), "{dirs:?} hold no inputs");
     for file in &files {
         let data = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let result = std::panic::catch_unwind(|| entry(&data));
