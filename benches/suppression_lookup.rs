@@ -1,12 +1,15 @@
 //! Suppression list at scale (issue 17): import rate (target ≥ 200k entries/s), lookup p99
-//! (target ≤ 5 µs at 10M entries), resident memory and disk. `cargo bench --bench
-//! suppression_lookup` imports 10M entries (`SUPPRESSION_BENCH_ENTRIES` overrides); the test
-//! suite's single pass uses 2,000.
+//! (target ≤ 5 µs at 10M entries), resident memory and disk, the time to open (load the index
+//! of) a full list, and paging through all of it as the API's listing and export do.
+//! `cargo bench --bench suppression_lookup` imports 10M entries (`SUPPRESSION_BENCH_ENTRIES`
+//! overrides; `SUPPRESSION_BENCH_DIR=DIR` builds the store in `DIR/suppression` and keeps it, e.g.
+//! for `benches/e2e.sh` with `[suppression] path` pointing at it); the test suite's single pass
+//! uses 2,000.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gannet::suppression::{Entry, Lookup, SledStore, SuppressionStore};
+use gannet::suppression::{Entry, ListFilter, Lookup, SledStore, SuppressionStore};
 
 fn entry(i: u64) -> Entry {
     Entry {
@@ -60,9 +63,11 @@ fn bench(c: &mut Criterion) {
         } else {
             2_000
         });
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("SUPPRESSION_BENCH_DIR").map(std::path::PathBuf::from);
+    let dir = kept.as_deref().unwrap_or(tmp.path());
     let rss0 = rss_kib();
-    let store = SledStore::open(&dir.path().join("suppression")).unwrap();
+    let store = SledStore::open(&dir.join("suppression")).unwrap();
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -72,12 +77,46 @@ fn bench(c: &mut Criterion) {
     }
     store.flush().unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let disk = dir_bytes(dir.path());
+    let disk = dir_bytes(dir);
     eprintln!(
         "suppression: {n} entries imported in {secs:.1} s ({:.0} entries/s, batches of 10,000), {disk} bytes on disk = {:.0} bytes/entry, RSS +{} MiB",
         n as f64 / secs,
         disk as f64 / n as f64,
         rss_kib().saturating_sub(rss0) / 1024
+    );
+
+    // Start-up: a reopened store loads its index from the tree.
+    drop(store);
+    let rss1 = rss_kib();
+    let t = Instant::now();
+    let store = SledStore::open(&dir.join("suppression")).unwrap();
+    eprintln!(
+        "suppression: reopened with {} entries in {:.1} s (index load), RSS {} MiB (was {} MiB before the open)",
+        store.len(),
+        t.elapsed().as_secs_f64(),
+        rss_kib() / 1024,
+        rss1 / 1024
+    );
+
+    // Paging through the whole list as the API's listing and export do (pages of 5,000).
+    let t = Instant::now();
+    let (mut seen, mut pages, mut cursor) = (0u64, 0u64, None::<Vec<u8>>);
+    loop {
+        let page = store
+            .list(&ListFilter::default(), cursor.as_deref(), 5_000)
+            .unwrap();
+        seen += page.entries.len() as u64;
+        pages += 1;
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, n, "every entry is listed once");
+    eprintln!(
+        "suppression: paged through {seen} entries in {pages} pages of 5,000 in {:.1} s ({:.0} entries/s)",
+        t.elapsed().as_secs_f64(),
+        seen as f64 / t.elapsed().as_secs_f64()
     );
 
     // p99 by timing single lookups (criterion reports means).

@@ -197,7 +197,7 @@ pub async fn run_with(
     };
     // The suppression list opens before anything listens; its policy subscriber (durable)
     // is registered before any stage publishes.
-    let suppressions: crate::suppression::SharedStore = {
+    let suppressions: Option<crate::suppression::SharedStore> = if config.suppression.enabled {
         let path = crate::suppression::SledStore::path_for(&config);
         let store = tokio::task::spawn_blocking(move || crate::suppression::SledStore::open(&path))
             .await
@@ -206,15 +206,22 @@ pub async fn run_with(
         if let Some(log) = &sendlog {
             store.set_address_hasher(log.address_hasher());
         }
-        Arc::new(store)
+        Some(Arc::new(store))
+    } else {
+        tracing::warn!(
+            "[suppression] enabled = false: no suppression list; bounces, complaints and opt-outs are not honoured by Gannet"
+        );
+        None
     };
     let suppression_stop = CancellationToken::new();
-    let suppression_task = crate::suppression::policy::start(
-        config.suppression.clone(),
-        suppressions.clone(),
-        &bus,
-        suppression_stop.clone(),
-    );
+    let suppression_task = suppressions.as_ref().map(|store| {
+        crate::suppression::policy::start(
+            config.suppression.clone(),
+            store.clone(),
+            &bus,
+            suppression_stop.clone(),
+        )
+    });
     let base = config
         .base_dir
         .clone()
@@ -252,15 +259,19 @@ pub async fn run_with(
         verp.clone(),
         shutdown.clone(),
     )?;
-    queue.set_suppressions(suppressions.clone());
-    let intake = Intake::new(
+    if let Some(store) = &suppressions {
+        queue.set_suppressions(store.clone());
+    }
+    let mut intake = Intake::new(
         config.clone(),
         queue.clone(),
         signer,
         metrics.clone(),
         bus.clone(),
-    )
-    .with_suppressions(suppressions.clone());
+    );
+    if let Some(store) = &suppressions {
+        intake = intake.with_suppressions(store.clone());
+    }
     // A small key file read (or created) once at start.
     let unsubscribe = {
         let c = config.clone();
@@ -274,7 +285,7 @@ pub async fn run_with(
     let rcpt_check: crate::smtp::protocol::RcptCheck = {
         let intake = intake.clone();
         Arc::new(move |q: &crate::smtp::protocol::RcptQuery<'_>| {
-            intake.refuse_at_rcpt(q.mail_from, q.rcpt)
+            intake.refuse_at_rcpt(q.mail_from, q.rcpt, q.auth_user)
         })
     };
     let acceptor: SharedAcceptor = Arc::new(intake);
@@ -410,7 +421,7 @@ pub async fn run_with(
         sendlog: sendlog.clone(),
         acceptor: acceptor.clone(),
         unsubscribe: Some(unsubscribe),
-        suppressions: Some(suppressions.clone()),
+        suppressions: suppressions.clone(),
         bounce_rules: bounce_rules.clone(),
         idempotency: Some(idempotency),
         rates: Arc::new(crate::http::rate::TokenRates::from_config(&config)),
@@ -507,8 +518,10 @@ pub async fn run_with(
     // Last: everything published until now goes into the send log before we exit.
     sendlog_stop.cancel();
     suppression_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), suppression_task).await;
-    if let Err(e) = suppressions.flush() {
+    if let Some(t) = suppression_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(Err(e)) = suppressions.as_ref().map(|s| s.flush()) {
         tracing::warn!(error = %e, "suppression list not flushed at shutdown");
     }
     if let Some(t) = sendlog_task {

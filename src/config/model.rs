@@ -603,6 +603,11 @@ pub struct SmtpUserConfig {
     /// PHC string (argon2id), e.g. made with `gannet hash-password`.
     pub password_hash: String,
     pub default_class: Option<String>,
+    /// The tenant every message of this user belongs to (an `X-Gannet-Tenant` header is then
+    /// ignored). Known from AUTH on, so `RCPT TO` also refuses addresses suppressed for this
+    /// tenant, not only those suppressed for every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Sender authorisation: From domains this user may send as (`example.com`, or
     /// `*.example.com` for its subdomains); absent means any. Outside it: 550 5.7.1.
     #[serde(default)]
@@ -941,6 +946,11 @@ pub struct BounceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuppressionConfig {
+    /// false: no list at all (nothing is checked, nothing recorded, the suppression API
+    /// answers 503). For senders that keep the list elsewhere, and for measuring what the
+    /// checks cost.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Directory of the embedded store; None = `suppression` in the spool directory.
     pub path: Option<PathBuf>,
     /// What SMTP intake does with a suppressed recipient: `reject` (550 5.7.1 at RCPT) or
@@ -994,6 +1004,7 @@ fn default_suppression_bound() -> usize {
 impl Default for SuppressionConfig {
     fn default() -> Self {
         SuppressionConfig {
+            enabled: true,
             path: None,
             smtp_action: SuppressedAction::default(),
             soft_bounce_limit: default_soft_bounce_limit(),

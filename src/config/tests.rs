@@ -271,3 +271,20 @@ fn console_users_are_checked_and_named() {
     let e = err_of(&format!("{}{MIN}", user("x", "root", HASH, None)));
     assert!(e.contains("role"), "{e}");
 }
+
+/// `[[smtp_user]] tenant` must be a tenant name (not `*`, no spaces); errors name the key.
+#[test]
+fn smtp_user_tenant_is_checked_and_named() {
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$8nbpC5bJMcUh0lUMUZmn2A$7fMcxRZjGpt1i/6EHtWiotTpHVpbJnXPLTfnQ0lP5Kg";
+    let user = |tenant: &str| {
+        format!(
+            "[[smtp_user]]\nname = \"crm\"\npassword_hash = \"{HASH}\"\ntenant = \"{tenant}\"\n{MIN}"
+        )
+    };
+    let c = Config::from_toml(&user("acme"), "t").unwrap();
+    assert_eq!(c.smtp_users[0].tenant.as_deref(), Some("acme"));
+    for bad in ["*", "ac me", ""] {
+        let e = err_of(&user(bad));
+        assert!(e.contains("smtp_user[0].tenant"), "{bad:?}: {e}");
+    }
+}

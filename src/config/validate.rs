@@ -304,6 +304,19 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 format!("no [class.{class}] is defined"),
             ));
         }
+        if let Some(t) = &u.tenant
+            && (t.is_empty()
+                || t == "*"
+                || t.len() > 128
+                || t.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(invalid(
+                format!("smtp_user[{i}].tenant"),
+                format!(
+                    "{t:?}: expected a tenant name of at most 128 printable characters without spaces (not *)"
+                ),
+            ));
+        }
     }
     for (i, l) in c.listeners.iter().enumerate() {
         check_allowed(

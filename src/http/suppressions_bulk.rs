@@ -226,6 +226,30 @@ fn stopped(t: &Tally, status: StatusCode, why: String) -> ApiError {
     )
 }
 
+/// The end of an export that cannot finish: an error, which makes hyper drop the connection
+/// without the chunked body's last chunk, so the client sees a cut-off transfer, never a
+/// complete-looking export that is short. What was sent before is let out first: hyper writes
+/// what it holds while the body is not ready, and drops it when the body fails.
+async fn cut_off(why: String) -> Result<bytes::Bytes, std::io::Error> {
+    tokio::task::yield_now().await;
+    tokio::time::sleep(CUT_OFF_GRACE).await;
+    Err(std::io::Error::other(why))
+}
+
+/// How long a failed export waits for what it sent to leave before it cuts the connection.
+const CUT_OFF_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Where a streamed export is.
+enum Export {
+    /// Before the first page; the CSV header line still to send, if any.
+    Start(Option<String>),
+    /// The cursor of the next page.
+    Next(Vec<u8>),
+    /// A page could not be read and the reason line was sent: end the body with an error.
+    Failed(String),
+    Done,
+}
+
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -243,7 +267,10 @@ pub struct ExportQuery {
 
 /// `GET /api/v1/suppressions/export?format=csv|jsonl&prefix=&domain=&reason=&tenant=` →
 /// every matching entry, streamed in key order (CSV with a header line). The default format
-/// is JSONL, or CSV when the client accepts `text/csv`.
+/// is JSONL, or CSV when the client accepts `text/csv`. An export that cannot finish (the
+/// store fails half-way) is cut off: the connection closes without the chunked body's last
+/// chunk, so the client sees a broken transfer, not a short list; JSONL first gets a line
+/// `{"error": {"code": "export_stopped", "message"}}`.
 #[utoipa::path(get, path = "/api/v1/suppressions/export", tag = "suppression", params(ExportQuery),
     responses((status = 200, description = "Every matching entry, streamed in key order",
             content((String = "application/x-ndjson"), (String = "text/csv"))),
@@ -281,47 +308,50 @@ pub async fn export(
         tenant: q.tenant,
     };
     let header_line = (format == Format::Csv).then(transfer::csv_header);
-    // State: (cursor of the next chunk, or None at the start; done).
-    let stream = futures::stream::unfold(
-        (header_line, None::<Vec<u8>>, false),
-        move |(header_line, cursor, done)| {
-            let (store, filter) = (store.clone(), filter.clone());
-            async move {
-                if let Some(h) = header_line {
-                    return Some((Ok(bytes::Bytes::from(h)), (None, cursor, done)));
+    let stream = futures::stream::unfold(Export::Start(header_line), move |state| {
+        let (store, filter) = (store.clone(), filter.clone());
+        async move {
+            let cursor = match state {
+                Export::Start(Some(h)) => {
+                    return Some((Ok(bytes::Bytes::from(h)), Export::Start(None)));
                 }
-                if done {
-                    return None;
-                }
-                let c = cursor.clone();
-                let page = tokio::task::spawn_blocking(move || {
-                    store.list(&filter, c.as_deref(), EXPORT_CHUNK)
-                })
-                .await;
-                match page {
-                    Ok(Ok(page)) => {
-                        let mut out = String::new();
-                        for e in &page.entries {
-                            out.push_str(&transfer::render(format, e));
-                        }
-                        let done = page.next.is_none();
-                        Some((Ok(bytes::Bytes::from(out)), (None, page.next, done)))
+                Export::Start(None) => None,
+                Export::Next(c) => Some(c),
+                Export::Failed(why) => return Some((cut_off(why).await, Export::Done)),
+                Export::Done => return None,
+            };
+            let page = tokio::task::spawn_blocking(move || {
+                store.list(&filter, cursor.as_deref(), EXPORT_CHUNK)
+            })
+            .await;
+            let why = match page {
+                Ok(Ok(page)) => {
+                    let mut out = String::new();
+                    for e in &page.entries {
+                        out.push_str(&transfer::render(format, e));
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "suppression export stopped");
-                        Some((
-                            Err(std::io::Error::other(e.to_string())),
-                            (None, None, true),
-                        ))
-                    }
-                    Err(e) => Some((
-                        Err(std::io::Error::other(e.to_string())),
-                        (None, None, true),
-                    )),
+                    let next = page.next.map_or(Export::Done, Export::Next);
+                    return Some((Ok(bytes::Bytes::from(out)), next));
                 }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("export task failed: {e}"),
+            };
+            tracing::error!(error = %why, "suppression export stopped; the response is cut off");
+            match format {
+                // A last line that says why, for readers that look at what arrived.
+                Format::Jsonl => {
+                    let line = json!({"error": {"code": "export_stopped", "message": format!(
+                        "the export stopped before its end: {why}; what came before this line is incomplete"
+                    )}});
+                    Some((
+                        Ok(bytes::Bytes::from(format!("{line}\n"))),
+                        Export::Failed(why),
+                    ))
+                }
+                Format::Csv => Some((cut_off(why).await, Export::Done)),
             }
-        },
-    );
+        }
+    });
     Ok((
         [(header::CONTENT_TYPE, format.content_type())],
         Body::from_stream(stream),

@@ -104,14 +104,33 @@ impl Intake {
     }
 
     /// The suppression check for SMTP `RCPT TO` (see `suppress::at_rcpt`): a refusal when the
-    /// recipient is suppressed for everyone and `[suppression] smtp_action = "reject"`; None
-    /// otherwise (with `drop`, suppressed recipients are accepted and left out after DATA).
-    pub fn refuse_at_rcpt(&self, mail_from: &str, rcpt: &str) -> Option<Rejection> {
+    /// recipient is suppressed for everyone, or for the tenant of the authenticated SMTP user
+    /// (`[[smtp_user]] tenant`), and `[suppression] smtp_action = "reject"`; None otherwise
+    /// (with `drop`, suppressed recipients are accepted and left out after DATA).
+    pub fn refuse_at_rcpt(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        auth_user: Option<&str>,
+    ) -> Option<Rejection> {
         let store = self.inner.suppressions.as_ref()?;
         if self.inner.config.suppression.smtp_action != SuppressedAction::Reject {
             return None;
         }
-        suppress::at_rcpt(store, &self.inner.bus, mail_from, rcpt)
+        let tenant = self.user_tenant(auth_user).unwrap_or("");
+        suppress::at_rcpt(store, &self.inner.bus, mail_from, rcpt, tenant)
+    }
+
+    /// The tenant `[[smtp_user]] tenant` binds the authenticated user to, if any.
+    fn user_tenant(&self, auth_user: Option<&str>) -> Option<&str> {
+        let user = auth_user?;
+        self.inner
+            .config
+            .smtp_users
+            .iter()
+            .find(|u| u.name == user)?
+            .tenant
+            .as_deref()
     }
 
     fn choose_class(&self, sub: &Submission, header: Option<String>) -> Result<String, Rejection> {
@@ -200,7 +219,12 @@ impl Intake {
         };
         let class = self.choose_class(&probe, header_class)?;
         authz::check(&self.inner.config, &origin, &class, &envelope.rcpts, &body)?;
-        let tenant = clean_id(tenant.or(header_tenant), "tenant")?;
+        // An SMTP user bound to a tenant sends for that tenant whatever the header says (its
+        // recipients were already checked against that tenant's list at RCPT).
+        let user_tenant = self
+            .user_tenant(origin.auth_user.as_deref())
+            .map(str::to_string);
+        let tenant = clean_id(tenant.or(user_tenant).or(header_tenant), "tenant")?;
         let campaign = clean_id(campaign.or(header_campaign), "campaign")?;
         let envelope = match &self.inner.suppressions {
             Some(store) => {

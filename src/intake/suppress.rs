@@ -1,4 +1,5 @@
-//! The suppression check at intake, for every way in: at SMTP `RCPT TO` (global entries), and
+//! The suppression check at intake, for every way in: at SMTP `RCPT TO` (entries for every
+//! stream: global ones, and the tenant's when the SMTP user is bound to one), and
 //! for every recipient once the message is complete (SMTP after DATA, HTTP injection), when
 //! its tenant, class and campaign are known. A suppressed recipient is taken out of the
 //! envelope and published as `suppressed` (stage `smtp` or `http`).
@@ -108,18 +109,21 @@ pub(super) fn filter(
     Ok(Filtered::Send(envelope))
 }
 
-/// The check at SMTP `RCPT TO`, before the message's tenant and streams are known: only entries
-/// for every tenant and every stream (hard bounces, complaints, global manual entries) can
-/// apply yet; narrower ones are checked after DATA. A hit is published as `suppressed`
-/// (stage `smtp`) and answered 550 5.7.1.
+/// The check at SMTP `RCPT TO`, before the message's streams are known: entries for every
+/// stream apply, of every tenant (hard bounces, complaints, global manual entries) and, when
+/// the client is an SMTP user bound to a tenant (`tenant` not empty), of that tenant; entries
+/// of one stream are checked after DATA. A hit is published as `suppressed` (stage `smtp`)
+/// and answered 550 5.7.1.
 pub(super) fn at_rcpt(
     store: &SharedStore,
     bus: &EventBus,
     mail_from: &str,
     rcpt: &str,
+    tenant: &str,
 ) -> Option<Rejection> {
     let lookup = Lookup {
         address: rcpt,
+        tenant,
         ..Lookup::default()
     };
     match store.check(&lookup, crate::suppression::policy::now_secs()) {
@@ -131,6 +135,7 @@ pub(super) fn at_rcpt(
             });
             e.recipient = rcpt.to_string();
             e.sender = mail_from.to_string();
+            e.tenant = tenant.to_string();
             bus.publish(e);
             Some(refusal(&entry.reason))
         }

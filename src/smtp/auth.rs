@@ -202,6 +202,7 @@ mod tests {
             name: "alice".into(),
             password_hash: hash,
             default_class: None,
+            tenant: None,
             allowed_from_domains: None,
             allowed_classes: None,
         }]));

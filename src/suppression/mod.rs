@@ -1,13 +1,15 @@
 //! Suppression: who must not receive mail, why, and in which scope; and the signed one-click
 //! unsubscribe token.
 //!
-//! Owns: the list (`store`: the [`SuppressionStore`] seam and its embedded sled default), the
+//! Owns: the list (`store`: the [`SuppressionStore`] seam and its embedded sled default, whose
+//! checks read the in-memory `index`), the
 //! policy that fills it from events (`policy`: a durable event subscriber) and the unsubscribe
 //! token format (`token`), shared by injection (which puts tokens into `List-Unsubscribe`) and
 //! the unsubscribe endpoint (which verifies them), and the CSV/JSONL line formats of bulk
 //! import and export (`transfer`). Never sends mail and never reads the spool;
 //! the stages that refuse or drop mail ask the store through a [`SharedStore`] handle.
 
+mod index;
 pub mod policy;
 pub mod store;
 pub mod token;

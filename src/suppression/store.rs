@@ -5,8 +5,10 @@
 //! decides what goes in (that is `policy`, the API and the CLI) and never publishes events.
 //!
 //! Keys are `address \0 tenant \0 stream`: the normalised address first, so every entry of one
-//! address sits under one prefix and a check is one short prefix scan, which looks at keys
-//! and expiries in place and builds an [`Entry`] only for the one it returns. `tenant` is `*` for
+//! address sits under one prefix (`get`, `erase`, listings by address prefix). A check does not
+//! read the tree: it probes the in-memory `index` (built from the tree at open, about 40 bytes
+//! an entry) for each scope that could cover the send, a few hundred nanoseconds at ten
+//! million entries. `tenant` is `*` for
 //! every tenant; `stream` is empty for every stream, else `class:NAME`, `list:NAME` or
 //! `campaign:NAME`. A global entry (tenant `*`, every stream) wins over narrower ones when
 //! several match.
@@ -21,6 +23,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::index::{Index, Row};
 
 /// Tenant scope of an entry that applies to every tenant.
 pub const ALL_TENANTS: &str = "*";
@@ -134,7 +138,9 @@ pub struct Page {
 /// [`SledStore`] is the default). Calls are short and synchronous: lookups hit memory; writers
 /// that import many entries should run on a blocking thread.
 pub trait SuppressionStore: Send + Sync {
-    /// The live entry that stops this send, if any (a global one first).
+    /// The live entry that stops this send, if any (a global one first). Its `source` may be
+    /// empty: a backend may answer from an index that keeps only what a refusal needs (the
+    /// embedded one does); [`SuppressionStore::get`] gives whole entries.
     fn check(&self, q: &Lookup<'_>, now: u64) -> Result<Option<Entry>, StoreError>;
     /// Insert or replace the entry with the same (address, tenant, stream); true if it did not
     /// exist before.
@@ -245,7 +251,8 @@ fn prefix_of(address: &str) -> Vec<u8> {
 /// The embedded store: one sled tree of entries (value: the compact binary form of `encode`;
 /// compact JSON from earlier versions is still read) and one of recent soft
 /// bounces per address (value: 16 bytes per bounce: big-endian unix seconds, then the
-/// attempt's identity).
+/// attempt's identity). Checks read the in-memory [`Index`] (built from the tree at open),
+/// never the tree; listings, `get` and exports read the tree.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
@@ -253,6 +260,14 @@ pub struct SledStore {
     soft: sled::Tree,
     /// Erasure entries: keyed hash (32 bytes) → big-endian unix seconds of the erasure.
     erased: sled::Tree,
+    /// What `check` reads: every entry of `entries`, in memory.
+    index: std::sync::Arc<Index>,
+    /// The keyed hashes of `erased`, in memory (erasures are few; a check must not read disk).
+    erased_mem: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 32], u64>>>,
+    /// Held by every writer of `entries` across the tree write and the index update, so the
+    /// two never disagree and "was it new" is answered once per key even when imports and
+    /// the policy write at the same time. Lookups do not take it.
+    writer: std::sync::Arc<std::sync::Mutex<()>>,
     /// Set once at start when the send log's key is known; without it erasure entries are
     /// neither written nor checked.
     hasher: std::sync::Arc<std::sync::OnceLock<AddressHasher>>,
@@ -278,15 +293,93 @@ impl SledStore {
     }
 
     fn on(db: sled::Db) -> Result<SledStore, StoreError> {
+        let entries = db.open_tree("entries")?;
+        let erased = db.open_tree("erased")?;
+        let index = SledStore::load(&entries)?;
+        let mut erased_mem = std::collections::HashMap::new();
+        for kv in erased.iter() {
+            let (k, v) = kv?;
+            if let Ok(hash) = <[u8; 32]>::try_from(&k[..]) {
+                erased_mem.insert(hash, u64::from_be_bytes(v[..].try_into().unwrap_or([0; 8])));
+            }
+        }
         Ok(SledStore {
-            entries: db.open_tree("entries")?,
+            entries,
             // (`soft_bounces`, the earlier 8-byte format without attempt identities, is no
             // longer read: its counts start again.)
             soft: db.open_tree("soft_bounce_attempts")?,
-            erased: db.open_tree("erased")?,
+            erased,
+            index: std::sync::Arc::new(index),
+            erased_mem: std::sync::Arc::new(std::sync::RwLock::new(erased_mem)),
+            writer: Default::default(),
             hasher: Default::default(),
             db,
         })
+    }
+
+    /// The index of every entry in `entries` (one pass in key order). An entry that cannot be
+    /// read is logged and indexed as `unreadable`, every scope it names refused: a list that
+    /// cannot say why must not let the mail through.
+    fn load(entries: &sled::Tree) -> Result<Index, StoreError> {
+        let started = std::time::Instant::now();
+        let index = Index::with_capacity(0);
+        let mut chunk: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(LOAD_CHUNK);
+        let mut n = 0usize;
+        let mut flush = |chunk: &mut Vec<(sled::IVec, sled::IVec)>| {
+            let mut rows = Vec::with_capacity(chunk.len());
+            // Entries written as JSON by an earlier version (rare), decoded whole, and entries
+            // that cannot be read at all.
+            let mut whole = Vec::new();
+            for (k, v) in chunk.iter() {
+                let text = |b| std::str::from_utf8(b).ok();
+                let parts = split_key(k).and_then(|(a, t, s)| Some((text(a)?, text(t)?, text(s)?)));
+                let Some((address, tenant, stream)) = parts else {
+                    tracing::error!(key = %String::from_utf8_lossy(k).replace('\0', " "), "suppression key unreadable; skipped");
+                    continue;
+                };
+                match Meta::read(v).and_then(|m| Some((text(m.reason)?, m))) {
+                    Some((reason, m)) => rows.push(Row {
+                        address,
+                        tenant,
+                        stream,
+                        reason,
+                        created: m.created,
+                        expires: m.expires,
+                    }),
+                    None => match SledStore::decode(k, v) {
+                        Ok(e) => whole.push(e),
+                        Err(e) => {
+                            tracing::error!(error = %e, "suppression entry unreadable; its address stays refused in its scope until the entry is replaced or removed");
+                            whole.push(Entry {
+                                address: address.to_string(),
+                                tenant: tenant.to_string(),
+                                stream: stream.to_string(),
+                                reason: "unreadable".to_string(),
+                                source: String::new(),
+                                created: 0,
+                                expires: 0,
+                            });
+                        }
+                    },
+                }
+            }
+            n += index.insert_many(rows);
+            n += index.insert_many(whole.iter().map(Row::of));
+            chunk.clear();
+        };
+        for kv in entries.iter() {
+            chunk.push(kv?);
+            if chunk.len() == LOAD_CHUNK {
+                flush(&mut chunk);
+            }
+        }
+        flush(&mut chunk);
+        tracing::info!(
+            entries = n,
+            ms = started.elapsed().as_millis() as u64,
+            "suppression list loaded into memory"
+        );
+        Ok(index)
     }
 
     /// Give the store the keyed hash of erasure entries (once, at start).
@@ -295,23 +388,29 @@ impl SledStore {
     }
 
     /// The erasure entry for `address`, if it was erased. Costs one `is_empty` check while
-    /// nobody was ever erased; otherwise one HMAC and one point read.
+    /// nobody was ever erased; otherwise one HMAC and one lookup in memory.
     fn erased_entry(&self, address: &str) -> Result<Option<Entry>, StoreError> {
-        if self.erased.is_empty() {
+        let erased = self.erased_mem.read().unwrap_or_else(|p| p.into_inner());
+        if erased.is_empty() {
             return Ok(None);
         }
         let Some(hash) = self.hasher.get() else {
             return Ok(None);
         };
-        Ok(self.erased.get(hash(address))?.map(|v| Entry {
+        Ok(erased.get(&hash(address)).map(|at| Entry {
             address: String::new(),
             tenant: ALL_TENANTS.to_string(),
             stream: String::new(),
             reason: ERASED_REASON.to_string(),
             source: "gdpr".to_string(),
-            created: u64::from_be_bytes(v[..].try_into().unwrap_or([0; 8])),
+            created: *at,
             expires: 0,
         }))
+    }
+
+    /// The write lock of `entries` (see the field).
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The directory `[suppression] path` names, or `suppression` in the spool directory.
@@ -325,6 +424,9 @@ impl SledStore {
     #[cfg(test)]
     pub(crate) fn raw_insert_for_tests(&self, k: &[u8], v: &[u8]) {
         self.entries.insert(k, v).expect("insert");
+        if let Ok(e) = SledStore::decode(k, v) {
+            self.index.insert(Row::of(&e));
+        }
     }
 
     /// An entry from its key and value. Values are the compact binary form ([`encode`]) or,
@@ -360,6 +462,9 @@ impl SledStore {
         encode(e)
     }
 }
+
+/// Entries read from the tree per index insertion at open.
+const LOAD_CHUNK: usize = 65_536;
 
 /// Version byte of the binary value form (JSON values start with `{`).
 const VALUE_V1: u8 = 1;
@@ -402,16 +507,6 @@ impl<'a> Meta<'a> {
             source: rest.get(n..)?,
         })
     }
-
-    /// Only the expiry: what a lookup needs before it knows the entry applies.
-    fn expires(k: &[u8], v: &[u8]) -> Result<u64, StoreError> {
-        match v.first() {
-            Some(&VALUE_V1) if v.len() >= 17 => {
-                Ok(u64::from_be_bytes(v[9..17].try_into().unwrap_or([0; 8])))
-            }
-            _ => SledStore::decode(k, v).map(|e| e.expires),
-        }
-    }
 }
 
 /// `address \0 tenant \0 stream` → its three parts.
@@ -422,26 +517,6 @@ fn split_key(k: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     Some((&k[..a], &rest[..t], &rest[t + 1..]))
 }
 
-/// Whether an entry of scope (`tenant`, `stream`) applies to `q` ([`Entry::covers`] on the
-/// key's bytes, without building the entry).
-fn scope_covers(tenant: &[u8], stream: &[u8], q: &Lookup<'_>) -> bool {
-    let tenant_ok = tenant == ALL_TENANTS.as_bytes() || tenant == q.tenant.as_bytes();
-    let stream_ok = stream.is_empty()
-        || match memchr::memchr(b':', stream) {
-            Some(i) => {
-                let n = &stream[i + 1..];
-                match &stream[..i] {
-                    b"class" => n == q.class.as_bytes(),
-                    b"campaign" => !n.is_empty() && n == q.campaign.as_bytes(),
-                    b"list" => !n.is_empty() && n == q.list.as_bytes(),
-                    _ => false,
-                }
-            }
-            None => false,
-        };
-    tenant_ok && stream_ok
-}
-
 impl SuppressionStore for SledStore {
     fn check(&self, q: &Lookup<'_>, now: u64) -> Result<Option<Entry>, StoreError> {
         let Ok(address) = normalize(q.address) else {
@@ -450,27 +525,7 @@ impl SuppressionStore for SledStore {
         if let Some(e) = self.erased_entry(&address)? {
             return Ok(Some(e));
         }
-        let prefix = prefix_of(&address);
-        let mut best: Option<(sled::IVec, sled::IVec)> = None;
-        // Keys and values are looked at in place; an Entry is built only for the one returned.
-        for kv in self.entries.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            let Some((_, tenant, stream)) = split_key(&k) else {
-                continue;
-            };
-            if !scope_covers(tenant, stream, q) {
-                continue;
-            }
-            let expires = Meta::expires(&k, &v)?;
-            if expires != 0 && expires <= now {
-                continue;
-            }
-            if tenant == ALL_TENANTS.as_bytes() && stream.is_empty() {
-                return SledStore::decode(&k, &v).map(Some);
-            }
-            best.get_or_insert((k, v));
-        }
-        best.map(|(k, v)| SledStore::decode(&k, &v)).transpose()
+        Ok(self.index.check(&address, q, now))
     }
 
     fn add(&self, entry: &Entry) -> Result<bool, StoreError> {
@@ -480,10 +535,9 @@ impl SuppressionStore for SledStore {
         if self.erased_entry(&e.address)?.is_some() {
             return Ok(false);
         }
-        Ok(self
-            .entries
-            .insert(e.key(), SledStore::encode(&e))?
-            .is_none())
+        let _w = self.writing();
+        self.entries.insert(e.key(), SledStore::encode(&e))?;
+        Ok(self.index.insert(Row::of(&e)))
     }
 
     fn add_new(&self, entry: &Entry, now: u64) -> Result<bool, StoreError> {
@@ -491,21 +545,14 @@ impl SuppressionStore for SledStore {
         if self.erased_entry(&e.address)?.is_some() {
             return Ok(false);
         }
-        let k = e.key();
-        let v = SledStore::encode(&e);
-        loop {
-            let old = self.entries.get(&k)?;
-            if let Some(old) = &old
-                && SledStore::decode(&k, old)?.live(now)
-            {
-                return Ok(false);
-            }
-            // Compare-and-swap: a writer in between (API, import) is not overwritten.
-            match self.entries.compare_and_swap(&k, old, Some(v.as_slice()))? {
-                Ok(()) => return Ok(true),
-                Err(_) => continue,
-            }
+        // Under the write lock nobody writes between the look and the insert.
+        let _w = self.writing();
+        if self.index.live(&e.address, &e.tenant, &e.stream, now) {
+            return Ok(false);
         }
+        self.entries.insert(e.key(), SledStore::encode(&e))?;
+        self.index.insert(Row::of(&e));
+        Ok(true)
     }
 
     fn add_many(&self, entries: &[Entry]) -> Result<usize, StoreError> {
@@ -515,7 +562,7 @@ impl SuppressionStore for SledStore {
             if self.erased_entry(&e.address)?.is_some() {
                 continue;
             }
-            rows.push((e.key(), SledStore::encode(&e)));
+            rows.push((e.key(), e));
         }
         // In key order (the tree is walked once, left to right, instead of at random); of two
         // lines for one key the later wins, as it would one by one.
@@ -523,15 +570,14 @@ impl SuppressionStore for SledStore {
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.dedup_by(|later, kept| later.0 == kept.0);
         let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for (k, v) in rows {
-            if !self.entries.contains_key(&k)? {
-                n += 1;
-            }
-            batch.insert(k, v);
+        for (k, e) in &rows {
+            batch.insert(&k[..], SledStore::encode(e));
         }
+        // One batch and one index update under the write lock: how many were new is counted
+        // against what every other writer left, not against a look taken before they wrote.
+        let _w = self.writing();
         self.entries.apply_batch(batch)?;
-        Ok(n)
+        Ok(self.index.insert_many(rows.iter().map(|(_, e)| Row::of(e))))
     }
 
     fn remove(
@@ -542,7 +588,10 @@ impl SuppressionStore for SledStore {
     ) -> Result<Option<Entry>, StoreError> {
         let address = normalize(address)?;
         let k = key(&address, tenant, stream);
-        match self.entries.remove(&k)? {
+        let _w = self.writing();
+        let old = self.entries.remove(&k)?;
+        self.index.remove(&address, tenant, stream);
+        match old {
             Some(v) => Ok(Some(SledStore::decode(&k, &v)?)),
             None => Ok(None),
         }
@@ -633,7 +682,7 @@ impl SuppressionStore for SledStore {
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -643,11 +692,23 @@ impl SuppressionStore for SledStore {
 
     fn erase(&self, address: &str, hash: &[u8; 32], now: u64) -> Result<usize, StoreError> {
         let address = normalize(address)?;
+        let _w = self.writing();
         self.erased.insert(hash, now.to_be_bytes().to_vec())?;
+        self.erased_mem
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*hash, now);
         let mut n = 0;
         for kv in self.entries.scan_prefix(prefix_of(&address)) {
             let (k, _) = kv?;
-            self.entries.remove(k)?;
+            self.entries.remove(&k)?;
+            if let Some((_, tenant, stream)) = split_key(&k) {
+                self.index.remove(
+                    &address,
+                    &String::from_utf8_lossy(tenant),
+                    &String::from_utf8_lossy(stream),
+                );
+            }
             n += 1;
         }
         self.soft.remove(address.as_bytes())?;

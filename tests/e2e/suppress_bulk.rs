@@ -2,7 +2,7 @@
 //! CSV and JSONL" on `/api/v1/suppressions`, and `gannet suppress add|remove|list|import|
 //! export`): curl against the API, the `gannet` CLI against a running instance.
 //!
-//! Sink addresses: 127.0.0.237.
+//! Sink addresses: 127.0.0.237, 127.0.0.228–.229.
 
 use std::time::Duration;
 
@@ -301,4 +301,128 @@ async fn the_suppress_cli_adds_lists_removes_imports_and_exports() {
         .filter(|e| e["address"].as_str().is_some_and(|a| a.starts_with('d')))
         .count();
     assert_eq!(n, 299, "{text}");
+}
+
+/// Two imports of the same 30,000 addresses at the same time: every address is created once,
+/// so the two answers' `created` counts add up to 30,000 (each line is new to exactly one of
+/// them), and both report 30,000 imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_imports_count_each_new_entry_once() {
+    let w = World::start(
+        &["127.0.0.228"],
+        Zone::new().mail_domain("race.sup.test", "127.0.0.228"),
+        |c| c,
+    )
+    .await;
+    let g = &w.gannet;
+    let url = format!(
+        "http://{}/api/v1/suppressions/import?format=csv",
+        g.http_addr()
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("same.csv");
+    let csv: String = (0..30_000)
+        .map(|i| format!("r{i}@race.sup.test\n"))
+        .collect();
+    std::fs::write(&path, csv).expect("write");
+    let data = format!("@{}", path.display());
+    let args = [
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: text/csv",
+        "--data-binary",
+        &data,
+        &url,
+    ];
+    let ((s1, b1), (s2, b2)) = tokio::join!(curl(&args), curl(&args));
+    let v1: serde_json::Value = serde_json::from_str(&b1).expect("json");
+    let v2: serde_json::Value = serde_json::from_str(&b2).expect("json");
+    assert_eq!((s1, s2), (200, 200), "{v1} {v2}");
+    assert_eq!(
+        (v1["imported"].as_u64(), v2["imported"].as_u64()),
+        (Some(30_000), Some(30_000))
+    );
+    let created =
+        v1["created"].as_u64().expect("created") + v2["created"].as_u64().expect("created");
+    assert_eq!(
+        created, 30_000,
+        "each address is new to one import only: {v1} {v2}"
+    );
+}
+
+/// An export that fails half-way (an entry the store cannot read, put there while Gannet was
+/// stopped) does not end like a complete one: the entries before it arrive, then the chunked
+/// body is cut off without its last chunk, so curl fails (exit 18, "transfer closed with
+/// outstanding read data") instead of handing over a silently shortened list; JSONL carries
+/// a last line saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_fails_half_way_is_cut_off_not_ended() {
+    let mut w = World::start(
+        &["127.0.0.229"],
+        Zone::new().mail_domain("cut.sup.test", "127.0.0.229"),
+        |c| c,
+    )
+    .await;
+    let base = format!("http://{}", w.gannet.http_addr());
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("list.csv");
+    let csv: String = (0..12_000)
+        .map(|i| format!("e{i:05}@cut.sup.test\n"))
+        .collect();
+    std::fs::write(&path, csv).expect("write");
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: text/csv",
+        "--data-binary",
+        &format!("@{}", path.display()),
+        &format!("{base}/api/v1/suppressions/import"),
+    ])
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A value no version of Gannet wrote, under a key in the middle of the list.
+    w.gannet.sigterm().await;
+    {
+        let db = sled::open(w.gannet.dir().join("spool").join("suppression")).expect("open store");
+        let t = db.open_tree("entries").expect("tree");
+        t.insert(&b"e08000x@cut.sup.test\0*\0"[..], &b"\x07garbage"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    w.gannet.restart().await;
+    let base = format!("http://{}", w.gannet.http_addr());
+
+    for format in ["jsonl", "csv"] {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            &format!("{base}/api/v1/suppressions/export?format={format}"),
+        ]);
+        let out = run(cmd, None, Duration::from_secs(60)).await;
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(18),
+            "curl must see a cut-off body ({format}): {}",
+            out.stderr
+        );
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let addresses = lines.iter().filter(|l| l.contains("@cut.sup.test")).count();
+        assert!(
+            (5_000..=8_001).contains(&addresses),
+            "{format}: the entries before the broken one arrive ({addresses})"
+        );
+        if format == "jsonl" {
+            let last: serde_json::Value =
+                serde_json::from_str(lines.last().expect("a line")).expect("json");
+            assert_eq!(last["error"]["code"], "export_stopped", "{last}");
+        }
+    }
+    assert!(
+        w.gannet.log().contains("suppression export stopped"),
+        "{}",
+        w.gannet.log()
+    );
 }

@@ -1,9 +1,10 @@
 //! The suppression list at SMTP intake (issue 17 item 5, "RCPT refused with 550 5.7.1 or
 //! accepted-and-dropped, per config"): `[suppression] smtp_action = "reject"` refuses a
 //! suppressed recipient at `RCPT TO`, `"drop"` accepts it and never sends; both are recorded as
-//! `suppressed` events. Clients: Python smtplib and swaks.
+//! `suppressed` events. An SMTP user bound to a tenant (`[[smtp_user]] tenant`) also has that
+//! tenant's entries refused at `RCPT TO`. Clients: Python smtplib, swaks and a raw socket.
 //!
-//! Sink addresses: 127.0.0.235–.236.
+//! Sink addresses: 127.0.0.235–.236, 127.0.0.227.
 
 use crate::common::gannet::http;
 use crate::common::tools::{PySend, python_send, swaks};
@@ -189,4 +190,90 @@ async fn drop_accepts_a_suppressed_recipient_and_never_sends_to_it() {
         .count();
     assert_eq!(to_gone, 0);
     assert_eq!(w.sinks[0].messages().len(), 2);
+}
+
+/// Tenant-scoped entries at RCPT: an SMTP user with `tenant = "acme"` (AUTH under STARTTLS)
+/// gets 550 5.7.1 at `RCPT TO` for an address suppressed for tenant acme only, while another
+/// recipient is accepted and delivered (with the user's tenant); a client without a tenant
+/// (relaying from loopback) is not refused at RCPT for that address, and an address suppressed
+/// for another tenant is not refused for the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_suppression_is_refused_at_rcpt_for_that_tenants_smtp_user() {
+    let hash = {
+        let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
+        cmd.arg("hash-password");
+        let out = crate::common::tools::run(
+            cmd,
+            Some(b"tenant-pass\n"),
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        out.assert_success();
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("$argon2"))
+            .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
+            .to_string()
+    };
+    let w = World::start(
+        &["127.0.0.227"],
+        Zone::new().mail_domain("shop.tenant.test", "127.0.0.227"),
+        |c| {
+            c.listener_option("tls_cert = \"${CERT}\"")
+                .listener_option("tls_key = \"${KEY}\"")
+                .extra(&format!(
+                    "[[smtp_user]]\nname = \"crm\"\npassword_hash = \"{hash}\"\ntenant = \"acme\"\n"
+                ))
+        },
+    )
+    .await;
+    let g = &w.gannet;
+    let gone = "gone@shop.tenant.test";
+    let other = "other@shop.tenant.test";
+    let ok = "ok@shop.tenant.test";
+    for (address, tenant) in [(gone, "acme"), (other, "zeta")] {
+        let body = serde_json::json!({ "address": address, "tenant": tenant }).to_string();
+        let (status, text) = http(g.http_addr(), "POST", "/api/v1/suppressions", Some(&body))
+            .await
+            .expect("POST /api/v1/suppressions");
+        assert_eq!(status, 201, "{text}");
+    }
+
+    // Without a tenant at RCPT the acme entry cannot apply yet.
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("app.test").await;
+    c.cmd("MAIL FROM:<news@brand.test>", "250").await;
+    c.cmd(&format!("RCPT TO:<{gone}>"), "250").await;
+    c.cmd("RSET", "250").await;
+    c.cmd("QUIT", "221").await;
+
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("app.test").await;
+    c.starttls().await;
+    c.cmd("EHLO app.test", "250").await;
+    let plain = crate::common::tools::base64_lite::encode(b"\0crm\0tenant-pass");
+    c.cmd(&format!("AUTH PLAIN {plain}"), "235").await;
+    c.cmd("MAIL FROM:<news@brand.test>", "250").await;
+    let r = c.cmd(&format!("RCPT TO:<{gone}>"), "550 5.7.1").await;
+    assert!(r.text().contains("suppression list"), "{}", r.text());
+    c.cmd(&format!("RCPT TO:<{other}>"), "250").await;
+    c.cmd(&format!("RCPT TO:<{ok}>"), "250").await;
+    c.data(&msg("tenant"), "250").await;
+    c.cmd("QUIT", "221").await;
+
+    let got = w.sinks[0].wait_for(1, WAIT).await;
+    let mut rcpts = got[0].rcpts.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, [ok, other], "the refused recipient is not sent to");
+    let events = events_until(g, gone, |es| {
+        es.iter()
+            .any(|e| e["type"] == "suppressed" && e["stage"] == "smtp")
+    })
+    .await;
+    let refused = events
+        .iter()
+        .find(|e| e["type"] == "suppressed")
+        .expect("suppressed");
+    assert_eq!(refused["tenant"], "acme", "{refused}");
+    assert_eq!(refused["scope"], "acme", "{refused}");
 }

@@ -1,0 +1,389 @@
+//! The in-memory index every suppression check reads: one fixed-size slot per entry, keyed by
+//! a keyed hash of `address \0 tenant \0 stream`, so a check costs a few hash probes in memory
+//! and never touches the disk (the durable store's page-ins made hits cost 50+ µs at millions
+//! of entries).
+//!
+//! Owns the slots and the small table of reason texts they point into. Filled by the store
+//! that owns it (`store::SledStore`) at open from its tree and kept in step by the store's
+//! writers, which hold the store's write lock across the durable write and the index update.
+//! Never reads or writes the disk and never decides what goes in.
+//!
+//! A slot is 24 bytes (a 64-bit key, a 32-bit tag from a second, independent keyed hash, the
+//! reason's number, and created and expiry as u32 seconds), about 40 bytes an entry with the
+//! table's spare capacity. The 96 bits of two SipHash-1-3 hashes with keys drawn at start make
+//! a false hit (an address refused because another one is listed) a 1 in 2^96 / entries event
+//! per probe, and unforgeable from outside (the keys are never shown). Hand-written rather than
+//! a crate: what is kept per entry (a few bytes beside the hash) is the point, and a general
+//! map of strings would hold the address itself, several times the size.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::RwLock;
+
+use super::store::{ALL_TENANTS, Entry, Lookup};
+
+/// Reason number meaning "the reason text did not fit in the table" (it then reads as
+/// `manual`); the table holds 65,535 different reasons before that happens.
+const REASON_OVERFLOW: u16 = u16::MAX;
+
+/// What is kept of one entry.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    tag: u32,
+    created: u32,
+    /// 0 = never; saturated at u32::MAX (year 2106).
+    expires: u32,
+    reason: u16,
+}
+
+/// Keys are already uniform hashes: the table uses them as they are.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed (write_u64); fold anything else in, for completeness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct BuildPassThrough;
+
+impl BuildHasher for BuildPassThrough {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+struct Inner {
+    slots: HashMap<u64, Slot, BuildPassThrough>,
+    reasons: Vec<String>,
+    reason_ids: HashMap<String, u16>,
+}
+
+/// The index (one per store). Lookups share a read lock; the store's writers take the write
+/// lock for a batch at a time (std `RwLock`: sections are short and never await).
+pub struct Index {
+    key: RandomState,
+    tag: RandomState,
+    inner: RwLock<Inner>,
+}
+
+/// One entry's fields as the index takes them.
+pub struct Row<'a> {
+    pub address: &'a str,
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub reason: &'a str,
+    pub created: u64,
+    pub expires: u64,
+}
+
+impl<'a> Row<'a> {
+    pub fn of(e: &'a Entry) -> Row<'a> {
+        Row {
+            address: &e.address,
+            tenant: &e.tenant,
+            stream: &e.stream,
+            reason: &e.reason,
+            created: e.created,
+            expires: e.expires,
+        }
+    }
+}
+
+fn secs32(s: u64) -> u32 {
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index::with_capacity(0)
+    }
+}
+
+impl Index {
+    /// An empty index with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Index {
+        Index {
+            key: RandomState::new(),
+            tag: RandomState::new(),
+            inner: RwLock::new(Inner {
+                slots: HashMap::with_capacity_and_hasher(n, BuildPassThrough),
+                reasons: Vec::new(),
+                reason_ids: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The two hash states after the address (and its separator): a check hashes the
+    /// address once and each candidate scope from there.
+    fn address_state(&self, address: &str) -> (impl Hasher + Clone, impl Hasher + Clone) {
+        let mut k = self.key.build_hasher();
+        let mut t = self.tag.build_hasher();
+        for h in [&mut k as &mut dyn Hasher, &mut t] {
+            h.write(address.as_bytes());
+            h.write_u8(0);
+        }
+        (k, t)
+    }
+
+    fn finish(
+        state: &(impl Hasher + Clone, impl Hasher + Clone),
+        tenant: &str,
+        stream: &str,
+    ) -> (u64, u32) {
+        let (mut k, mut t) = (state.0.clone(), state.1.clone());
+        for h in [&mut k as &mut dyn Hasher, &mut t] {
+            h.write(tenant.as_bytes());
+            h.write_u8(0);
+            h.write(stream.as_bytes());
+        }
+        (k.finish(), t.finish() as u32)
+    }
+
+    fn hash(&self, address: &str, tenant: &str, stream: &str) -> (u64, u32) {
+        Index::finish(&self.address_state(address), tenant, stream)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A writer that panicked left whole slots (each insert is one map operation).
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Insert or replace many entries (normalised addresses); returns how many were not in
+    /// the index before. Hashing happens before the write lock is taken.
+    pub fn insert_many<'a>(&self, rows: impl IntoIterator<Item = Row<'a>>) -> usize {
+        let hashed: Vec<(u64, u32, &str, u32, u32)> = rows
+            .into_iter()
+            .map(|r| {
+                let (k, tag) = self.hash(r.address, r.tenant, r.stream);
+                (k, tag, r.reason, secs32(r.created), secs32(r.expires))
+            })
+            .collect();
+        let mut g = self.write();
+        let inner = &mut *g;
+        let mut new = 0;
+        for (k, tag, reason, created, expires) in hashed {
+            let reason = inner.reason_id(reason);
+            let slot = Slot {
+                tag,
+                created,
+                expires,
+                reason,
+            };
+            if inner.slots.insert(k, slot).is_none() {
+                new += 1;
+            }
+        }
+        new
+    }
+
+    /// Insert or replace one entry; true if it was not there.
+    pub fn insert(&self, row: Row<'_>) -> bool {
+        self.insert_many([row]) == 1
+    }
+
+    /// Forget one entry; true if it was there.
+    pub fn remove(&self, address: &str, tenant: &str, stream: &str) -> bool {
+        let (k, tag) = self.hash(address, tenant, stream);
+        let mut g = self.write();
+        match g.slots.get(&k) {
+            Some(s) if s.tag == tag => g.slots.remove(&k).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Whether the entry (address, tenant, stream) is there, and live at `now`.
+    pub fn live(&self, address: &str, tenant: &str, stream: &str, now: u64) -> bool {
+        let (k, tag) = self.hash(address, tenant, stream);
+        let g = self.read();
+        g.slots
+            .get(&k)
+            .is_some_and(|s| s.tag == tag && (s.expires == 0 || u64::from(s.expires) > now))
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().slots.len()
+    }
+
+    /// The live entry that stops a send to `address` (normalised) described by `q`: the
+    /// entry for every tenant and stream if there is one, else the first in key order of the
+    /// scopes that cover `q`. Its `source` is empty (the index does not keep it).
+    pub fn check(&self, address: &str, q: &Lookup<'_>, now: u64) -> Option<Entry> {
+        let mut streams: [(&str, &str); 4] = [("", ""); 4];
+        let mut ns = 1;
+        // In key order of the stream text: "", campaign:, class:, list:.
+        for (prefix, name) in [
+            ("campaign:", q.campaign),
+            ("class:", q.class),
+            ("list:", q.list),
+        ] {
+            if !name.is_empty() {
+                streams[ns] = (prefix, name);
+                ns += 1;
+            }
+        }
+        let mut tenants: [&str; 2] = [ALL_TENANTS, q.tenant];
+        let nt = if q.tenant.is_empty() || q.tenant == ALL_TENANTS {
+            1
+        } else {
+            if q.tenant.as_bytes() < ALL_TENANTS.as_bytes() {
+                tenants.swap(0, 1);
+            }
+            2
+        };
+        // The global scope first (it wins), then the others in key order.
+        let mut order: [(usize, usize); 8] = [(0, 0); 8];
+        let mut n = 0;
+        let global = tenants[..nt].iter().position(|t| *t == ALL_TENANTS)?;
+        order[n] = (global, 0);
+        n += 1;
+        for ti in 0..nt {
+            for si in 0..ns {
+                if (ti, si) != (global, 0) {
+                    order[n] = (ti, si);
+                    n += 1;
+                }
+            }
+        }
+        let state = self.address_state(address);
+        let mut stream_text = String::new();
+        let g = self.read();
+        for &(ti, si) in &order[..n] {
+            let (prefix, name) = streams[si];
+            stream_text.clear();
+            stream_text.push_str(prefix);
+            stream_text.push_str(name);
+            let (k, tag) = Index::finish(&state, tenants[ti], &stream_text);
+            let Some(s) = g.slots.get(&k) else { continue };
+            if s.tag != tag || (s.expires != 0 && u64::from(s.expires) <= now) {
+                continue;
+            }
+            return Some(Entry {
+                address: address.to_string(),
+                tenant: tenants[ti].to_string(),
+                stream: stream_text,
+                reason: g.reason(s.reason).to_string(),
+                source: String::new(),
+                created: u64::from(s.created),
+                expires: u64::from(s.expires),
+            });
+        }
+        None
+    }
+}
+
+impl Inner {
+    fn reason_id(&mut self, reason: &str) -> u16 {
+        if let Some(id) = self.reason_ids.get(reason) {
+            return *id;
+        }
+        let Ok(id) = u16::try_from(self.reasons.len()) else {
+            return REASON_OVERFLOW;
+        };
+        if id == REASON_OVERFLOW {
+            return REASON_OVERFLOW;
+        }
+        self.reasons.push(reason.to_string());
+        self.reason_ids.insert(reason.to_string(), id);
+        id
+    }
+
+    fn reason(&self, id: u16) -> &str {
+        self.reasons
+            .get(usize::from(id))
+            .map_or("manual", String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(address: &'a str, tenant: &'a str, stream: &'a str, reason: &'a str) -> Row<'a> {
+        Row {
+            address,
+            tenant,
+            stream,
+            reason,
+            created: 7,
+            expires: 0,
+        }
+    }
+
+    #[test]
+    fn scopes_are_tried_global_first_then_in_key_order() {
+        let ix = Index::default();
+        assert_eq!(
+            ix.insert_many([
+                row("a@x.test", "acme", "", "unsubscribe"),
+                row("a@x.test", "*", "class:promotional", "manual"),
+                row("a@x.test", "acme", "list:news", "unsubscribe"),
+            ]),
+            3
+        );
+        let q = |tenant, class, list| Lookup {
+            address: "a@x.test",
+            tenant,
+            class,
+            list,
+            campaign: "",
+        };
+        let hit = |l: Lookup<'_>| ix.check("a@x.test", &l, 10).map(|e| e.scope_text());
+        assert_eq!(
+            hit(q("acme", "promotional", "")).as_deref(),
+            Some("* class:promotional")
+        );
+        assert_eq!(
+            hit(q("acme", "transactional", "news")).as_deref(),
+            Some("acme")
+        );
+        assert_eq!(hit(q("zeta", "transactional", "news")), None);
+        assert_eq!(hit(q("", "", "news")), None);
+        assert!(ix.insert(row("a@x.test", "*", "", "complaint")));
+        assert_eq!(hit(q("", "", "")).as_deref(), Some("*"));
+        assert!(ix.remove("a@x.test", "*", ""));
+        assert!(!ix.remove("a@x.test", "*", ""));
+        assert_eq!(ix.len(), 3);
+    }
+
+    #[test]
+    fn expiry_and_replacement() {
+        let ix = Index::default();
+        ix.insert(Row {
+            expires: 100,
+            ..row("b@x.test", "*", "", "soft-bounce")
+        });
+        let q = Lookup {
+            address: "b@x.test",
+            ..Lookup::default()
+        };
+        assert_eq!(ix.check("b@x.test", &q, 99).map(|e| e.expires), Some(100));
+        assert!(ix.check("b@x.test", &q, 100).is_none());
+        assert!(!ix.live("b@x.test", "*", "", 100));
+        assert!(
+            !ix.insert(row("b@x.test", "*", "", "hard-bounce")),
+            "replaced"
+        );
+        let e = ix.check("b@x.test", &q, 100).expect("hit");
+        assert_eq!(
+            (e.reason.as_str(), e.created, e.expires),
+            ("hard-bounce", 7, 0)
+        );
+    }
+}
