@@ -6,29 +6,32 @@
 # baseline (../shared/bench/postfix-baseline.sh, or $POSTFIX_BASELINE) in the same run and
 # prints the ratio. Durability is always on: every 250 follows an fdatasync.
 #
-#   benches/e2e.sh [--dkim] [--mix] [--no-sendlog] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]
+#   benches/e2e.sh [--dkim] [--mix] [--no-sendlog] [--no-spool-encrypt] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]
 #
 #   --dkim   sign every message with RSA-2048 (compared with Postfix + OpenDKIM)
 #   --mix    two classes on two pools: 10% transactional, 90% promotional, in parallel;
 #            reports transactional time-to-delivery p99 while the promotional backlog drains
 #   --no-sendlog  run Gannet with [sendlog] enabled = false (the send log's cost is the
 #            difference in CPU ms/msg against a run without it, same binary, same machine)
+#   --no-spool-encrypt  run Gannet with [spool] encrypt = false (spool records in clear: the
+#            cost of sealing every record, measured the same way)
 # GANNET_BENCH_PORT_BASE (default 2500) moves every port Gannet and the sink use, so two
 # runs on one machine do not collide.
 # Needs root (Postfix baseline) and installs postfix/opendkim from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DKIM=0; MIX=0; SENDLOG=1; N=20000; S=20; L=4000; BASELINE=1
+DKIM=0; MIX=0; SENDLOG=1; SPOOL_ENCRYPT=true; N=20000; S=20; L=4000; BASELINE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --dkim) DKIM=1 ;;
     --mix) MIX=1 ;;
     --no-sendlog) SENDLOG=0 ;;
+    --no-spool-encrypt) SPOOL_ENCRYPT=false ;;
     --messages) N=$2; shift ;;
     --sessions) S=$2; shift ;;
     --size) L=$2; shift ;;
     --no-baseline) BASELINE=0 ;;
-    *) echo "usage: $0 [--dkim] [--mix] [--no-sendlog] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--dkim] [--mix] [--no-sendlog] [--no-spool-encrypt] [--messages N] [--sessions S] [--size BYTES] [--no-baseline]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -109,6 +112,7 @@ cat >"$work/gannet.toml" <<CONF
 hostname = "gannet.bench.test"
 [spool]
 path = "$work/spool"
+encrypt = $SPOOL_ENCRYPT
 [[listener]]
 name = "default"
 address = "127.0.0.1:$SMTP_PORT"

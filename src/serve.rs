@@ -228,9 +228,20 @@ pub async fn run_with(
         .unwrap_or_else(|| std::path::PathBuf::from("."));
     let spool_cfg = config.spool.clone();
     let m = metrics.clone();
-    let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &base, m))
-        .await
-        .map_err(|e| ServeError::SpoolTask(e.to_string()))??;
+    // The spool seals records under keys derived from the master key (the one the send log
+    // uses): loaded here, created (0600) only when neither the key nor a spool written with it
+    // exists; a missing or different key stops the start.
+    let key_file = config.resolve_path(&config.storage.key_file);
+    let (spool, recovered) = tokio::task::spawn_blocking(move || {
+        let key = crate::sendlog::MasterKey::load_or_create(
+            &key_file,
+            &Spool::key_check_path(&spool_cfg, &base),
+        )
+        .map_err(crate::sendlog::SendLogError::Key)?;
+        Ok::<_, ServeError>(Spool::open_with_key(&spool_cfg, &base, m, key)?)
+    })
+    .await
+    .map_err(|e| ServeError::SpoolTask(e.to_string()))??;
     let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
     // The VERP key (`[bounce] domain`): a small key file read (or created) once at start.
     let verp = {

@@ -189,14 +189,17 @@ fn decode_in_chunks(input: &[u8], chunk: usize) -> (Vec<u8>, bool, usize) {
 
 /// The spool's record reader: a scan of arbitrary segment bytes, and a decode of arbitrary
 /// payload bytes behind a valid header and checksum (so the fuzzer gets past the CRC). A
-/// record that decodes must encode back to itself.
+/// record that decodes must encode back to itself, plain and sealed. Sealed records are opened
+/// with a fixed key.
 pub fn spool_record(data: &[u8]) {
-    let found = record::scan(data);
+    let key = gannet::spool::SpoolKey::new(gannet::sendlog::MasterKey::from_bytes([7; 32]));
+    let found = record::scan_with(data, Some(&key));
     let mut expect = 0usize;
     for f in &found {
         let (offset, len) = match f {
             record::Found::Record { offset, len, .. }
-            | record::Found::Damaged { offset, len, .. } => (*offset, *len),
+            | record::Found::Damaged { offset, len, .. }
+            | record::Found::Shredded { offset, len } => (*offset, *len),
             record::Found::TornTail { offset, .. } => (*offset, data.len() - offset),
         };
         assert_eq!(offset, expect, "scan skipped or overlapped bytes");
@@ -213,6 +216,9 @@ pub fn spool_record(data: &[u8]) {
     if let Ok(rec) = record::decode(&framed) {
         let again = record::decode(&record::encode(&rec)).expect("an encoded record decodes");
         assert_eq!(rec, again, "a record changed through encode and decode");
+        let sealed = record::encode_sealed(&rec, &key);
+        let opened = record::decode_with(&sealed, Some(&key)).expect("a sealed record opens");
+        assert_eq!(rec, opened, "a record changed through sealing and opening");
     }
 }
 

@@ -127,6 +127,11 @@ pub struct SpoolConfig {
     /// send log) and free space again. 0 = only when a write fails for lack of space.
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    /// Seal every new record (envelope, body, attributes) under its own AES-256-GCM key
+    /// derived from `[storage] key_file` (crypto-shredded by an erasure). Off only to measure
+    /// its cost: records written in clear cannot be erased before their segment is deleted.
+    #[serde(default = "default_true")]
+    pub encrypt: bool,
 }
 
 fn default_spool_path() -> PathBuf {
@@ -153,6 +158,7 @@ impl Default for SpoolConfig {
             max_commit_bytes: default_commit_bytes(),
             commit_queue: default_commit_queue(),
             min_free_bytes: default_min_free_bytes(),
+            encrypt: true,
         }
     }
 }

@@ -56,6 +56,15 @@ fn store_error(e: SendLogError) -> ApiError {
     )
 }
 
+fn spool_erasure_error(message: String) -> ApiError {
+    tracing::error!(error = %message, "erasure: the spool records could not be shredded; the person is suppressed and their queued mail dropped, their send-log key is kept");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "spool_error",
+        format!("{message} (the erasure is not complete; retry it)"),
+    )
+}
+
 fn suppression_error(message: String) -> ApiError {
     tracing::error!(error = %message, "erasure: the suppression entry could not be written; nothing else was changed");
     ApiError::new(
@@ -475,11 +484,20 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
                 .map_err(|e| suppression_error(e.to_string()))?;
     }
     let queued = s.queue.purge_recipient(&req.address, actor).await;
+    // Then the spool records only they were owed (and finished ones naming them) lose their
+    // key: their envelope and body can no longer be opened (crypto-shredding in place).
+    let spool = s.queue.spool().clone();
+    let a = req.address.clone();
+    let spool_records_shredded = tokio::task::spawn_blocking(move || spool.shred_recipient(&a))
+        .await
+        .map_err(|e| spool_erasure_error(format!("spool erasure task failed: {e}")))?
+        .map_err(|e| spool_erasure_error(e.to_string()))?;
     let rows = log.erase(&req.address, actor).await.map_err(store_error)?;
     Ok(json!({"erased": {
         "subject": hex::encode(hash),
         "send_log_rows": rows,
         "queued_recipients_dropped": queued,
+        "spool_records_shredded": spool_records_shredded,
         "suppression_entries_removed": suppression_entries_removed,
     }}))
 }

@@ -22,14 +22,25 @@
 //!   them (error log naming segment and offset, `gannet_spool_damaged_records`, and
 //!   [`Spool::damaged`] for the queue listing), and never deletes that segment by itself.
 //!
+//! - With a key (`[storage] key_file`; `serve` always gives one), every record written while
+//!   `[spool] encrypt` is on is sealed under its own message key (`seal`, `record`), and the
+//!   owed-DSN data of the journal and index under the spool's state key: no envelope address,
+//!   body or remote reply is written in clear. `key-check` holds the key's fingerprint; another
+//!   key is refused at open ([`SpoolError::WrongKey`]).
+//! - [`Spool::shred_recipient`] (erasure) zeroes the salt of every record addressed only to one
+//!   person, and of every finished record that names them, in place: those records can no
+//!   longer be opened by anyone, and a scan steps over them as done.
+//!
 //! Never does: decide when or where to deliver (queue/), parse messages (message/).
 
 mod journal;
 pub mod record;
+pub mod seal;
 mod storage;
 mod writer;
 
 pub use record::{MessageRecord, RecordError};
+pub use seal::SpoolKey;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -121,6 +132,10 @@ pub enum SpoolError {
         "spool operator state at {path} cannot be opened: {source} (it holds suspensions and warm-up counters; deleting it loses them, queued mail is not affected)"
     )]
     State { path: PathBuf, source: sled::Error },
+    #[error(
+        "the spool at {path} was written with another master key than [storage] key_file (its key-check does not match); restore the key file the spool was written with (gannet never re-keys silently)"
+    )]
+    WrongKey { path: PathBuf },
     #[error("spool write to {path} failed: {source}")]
     Write {
         path: PathBuf,
@@ -197,6 +212,10 @@ pub struct Spool {
 
 struct Inner {
     tx: mpsc::Sender<WriteReq>,
+    /// Opens sealed records; with `encrypt`, seals new ones. None only in tests and benches
+    /// that open a spool without a master key.
+    key: Option<Arc<SpoolKey>>,
+    encrypt: bool,
     /// Damaged records found by the start-up scan (fixed after `open`).
     damaged: Vec<DamagedRecord>,
     queue_limit: usize,
@@ -254,12 +273,47 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 impl Spool {
     /// Open (or create) the spool under `config.path`, scan existing segments and return the
     /// messages that still need delivery. Blocking: call before serving, or via spawn_blocking.
+    /// Without a key: records are written in clear (tests and benches only; `serve` uses
+    /// [`Spool::open_with_key`]).
     pub fn open(
         config: &SpoolConfig,
         base: &Path,
         metrics: Metrics,
     ) -> Result<(Spool, Vec<Recovered>), SpoolError> {
-        Self::open_with_storage(config, base, metrics, Arc::new(storage::OsStorage))
+        Self::open_with_storage(config, base, metrics, Arc::new(storage::OsStorage), None)
+    }
+
+    /// [`Spool::open`] with the master key: sealed records are opened with it, and new ones
+    /// sealed while `[spool] encrypt` is on. The key must be the one the spool was written
+    /// with (`key-check`), or [`SpoolError::WrongKey`].
+    pub fn open_with_key(
+        config: &SpoolConfig,
+        base: &Path,
+        metrics: Metrics,
+        key: crate::sendlog::MasterKey,
+    ) -> Result<(Spool, Vec<Recovered>), SpoolError> {
+        Self::open_with_storage(
+            config,
+            base,
+            metrics,
+            Arc::new(storage::OsStorage),
+            Some(key),
+        )
+    }
+
+    /// The spool directory of `config`, relative paths taken from `base`.
+    pub fn root(config: &SpoolConfig, base: &Path) -> PathBuf {
+        if config.path.is_relative() {
+            base.join(&config.path)
+        } else {
+            config.path.clone()
+        }
+    }
+
+    /// The file holding the master key's fingerprint: its existence means data sealed with
+    /// that key may exist (the `protected` path for `MasterKey::load_or_create`).
+    pub fn key_check_path(config: &SpoolConfig, base: &Path) -> PathBuf {
+        Self::root(config, base).join("key-check")
     }
 
     /// [`Spool::open`] with the writer's file-system calls going through `storage` (tests
@@ -269,17 +323,18 @@ impl Spool {
         base: &Path,
         metrics: Metrics,
         storage: Arc<dyn storage::Storage>,
+        key: Option<crate::sendlog::MasterKey>,
     ) -> Result<(Spool, Vec<Recovered>), SpoolError> {
-        let root = if config.path.is_relative() {
-            base.join(&config.path)
-        } else {
-            config.path.clone()
-        };
+        let root = Self::root(config, base);
         let segments_dir = root.join("segments");
         std::fs::create_dir_all(&segments_dir).map_err(|e| SpoolError::Dir {
             path: segments_dir.clone(),
             source: e,
         })?;
+        let key = key.map(|k| Arc::new(SpoolKey::new(k)));
+        if let Some(k) = &key {
+            check_key(&root.join("key-check"), k)?;
+        }
         let index_path = root.join("index");
         let db = sled::Config::new()
             .path(&index_path)
@@ -319,8 +374,12 @@ impl Spool {
         // State changes made durable by the journal but perhaps not by sled come back first.
         let journal_dir = root.join("journal");
         let journals = journal::replay(&journal_dir, &segments_dir, &index)?;
-        let (recovered, segs, max_seg, damaged) =
-            scan(&segments_dir, &root.join("quarantine"), &index)?;
+        let (recovered, segs, max_seg, damaged) = scan(
+            &segments_dir,
+            &root.join("quarantine"),
+            &index,
+            key.as_deref(),
+        )?;
         metrics.spool_damaged_records.set(damaged.len() as i64);
 
         let (tx, rx) = mpsc::channel(config.commit_queue.max(1));
@@ -343,6 +402,8 @@ impl Spool {
         let free = Arc::new(AtomicU64::new(free_space(&segments_dir)));
         let inner = Arc::new(Inner {
             tx,
+            encrypt: config.encrypt && key.is_some(),
+            key,
             damaged,
             queue_limit: config.commit_queue.max(1),
             db,
@@ -374,7 +435,10 @@ impl Spool {
 
     /// Make a message durable. Resolves after the fdatasync that covers it.
     pub async fn append(&self, record: &MessageRecord) -> Result<Location, SpoolError> {
-        let bytes = record::encode(record);
+        let bytes = match (&self.inner.key, self.inner.encrypt) {
+            (Some(key), true) => record::encode_sealed(record, key),
+            _ => record::encode(record),
+        };
         if bytes.len() - record::HEADER_LEN > record::MAX_PAYLOAD {
             // It could be written but never read back.
             return Err(SpoolError::TooLarge {
@@ -434,6 +498,7 @@ impl Spool {
     /// blocking pool.
     pub async fn read(&self, loc: Location) -> Result<MessageRecord, SpoolError> {
         let path = segment_path(&self.inner.segments.dir, loc.key.segment);
+        let key = self.inner.key.clone();
         tokio::task::spawn_blocking(move || {
             let fail = |reason: String| SpoolError::Read {
                 queue_id: loc.key.queue_id(),
@@ -444,7 +509,7 @@ impl Spool {
             let mut buf = vec![0u8; loc.len as usize];
             file.read_exact_at(&mut buf, loc.key.offset)
                 .map_err(|e| fail(e.to_string()))?;
-            record::decode(&buf).map_err(|e| fail(e.to_string()))
+            record::decode_owned(buf, key.as_deref()).map_err(|e| fail(e.to_string()))
         })
         .await
         .map_err(|e| SpoolError::Read {
@@ -464,9 +529,11 @@ impl Spool {
     /// byte per recipient, then (when DSNs are owed) their JSON. Never waits: the journal
     /// makes it durable with the next group commit (see [`Spool::flush_index`]).
     pub fn record_progress(&self, key: MsgKey, states: &[RcptState], owed: &[DsnOwed]) {
-        self.inner
-            .journal
-            .put(key, encode_progress(states, owed), false);
+        self.inner.journal.put(
+            key,
+            encode_progress(states, owed, self.inner.key.as_deref()),
+            false,
+        );
     }
 
     /// Every recipient of the message has a final outcome: mark it done and, once that is
@@ -474,6 +541,91 @@ impl Spool {
     /// waits.
     pub fn complete(&self, key: MsgKey) {
         self.inner.journal.put(key, vec![1u8], true);
+    }
+
+    /// Erasure (GDPR Art. 17): destroy the key of every record addressed only to `address`
+    /// (case-insensitive), and of every finished record that names it among others, by
+    /// zeroing its salt in the segment file (`pwrite` + `fdatasync`). Those records can then
+    /// be opened by no one; a later scan steps over them as done. Records of mail still owed
+    /// to other recipients keep their key (they must still be delivered), sealed as before.
+    /// Call after the person's queued mail was purged. Blocking; returns how many records were
+    /// shredded. Records written in clear (`[spool] encrypt = false`) cannot be shredded and are
+    /// counted in the warning.
+    pub fn shred_recipient(&self, address: &str) -> Result<usize, SpoolError> {
+        let Some(key) = self.inner.key.as_deref() else {
+            return Ok(0);
+        };
+        // Purges made before the call are in the index (done messages are recognised).
+        self.inner.journal.barrier();
+        let dir = &self.inner.segments.dir;
+        let mut segments: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(|e| SpoolError::Dir {
+                path: dir.clone(),
+                source: e,
+            })?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+            })
+            .collect();
+        segments.sort_unstable();
+        let want = address.trim().to_lowercase();
+        let mine = |r: &String| r.trim().to_lowercase() == want;
+        let (mut shredded, mut clear) = (0, 0);
+        for seg in segments {
+            let path = segment_path(dir, seg);
+            let data = match std::fs::read(&path) {
+                Ok(d) => d,
+                // Finished and deleted meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SpoolError::Dir { path, source: e }),
+            };
+            let mut patches = Vec::new();
+            for found in record::scan_with(&data, Some(key)) {
+                let record::Found::Record { offset, record, .. } = found else {
+                    continue;
+                };
+                if !record.rcpts.iter().any(mine) {
+                    continue;
+                }
+                let msg = MsgKey {
+                    segment: seg,
+                    offset: offset as u64,
+                };
+                let done = matches!(self.inner.segments.index.get(msg.to_bytes()),
+                    Ok(Some(v)) if v.first() == Some(&1));
+                if !(done || record.rcpts.iter().all(mine)) {
+                    continue;
+                }
+                match record::shred_patch(&data[offset..]) {
+                    Some((at, zeros)) => patches.push((offset + at, zeros)),
+                    None => clear += 1,
+                }
+            }
+            if patches.is_empty() {
+                continue;
+            }
+            let write = |e| SpoolError::Write {
+                path: path.clone(),
+                source: e,
+            };
+            let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(write(e)),
+            };
+            for (at, zeros) in &patches {
+                file.write_all_at(zeros, *at as u64).map_err(write)?;
+            }
+            file.sync_data().map_err(write)?;
+            shredded += patches.len();
+        }
+        if clear > 0 {
+            tracing::warn!(records = clear,
+                "erasure: spool records of this person were written in clear ([spool] encrypt = false) and stay until their segment is deleted");
+        }
+        Ok(shredded)
     }
 
     /// Damaged records the start-up scan found (each copied to `quarantine/` and reported),
@@ -631,23 +783,74 @@ fn move_state_out_of_index(index: &sled::Db, state: &sled::Db) -> sled::Result<u
     Ok(moved)
 }
 
+/// Marks owed-DSN data sealed under the spool's state key (clear JSON starts with `[`).
+const SEALED_OWED: u8 = 2;
+
 /// Index value of a message in progress: `0`, one state byte per recipient, then the owed
 /// DSNs as JSON (absent when none are owed; values written before DSNs were kept end there).
-fn encode_progress(states: &[RcptState], owed: &[DsnOwed]) -> Vec<u8> {
+/// With a key the JSON (remote replies and hosts, which often quote the address) is sealed:
+/// [`SEALED_OWED`] then `SpoolKey::seal_state` of it.
+fn encode_progress(states: &[RcptState], owed: &[DsnOwed], key: Option<&SpoolKey>) -> Vec<u8> {
     let mut v = Vec::with_capacity(states.len() + 1);
     v.push(0u8);
     v.extend(states.iter().map(|s| *s as u8));
     if !owed.is_empty() {
         // Serialising plain strings and numbers cannot fail.
-        v.extend(serde_json::to_vec(owed).unwrap_or_default());
+        let json = serde_json::to_vec(owed).unwrap_or_default();
+        match key {
+            Some(k) => {
+                v.push(SEALED_OWED);
+                v.extend(k.seal_state(&json));
+            }
+            None => v.extend(json),
+        }
     }
     v
+}
+
+/// Check `key` against the spool's `key-check` file, or write that file (durably, before any
+/// record is sealed) when the spool has none yet.
+fn check_key(path: &Path, key: &SpoolKey) -> Result<(), SpoolError> {
+    let want = hex::encode(key.fingerprint());
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim() == want => Ok(()),
+        Ok(_) => Err(SpoolError::WrongKey {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let write = |e| SpoolError::Write {
+                path: path.to_path_buf(),
+                source: e,
+            };
+            let tmp = path.with_extension("tmp");
+            {
+                let mut f = File::create(&tmp).map_err(write)?;
+                std::io::Write::write_all(&mut f, format!("{want}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(write)?;
+            }
+            std::fs::rename(&tmp, path).map_err(write)?;
+            if let Some(dir) = path.parent() {
+                fsync_dir(dir).map_err(write)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(SpoolError::Dir {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
 }
 
 /// The inverse of [`encode_progress`] for a record with `n` recipients. Unreadable owed-DSN
 /// data is reported and turned back into owed DSNs for every failed recipient (the reply is
 /// lost, the notice is not).
-fn decode_progress(v: &[u8], n: usize, key: MsgKey) -> (Vec<RcptState>, Vec<DsnOwed>) {
+fn decode_progress(
+    v: &[u8],
+    n: usize,
+    key: MsgKey,
+    spool_key: Option<&SpoolKey>,
+) -> (Vec<RcptState>, Vec<DsnOwed>) {
     let states: Vec<RcptState> = (0..n)
         .map(|i| match v.get(i + 1) {
             Some(1) => RcptState::Delivered,
@@ -659,6 +862,14 @@ fn decode_progress(v: &[u8], n: usize, key: MsgKey) -> (Vec<RcptState>, Vec<DsnO
     if rest.is_empty() {
         return (states, Vec::new());
     }
+    let opened;
+    let rest = match rest.split_first() {
+        Some((&SEALED_OWED, sealed)) => {
+            opened = spool_key.and_then(|k| k.open_state(sealed)).unwrap_or_default();
+            &opened[..]
+        }
+        _ => rest,
+    };
     match serde_json::from_slice::<Vec<DsnOwed>>(rest) {
         Ok(owed) => (
             states,
@@ -693,7 +904,12 @@ type ScanResult = (
 
 /// Read every segment, skip messages the index marks done, and count live messages per segment.
 /// Damaged records are copied to `quarantine` and reported; their segments are kept.
-fn scan(dir: &Path, quarantine: &Path, index: &sled::Tree) -> Result<ScanResult, SpoolError> {
+fn scan(
+    dir: &Path,
+    quarantine: &Path,
+    index: &sled::Tree,
+    key: Option<&SpoolKey>,
+) -> Result<ScanResult, SpoolError> {
     let mut segments: Vec<u64> = std::fs::read_dir(dir)
         .map_err(|e| SpoolError::Dir {
             path: dir.to_path_buf(),
@@ -722,27 +938,29 @@ fn scan(dir: &Path, quarantine: &Path, index: &sled::Tree) -> Result<ScanResult,
             sealed: true,
             ..SegState::default()
         };
-        for found in record::scan(&data) {
+        for found in record::scan_with(&data, key) {
             match found {
                 record::Found::Record {
                     offset,
                     len,
                     record: rec,
                 } => {
-                    let key = MsgKey {
+                    let msg_key = MsgKey {
                         segment: seg,
                         offset: offset as u64,
                     };
-                    let progress = match index.get(key.to_bytes()) {
+                    let progress = match index.get(msg_key.to_bytes()) {
                         Ok(Some(v)) if v.first() == Some(&1) => None,
-                        Ok(Some(v)) => Some(decode_progress(&v, rec.rcpts.len(), key)),
+                        Ok(Some(v)) => {
+                            Some(decode_progress(&v, rec.rcpts.len(), msg_key, key))
+                        }
                         _ => Some((vec![RcptState::Pending; rec.rcpts.len()], Vec::new())),
                     };
                     if let Some((states, dsn_owed)) = progress {
                         state.live += 1;
                         recovered.push(Recovered {
                             location: Location {
-                                key,
+                                key: msg_key,
                                 len: len as u32,
                             },
                             record: MessageRecord {
@@ -753,6 +971,9 @@ fn scan(dir: &Path, quarantine: &Path, index: &sled::Tree) -> Result<ScanResult,
                             dsn_owed,
                         });
                     }
+                }
+                record::Found::Shredded { .. } => {
+                    // Erased: nothing in it can be read, and nothing in it is owed to anyone.
                 }
                 record::Found::TornTail { offset, error } => {
                     // A write cut short by a crash: nothing in it was acknowledged.

@@ -24,11 +24,30 @@
 //! Attributes carry what later stages add about a message (`message_id`, `variant`, `auth`,
 //! ...) without another format change: unknown keys are kept and ignored.
 //!
+//! Sealed records (written when the spool has a key, `[spool] encrypt`, the default) carry
+//! the same payload encrypted under the message's own key (`seal`):
+//!
+//! ```text
+//! magic  u32 LE  "GNS2"
+//! len    u32 LE  payload length
+//! crc    u32 LE  CRC-32 of the payload after the key slot
+//! payload:
+//!   salt   32 bytes: the message key's salt (all zeros: shredded by an erasure)
+//!   AES-256-GCM(message key, nonce 0) of the "GNS1" payload above, then its 16-byte tag
+//! ```
+//!
+//! The checksum leaves the salt out so that erasure can zero it in place and the record stays
+//! a well-formed record ([`Found::Shredded`]) that a scan steps over, not damage.
+//!
 //! Hand-written rather than serde/bincode: the format must stay readable by any later version
 //! and carry its own framing and checksum; it is a dozen lines either way.
 
+use super::seal::{SALT_LEN, SpoolKey, TAG_LEN};
+
 /// Marks the start of a record.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GNS1");
+/// Marks the start of a sealed record.
+pub const MAGIC_SEALED: u32 = u32::from_le_bytes(*b"GNS2");
 /// Bytes before the payload: magic, length, CRC.
 pub const HEADER_LEN: usize = 12;
 /// Largest payload a record may carry (bodies are capped far lower by listeners).
@@ -66,6 +85,12 @@ pub enum RecordError {
     BadChecksum,
     #[error("record payload is malformed: {0}")]
     Malformed(&'static str),
+    #[error("record is sealed and no spool key was given")]
+    NoKey,
+    #[error("sealed record does not open with its key (changed bytes)")]
+    Unsealable,
+    #[error("record was shredded by an erasure (its key is destroyed)")]
+    Shredded,
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -75,9 +100,10 @@ fn put_str16(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b);
 }
 
-/// Encode a record (header + payload) ready to append to a segment.
-pub fn encode(rec: &MessageRecord) -> Vec<u8> {
-    let approx = HEADER_LEN
+fn approx_len(rec: &MessageRecord) -> usize {
+    HEADER_LEN
+        + SALT_LEN
+        + TAG_LEN
         + 64
         + rec.mail_from.len()
         + rec.rcpts.iter().map(|r| r.len() + 2).sum::<usize>()
@@ -89,32 +115,62 @@ pub fn encode(rec: &MessageRecord) -> Vec<u8> {
             .attrs
             .iter()
             .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(approx);
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&[0u8; 8]); // length and CRC, filled below
+            .sum::<usize>()
+}
+
+/// Append the "GNS1" payload of `rec` to `out`.
+fn put_payload(out: &mut Vec<u8>, rec: &MessageRecord) {
     out.extend_from_slice(&rec.received_at_ms.to_le_bytes());
-    put_str16(&mut out, &rec.mail_from);
+    put_str16(out, &rec.mail_from);
     out.extend_from_slice(&(rec.rcpts.len() as u32).to_le_bytes());
     for r in &rec.rcpts {
-        put_str16(&mut out, r);
+        put_str16(out, r);
     }
-    put_str16(&mut out, &rec.class);
-    put_str16(&mut out, &rec.tenant);
-    put_str16(&mut out, &rec.campaign);
+    put_str16(out, &rec.class);
+    put_str16(out, &rec.tenant);
+    put_str16(out, &rec.campaign);
     out.extend_from_slice(&(rec.body.len() as u32).to_le_bytes());
     out.extend_from_slice(&rec.body);
     if !rec.attrs.is_empty() {
         out.extend_from_slice(&(rec.attrs.len().min(u16::MAX as usize) as u16).to_le_bytes());
         for (k, v) in rec.attrs.iter().take(u16::MAX as usize) {
-            put_str16(&mut out, k);
-            put_str16(&mut out, v);
+            put_str16(out, k);
+            put_str16(out, v);
         }
     }
+}
+
+/// Fill in the length and the CRC (of the payload from `crc_from` on) of a record in `out`.
+fn finish_header(out: &mut [u8], crc_from: usize) {
     let payload_len = (out.len() - HEADER_LEN) as u32;
-    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    let crc = crc32fast::hash(&out[crc_from..]);
     out[4..8].copy_from_slice(&payload_len.to_le_bytes());
     out[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encode a record (header + payload) ready to append to a segment.
+pub fn encode(rec: &MessageRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(approx_len(rec));
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0u8; 8]); // length and CRC, filled below
+    put_payload(&mut out, rec);
+    finish_header(&mut out, HEADER_LEN);
+    out
+}
+
+/// Encode a sealed record under a new message key (a random salt) of `key`: the payload is
+/// written once and encrypted in place (one AEAD pass, no copy of the body).
+pub fn encode_sealed(rec: &MessageRecord, key: &SpoolKey) -> Vec<u8> {
+    let salt: [u8; SALT_LEN] = rand::random();
+    let mut out = Vec::with_capacity(approx_len(rec));
+    out.extend_from_slice(&MAGIC_SEALED.to_le_bytes());
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&salt);
+    let start = out.len();
+    put_payload(&mut out, rec);
+    let tag = key.seal_record(&salt, &mut out[start..]);
+    out.extend_from_slice(tag.as_ref());
+    finish_header(&mut out, start);
     out
 }
 
@@ -127,12 +183,15 @@ pub fn record_len(buf: &[u8]) -> Result<usize, RecordError> {
         });
     }
     let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
-    if magic != MAGIC {
+    if magic != MAGIC && magic != MAGIC_SEALED {
         return Err(RecordError::BadMagic(magic));
     }
     let len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
     if len > MAX_PAYLOAD {
         return Err(RecordError::Malformed("payload length beyond limit"));
+    }
+    if magic == MAGIC_SEALED && len < SALT_LEN + TAG_LEN {
+        return Err(RecordError::Malformed("sealed payload shorter than salt and tag"));
     }
     Ok(HEADER_LEN + len)
 }
@@ -167,8 +226,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decode one whole record (as returned by [`encode`]), checking magic, length and CRC.
-pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
+/// Check the length and checksum of the record at the start of `buf`; its total length and
+/// whether it is sealed.
+fn check(buf: &[u8]) -> Result<(usize, bool), RecordError> {
     let total = record_len(buf)?;
     if buf.len() < total {
         return Err(RecordError::Truncated {
@@ -176,11 +236,69 @@ pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
             available: buf.len(),
         });
     }
-    let payload = &buf[HEADER_LEN..total];
+    let sealed = buf[0..4] == MAGIC_SEALED.to_le_bytes();
+    let crc_from = if sealed {
+        HEADER_LEN + SALT_LEN
+    } else {
+        HEADER_LEN
+    };
     let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-    if crc32fast::hash(payload) != crc {
+    if crc32fast::hash(&buf[crc_from..total]) != crc {
         return Err(RecordError::BadChecksum);
     }
+    Ok((total, sealed))
+}
+
+/// The salt of a checked sealed record; [`RecordError::Shredded`] when it was zeroed.
+fn salt_of(buf: &[u8]) -> Result<[u8; SALT_LEN], RecordError> {
+    let salt: [u8; SALT_LEN] = buf[HEADER_LEN..HEADER_LEN + SALT_LEN]
+        .try_into()
+        .expect("checked length");
+    if salt == [0; SALT_LEN] {
+        return Err(RecordError::Shredded);
+    }
+    Ok(salt)
+}
+
+/// Decode one whole plain record (as returned by [`encode`]), checking magic, length and CRC.
+/// A sealed record needs [`decode_with`].
+pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
+    decode_with(buf, None)
+}
+
+/// Decode one whole record, plain or sealed (opened with `key`). A shredded record is
+/// [`RecordError::Shredded`]. Copies a sealed payload to open it; [`decode_owned`] does not.
+pub fn decode_with(buf: &[u8], key: Option<&SpoolKey>) -> Result<MessageRecord, RecordError> {
+    let (total, sealed) = check(buf)?;
+    if !sealed {
+        return parse_payload(&buf[HEADER_LEN..total]);
+    }
+    let salt = salt_of(buf)?;
+    let key = key.ok_or(RecordError::NoKey)?;
+    let mut sealed_part = buf[HEADER_LEN + SALT_LEN..total].to_vec();
+    let plain = key
+        .open_record(&salt, &mut sealed_part)
+        .ok_or(RecordError::Unsealable)?;
+    parse_payload(plain)
+}
+
+/// [`decode_with`] of a buffer holding exactly one record, opened in place (the read path of
+/// a delivery: no copy besides the body's own).
+pub fn decode_owned(mut buf: Vec<u8>, key: Option<&SpoolKey>) -> Result<MessageRecord, RecordError> {
+    let (total, sealed) = check(&buf)?;
+    if !sealed {
+        return parse_payload(&buf[HEADER_LEN..total]);
+    }
+    let salt = salt_of(&buf)?;
+    let key = key.ok_or(RecordError::NoKey)?;
+    let plain = key
+        .open_record(&salt, &mut buf[HEADER_LEN + SALT_LEN..total])
+        .ok_or(RecordError::Unsealable)?;
+    parse_payload(plain)
+}
+
+/// The fields of a "GNS1" payload.
+fn parse_payload(payload: &[u8]) -> Result<MessageRecord, RecordError> {
     let mut r = Reader { buf: payload };
     let received_at_ms = r.u64()?;
     let mail_from = r.str16()?;
@@ -188,7 +306,7 @@ pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
     if n > 1_000_000 {
         return Err(RecordError::Malformed("recipient count beyond limit"));
     }
-    let mut rcpts = Vec::with_capacity(n);
+    let mut rcpts = Vec::with_capacity(n.min(payload.len() / 2));
     for _ in 0..n {
         rcpts.push(r.str16()?);
     }
@@ -218,6 +336,13 @@ pub fn decode(buf: &[u8]) -> Result<MessageRecord, RecordError> {
     })
 }
 
+/// Zero the salt of the sealed record that starts at `buf` (a copy of its first bytes is
+/// enough): the offset inside the record and the bytes to write there, so the caller can
+/// overwrite them in the segment file. None for a plain record (nothing to destroy).
+pub fn shred_patch(buf: &[u8]) -> Option<(usize, [u8; SALT_LEN])> {
+    (buf.get(0..4)? == MAGIC_SEALED.to_le_bytes()).then_some((HEADER_LEN, [0; SALT_LEN]))
+}
+
 /// What a scan of a segment's bytes found at one place.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found {
@@ -237,28 +362,39 @@ pub enum Found {
     /// An incomplete record at the end of the file: a write cut short by a crash, which was
     /// never acknowledged.
     TornTail { offset: usize, error: RecordError },
+    /// A whole sealed record whose key an erasure destroyed: nothing to deliver or report.
+    Shredded { offset: usize, len: usize },
 }
 
-/// A valid record (magic, length, checksum and fields) at the start of `buf`?
-fn record_at(buf: &[u8]) -> Result<(usize, MessageRecord), RecordError> {
+/// A valid record (magic, length, checksum and fields) at the start of `buf`? None for a
+/// shredded one (valid, but nothing in it can be read).
+fn record_at(
+    buf: &[u8],
+    key: Option<&SpoolKey>,
+) -> Result<(usize, Option<MessageRecord>), RecordError> {
     let len = record_len(buf)?;
-    let rec = decode(&buf[..len.min(buf.len())])?;
-    Ok((len, rec))
+    match decode_with(&buf[..len.min(buf.len())], key) {
+        Ok(rec) => Ok((len, Some(rec))),
+        Err(RecordError::Shredded) => Ok((len, None)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Where the next valid record after a bad one at `off` starts, if any. The bad record's own
 /// length is tried first (a damaged payload leaves the header intact), so a scan does not
 /// look inside a body that happens to contain record-like bytes; then every later `MAGIC`.
-fn resync(data: &[u8], off: usize) -> Option<usize> {
+fn resync(data: &[u8], off: usize, key: Option<&SpoolKey>) -> Option<usize> {
     if let Ok(len) = record_len(&data[off..]) {
         let next = off + len;
-        if next < data.len() && record_at(&data[next..]).is_ok() {
+        if next < data.len() && record_at(&data[next..], key).is_ok() {
             return Some(next);
         }
     }
     let magic = MAGIC.to_le_bytes();
-    (off + 1..data.len().saturating_sub(HEADER_LEN - 1))
-        .find(|&i| data[i..i + 4] == magic && record_at(&data[i..]).is_ok())
+    let sealed = MAGIC_SEALED.to_le_bytes();
+    (off + 1..data.len().saturating_sub(HEADER_LEN - 1)).find(|&i| {
+        (data[i..i + 4] == magic || data[i..i + 4] == sealed) && record_at(&data[i..], key).is_ok()
+    })
 }
 
 /// Whether the unreadable bytes from `off` to the end look like a write cut short: fewer bytes
@@ -271,12 +407,18 @@ fn is_torn_tail(rest: &[u8], error: &RecordError) -> bool {
 /// Split a segment's bytes into records, damaged stretches and a torn tail, in file order.
 /// One damaged record does not hide the records after it: the scan finds the next valid
 /// record header and checksum and goes on from there.
+/// Sealed records are damage to a scan without a key: see [`scan_with`].
 pub fn scan(data: &[u8]) -> Vec<Found> {
+    scan_with(data, None)
+}
+
+/// [`scan`] opening sealed records with `key`.
+pub fn scan_with(data: &[u8], key: Option<&SpoolKey>) -> Vec<Found> {
     let mut found = Vec::new();
     let mut off = 0;
     while off < data.len() {
-        match record_at(&data[off..]) {
-            Ok((len, record)) => {
+        match record_at(&data[off..], key) {
+            Ok((len, Some(record))) => {
                 found.push(Found::Record {
                     offset: off,
                     len,
@@ -284,7 +426,11 @@ pub fn scan(data: &[u8]) -> Vec<Found> {
                 });
                 off += len;
             }
-            Err(error) => match resync(data, off) {
+            Ok((len, None)) => {
+                found.push(Found::Shredded { offset: off, len });
+                off += len;
+            }
+            Err(error) => match resync(data, off, key) {
                 Some(next) => {
                     found.push(Found::Damaged {
                         offset: off,
@@ -385,6 +531,7 @@ mod tests {
                 Found::Record { offset, len, .. } => ("record", *offset, *len),
                 Found::Damaged { offset, len, .. } => ("damaged", *offset, *len),
                 Found::TornTail { offset, .. } => ("torn", *offset, 0),
+                Found::Shredded { offset, len } => ("shredded", *offset, *len),
             })
             .collect()
     }
@@ -471,6 +618,43 @@ mod tests {
         for (name, data, want) in cases {
             assert_eq!(shape(&scan(&data)), want, "{name}");
         }
+    }
+
+    fn key() -> SpoolKey {
+        SpoolKey::new(crate::sendlog::MasterKey::from_bytes([7; 32]))
+    }
+
+    /// Sealed records: nothing of the envelope or body in clear, round trip with the key, a
+    /// changed byte is damage, a zeroed salt is a shredded record the scan steps over.
+    #[test]
+    fn sealed_records_round_trip_and_shred_in_place() {
+        let k = key();
+        let a = encode_sealed(&sample_n(1), &k);
+        let b = encode_sealed(&sample_n(2), &k);
+        assert!(!a.windows(8).any(|w| w == b"s1@b.tes" || w == b"x@y.test"));
+        assert_eq!(decode_with(&a, Some(&k)).unwrap(), sample_n(1));
+        assert_eq!(decode_owned(a.clone(), Some(&k)).unwrap(), sample_n(1));
+        assert_eq!(decode(&a), Err(RecordError::NoKey));
+        let other = SpoolKey::new(crate::sendlog::MasterKey::from_bytes([8; 32]));
+        assert_eq!(decode_with(&a, Some(&other)), Err(RecordError::Unsealable));
+        // Shred the first record in place.
+        let mut data = [a.clone(), b.clone()].concat();
+        let (at, zeros) = shred_patch(&data).unwrap();
+        data[at..at + zeros.len()].copy_from_slice(&zeros);
+        assert_eq!(decode_with(&data[..a.len()], Some(&k)), Err(RecordError::Shredded));
+        assert_eq!(
+            shape(&scan_with(&data, Some(&k))),
+            vec![("shredded", 0, a.len()), ("record", a.len(), b.len())]
+        );
+        // A changed byte of a sealed payload is damage, and does not hide the next record.
+        let mut bad = [a.clone(), b.clone()].concat();
+        bad[HEADER_LEN + SALT_LEN + 3] ^= 1;
+        assert_eq!(
+            shape(&scan_with(&bad, Some(&k))),
+            vec![("damaged", 0, a.len()), ("record", a.len(), b.len())]
+        );
+        // Plain records are never patched.
+        assert_eq!(shred_patch(&encode(&sample())), None);
     }
 
     #[test]

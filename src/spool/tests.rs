@@ -259,6 +259,7 @@ async fn acknowledged_append_is_fdatasynced_and_its_segment_dir_entry_synced() {
         dir.path(),
         Metrics::new(),
         Arc::new(rec_storage.clone()),
+        Some(crate::sendlog::MasterKey::from_bytes([1; 32])),
     )
     .unwrap();
     let segdir = dir.path().join("segments");
@@ -315,6 +316,7 @@ async fn failed_dir_fsync_after_creating_a_segment_does_not_wedge_the_writer() {
         dir.path(),
         Metrics::new(),
         Arc::new(faults.clone()),
+        None,
     )
     .unwrap();
     let first = spool.append(&rec(1)).await;
@@ -511,14 +513,14 @@ fn unreadable_owed_dsn_data_still_owes_the_failed_recipients() {
         segment: 1,
         offset: 0,
     };
-    let mut v = encode_progress(&[RcptState::Failed, RcptState::Delivered], &[]);
+    let mut v = encode_progress(&[RcptState::Failed, RcptState::Delivered], &[], None);
     v.extend_from_slice(b"{not json");
-    let (states, owed) = decode_progress(&v, 2, key);
+    let (states, owed) = decode_progress(&v, 2, key, None);
     assert_eq!(states, [RcptState::Failed, RcptState::Delivered]);
     assert_eq!(owed.len(), 1);
     assert_eq!((owed[0].rcpt, owed[0].code), (0, 550));
     // Values written before owed DSNs were kept decode as before.
-    let (states, owed) = decode_progress(&[0, 1, 2], 2, key);
+    let (states, owed) = decode_progress(&[0, 1, 2], 2, key, None);
     assert_eq!(states, [RcptState::Delivered, RcptState::Failed]);
     assert!(owed.is_empty());
 }
@@ -571,4 +573,157 @@ async fn journal_keeps_finished_states_when_the_index_is_lost() {
     let after: Vec<_> = std::fs::read_dir(&jdir).unwrap().collect();
     assert_eq!(after.len(), 1);
     drop(spool);
+}
+
+fn sealed_open(dir: &Path, key: [u8; 32]) -> Result<(Spool, Vec<Recovered>), SpoolError> {
+    Spool::open_with_key(
+        &cfg(dir),
+        dir,
+        Metrics::new(),
+        crate::sendlog::MasterKey::from_bytes(key),
+    )
+}
+
+/// Reopen a sealed spool (see [`reopen`]).
+async fn reopen_sealed(dir: &Path, key: [u8; 32]) -> Result<(Spool, Vec<Recovered>), SpoolError> {
+    for _ in 0..600 {
+        match sealed_open(dir, key) {
+            Err(SpoolError::Index { .. } | SpoolError::State { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            r => return r,
+        }
+    }
+    panic!("the spool index stayed locked for 30 s")
+}
+
+/// Every file under `dir` holding `needle` (case-insensitive).
+fn files_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let needle = needle.to_ascii_lowercase().into_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_with(&p, std::str::from_utf8(&needle).unwrap()));
+        } else if let Ok(b) = std::fs::read(&p) {
+            if b.to_ascii_lowercase()
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice())
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn to(rcpts: &[&str], body: &str) -> MessageRecord {
+    MessageRecord {
+        received_at_ms: 1,
+        mail_from: "sender.secret@a.test".into(),
+        rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+        class: "promotional".into(),
+        tenant: String::new(),
+        campaign: String::new(),
+        body: format!("To: {}\r\nSubject: s\r\n\r\n{body}\r\n", rcpts.join(", ")).into_bytes(),
+        attrs: [("message_id".to_string(), "id.secret@a.test".to_string())].into(),
+    }
+}
+
+/// Issue 18 item 3: with a key, envelope addresses, attributes and bodies are sealed (no file
+/// of the spool holds them in clear), read back and recover unchanged; another master key is
+/// refused at open, never taken as damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_records_hold_nothing_in_clear_and_need_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = sealed_open(dir.path(), [1; 32]).unwrap();
+    let m = to(&["rcpt.secret@b.test"], "body-secret-words");
+    let loc = spool.append(&m).await.unwrap();
+    assert_eq!(spool.read(loc).await.unwrap(), m);
+    spool.flush_index();
+    for needle in [
+        "rcpt.secret",
+        "sender.secret",
+        "id.secret",
+        "body-secret-words",
+    ] {
+        assert_eq!(files_with(dir.path(), needle), Vec::<PathBuf>::new(), "{needle}");
+    }
+    drop(spool);
+    let Err(e) = reopen_sealed(dir.path(), [2; 32]).await else {
+        panic!("a spool opened with another master key");
+    };
+    assert!(matches!(e, SpoolError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("key-check"), "{e}");
+    let (spool, rec) = reopen_sealed(dir.path(), [1; 32]).await.unwrap();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].record.rcpts, m.rcpts);
+    assert_eq!(spool.read(rec[0].location).await.unwrap(), m);
+    assert!(spool.damaged().is_empty());
+}
+
+/// The owed DSNs in the journal and index (remote replies quote the address) are sealed too,
+/// and come back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_dsn_replies_are_sealed_in_journal_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = sealed_open(dir.path(), [1; 32]).unwrap();
+    let loc = spool
+        .append(&to(&["gone.secret@b.test", "x@b.test"], "b"))
+        .await
+        .unwrap();
+    let owed = DsnOwed {
+        rcpt: 0,
+        code: 550,
+        enhanced: "5.1.1".into(),
+        text: "<gone.secret@b.test> no such user".into(),
+        remote_host: Some("mx.b.test".into()),
+    };
+    spool.record_progress(
+        loc.key,
+        &[RcptState::Failed, RcptState::Pending],
+        std::slice::from_ref(&owed),
+    );
+    spool.flush_index();
+    assert_eq!(files_with(dir.path(), "gone.secret"), Vec::<PathBuf>::new());
+    drop(spool);
+    let (_spool, rec) = reopen_sealed(dir.path(), [1; 32]).await.unwrap();
+    assert_eq!(rec[0].dsn_owed, vec![owed]);
+    assert_eq!(rec[0].states, [RcptState::Failed, RcptState::Pending]);
+}
+
+/// Erasure: a record addressed only to the person, and a finished one naming them, lose their
+/// key (no one can read them, a restart steps over them); mail still owed to someone else
+/// keeps its key and is delivered; the other segments are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shredding_destroys_only_records_no_one_else_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = sealed_open(dir.path(), [1; 32]).unwrap();
+    let only = spool.append(&to(&["erin@b.test"], "only")).await.unwrap();
+    let shared = spool
+        .append(&to(&["erin@b.test", "keep@b.test"], "shared"))
+        .await
+        .unwrap();
+    let finished = spool
+        .append(&to(&["keep@b.test", "Erin@B.test"], "finished"))
+        .await
+        .unwrap();
+    let other = spool.append(&to(&["keep@b.test"], "other")).await.unwrap();
+    spool.complete(finished.key);
+    assert_eq!(spool.shred_recipient(" ERIN@b.test").unwrap(), 2);
+    for loc in [only, finished] {
+        let e = spool.read(loc).await.unwrap_err();
+        assert!(e.to_string().contains("shredded"), "{e}");
+    }
+    assert_eq!(spool.read(shared).await.unwrap().rcpts.len(), 2);
+    assert_eq!(spool.read(other).await.unwrap(), to(&["keep@b.test"], "other"));
+    // A second erasure finds nothing more to do.
+    assert_eq!(spool.shred_recipient("erin@b.test").unwrap(), 0);
+    drop(spool);
+    // Even with the master key, the shredded records are gone; the rest recovers.
+    let (_spool, rec) = reopen_sealed(dir.path(), [1; 32]).await.unwrap();
+    let mut keys: Vec<MsgKey> = rec.iter().map(|r| r.location.key).collect();
+    keys.sort();
+    assert_eq!(keys, vec![shared.key, other.key]);
+    assert!(_spool.damaged().is_empty());
 }

@@ -17,6 +17,8 @@
 //! - `events` (issue 14): the event stream seen by an in-process subscriber: each event once,
 //!   in order, agreeing with the outcome log and `/metrics`; stuck lossy / lossless subscribers.
 //! - `sendlog` (issue 18): the send log's queries, exports, accountability and master key.
+//! - `spoolcrypt` (issue 18 items 3 and 4): the sealed spool; no trace of an erased address in
+//!   any file of the data directory; a copied data directory without the key.
 //! - `protocol_faults` (issue 15): quoted local parts, `<postmaster>`, sender authorisation,
 //!   the loopback-only admin API.
 //! - `bounces` (issue 17): reply classification (`gannet bounce classify`).
@@ -63,6 +65,7 @@ mod protocol_faults;
 mod relay;
 mod retry;
 mod sendlog;
+mod spoolcrypt;
 mod shaping;
 mod ship;
 mod ship_amqp;
