@@ -622,8 +622,10 @@ impl Spool {
             shredded += patches.len();
         }
         if clear > 0 {
-            tracing::warn!(records = clear,
-                "erasure: spool records of this person were written in clear ([spool] encrypt = false) and stay until their segment is deleted");
+            tracing::warn!(
+                records = clear,
+                "erasure: spool records of this person were written in clear ([spool] encrypt = false) and stay until their segment is deleted"
+            );
         }
         Ok(shredded)
     }
@@ -865,7 +867,9 @@ fn decode_progress(
     let opened;
     let rest = match rest.split_first() {
         Some((&SEALED_OWED, sealed)) => {
-            opened = spool_key.and_then(|k| k.open_state(sealed)).unwrap_or_default();
+            opened = spool_key
+                .and_then(|k| k.open_state(sealed))
+                .unwrap_or_default();
             &opened[..]
         }
         _ => rest,
@@ -951,9 +955,7 @@ fn scan(
                     };
                     let progress = match index.get(msg_key.to_bytes()) {
                         Ok(Some(v)) if v.first() == Some(&1) => None,
-                        Ok(Some(v)) => {
-                            Some(decode_progress(&v, rec.rcpts.len(), msg_key, key))
-                        }
+                        Ok(Some(v)) => Some(decode_progress(&v, rec.rcpts.len(), msg_key, key)),
                         _ => Some((vec![RcptState::Pending; rec.rcpts.len()], Vec::new())),
                     };
                     if let Some((states, dsn_owed)) = progress {

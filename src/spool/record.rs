@@ -191,7 +191,9 @@ pub fn record_len(buf: &[u8]) -> Result<usize, RecordError> {
         return Err(RecordError::Malformed("payload length beyond limit"));
     }
     if magic == MAGIC_SEALED && len < SALT_LEN + TAG_LEN {
-        return Err(RecordError::Malformed("sealed payload shorter than salt and tag"));
+        return Err(RecordError::Malformed(
+            "sealed payload shorter than salt and tag",
+        ));
     }
     Ok(HEADER_LEN + len)
 }
@@ -284,7 +286,10 @@ pub fn decode_with(buf: &[u8], key: Option<&SpoolKey>) -> Result<MessageRecord, 
 
 /// [`decode_with`] of a buffer holding exactly one record, opened in place (the read path of
 /// a delivery: no copy besides the body's own).
-pub fn decode_owned(mut buf: Vec<u8>, key: Option<&SpoolKey>) -> Result<MessageRecord, RecordError> {
+pub fn decode_owned(
+    mut buf: Vec<u8>,
+    key: Option<&SpoolKey>,
+) -> Result<MessageRecord, RecordError> {
     let (total, sealed) = check(&buf)?;
     if !sealed {
         return parse_payload(&buf[HEADER_LEN..total]);
@@ -641,7 +646,10 @@ mod tests {
         let mut data = [a.clone(), b.clone()].concat();
         let (at, zeros) = shred_patch(&data).unwrap();
         data[at..at + zeros.len()].copy_from_slice(&zeros);
-        assert_eq!(decode_with(&data[..a.len()], Some(&k)), Err(RecordError::Shredded));
+        assert_eq!(
+            decode_with(&data[..a.len()], Some(&k)),
+            Err(RecordError::Shredded)
+        );
         assert_eq!(
             shape(&scan_with(&data, Some(&k))),
             vec![("shredded", 0, a.len()), ("record", a.len(), b.len())]

@@ -605,13 +605,12 @@ fn files_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
         let p = e.path();
         if p.is_dir() {
             out.extend(files_with(&p, std::str::from_utf8(&needle).unwrap()));
-        } else if let Ok(b) = std::fs::read(&p) {
-            if b.to_ascii_lowercase()
+        } else if std::fs::read(&p).is_ok_and(|b| {
+            b.to_ascii_lowercase()
                 .windows(needle.len())
                 .any(|w| w == needle.as_slice())
-            {
-                out.push(p);
-            }
+        }) {
+            out.push(p);
         }
     }
     out
@@ -647,7 +646,11 @@ async fn sealed_records_hold_nothing_in_clear_and_need_their_key() {
         "id.secret",
         "body-secret-words",
     ] {
-        assert_eq!(files_with(dir.path(), needle), Vec::<PathBuf>::new(), "{needle}");
+        assert_eq!(
+            files_with(dir.path(), needle),
+            Vec::<PathBuf>::new(),
+            "{needle}"
+        );
     }
     drop(spool);
     let Err(e) = reopen_sealed(dir.path(), [2; 32]).await else {
@@ -716,7 +719,10 @@ async fn shredding_destroys_only_records_no_one_else_needs() {
         assert!(e.to_string().contains("shredded"), "{e}");
     }
     assert_eq!(spool.read(shared).await.unwrap().rcpts.len(), 2);
-    assert_eq!(spool.read(other).await.unwrap(), to(&["keep@b.test"], "other"));
+    assert_eq!(
+        spool.read(other).await.unwrap(),
+        to(&["keep@b.test"], "other")
+    );
     // A second erasure finds nothing more to do.
     assert_eq!(spool.shred_recipient("erin@b.test").unwrap(), 0);
     drop(spool);
