@@ -41,6 +41,8 @@
 //! - `ship` (issue 19): events to JSONL files (rotation under load, restart appends) and
 //!   signed webhooks (receiver down, kill -9, 410 not retried) through the durable outbox.
 //! - `ship_amqp` (issue 19): a real RabbitMQ stopped and started mid-run, read with pika.
+//! - `soak` (issue 21 item 7): a short `scripts/soak` of mixed traffic whose levels must stay
+//!   bounded after each drain, and its rule failing on samples that keep growing.
 
 mod common;
 
@@ -68,6 +70,7 @@ mod sendlog;
 mod shaping;
 mod ship;
 mod ship_amqp;
+mod soak;
 mod smtp_input;
 mod spoolcrypt;
 mod suppress;
