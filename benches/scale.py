@@ -84,6 +84,11 @@ def proc_kib(pid, field):
 
 
 def du(path):
+    if not os.path.isdir(path):
+        try:
+            return os.lstat(path).st_blocks * 512
+        except OSError:
+            return 0
     total = 0
     for dirpath, _, files in os.walk(path):
         for name in files:
@@ -332,6 +337,7 @@ def main():
         t_def = time.monotonic() - t0
         time.sleep(2)
         rss = proc_kib(g.proc.pid, "VmRSS")
+        anon = proc_kib(g.proc.pid, "RssAnon")
         hwm = proc_kib(g.proc.pid, "VmHWM")
         queued = int(gauge(g.metrics(), "gannet_queued_recipients"))
         spool = os.path.join(work, "spool")
@@ -339,7 +345,8 @@ def main():
         total = du(spool)
         print(f"all {n:,} deferred once after {t_def:.1f} s; queued gauge {queued:,}")
         print(f"RSS with {n:,} queued: {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f} MiB; idle baseline "
-              f"{idle_rss / 1024:.0f} MiB; {(rss - idle_rss) * 1024 / n:.0f} bytes per queued recipient)")
+              f"{idle_rss / 1024:.0f} MiB; {(rss - idle_rss) * 1024 / n:.0f} bytes per queued recipient; "
+              f"anonymous {anon / 1024:.0f} MiB, file-backed {(rss - anon) / 1024:.0f} MiB)")
         print(f"spool on disk: {mib(total):.0f} MiB ({total / n:.0f} bytes per recipient): "
               + ", ".join(f"{k} {mib(v):.1f} MiB" for k, v in parts.items()))
 

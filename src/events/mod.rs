@@ -14,10 +14,12 @@
 //!   subscriber only and counted in `gannet_events_dropped_total{subscriber}`.
 //! - **A lossless subscriber** never loses an event. Its queue has a soft bound: publishing
 //!   still never waits (outcomes of mail already accepted must be recorded), but the stages
-//!   that *admit new work* (intake) call [`EventBus::admit`] first, which waits while any
-//!   lossless subscriber is more than its bound behind. Back-pressure lands on acceptance,
-//!   never on delivery; since every event follows from accepted mail, the backlog stays
-//!   bounded by the bound plus what the mail already queued can still produce.
+//!   that *admit new work* call [`EventBus::admit`] first, which waits while any lossless
+//!   subscriber is more than its bound behind: intake before accepting a message, and a
+//!   delivery connection before taking its next job (a queue of a million recipients can
+//!   produce a million outcomes faster than the send log records them). Back-pressure lands
+//!   on acceptance and on starting attempts, never on an attempt under way, so the backlog
+//!   stays bounded by the bound plus the outcomes of the attempts in flight.
 //! - **Order.** Every event gets a sequence number (`seq`, this process only) under the same
 //!   lock that pushes it to every subscriber, so each subscriber sees events in `seq` order,
 //!   and a stage's events appear in the order it published them.
@@ -377,7 +379,8 @@ impl EventBus {
     }
 
     /// Wait until every lossless subscriber is within its bound. Stages that admit new work
-    /// (intake, before accepting a message) call this; delivery never does.
+    /// call this: intake before accepting a message, a delivery connection before taking its
+    /// next job; publishing never does.
     pub async fn admit(&self) {
         loop {
             let notified = self.inner.progress.notified();

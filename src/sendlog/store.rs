@@ -135,13 +135,20 @@ impl StoreInfo {
     }
 }
 
+/// Most per-person keys the writer keeps derived. Each costs about 700 bytes (its AES-GCM
+/// context), so 100,000 held ~70 MB, a fifth of Gannet's memory with a million recipients
+/// queued (issue 21 item 6); past this many the cache starts again. A miss costs one
+/// derivation (an indexed lookup and an HMAC), small beside the row's own insert; with a
+/// large campaign of distinct recipients nearly every event misses whatever the size.
+const PERSON_KEYS_CACHED: usize = 16_384;
+
 /// The one writer (owned by the send-log task; moved to a blocking thread for each batch).
 pub struct Writer {
     info: StoreInfo,
     conn: Connection,
     /// Hash of the last stored row (the chain's head).
     head: [u8; 32],
-    /// Per-person keys already derived, by address hash. Cleared when large.
+    /// Per-person keys already derived, by address hash. Cleared at [`PERSON_KEYS_CACHED`].
     keys: HashMap<[u8; 32], Arc<PersonKey>>,
     /// Variant of each recent message (from its `received` event), by queue id.
     variants: HashMap<String, String>,
@@ -407,7 +414,7 @@ impl Writer {
             .prepare_cached("SELECT salt FROM subjects WHERE hash = ?1")?
             .query_row(params![hash.to_vec()], |r| r.get(0))?;
         let key = Arc::new(self.info.key.person_key(&salt));
-        if self.keys.len() > 100_000 {
+        if self.keys.len() >= PERSON_KEYS_CACHED {
             self.keys.clear();
         }
         self.keys.insert(*hash, key.clone());

@@ -41,6 +41,8 @@
 //! - `ship` (issue 19): events to JSONL files (rotation under load, restart appends) and
 //!   signed webhooks (receiver down, kill -9, 410 not retried) through the durable outbox.
 //! - `ship_amqp` (issue 19): a real RabbitMQ stopped and started mid-run, read with pika.
+//! - `scale` (issue 21 item 6): what a large queue needs, on a small one (delivery waits for a
+//!   lossless subscriber past its bound).
 //! - `soak` (issue 21 item 7): a short `scripts/soak` of mixed traffic whose levels must stay
 //!   bounded after each drain, and its rule failing on samples that keep growing.
 
@@ -66,12 +68,13 @@ mod pools;
 mod protocol_faults;
 mod relay;
 mod retry;
+mod scale;
 mod sendlog;
 mod shaping;
 mod ship;
 mod ship_amqp;
-mod soak;
 mod smtp_input;
+mod soak;
 mod spoolcrypt;
 mod suppress;
 mod suppress_bulk;

@@ -64,7 +64,10 @@ async fn short_soak_of_mixed_traffic_stays_bounded_after_each_drain() {
     let csv = std::fs::read_to_string(&out).expect("samples written");
     let last = |name: &str| column(&csv, name).last().copied().unwrap_or(0.0);
     for outcome in ["delivered", "deferred", "bounced", "expired", "dsn"] {
-        assert!(last(outcome) > 0.0, "no {outcome} in the soak's traffic:\n{csv}");
+        assert!(
+            last(outcome) > 0.0,
+            "no {outcome} in the soak's traffic:\n{csv}"
+        );
     }
     assert!(column(&csv, "drain").iter().sum::<f64>() >= 3.0, "{csv}");
     for level in ["rss", "fds", "sendlog"] {

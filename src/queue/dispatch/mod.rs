@@ -321,6 +321,16 @@ async fn run(cx: &Context, rq: &ReadyQueue) {
     let idle = rq.limits.idle_timeout();
     let mut open: Option<Open> = None;
     loop {
+        // Outcomes already made are recorded before more are made. Publishing never waits,
+        // so with a large queue (a million recipients released at once after a blocked
+        // provider recovers) delivery would outrun the send log, and every outcome waiting
+        // for it is an event and a spool state change held in memory (issue 21: ~1 GB while
+        // 1M recipients drained). Past the lossless subscribers' bound a connection waits
+        // here before taking its next job, as intake waits before accepting.
+        tokio::select! {
+            _ = cx.bus.admit() => {}
+            _ = cx.shutdown.cancelled() => break,
+        }
         let job = tokio::select! {
             j = rq.next(idle) => j,
             _ = cx.shutdown.cancelled() => None,
