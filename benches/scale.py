@@ -375,6 +375,8 @@ def main():
         hwm2 = proc_kib(g.proc.pid, "VmHWM")
         print(f"drain: {n:,} recipients in {drain:.1f} s = {n / drain:,.0f} rcpt/s "
               f"({n / args.per_message / drain:,.0f} msg/s); peak RSS while draining {hwm2 / 1024:.0f} MiB")
+        print(f"targets: RSS {rss / 1024:.0f} MiB <= 300 MB: {'met' if rss * 1024 <= 300e6 else 'MISSED'}; "
+              f"restart to first delivery {first:.2f} s <= 5 s: {'met' if first <= 5 else 'MISSED'}")
         print(f"machine at the end: load {open('/proc/loadavg').read().split()[:3]}")
         g.stop()
     finally:
