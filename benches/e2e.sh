@@ -179,9 +179,12 @@ t1=$(date +%s.%N)
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$GPID/status)
 # Gannet's own CPU (user + system, clock ticks) over the whole run, start-up included.
 cpu_ticks=$(awk '{print $14 + $15}' /proc/$GPID/stat)
-python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" "$cpu_ticks" "$(getconf CLK_TCK)" "$SENDLOG" <<'PY' | tee "$work/gannet.result"
+# Context switches of all of Gannet's threads (a wake-up per event or per message shows here
+# before it shows in throughput).
+ctx=$(cat /proc/$GPID/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')
+python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" "$cpu_ticks" "$(getconf CLK_TCK)" "$SENDLOG" "$ctx" <<'PY' | tee "$work/gannet.result"
 import sys, urllib.request
-port, n, t0, tinj, t1, rss, dkim, mix, ticks, hz, sendlog = sys.argv[1:]
+port, n, t0, tinj, t1, rss, dkim, mix, ticks, hz, sendlog, ctx = sys.argv[1:]
 cpu_ms = int(ticks) * 1000 / int(hz) / int(n)
 n = int(n); t0, tinj, t1 = float(t0), float(tinj), float(t1)
 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -207,7 +210,8 @@ p50, p99 = quantiles("gannet_accept_latency_seconds")
 dels = [l for l in text.splitlines() if l.startswith("gannet_recipients_total{")]
 print(f"gannet: {n} messages in {t1 - t0:.1f} s = {n / (t1 - t0):.0f} msg/s end-to-end "
       f"(injection done after {tinj - t0:.1f} s); time-to-250 p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
-      f"peak RSS {int(rss) / 1024:.0f} MiB; CPU {cpu_ms:.3f} ms/msg{' (DKIM rsa-2048)' if dkim == '1' else ''}"
+      f"peak RSS {int(rss) / 1024:.0f} MiB; CPU {cpu_ms:.3f} ms/msg; {int(ctx) / n:.1f} context switches/msg"
+      f"{' (DKIM rsa-2048)' if dkim == '1' else ''}"
       f"{'' if sendlog == '1' else ' (send log off)'}")
 for l in dels: print("  " + l)
 if mix == "1":
