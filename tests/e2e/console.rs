@@ -34,16 +34,7 @@ const USERS: &[(&str, &str)] = &[
 /// The users' `[[console_user]]` entries (made with `gannet hash-password` and `gannet
 /// console enrol`) and their TOTP secrets.
 async fn console_users(failure_delay: &str) -> (String, BTreeMap<String, String>) {
-    let mut cmd = tokio::process::Command::new(GANNET_BIN);
-    cmd.arg("hash-password");
-    let out = run(
-        cmd,
-        Some(format!("{PASSWORD}\n").as_bytes()),
-        Duration::from_secs(60),
-    )
-    .await;
-    out.assert_success();
-    let hash = out.stdout.trim().to_string();
+    let hash = crate::common::gannet::hash_password(PASSWORD).await;
     let mut toml = String::new();
     let mut secrets = BTreeMap::new();
     for (name, role) in USERS {

@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::common::gannet::hash_password;
+use crate::common::tools::auth_plain;
 use crate::common::*;
 
 const SINK: &str = "127.0.0.250";
@@ -226,28 +228,6 @@ async fn sessions_from_one_address_and_one_ipv6_prefix_are_capped() {
     }
 }
 
-/// An argon2 PHC hash of `password` from `gannet hash-password`.
-async fn hash_password(password: &str) -> String {
-    let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
-    cmd.arg("hash-password");
-    let out = crate::common::tools::run(
-        cmd,
-        Some(format!("{password}\n").as_bytes()),
-        Duration::from_secs(30),
-    )
-    .await;
-    out.assert_success();
-    out.stdout
-        .lines()
-        .find(|l| l.starts_with("$argon2"))
-        .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
-        .to_string()
-}
-
-fn plain(user: &str, pass: &str) -> String {
-    crate::common::tools::base64_lite::encode(format!("\0{user}\0{pass}").as_bytes())
-}
-
 /// A session from `local` under TLS, EHLO said, ready for AUTH.
 async fn auth_session(g: &Gannet, local: &str) -> SmtpClient {
     let mut c = SmtpClient::connect_from(local.parse().unwrap(), g.smtp_addr()).await;
@@ -297,20 +277,20 @@ async fn auth_brute_force_gets_growing_delays_and_lockouts_per_network_and_user(
     let mut c = auth_session(&w.gannet, "127.0.0.252").await;
     for i in 0..4 {
         c.cmd(
-            &format!("AUTH PLAIN {}", plain(&format!("guess{i}"), "pw")),
+            &format!("AUTH PLAIN {}", auth_plain(&format!("guess{i}"), "pw")),
             "535 5.7.8",
         )
         .await;
     }
     c.cmd(
-        &format!("AUTH PLAIN {}", plain("app", "s3cret-pass")),
+        &format!("AUTH PLAIN {}", auth_plain("app", "s3cret-pass")),
         "454 4.7.0",
     )
     .await;
     drop(c);
     let mut c = auth_session(&w.gannet, "127.0.0.252").await;
     c.cmd(
-        &format!("AUTH PLAIN {}", plain("app", "s3cret-pass")),
+        &format!("AUTH PLAIN {}", auth_plain("app", "s3cret-pass")),
         "454 4.7.0",
     )
     .await;
@@ -336,7 +316,7 @@ async fn auth_brute_force_gets_growing_delays_and_lockouts_per_network_and_user(
     // The real user, from elsewhere, is not locked out by someone else's guessing.
     let mut c = auth_session(&w.gannet, "127.0.0.253").await;
     c.cmd(
-        &format!("AUTH PLAIN {}", plain("app", "s3cret-pass")),
+        &format!("AUTH PLAIN {}", auth_plain("app", "s3cret-pass")),
         "235 2.7.0",
     )
     .await;
@@ -347,7 +327,7 @@ async fn auth_brute_force_gets_growing_delays_and_lockouts_per_network_and_user(
         let mut c = auth_session(&w.gannet, local).await;
         for _ in 0..2 {
             c.cmd(
-                &format!("AUTH PLAIN {}", plain("victim", "guess")),
+                &format!("AUTH PLAIN {}", auth_plain("victim", "guess")),
                 "535 5.7.8",
             )
             .await;
@@ -355,12 +335,12 @@ async fn auth_brute_force_gets_growing_delays_and_lockouts_per_network_and_user(
     }
     let mut c = auth_session(&w.gannet, "127.0.0.251").await;
     c.cmd(
-        &format!("AUTH PLAIN {}", plain("victim", "anything")),
+        &format!("AUTH PLAIN {}", auth_plain("victim", "anything")),
         "454 4.7.0",
     )
     .await;
     c.cmd(
-        &format!("AUTH PLAIN {}", plain("app", "s3cret-pass")),
+        &format!("AUTH PLAIN {}", auth_plain("app", "s3cret-pass")),
         "235 2.7.0",
     )
     .await;

@@ -7,7 +7,6 @@
 //! source addresses 127.0.0.10–11, .20, .30–31, .40–42.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::common::*;
 
@@ -322,18 +321,7 @@ async fn send_with_class(c: &mut SmtpClient, rcpt: &str, class: Option<&str>) {
 /// so the source address at the sink shows the class too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn class_comes_from_the_header_then_the_smtp_user_then_the_listener() {
-    let hash = {
-        let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
-        cmd.arg("hash-password");
-        let out =
-            crate::common::tools::run(cmd, Some(b"app-pass-1\n"), Duration::from_secs(30)).await;
-        out.assert_success();
-        out.stdout
-            .lines()
-            .find(|l| l.starts_with("$argon2"))
-            .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
-            .to_string()
-    };
+    let hash = crate::common::gannet::hash_password("app-pass-1").await;
     let w = World::start(
         &["127.0.0.114"],
         Zone::new().mail_domain("classes.test", "127.0.0.114"),

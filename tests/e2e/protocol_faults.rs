@@ -1,6 +1,7 @@
 //! Protocol, configuration and authorisation faults of issue 15 (items 6, 11, 13, 12), each
 //! shown end to end: a real client in, the real binary, a sink (or the HTTP API) out.
 
+use crate::common::gannet::hash_password;
 use crate::common::*;
 
 /// dest.test's MX is sink 127.0.0.72.
@@ -98,24 +99,6 @@ async fn rcpt_to_postmaster_is_delivered_to_the_configured_postmaster() {
         t.header("Subject").as_deref().map(str::trim),
         Some("to the postmaster")
     );
-}
-
-/// `gannet hash-password` for `password`.
-async fn hash_password(password: &str) -> String {
-    let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
-    cmd.arg("hash-password");
-    let out = crate::common::tools::run(
-        cmd,
-        Some(format!("{password}\n").as_bytes()),
-        std::time::Duration::from_secs(30),
-    )
-    .await;
-    out.assert_success();
-    out.stdout
-        .lines()
-        .find(|l| l.starts_with("$argon2"))
-        .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
-        .to_string()
 }
 
 /// Issue 15 item 13: any client allowed to relay got DKIM signatures for any configured

@@ -562,27 +562,14 @@ async fn a_silent_client_times_out_with_421() {
 /// `require_auth` refuses MAIL before AUTH with `530 5.7.0`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_clients_may_relay_from_anywhere() {
-    let hash = {
-        let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
-        cmd.arg("hash-password");
-        let out =
-            crate::common::tools::run(cmd, Some(b"s3cret-pass\n"), Duration::from_secs(30)).await;
-        out.assert_success();
-        out.stdout
-            .lines()
-            .find(|l| l.starts_with("$argon2"))
-            .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
-            .to_string()
-    };
+    let hash = crate::common::gannet::hash_password("s3cret-pass").await;
     let w = input_world(|c| {
         c.listener_option("require_auth = true").extra(&format!(
             "[[smtp_user]]\nname = \"app\"\npassword_hash = \"{hash}\"\n"
         ))
     })
     .await;
-    let plain = |user: &str, pass: &str| {
-        crate::common::tools::base64_lite::encode(format!("\0{user}\0{pass}").as_bytes())
-    };
+    let plain = crate::common::tools::auth_plain;
     let outsider: IpAddr = "127.0.0.5".parse().unwrap();
     let mut c = SmtpClient::connect_from(outsider, w.gannet.smtp_addr()).await;
     let ehlo = c.hello("app.test").await;

@@ -199,22 +199,7 @@ async fn drop_accepts_a_suppressed_recipient_and_never_sends_to_it() {
 /// for another tenant is not refused for the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_suppression_is_refused_at_rcpt_for_that_tenants_smtp_user() {
-    let hash = {
-        let mut cmd = tokio::process::Command::new(crate::common::gannet::GANNET_BIN);
-        cmd.arg("hash-password");
-        let out = crate::common::tools::run(
-            cmd,
-            Some(b"tenant-pass\n"),
-            std::time::Duration::from_secs(30),
-        )
-        .await;
-        out.assert_success();
-        out.stdout
-            .lines()
-            .find(|l| l.starts_with("$argon2"))
-            .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
-            .to_string()
-    };
+    let hash = crate::common::gannet::hash_password("tenant-pass").await;
     let w = World::start(
         &["127.0.0.227"],
         Zone::new().mail_domain("shop.tenant.test", "127.0.0.227"),

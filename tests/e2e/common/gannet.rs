@@ -30,6 +30,25 @@ use super::dns::TestDns;
 /// Path of the binary under test (built by cargo for this test target).
 pub const GANNET_BIN: &str = env!("CARGO_BIN_EXE_gannet");
 
+/// An argon2 PHC hash of `password`, made by `gannet hash-password` (for `[[smtp_user]]` and
+/// `[[console_user]]` entries).
+pub async fn hash_password(password: &str) -> String {
+    let mut cmd = Command::new(GANNET_BIN);
+    cmd.arg("hash-password");
+    let out = super::tools::run(
+        cmd,
+        Some(format!("{password}\n").as_bytes()),
+        Duration::from_secs(60),
+    )
+    .await;
+    out.assert_success();
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with("$argon2"))
+        .unwrap_or_else(|| panic!("no argon2 hash printed:\n{out}"))
+        .to_string()
+}
+
 /// How long `start`/`restart` wait for the listeners and `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -321,6 +321,11 @@ pub fn queue_id_from(text: &str) -> Option<String> {
 }
 
 /// A tiny base64 encoder (no new dependency for one script argument).
+/// The SMTP `AUTH PLAIN` argument for `user` and `pass` (RFC 4616).
+pub fn auth_plain(user: &str, pass: &str) -> String {
+    base64_lite::encode(format!("\0{user}\0{pass}").as_bytes())
+}
+
 pub mod base64_lite {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
