@@ -6,6 +6,8 @@
 //! CONSOLE_BENCH_EVENTS synthetic events (default 1,000,000 under `cargo bench`, 2,000 in the
 //! test pass; the target is 10M: set the variable).
 
+#[path = "common/size.rs"]
+mod size;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -25,14 +27,7 @@ fn recipient(k: u64) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let n: u64 = std::env::var("CONSOLE_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            1_000_000
-        } else {
-            2_000
-        });
+    let n = size::size("CONSOLE_BENCH_EVENTS", 1_000_000, 2_000);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sendlog.sqlite");
     let mut w =

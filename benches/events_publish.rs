@@ -4,33 +4,11 @@
 //! The event is a typical `delivered` outcome with every common field filled.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gannet::events::{Event, EventBus, EventKind, Mode, TlsInfo};
+use gannet::events::{Event, EventBus, Mode};
 
-fn delivered() -> Event {
-    let mut e = Event::new(EventKind::Delivered {
-        site: "gmail-smtp-in.l.google.com".into(),
-        mx_host: "gmail-smtp-in.l.google.com".into(),
-        remote_ip: "142.250.1.27".into(),
-        source_ip: "192.0.2.10".into(),
-        tls: Some(TlsInfo {
-            version: "TLSv1.3".into(),
-            cipher: "TLS13_AES_256_GCM_SHA384".into(),
-        }),
-        reply: "250 2.0.0 OK 1700000000 a1-20020a170902".into(),
-        queue_secs: 0.8,
-        provider: String::new(),
-    });
-    e.queue_id = "661C1B01CD95800000000".into();
-    e.message_id = "661c1b01dff57.e30b3bad06ea4ce6@gannet.example".into();
-    e.recipient = "someone@gmail.com".into();
-    e.sender = "bounces@news.example".into();
-    e.tenant = "acme".into();
-    e.campaign = "spring-sale".into();
-    e.class = "promotional".into();
-    e.pool = "promo".into();
-    e.attempt = 1;
-    e
-}
+#[path = "common/delivered.rs"]
+mod delivered;
+use delivered::delivered;
 
 fn publish(c: &mut Criterion) {
     let mut g = c.benchmark_group("events_publish");
@@ -38,7 +16,7 @@ fn publish(c: &mut Criterion) {
 
     let metrics = gannet::metrics::Metrics::new();
     let bus = EventBus::new(&metrics.registry);
-    let template = delivered();
+    let template = delivered(0);
     // Building the event (id, clock, strings) is part of the cost a stage pays.
     g.bench_function("no_subscriber", |b| {
         b.iter(|| {

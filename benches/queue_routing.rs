@@ -12,6 +12,8 @@
 #[path = "../tests/e2e/common/dns.rs"]
 mod dns;
 
+#[path = "common/size.rs"]
+mod size;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -131,14 +133,7 @@ fn main() {
         println!("footprint: benchmark");
         return;
     }
-    let domains: usize = std::env::var("ROUTING_BENCH_DOMAINS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            100_000
-        } else {
-            500
-        });
+    let domains = size::size("ROUTING_BENCH_DOMAINS", 100_000, 500) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

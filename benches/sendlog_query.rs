@@ -4,6 +4,8 @@
 //! campaigns. Prints the append rate and disk per event once, then measures query by
 //! recipient, the story of one message, campaign statistics and CSV export (rows/s).
 
+#[path = "common/size.rs"]
+mod size;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -15,16 +17,7 @@ mod sendlog_events;
 use sendlog_events::event;
 
 fn bench(c: &mut Criterion) {
-    let n: u64 = std::env::var("SENDLOG_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        // `cargo bench` passes --bench; the test suite runs each bench once without it, and
-        // there a million events would cost minutes of CI for nothing.
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            1_000_000
-        } else {
-            2_000
-        });
+    let n = size::size("SENDLOG_BENCH_EVENTS", 1_000_000, 2_000);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sendlog.sqlite");
     let key = MasterKey::from_bytes([9; 32]);

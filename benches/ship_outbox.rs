@@ -5,41 +5,19 @@
 //! the drain rate. `cargo bench --bench ship_outbox` ships 200,000 events
 //! (`SHIP_BENCH_EVENTS` overrides); the test suite's single pass uses 2,000.
 
+#[path = "common/delivered.rs"]
+mod delivered;
+use delivered::delivered;
+#[path = "common/size.rs"]
+mod size;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gannet::events::{Event, EventKind, TlsInfo};
 use gannet::ship::outbox::{Outbox, Pos};
 use gannet::ship::runner::{self, Destination, RunnerOptions};
 use tokio_util::sync::CancellationToken;
-
-fn delivered(i: u64) -> Event {
-    let mut e = Event::new(EventKind::Delivered {
-        site: "gmail-smtp-in.l.google.com".into(),
-        mx_host: "gmail-smtp-in.l.google.com".into(),
-        remote_ip: "142.250.1.27".into(),
-        source_ip: "192.0.2.10".into(),
-        tls: Some(TlsInfo {
-            version: "TLSv1.3".into(),
-            cipher: "TLS13_AES_256_GCM_SHA384".into(),
-        }),
-        reply: "250 2.0.0 OK 1700000000 a1-20020a170902".into(),
-        queue_secs: 0.8,
-        provider: "google".into(),
-    });
-    e.queue_id = format!("661C1B01CD958{i:08}");
-    e.message_id = format!("661c1b01dff57.{i}@gannet.example");
-    e.recipient = format!("someone{i}@gmail.com");
-    e.sender = "bounces@news.example".into();
-    e.tenant = "acme".into();
-    e.campaign = "spring-sale".into();
-    e.class = "promotional".into();
-    e.pool = "promo".into();
-    e.attempt = 1;
-    e
-}
 
 async fn drain(outbox: &Outbox, name: &str, dest: Box<dyn Destination>, batch: usize) -> f64 {
     let st = runner::state(name, Pos::default());
@@ -72,14 +50,7 @@ async fn drain(outbox: &Outbox, name: &str, dest: Box<dyn Destination>, batch: u
 /// Runs the whole measurement once (printed to stderr) and returns the webhook drain time per
 /// event, which criterion then reports.
 fn measure() -> Duration {
-    let n: u64 = std::env::var("SHIP_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            200_000
-        } else {
-            2_000
-        });
+    let n = size::size("SHIP_BENCH_EVENTS", 200_000, 2_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

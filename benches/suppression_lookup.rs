@@ -6,6 +6,8 @@
 //! for `benches/e2e.sh` with `[suppression] path` pointing at it); the test suite's single pass
 //! uses 2,000.
 
+#[path = "common/size.rs"]
+mod size;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -55,14 +57,7 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let n: u64 = std::env::var("SUPPRESSION_BENCH_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            10_000_000
-        } else {
-            2_000
-        });
+    let n = size::size("SUPPRESSION_BENCH_ENTRIES", 10_000_000, 2_000);
     let tmp = tempfile::tempdir().unwrap();
     let kept = std::env::var_os("SUPPRESSION_BENCH_DIR").map(std::path::PathBuf::from);
     let dir = kept.as_deref().unwrap_or(tmp.path());
