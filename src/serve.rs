@@ -173,13 +173,20 @@ pub async fn run_with(
     }
     // The send log opens (and checks its key) before anything listens: a missing or wrong
     // key stops the start with a message, never a silent re-key.
+    // The newest event each durable subscriber holds on disk, read before anything publishes:
+    // where the replay of possibly lost `received` events starts (see `intake::received`).
+    let mut durable_newest: Vec<Option<u64>> = Vec::new();
     let sendlog_writer = if config.sendlog.enabled {
         let c = config.clone();
-        Some(
-            tokio::task::spawn_blocking(move || crate::sendlog::open(&c))
-                .await
-                .map_err(|e| ServeError::Resolver(e.to_string()))??,
-        )
+        let (w, newest) = tokio::task::spawn_blocking(move || {
+            let w = crate::sendlog::open(&c)?;
+            let newest = w.last_event_time_us()?;
+            Ok::<_, crate::sendlog::SendLogError>((w, newest))
+        })
+        .await
+        .map_err(|e| ServeError::Resolver(e.to_string()))??;
+        durable_newest.push(newest);
+        Some(w)
     } else {
         None
     };
@@ -187,6 +194,9 @@ pub async fn run_with(
     // registered here, before anything publishes; destinations read the files, never the bus.
     let ship_stop = CancellationToken::new();
     let shipping = crate::ship::start(&config, &bus, &metrics.registry, ship_stop.clone()).await?;
+    if let Some(s) = &shipping {
+        durable_newest.push(s.outbox.newest_at_open_us());
+    }
     let sendlog_stop = CancellationToken::new();
     let (sendlog, sendlog_task) = match sendlog_writer {
         Some(w) => {
@@ -309,13 +319,26 @@ pub async fn run_with(
     };
 
     let n = recovered.len();
+    // A store that holds nothing (None) needs every replay: the lowest value is the one.
+    let replay_from = durable_newest.into_iter().min();
+    let mut replayed = 0usize;
     for r in recovered {
-        let (msg, _body) = QueuedMessage::from_record(r.location, r.record, r.states);
+        let (msg, body) = QueuedMessage::from_record(r.location, r.record, r.states);
+        let msg = msg.with_owed_dsns(r.dsn_owed);
+        if let Some(from) = replay_from {
+            let pool = queue.class_pool(&msg.class);
+            replayed +=
+                crate::intake::received::replay(&bus, &msg, body.len() as u64, pool, from) as usize;
+        }
         // Owed DSNs are asked for again here (the DSN writer starts below).
-        queue.enqueue(Arc::new(msg.with_owed_dsns(r.dsn_owed)), None);
+        queue.enqueue(Arc::new(msg), None);
     }
     if n > 0 {
-        tracing::info!(messages = n, "re-queued messages found in the spool");
+        tracing::info!(
+            messages = n,
+            received_replayed = replayed,
+            "re-queued messages found in the spool"
+        );
     }
 
     let anomaly_stop = CancellationToken::new();

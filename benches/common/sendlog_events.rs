@@ -15,6 +15,7 @@ pub fn event(i: u64) -> Event {
             size: 4000,
             recipients: 4,
             variant: if msg.is_multiple_of(2) { "A" } else { "B" }.into(),
+            replayed: false,
         },
         1 | 2 => EventKind::Delivered {
             site: format!("mx{}.example", msg % 7),

@@ -47,6 +47,11 @@ pub enum EventKind {
         /// A/B label given at injection.
         #[serde(default)]
         variant: String,
+        /// Published again at start-up, with its first id and time, because it may not have
+        /// reached every durable subscriber before Gannet stopped (see `intake::received`).
+        /// Receivers that already have this id drop it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replayed: bool,
     },
     /// The remote MX accepted the recipient.
     Delivered {

@@ -28,6 +28,8 @@ pub async fn run(mut sub: Subscription) {
 /// One event as its log line (see the module doc).
 pub fn log_event(e: &Event) {
     match &e.kind {
+        // Logged when it was accepted; start-up logs how many were published again.
+        EventKind::Received { replayed: true, .. } => {}
         EventKind::Received {
             listener,
             client_ip,

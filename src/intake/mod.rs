@@ -10,13 +10,16 @@
 //!
 //! Invariant: `accept` resolves Ok only after the spool's fdatasync covered the message.
 //! Invariant: the `received` event is published here and nowhere else, after the fdatasync
-//! and before the message is queued (so it precedes every outcome event of the message).
+//! and before the message is queued (so it precedes every outcome event of the message); at
+//! start-up, [`replay_received`] publishes it again for recovered messages that may have lost
+//! it (see `received`).
 //! Invariant: before any work, intake waits on [`EventBus::admit`]: a lossless event
 //! subscriber that falls behind holds back acceptance (451 after [`ADMIT_WAIT`]), never
 //! delivery, and never loses an event.
 //! Never does: talk to clients (listeners do) or deliver (queue/).
 
 mod authz;
+pub mod received;
 mod suppress;
 
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 
 use crate::config::{Config, SuppressedAction};
-use crate::events::{Event, EventBus, EventKind};
+use crate::events::EventBus;
 use crate::message::{Accepted, Acceptor, Rejection, Submission, headers};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueuedMessage};
@@ -298,6 +301,20 @@ impl Intake {
         if !variant.is_empty() {
             record.attrs.insert("variant".into(), variant);
         }
+        // The origin goes into the record so the `received` event can be rebuilt at recovery.
+        let origin_attrs = [
+            (received::ATTR_LISTENER, origin.listener.clone()),
+            (received::ATTR_CLIENT_IP, origin.client_ip.to_string()),
+            (
+                received::ATTR_AUTH,
+                origin.auth_user.clone().unwrap_or_default(),
+            ),
+        ];
+        for (k, v) in origin_attrs {
+            if !v.is_empty() {
+                record.attrs.insert(k.to_string(), v);
+            }
+        }
         let location = self
             .inner
             .queue
@@ -330,21 +347,8 @@ impl Intake {
         let (msg, body) = QueuedMessage::from_record(location, record, states);
         let msg = Arc::new(msg);
         let queue_id = msg.queue_id.clone();
-        let mut ev = Event::new(EventKind::Received {
-            listener: origin.listener.clone(),
-            client_ip: origin.client_ip.to_string(),
-            auth: origin.auth_user.clone().unwrap_or_default(),
-            size: body.len() as u64,
-            recipients: msg.rcpts.len() as u32,
-            variant: msg.attrs.get("variant").cloned().unwrap_or_default(),
-        });
-        ev.queue_id = queue_id.clone();
-        ev.message_id = msg.message_id.clone();
-        ev.sender = msg.mail_from.clone();
-        ev.tenant = msg.tenant.clone();
-        ev.campaign = msg.campaign.clone();
-        ev.class = msg.class.clone();
-        ev.pool = self.inner.queue.class_pool(&msg.class);
+        let pool = self.inner.queue.class_pool(&msg.class);
+        let ev = received::event(&msg, body.len() as u64, pool, false);
         self.inner.bus.publish(ev);
         self.inner.queue.enqueue(msg, Some(Arc::new(body)));
         Ok(Accepted { queue_id })

@@ -118,6 +118,8 @@ fn count(m: &Metrics, labels: &mut Labels, p: &Published) {
             .inc();
     };
     match &e.kind {
+        // A replay at start-up is a message accepted before the restart, counted then.
+        EventKind::Received { replayed: true, .. } => {}
         EventKind::Received { listener, size, .. } => {
             m.accepted.with_label_values(&[listener.as_str()]).inc();
             m.message_size.observe(*size as f64);

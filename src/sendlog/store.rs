@@ -351,6 +351,20 @@ impl Writer {
         Ok(())
     }
 
+    /// The time of the newest event in the store (the last one appended), None when it holds
+    /// none: at start-up, what a replay of possibly lost events starts from.
+    pub fn last_event_time_us(&self) -> Result<Option<u64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT time_us FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|t| t.map(|t| t.max(0) as u64))
+            .map_err(self.info.err())
+    }
+
     /// The public key the store's checkpoints were first signed with, if any.
     pub fn checkpoint_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
@@ -491,6 +505,15 @@ impl Writer {
         self.variants.clear();
     }
 
+    /// Whether the event `id` about message `queue_id` is stored already.
+    fn holds(&self, queue_id: &str, id: &str) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM events WHERE queue_id = ?1 AND id = ?2 LIMIT 1")?
+            .query_row(params![queue_id, id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    }
+
     fn append_in_tx<'a>(
         &mut self,
         events: impl IntoIterator<Item = &'a Event>,
@@ -499,6 +522,11 @@ impl Writer {
             HashMap::new();
         let mut n = 0;
         for ev in events {
+            if matches!(ev.kind, EventKind::Received { replayed: true, .. })
+                && self.holds(&ev.queue_id, &ev.id)?
+            {
+                continue;
+            }
             let now = ev.time_us as i64;
             let rcpt_hash =
                 (!ev.recipient.is_empty()).then(|| self.info.key.address_hash(&ev.recipient));

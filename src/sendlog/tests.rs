@@ -23,6 +23,7 @@ fn received(queue_id: &str, variant: &str) -> Event {
             size: 100,
             recipients: 2,
             variant: variant.into(),
+            replayed: false,
         },
         "",
         queue_id,

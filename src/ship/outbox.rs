@@ -63,6 +63,9 @@ struct Shared {
     segments: Mutex<Vec<Segment>>,
     /// The durable end: everything before it is fsynced and may be read.
     end: watch::Sender<Pos>,
+    /// The time of the newest event on disk when the outbox was opened (see
+    /// [`Outbox::newest_at_open_us`]).
+    newest_at_open_us: Option<u64>,
 }
 
 /// Owned by the one task that appends (one writer per outbox).
@@ -85,6 +88,19 @@ fn parse_segment_name(name: &str) -> Option<Pos> {
         byte: b.parse().ok()?,
         event: e.parse().ok()?,
     })
+}
+
+/// `time_us` of the last line of `whole` (complete lines), if it has one that parses.
+fn last_line_time_us(whole: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Time {
+        time_us: u64,
+    }
+    let body = whole.strip_suffix(b"\n")?;
+    let start = memchr::memrchr(b'\n', body).map_or(0, |i| i + 1);
+    serde_json::from_slice::<Time>(&body[start..])
+        .ok()
+        .map(|t| t.time_us)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -131,6 +147,17 @@ impl Outbox {
             file.sync_data().map_err(io_err(&last.path))?;
         }
         let lines = memchr::memchr_iter(b'\n', &data[..whole]).count() as u64;
+        let newest_at_open_us = match last_line_time_us(&data[..whole]) {
+            Some(t) => Some(t),
+            // An empty segment after others was created when the one before it filled up,
+            // right after that one's last line.
+            None if last.start.event > 0 => fs::metadata(&last.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_micros() as u64),
+            None => None,
+        };
         let end = Pos {
             byte: last.start.byte + whole as u64,
             event: last.start.event + lines,
@@ -141,6 +168,7 @@ impl Outbox {
                 dir: dir.to_path_buf(),
                 segments: Mutex::new(segments),
                 end: tx,
+                newest_at_open_us,
             }),
         };
         let appender = Appender {
@@ -158,6 +186,13 @@ impl Outbox {
             .segments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The time (`time_us`) of the newest event the outbox held when it was opened; None
+    /// when it had never held one. At start-up, what a replay of possibly lost events starts
+    /// from (`intake::received`).
+    pub fn newest_at_open_us(&self) -> Option<u64> {
+        self.shared.newest_at_open_us
     }
 
     /// The durable end now.

@@ -59,6 +59,7 @@ fn lines_survive_segment_rolls_and_reopen_in_order() {
 fn a_torn_last_line_is_cut_at_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    assert_eq!(o.newest_at_open_us(), None, "a new outbox holds no event");
     a.append(&[line(1, "received"), line(2, "delivered")].concat(), 2)
         .unwrap();
     let end = o.end();
@@ -72,6 +73,7 @@ fn a_torn_last_line_is_cut_at_reopen() {
     std::io::Write::write_all(&mut f, b"{\"id\":\"e3\",\"ti").unwrap();
     let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
     assert_eq!(o.end(), end);
+    assert_eq!(o.newest_at_open_us(), Some(2), "the last whole line's time");
     a.append(&line(3, "bounced"), 1).unwrap();
     assert_eq!(read_ids(&o, Pos::default()), ["e1", "e2", "e3"]);
 }

@@ -427,6 +427,128 @@ async fn kill9_loses_no_event_of_a_final_message() {
     assert!(!evs["events"].as_array().unwrap().is_empty());
 }
 
+/// The `received` events in the log, by queue id (the event id of each).
+async fn received_ids(g: &Gannet, n: usize) -> std::collections::BTreeMap<String, String> {
+    let v = wait_json(
+        g,
+        "/api/v1/events?type=received&limit=100",
+        "received",
+        |v| v["events"].as_array().is_some_and(|e| e.len() >= n),
+    )
+    .await;
+    let evs = v["events"].as_array().unwrap();
+    let by_queue: std::collections::BTreeMap<String, String> = evs
+        .iter()
+        .map(|e| {
+            (
+                e["queue_id"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_queue.len(),
+        evs.len(),
+        "one `received` per message: {v:#}"
+    );
+    by_queue
+}
+
+/// A `received` event that had not reached the send log when Gannet was killed (the spool had
+/// made the message durable and the client had its 250; the log's commit had not happened) is
+/// published again at the restart, with the id it had, and stored once: the messages whose
+/// event was already in the log, and a second restart, add no copy. The send log's commit is
+/// held back by a Python process holding SQLite's write lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
+    let mut w = World::start(
+        &["127.0.0.190"],
+        Zone::new().mail_domain("dest.test", "127.0.0.190"),
+        |c| c.retry_schedule(&["1h"]),
+    )
+    .await;
+    // Every recipient stays queued: its `received` is all the log may have of it.
+    w.sinks[0].add_rule(Rule::new(Stage::Rcpt, "451 4.7.1 try again later"));
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    let first = c
+        .send(
+            "s@origin.test",
+            &["r0@dest.test"],
+            b"Subject: r0\r\n\r\nx\r\n",
+        )
+        .await;
+    let before = received_ids(&w.gannet, 1).await;
+    assert!(before.contains_key(&first), "{before:?}");
+    w.gannet.wait_event("deferred", "r0@dest.test", WAIT).await;
+
+    let db = find_file(w.gannet.dir(), "sendlog.sqlite").expect("sendlog.sqlite");
+    let mut holder = tokio::process::Command::new("python3");
+    holder
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()",
+        )
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut holder = holder.spawn().expect("python3");
+    let mut out = tokio::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let mut lost = Vec::new();
+    for i in 1..3 {
+        let body = format!("Subject: r{i}\r\n\r\nx\r\n");
+        let r = format!("r{i}@dest.test");
+        lost.push(
+            c.send("s@origin.test", &[r.as_str()], body.as_bytes())
+                .await,
+        );
+    }
+    // Their outcomes reach the log's queue too: the deferrals are published once tried.
+    w.gannet.wait_event("deferred", "r2@dest.test", WAIT).await;
+    w.gannet.kill9().await;
+    holder.kill().await.unwrap();
+    drop(holder);
+
+    w.gannet.restart().await;
+    let after = received_ids(&w.gannet, 3).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[&first], before[&first], "the first one kept its id");
+    for q in &lost {
+        assert!(
+            after.contains_key(q),
+            "{q} has its `received` again: {after:?}"
+        );
+    }
+    w.gannet.sigterm().await;
+    w.gannet.restart().await;
+    // A lookup's record commits after everything published before it (the replays come
+    // before the listeners open): once it is in the log, so is any replay.
+    let (status, _) = w.gannet.http_get("/api/v1/events?campaign=marker-2").await;
+    assert_eq!(status, 200);
+    wait_json(
+        &w.gannet,
+        "/api/v1/events?type=log_access&limit=1000",
+        "the lookup recorded",
+        |v| v.to_string().contains("marker-2"),
+    )
+    .await;
+    assert_eq!(
+        received_ids(&w.gannet, 3).await,
+        after,
+        "no copy after a second restart"
+    );
+}
+
 /// One changed byte in a stored record: `gannet logs verify` fails and names that record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_changed_byte_fails_verify_naming_the_record() {
