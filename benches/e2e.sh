@@ -46,6 +46,8 @@ fi
 # GANNET_BIN: use an already-built binary instead of building target/release/gannet.
 # GANNET_BENCH_EXTRA: TOML appended to Gannet's config (e.g. "[anomaly] enabled = false" to
 # measure the anomaly detector's share).
+# GANNET_BENCH_WAIT_SHIP: set when GANNET_BENCH_EXTRA configures event shipping: before the
+# CPU is read, wait until every destination took every event, and print the catch-up time.
 if [ -z "${GANNET_BIN:-}" ]; then
   cargo build --release -q
 fi
@@ -146,6 +148,9 @@ urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
 PY
   sleep 0.1
 done
+if ! kill -0 "$GPID" 2>/dev/null; then
+  echo "gannet did not start; its log:" >&2; tail -20 "$work/gannet.log" >&2; exit 1
+fi
 
 delivered() { # recipients delivered so far, from /metrics
   python3 - "$HTTP_PORT" <<'PY'
@@ -176,6 +181,28 @@ while :; do
   sleep 0.05
 done
 t1=$(date +%s.%N)
+ship_line=""
+if [ -n "${GANNET_BENCH_WAIT_SHIP:-}" ]; then
+  # Event shipping configured (benches/ship_e2e.sh): wait until every destination has taken
+  # every event, so the CPU below includes shipping all of them.
+  ship_line=$(python3 - "$HTTP_PORT" "$t1" <<'PY'
+import sys, time, urllib.request
+port, t1 = sys.argv[1], float(sys.argv[2])
+def ship():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    val = lambda p: sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(p))
+    return val("gannet_ship_backlog_events{"), val("gannet_ship_sent_total{")
+backlog_at_end, _ = ship()
+while True:
+    backlog, sent = ship()
+    if backlog == 0 or time.time() - t1 > 600:
+        break
+    time.sleep(0.05)
+print(f"  shipping: backlog {backlog_at_end:.0f} events at the last delivery, all destinations caught up "
+      f"{time.time() - t1:.2f} s after it; {sent:.0f} events shipped in all, backlog now {backlog:.0f}")
+PY
+)
+fi
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$GPID/status)
 # Gannet's own CPU (user + system, clock ticks) over the whole run, start-up included.
 cpu_ticks=$(awk '{print $14 + $15}' /proc/$GPID/stat)
@@ -220,6 +247,7 @@ if mix == "1":
     print(f"  transactional acceptance-to-delivery p50 {t50 * 1000:.0f} ms, p99 {t99 * 1000:.0f} ms; "
           f"promotional p50 {pp50 * 1000:.0f} ms, p99 {pp99 * 1000:.0f} ms")
 PY
+[ -n "$ship_line" ] && echo "$ship_line"
 g_rate=$(awk '{for(i=1;i<=NF;i++) if($i=="msg/s") {print $(i-1); exit}}' "$work/gannet.result")
 kill "$GPID"; wait "$GPID" 2>/dev/null || true; GPID=
 kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=

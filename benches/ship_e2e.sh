@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# What event shipping costs end to end (issue 19: <= 5%): benches/e2e.sh with every event
+# shipped to a signed webhook, RabbitMQ and JSONL files at once, against the same e2e.sh run
+# without shipping, alternating off/on, in the same session. Needs what e2e.sh needs plus
+# rabbitmq-server and python3-pika (scripts/test installs both).
+#
+#   benches/ship_e2e.sh [--rounds R] [--only webhook|amqp|jsonl] [E2E.SH ARGS...]
+#                                          (e.g. --messages 10000 --dkim)
+# --only: ship to that destination alone (which one costs what).
+#
+# The receivers are real and run on the same machine (their CPU counts against the "on" runs,
+# as it would for an operator running them beside Gannet): tests/e2e/scripts/webhook_receiver.py
+# (verifies each signature, writes each event), a RabbitMQ node of this run only (its own
+# epmd, node name, ports and data directory; exchange `gannet`, durable queue `events`), and
+# a JSONL directory. After each "on" run e2e.sh waits until every destination has taken every
+# event (GANNET_BENCH_WAIT_SHIP) and prints how long that took after the last delivery (the
+# catch-up) and the backlog at that moment. Prints one line per run and the on/off ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=3
+ONLY=""
+ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift ;;
+    --only) ONLY=$2; shift ;;
+    *) ARGS+=("$1") ;;
+  esac
+  shift
+done
+base=${GANNET_BENCH_PORT_BASE:-3500}
+AMQP_PORT=$((base + 120)); DIST_PORT=$((base + 121)); EPMD_PORT=$((base + 122)); HOOK_PORT=$((base + 123))
+work=$(mktemp -d /var/tmp/gannet-ship-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  kill "$(cat "$work/rabbit.pid" 2>/dev/null)" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ -z "${GANNET_BIN:-}" ]; then
+  cargo build --release -q
+  export GANNET_BIN=$PWD/target/release/gannet
+fi
+
+epmd -port "$EPMD_PORT" >/dev/null 2>&1 &
+pids+=($!)
+mkdir -p "$work/rabbit"
+echo "[]." >"$work/rabbit/enabled_plugins"
+echo "disk_free_limit.absolute = 1MB" >"$work/rabbit/rabbitmq.conf"
+HOME="$work/rabbit" RABBITMQ_NODENAME="gannetbench$$@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+  RABBITMQ_NODE_PORT=$AMQP_PORT RABBITMQ_DIST_PORT=$DIST_PORT ERL_EPMD_PORT=$EPMD_PORT \
+  RABBITMQ_MNESIA_BASE="$work/rabbit/mnesia" RABBITMQ_LOG_BASE="$work/rabbit/log" RABBITMQ_LOGS=- \
+  RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbit/enabled_plugins" RABBITMQ_CONFIG_FILE="$work/rabbit/rabbitmq" \
+  RABBITMQ_PID_FILE="$work/rabbit.pid" \
+  /usr/lib/rabbitmq/bin/rabbitmq-server >"$work/rabbit.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1200); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+python3 tests/e2e/scripts/amqp_client.py "$AMQP_PORT" setup
+python3 tests/e2e/scripts/webhook_receiver.py "$HOOK_PORT" bench-secret-for-the-hmac "$work/hook.jsonl" &
+pids+=($!)
+
+webhook_conf="[[webhook]]
+url = \"http://127.0.0.1:$HOOK_PORT/events\"
+secret = \"bench-secret-for-the-hmac\""
+amqp_conf="[[amqp]]
+url = \"amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f\"
+exchange = \"gannet\"
+routing_key = \"gannet.{tenant}.{type}\""
+jsonl_conf="[[jsonl]]
+dir = \"$work/jsonl\""
+case "$ONLY" in
+  "") ship_conf="$webhook_conf
+$amqp_conf
+$jsonl_conf" ;;
+  webhook) ship_conf=$webhook_conf ;;
+  amqp) ship_conf=$amqp_conf ;;
+  jsonl) ship_conf=$jsonl_conf ;;
+  *) echo "--only webhook|amqp|jsonl" >&2; exit 2 ;;
+esac
+
+field() { # field NAME LINE: the number before NAME in e2e.sh's result line
+  awk -v n="$1" '{for(i=2;i<=NF;i++) if($i==n) {print $(i-1); exit}}' <<<"$2"
+}
+off_rates=(); on_rates=(); off_cpu=(); on_cpu=()
+for r in $(seq "$ROUNDS"); do
+  for mode in off on; do
+    if [ "$mode" = on ]; then
+      out=$(GANNET_BENCH_EXTRA="$ship_conf" GANNET_BENCH_WAIT_SHIP=1 benches/e2e.sh --no-baseline "${ARGS[@]}")
+    else
+      out=$(benches/e2e.sh --no-baseline "${ARGS[@]}")
+    fi
+    line=$(grep '^gannet:' <<<"$out")
+    rate=$(field msg/s "$line")
+    cpu=$(awk '{for(i=1;i<=NF;i++) if($i=="CPU") {print $(i+1); exit}}' <<<"$line")
+    echo "round $r shipping $mode: $rate msg/s, CPU $cpu ms/msg, load $(cut -d' ' -f1 /proc/loadavg)"
+    grep '^  shipping' <<<"$out" || true
+    if [ "$mode" = on ]; then on_rates+=("$rate"); on_cpu+=("$cpu"); else off_rates+=("$rate"); off_cpu+=("$cpu"); fi
+  done
+done
+[ -f "$work/hook.jsonl" ] && echo "webhook receiver: $(wc -l <"$work/hook.jsonl") events, $(grep -c '"sig_ok": false' "$work/hook.jsonl" || true) with a bad signature"
+python3 - "${off_rates[*]}" "${on_rates[*]}" "${off_cpu[*]}" "${on_cpu[*]}" <<'PY'
+import statistics, sys
+off, on, offc, onc = ([float(x) for x in a.split()] for a in sys.argv[1:])
+print(f"throughput on/off: {statistics.median(on) / statistics.median(off):.3f} "
+      f"(medians {statistics.median(on):.0f} / {statistics.median(off):.0f} msg/s over {len(on)} pairs)")
+print(f"CPU per message on/off: {statistics.median(onc) / statistics.median(offc):.3f} "
+      f"(medians {statistics.median(onc):.3f} / {statistics.median(offc):.3f} ms)")
+PY
