@@ -48,7 +48,9 @@ pub enum KeyError {
 /// The master key: 32 bytes from `[storage] key_file`. Cheap to clone.
 #[derive(Clone)]
 pub struct MasterKey {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed with the master key: the KDF of every sub-key (set up once, as a
+    /// derivation per record or entry is on hot paths).
+    kdf: hmac::Key,
     lookup: hmac::Key,
 }
 
@@ -64,7 +66,7 @@ impl MasterKey {
         let base = hmac::Key::new(hmac::HMAC_SHA256, &key);
         let lookup_bytes = hmac::sign(&base, b"gannet/v1/address-lookup");
         MasterKey {
-            key,
+            kdf: base,
             lookup: hmac::Key::new(hmac::HMAC_SHA256, lookup_bytes.as_ref()),
         }
     }
@@ -83,7 +85,12 @@ impl MasterKey {
     /// The keyed hash that stands for an address in every lookup column (lower-cased first,
     /// so `Bob@Example.com` and `bob@example.com` are one person).
     pub fn address_hash(&self, address: &str) -> [u8; 32] {
-        let tag = hmac::sign(&self.lookup, address.trim().to_lowercase().as_bytes());
+        self.lowercase_address_hash(&address.trim().to_lowercase())
+    }
+
+    /// [`MasterKey::address_hash`] of an address already trimmed and lower-cased (no copy).
+    pub fn lowercase_address_hash(&self, address: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.lookup, address.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         out
@@ -96,8 +103,7 @@ impl MasterKey {
 
     /// A sub-key for `label`.
     pub fn derive(&self, label: &[u8], salt: &[u8]) -> [u8; 32] {
-        let k = hmac::Key::new(hmac::HMAC_SHA256, &self.key);
-        let mut ctx = hmac::Context::with_key(&k);
+        let mut ctx = hmac::Context::with_key(&self.kdf);
         ctx.update(label);
         ctx.update(salt);
         let mut out = [0u8; 32];
@@ -279,4 +285,56 @@ pub fn checkpoint_valid(
     UnparsedPublicKey::new(&ED25519, public)
         .verify(&checkpoint_message(seq, time_us, hash), signature)
         .is_ok()
+}
+
+/// Why a store's `key-check` file does not let it open.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error(
+        "{path} was written with another master key than [storage] key_file (its key-check does not match); restore the key file it was written with (gannet never re-keys silently)"
+    )]
+    WrongKey { path: PathBuf },
+    #[error("cannot read or write the key check {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Check `key` against the `key-check` file at `path` (the fingerprint under `label`, one per
+/// store), or write that file durably when there is none yet (a new store). What every store
+/// of personal data under the master key does at open, so another key is an error instead of
+/// a store whose every record reads as damaged.
+pub fn check_key_file(path: &Path, key: &MasterKey, label: &[u8]) -> Result<(), KeyCheckError> {
+    let want = hex::encode(key.derive(label, &[]));
+    let io = |source| KeyCheckError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim() == want => Ok(()),
+        Ok(_) => Err(KeyCheckError::WrongKey {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            let tmp = path.with_extension("tmp");
+            {
+                let mut f = std::fs::File::create(&tmp).map_err(io)?;
+                f.write_all(format!("{want}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(io)?;
+            }
+            std::fs::rename(&tmp, path).map_err(io)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
 }
