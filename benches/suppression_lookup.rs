@@ -3,7 +3,8 @@
 //! of) a full list, and paging through all of it as the API's listing and export do.
 //! `cargo bench --bench suppression_lookup` imports 10M entries (`SUPPRESSION_BENCH_ENTRIES`
 //! overrides; `SUPPRESSION_BENCH_DIR=DIR` builds the store in `DIR/suppression` and keeps it, e.g.
-//! for `benches/e2e.sh` with `[suppression] path` pointing at it); the test suite's single pass
+//! for `benches/e2e.sh` with `[suppression] path` pointing at it and `[storage] key_file` at
+//! `DIR/gannet.key`, the master key the store is sealed with); the test suite's single pass
 //! uses 2,000.
 
 #[path = "common/size.rs"]
@@ -11,6 +12,7 @@ mod size;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use gannet::sendlog::MasterKey;
 use gannet::suppression::{Entry, ListFilter, Lookup, SledStore, SuppressionStore};
 
 fn entry(i: u64) -> Entry {
@@ -61,8 +63,13 @@ fn bench(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let kept = std::env::var_os("SUPPRESSION_BENCH_DIR").map(std::path::PathBuf::from);
     let dir = kept.as_deref().unwrap_or(tmp.path());
+    let key = MasterKey::load_or_create(
+        &dir.join("gannet.key"),
+        &SledStore::key_check_path(&dir.join("suppression")),
+    )
+    .unwrap();
     let rss0 = rss_kib();
-    let store = SledStore::open(&dir.join("suppression")).unwrap();
+    let store = SledStore::open(&dir.join("suppression"), key.clone()).unwrap();
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -84,7 +91,7 @@ fn bench(c: &mut Criterion) {
     drop(store);
     let rss1 = rss_kib();
     let t = Instant::now();
-    let store = SledStore::open(&dir.join("suppression")).unwrap();
+    let store = SledStore::open(&dir.join("suppression"), key).unwrap();
     eprintln!(
         "suppression: reopened with {} entries in {:.1} s (index load), RSS {} MiB (was {} MiB before the open)",
         store.len(),

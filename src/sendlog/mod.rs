@@ -180,13 +180,6 @@ impl SendLog {
         self.info.key.address_hash(address)
     }
 
-    /// The same keyed hash as a function other stores can keep (the suppression list's
-    /// erasure entries).
-    pub fn address_hasher(&self) -> crate::suppression::AddressHasher {
-        let key = self.info.key.clone();
-        Arc::new(move |a: &str| key.address_hash(a))
-    }
-
     /// Record that `actor` read the log (`log_access` operator event).
     pub fn record_access(
         &self,

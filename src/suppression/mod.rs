@@ -10,7 +10,9 @@
 //! the stages that refuse or drop mail ask the store through a [`SharedStore`] handle.
 
 mod index;
+mod migrate;
 pub mod policy;
+mod slots;
 pub mod store;
 pub mod token;
 pub mod transfer;
@@ -19,8 +21,8 @@ pub mod transfer;
 mod tests;
 
 pub use store::{
-    ALL_TENANTS, AddressHasher, ERASED_REASON, Entry, ListFilter, Lookup, Page, SledStore,
-    StoreError, SuppressionStore, normalize,
+    ALL_TENANTS, ERASED_REASON, Entry, ListFilter, Lookup, Page, SledStore, StoreError,
+    SuppressionStore, normalize,
 };
 
 /// The handle stages hold (cheap to clone; a cluster backend can stand behind it).

@@ -4,27 +4,31 @@
 //! node), [`Entry`], [`Lookup`], [`normalize`] and the embedded default [`SledStore`]. Never
 //! decides what goes in (that is `policy`, the API and the CLI) and never publishes events.
 //!
-//! Keys are `address \0 tenant \0 stream`: the normalised address first, so every entry of one
-//! address sits under one prefix (`get`, `erase`, listings by address prefix). A check does not
-//! read the tree: it probes the in-memory `index` (built from the tree at open, about 40 bytes
-//! an entry) for each scope that could cover the send, a few hundred nanoseconds at ten
-//! million entries. `tenant` is `*` for
-//! every tenant; `stream` is empty for every stream, else `class:NAME`, `list:NAME` or
-//! `campaign:NAME`. A global entry (tenant `*`, every stream) wins over narrower ones when
-//! several match.
+//! The tree is keyed by the address's keyed hash (HMAC-SHA256 under the master key: the send
+//! log's lookup hash, `sendlog::keys`), then `tenant \0 stream`, so every entry of one address
+//! sits under one prefix (`get`, `remove`, erasure). A check does not read the tree: it hashes
+//! the address once and probes the in-memory `index` (built from the tree at open, about 40
+//! bytes an entry) for each scope that could cover the send. `tenant` is `*` for every tenant;
+//! `stream` is empty for every stream, else `class:NAME`, `list:NAME` or `campaign:NAME`. A
+//! global entry (tenant `*`, every stream) wins over narrower ones when several match.
 //!
-//! Addresses are stored in clear (lower-cased): the list is the one place that must remember
-//! them, and an entry is found and removed by its address (API, CLI). The one exception is a
-//! GDPR erasure (Art. 17): the person must never be mailed again, yet their address must not
-//! be kept, so an erasure entry holds only the keyed hash of the address (the send log's
-//! lookup hash, see `sendlog::keys`), and `check` hashes the address it is asked about when
-//! (and only when) there are erasure entries at all.
+//! The list must remember addresses (listings and exports print them), but never in clear:
+//! each entry keeps its address sealed (AES-256-GCM) under a key of its own whose salt sits in
+//! the key-slot file (`slots`). Removing an entry or erasing a person (GDPR Art. 17) zeroes
+//! those slots in place, so the bytes sled may keep of removed values can no longer be
+//! opened, with or without the master key. An erased person is kept only as their keyed hash
+//! (tree `erased`), which refuses them in every scope. Stores of the earlier layout (clear
+//! addresses as sled keys) are migrated at open (`migrate`).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::index::{Index, Row};
+use super::slots::{SlotError, Slots};
+use crate::sendlog::MasterKey;
 
 /// Tenant scope of an entry that applies to every tenant.
 pub const ALL_TENANTS: &str = "*";
@@ -45,8 +49,25 @@ pub enum StoreError {
         "tenant {0:?} cannot scope a suppression: use * (every tenant) or a tenant name without control characters"
     )]
     BadTenant(String),
-    #[error("suppression entry under key {key:?} is unreadable: {message}")]
+    #[error("suppression entry under key {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    #[error(
+        "the suppression store at {path}: {source} (check [suppression] path is writable and the disk has space)"
+    )]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the suppression store was written with another master key than [storage] key_file ({path} does not match); restore the key file it was written with (gannet never re-keys silently)"
+    )]
+    WrongKey { path: PathBuf },
+    #[error(transparent)]
+    Slots(#[from] SlotError),
+    #[error(
+        "cannot migrate the suppression store at {path} from the clear-address layout: {message} (the old files are kept; fix the cause and start again)"
+    )]
+    Migrate { path: PathBuf, message: String },
 }
 
 /// One suppression.
@@ -97,10 +118,6 @@ impl Entry {
         } else {
             format!("{} {}", self.tenant, self.stream)
         }
-    }
-
-    fn key(&self) -> Vec<u8> {
-        key(&self.address, &self.tenant, &self.stream)
     }
 }
 
@@ -185,15 +202,12 @@ pub trait SuppressionStore: Send + Sync {
     }
     /// Make what was written so far as durable as the backend can.
     fn flush(&self) -> Result<(), StoreError>;
-    /// GDPR erasure of `address`: forget every entry and soft-bounce count of it and remember
-    /// only `hash` (its keyed hash), which makes [`SuppressionStore::check`] refuse it in
-    /// every scope from now on. Returns how many clear entries were removed.
+    /// GDPR erasure of `address`: forget every entry and soft-bounce count of it (and destroy
+    /// the keys of its sealed copies) and remember only `hash` (its keyed hash), which makes
+    /// [`SuppressionStore::check`] refuse it in every scope from now on. Returns how many
+    /// entries were removed.
     fn erase(&self, address: &str, hash: &[u8; 32], now: u64) -> Result<usize, StoreError>;
 }
-
-/// The keyed hash the send log uses for an address (`sendlog::keys::MasterKey::address_hash`),
-/// given to the store so it can recognise erased addresses without keeping them.
-pub type AddressHasher = std::sync::Arc<dyn Fn(&str) -> [u8; 32] + Send + Sync>;
 
 /// What `check` answers for an erased address (the address itself is not kept).
 pub const ERASED_REASON: &str = "erasure";
@@ -231,71 +245,119 @@ fn keyed(entry: &Entry) -> Result<Entry, StoreError> {
     Ok(e)
 }
 
-fn key(address: &str, tenant: &str, stream: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(address.len() + tenant.len() + stream.len() + 2);
-    k.extend_from_slice(address.as_bytes());
-    k.push(0);
+/// The tree key of an entry: the person's keyed hash (32 bytes), then `tenant \0 stream`. The
+/// hash first, so every entry of one address sits under one prefix (`get`, `remove`, `erase`).
+fn key(person: &[u8; 32], tenant: &str, stream: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + tenant.len() + stream.len() + 1);
+    k.extend_from_slice(person);
     k.extend_from_slice(tenant.as_bytes());
     k.push(0);
     k.extend_from_slice(stream.as_bytes());
     k
 }
 
-fn prefix_of(address: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(address.len() + 1);
-    k.extend_from_slice(address.as_bytes());
-    k.push(0);
-    k
+/// A tree key → (person hash, tenant, stream).
+fn split_key(k: &[u8]) -> Option<(&[u8; 32], &[u8], &[u8])> {
+    let person: &[u8; 32] = k.get(..32)?.try_into().ok()?;
+    let rest = &k[32..];
+    let t = memchr::memchr(0, rest)?;
+    Some((person, &rest[..t], &rest[t + 1..]))
 }
 
-/// The embedded store: one sled tree of entries (value: the compact binary form of `encode`;
-/// compact JSON from earlier versions is still read) and one of recent soft
-/// bounces per address (value: 16 bytes per bounce: big-endian unix seconds, then the
-/// attempt's identity). Checks read the in-memory [`Index`] (built from the tree at open),
-/// never the tree; listings, `get` and exports read the tree.
+/// Files of the store's directory (`[suppression] path`).
+const TREE_DIR: &str = "tree";
+const SLOTS_FILE: &str = "person-keys";
+const KEY_CHECK_FILE: &str = "key-check";
+
+/// The embedded store, in the directory `[suppression] path`:
+/// - `tree/`: a sled database. Tree `entries`: key = the address's keyed hash ‖ `tenant \0
+///   stream`, value = [`encode`] (times, reason, source, the entry's key slot and its address
+///   sealed under that slot's key). Tree `soft_bounce_attempts`: keyed hash → 16 bytes per
+///   recent soft bounce (big-endian unix seconds, then the attempt's identity). Tree `erased`:
+///   keyed hash → big-endian unix seconds of the erasure.
+/// - `person-keys`: the key slots ([`Slots`]).
+/// - `key-check`: the master key's fingerprint; another key is refused at open.
+///
+/// Checks read the in-memory [`Index`] (built from the tree at open, keyed by the hash), never
+/// the tree; listings and exports read the tree and open each address with its slot's key.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     entries: sled::Tree,
     soft: sled::Tree,
-    /// Erasure entries: keyed hash (32 bytes) → big-endian unix seconds of the erasure.
     erased: sled::Tree,
     /// What `check` reads: every entry of `entries`, in memory.
-    index: std::sync::Arc<Index>,
+    index: Arc<Index>,
     /// The keyed hashes of `erased`, in memory (erasures are few; a check must not read disk).
-    erased_mem: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<[u8; 32], u64>>>,
-    /// Held by every writer of `entries` across the tree write and the index update, so the
-    /// two never disagree and "was it new" is answered once per key even when imports and
-    /// the policy write at the same time. Lookups do not take it.
-    writer: std::sync::Arc<std::sync::Mutex<()>>,
-    /// Set once at start when the send log's key is known; without it erasure entries are
-    /// neither written nor checked.
-    hasher: std::sync::Arc<std::sync::OnceLock<AddressHasher>>,
+    erased_mem: Arc<std::sync::RwLock<std::collections::HashMap<[u8; 32], u64>>>,
+    /// Held by every writer of `entries` across the tree write, the slot writes and the index
+    /// update, so they never disagree and "was it new" is answered once per key even when
+    /// imports and the policy write at the same time. Lookups do not take it.
+    writer: Arc<std::sync::Mutex<()>>,
+    slots: Arc<Slots>,
+    key: MasterKey,
 }
 
 impl SledStore {
-    /// Open (or create) the store in directory `path`.
-    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+    /// Open (or create) the store in directory `path` with the master key. A store in the
+    /// earlier layout (clear addresses as sled keys) is migrated first (`migrate`); a store
+    /// written with another master key is refused ([`StoreError::WrongKey`]).
+    pub fn open(path: &Path, key: MasterKey) -> Result<SledStore, StoreError> {
+        let io = |source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(path).map_err(io)?;
+        crate::sendlog::keys::check_key_file(
+            &path.join(KEY_CHECK_FILE),
+            &key,
+            b"gannet/v1/suppression-key-check",
+        )
+        .map_err(|e| match e {
+            crate::sendlog::keys::KeyCheckError::WrongKey { path } => StoreError::WrongKey { path },
+            crate::sendlog::keys::KeyCheckError::Io { path, source } => {
+                StoreError::Dir { path, source }
+            }
+        })?;
+        let store = SledStore::open_layout(path, key)?;
+        super::migrate::from_clear_layout(path, &store)?;
+        Ok(store)
+    }
+
+    fn open_layout(path: &Path, key: MasterKey) -> Result<SledStore, StoreError> {
+        let tree = path.join(TREE_DIR);
         let db = sled::Config::new()
-            .path(path)
+            .path(&tree)
             .cache_capacity(256 * 1024 * 1024)
             .open()
             .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
+                path: tree.clone(),
                 source,
             })?;
-        SledStore::on(db)
+        let slots = Slots::open(&path.join(SLOTS_FILE), key.clone())?;
+        SledStore::on(db, slots, key)
     }
 
-    /// A store in memory only (tests, benchmarks of the lookup path).
+    /// Where the master key's fingerprint is kept (what `[storage] key_file` protects).
+    pub fn key_check_path(path: &Path) -> PathBuf {
+        path.join(KEY_CHECK_FILE)
+    }
+
+    /// A store in memory only, under a random key (tests, benchmarks of the lookup path).
     pub fn temporary() -> Result<SledStore, StoreError> {
-        SledStore::on(sled::Config::new().temporary(true).open()?)
+        let key = MasterKey::from_bytes(rand::random());
+        SledStore::on(
+            sled::Config::new().temporary(true).open()?,
+            Slots::memory(key.clone()),
+            key,
+        )
     }
 
-    fn on(db: sled::Db) -> Result<SledStore, StoreError> {
+    fn on(db: sled::Db, slots: Slots, key: MasterKey) -> Result<SledStore, StoreError> {
         let entries = db.open_tree("entries")?;
         let erased = db.open_tree("erased")?;
-        let index = SledStore::load(&entries)?;
+        let (index, used) = SledStore::load(&entries)?;
+        slots.set_used(&used);
         let mut erased_mem = std::collections::HashMap::new();
         for kv in erased.iter() {
             let (k, v) = kv?;
@@ -305,99 +367,92 @@ impl SledStore {
         }
         Ok(SledStore {
             entries,
-            // (`soft_bounces`, the earlier 8-byte format without attempt identities, is no
-            // longer read: its counts start again.)
             soft: db.open_tree("soft_bounce_attempts")?,
             erased,
-            index: std::sync::Arc::new(index),
-            erased_mem: std::sync::Arc::new(std::sync::RwLock::new(erased_mem)),
+            index: Arc::new(index),
+            erased_mem: Arc::new(std::sync::RwLock::new(erased_mem)),
             writer: Default::default(),
-            hasher: Default::default(),
+            slots: Arc::new(slots),
+            key,
             db,
         })
     }
 
-    /// The index of every entry in `entries` (one pass in key order). An entry that cannot be
-    /// read is logged and indexed as `unreadable`, every scope it names refused: a list that
-    /// cannot say why must not let the mail through.
-    fn load(entries: &sled::Tree) -> Result<Index, StoreError> {
+    /// The index of every entry in `entries` (one pass in key order), and the bit set of the
+    /// key slots they use. An entry whose value cannot be read is logged and indexed as
+    /// `unreadable`, its scope refused: a list that cannot say why must not let the mail
+    /// through.
+    fn load(entries: &sled::Tree) -> Result<(Index, Vec<u64>), StoreError> {
         let started = std::time::Instant::now();
         let index = Index::with_capacity(0);
+        let mut used: Vec<u64> = Vec::new();
         let mut chunk: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(LOAD_CHUNK);
         let mut n = 0usize;
-        let mut flush = |chunk: &mut Vec<(sled::IVec, sled::IVec)>| {
+        let mut flush = |chunk: &mut Vec<(sled::IVec, sled::IVec)>, used: &mut Vec<u64>| {
             let mut rows = Vec::with_capacity(chunk.len());
-            // Entries written as JSON by an earlier version (rare), decoded whole, and entries
-            // that cannot be read at all.
-            let mut whole = Vec::new();
             for (k, v) in chunk.iter() {
                 let text = |b| std::str::from_utf8(b).ok();
-                let parts = split_key(k).and_then(|(a, t, s)| Some((text(a)?, text(t)?, text(s)?)));
-                let Some((address, tenant, stream)) = parts else {
-                    tracing::error!(key = %String::from_utf8_lossy(k).replace('\0', " "), "suppression key unreadable; skipped");
+                let parts = split_key(k).and_then(|(p, t, s)| Some((p, text(t)?, text(s)?)));
+                let Some((person, tenant, stream)) = parts else {
+                    tracing::error!(key = %hex::encode(k), "suppression key unreadable; skipped");
                     continue;
                 };
                 match Meta::read(v).and_then(|m| Some((text(m.reason)?, m))) {
-                    Some((reason, m)) => rows.push(Row {
-                        address,
-                        tenant,
-                        stream,
-                        reason,
-                        created: m.created,
-                        expires: m.expires,
-                    }),
-                    None => match SledStore::decode(k, v) {
-                        Ok(e) => whole.push(e),
-                        Err(e) => {
-                            tracing::error!(error = %e, "suppression entry unreadable; its address stays refused in its scope until the entry is replaced or removed");
-                            whole.push(Entry {
-                                address: address.to_string(),
-                                tenant: tenant.to_string(),
-                                stream: stream.to_string(),
-                                reason: "unreadable".to_string(),
-                                source: String::new(),
-                                created: 0,
-                                expires: 0,
-                            });
+                    Some((reason, m)) => {
+                        let w = m.slot as usize / 64;
+                        if used.len() <= w {
+                            used.resize(w + 1, 0);
                         }
-                    },
+                        used[w] |= 1 << (m.slot % 64);
+                        rows.push(Row {
+                            person,
+                            tenant,
+                            stream,
+                            reason,
+                            created: m.created,
+                            expires: m.expires,
+                        });
+                    }
+                    None => {
+                        tracing::error!(key = %hex::encode(k), "suppression entry unreadable; its address stays refused in its scope until the entry is replaced or removed");
+                        rows.push(Row {
+                            person,
+                            tenant,
+                            stream,
+                            reason: "unreadable",
+                            created: 0,
+                            expires: 0,
+                        });
+                    }
                 }
             }
             n += index.insert_many(rows);
-            n += index.insert_many(whole.iter().map(Row::of));
             chunk.clear();
         };
         for kv in entries.iter() {
             chunk.push(kv?);
             if chunk.len() == LOAD_CHUNK {
-                flush(&mut chunk);
+                flush(&mut chunk, &mut used);
             }
         }
-        flush(&mut chunk);
+        flush(&mut chunk, &mut used);
         tracing::info!(
             entries = n,
             ms = started.elapsed().as_millis() as u64,
             "suppression list loaded into memory"
         );
-        Ok(index)
+        Ok((index, used))
     }
 
-    /// Give the store the keyed hash of erasure entries (once, at start).
-    pub fn set_address_hasher(&self, hasher: AddressHasher) {
-        let _ = self.hasher.set(hasher);
+    /// The keyed hash of a normalised address (the send log's lookup hash).
+    fn person(&self, address: &str) -> [u8; 32] {
+        self.key.lowercase_address_hash(address)
     }
 
-    /// The erasure entry for `address`, if it was erased. Costs one `is_empty` check while
-    /// nobody was ever erased; otherwise one HMAC and one lookup in memory.
-    fn erased_entry(&self, address: &str) -> Result<Option<Entry>, StoreError> {
+    /// The erasure entry for `person`, if they were erased: one lookup in memory.
+    fn erased_entry(&self, person: &[u8; 32]) -> Option<Entry> {
         let erased = self.erased_mem.read().unwrap_or_else(|p| p.into_inner());
-        if erased.is_empty() {
-            return Ok(None);
-        }
-        let Some(hash) = self.hasher.get() else {
-            return Ok(None);
-        };
-        Ok(erased.get(&hash(address)).map(|at| Entry {
+        erased.get(person).map(|at| Entry {
             address: String::new(),
             tenant: ALL_TENANTS.to_string(),
             stream: String::new(),
@@ -405,7 +460,7 @@ impl SledStore {
             source: "gdpr".to_string(),
             created: *at,
             expires: 0,
-        }))
+        })
     }
 
     /// The write lock of `entries` (see the field).
@@ -424,31 +479,30 @@ impl SledStore {
     #[cfg(test)]
     pub(crate) fn raw_insert_for_tests(&self, k: &[u8], v: &[u8]) {
         self.entries.insert(k, v).expect("insert");
-        if let Ok(e) = SledStore::decode(k, v) {
-            self.index.insert(Row::of(&e));
-        }
     }
 
-    /// An entry from its key and value. Values are the compact binary form ([`encode`]) or,
-    /// for entries written before it, compact JSON (which starts with `{`).
-    fn decode(k: &[u8], v: &[u8]) -> Result<Entry, StoreError> {
+    /// An entry from its tree key and value; its address opened with its slot's key.
+    fn decode(&self, k: &[u8], v: &[u8]) -> Result<Entry, StoreError> {
         let corrupt = |message: &str| StoreError::Corrupt {
-            key: String::from_utf8_lossy(k).replace('\0', " "),
+            key: hex::encode(k),
             message: message.to_string(),
         };
-        if v.first() == Some(&b'{') {
-            return serde_json::from_slice(v).map_err(|e| corrupt(&e.to_string()));
-        }
-        let (address, tenant, stream) =
-            split_key(k).ok_or_else(|| corrupt("key is not address\\0tenant\\0stream"))?;
+        let (person, tenant, stream) =
+            split_key(k).ok_or_else(|| corrupt("key is not hash, tenant\\0stream"))?;
         let m = Meta::read(v).ok_or_else(|| corrupt("value too short"))?;
+        let address = self
+            .slots
+            .open_address(m.slot, person, m.sealed)
+            .ok_or_else(|| {
+                corrupt("its address cannot be opened (its key slot was lost or zeroed)")
+            })?;
         let text = |b: &[u8]| {
             std::str::from_utf8(b)
                 .map(str::to_string)
                 .map_err(|_| corrupt("not UTF-8"))
         };
         Ok(Entry {
-            address: text(address)?,
+            address,
             tenant: text(tenant)?,
             stream: text(stream)?,
             reason: text(m.reason)?,
@@ -458,63 +512,136 @@ impl SledStore {
         })
     }
 
-    fn encode(e: &Entry) -> Vec<u8> {
-        encode(e)
+    /// The slot of the entry stored under `k`, if there is one (replacing an entry reuses its
+    /// slot under a new salt, so the old sealed address can no longer be opened).
+    fn slot_of(&self, k: &[u8]) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .entries
+            .get(k)?
+            .and_then(|v| Meta::read(&v).map(|m| m.slot)))
+    }
+
+    /// Write `rows` (normalised entries with their persons) under the write lock the caller
+    /// holds: slots for them (an existing entry's slot is reused), salts first, then one sled
+    /// batch, then the index. Returns how many were new.
+    fn write_rows(&self, rows: &[([u8; 32], Entry)]) -> Result<usize, StoreError> {
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut slots: Vec<Option<u32>> = Vec::with_capacity(rows.len());
+        for (person, e) in rows {
+            let k = key(person, &e.tenant, &e.stream);
+            // The index says whether it exists: only a replaced entry costs a tree read.
+            let old = if self.index.contains(person, &e.tenant, &e.stream) {
+                self.slot_of(&k)?
+            } else {
+                None
+            };
+            keys.push(k);
+            slots.push(old);
+        }
+        let fresh = self
+            .slots
+            .allocate(slots.iter().filter(|s| s.is_none()).count());
+        let mut fresh = fresh.into_iter();
+        let mut salts = Vec::with_capacity(rows.len());
+        let mut batch = sled::Batch::default();
+        for (((person, e), k), slot) in rows.iter().zip(&keys).zip(&slots) {
+            let slot = match slot {
+                Some(s) => *s,
+                None => fresh.next().unwrap_or(u32::MAX),
+            };
+            let (salt, sealed) = self.slots.seal_address(person, &e.address);
+            salts.push((slot, salt));
+            batch.insert(&k[..], encode(e, slot, &sealed));
+        }
+        self.slots.write(&mut salts)?;
+        self.entries.apply_batch(batch)?;
+        Ok(self
+            .index
+            .insert_many(rows.iter().map(|(p, e)| Row::of(p, e))))
+    }
+
+    /// Copy the soft-bounce records of `person` (migration from the earlier layout).
+    pub(super) fn put_soft_raw(&self, person: &[u8; 32], records: &[u8]) -> Result<(), StoreError> {
+        self.soft.insert(person, records)?;
+        Ok(())
+    }
+
+    /// Copy an erasure entry (migration from the earlier layout).
+    pub(super) fn put_erased_raw(&self, person: &[u8; 32], at: u64) -> Result<(), StoreError> {
+        self.erased.insert(person, at.to_be_bytes().to_vec())?;
+        self.erased_mem
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*person, at);
+        Ok(())
+    }
+
+    /// The keyed hash the store files an address under (migration, tests).
+    pub(super) fn person_of(&self, address: &str) -> [u8; 32] {
+        self.person(address)
+    }
+
+    /// Make the slots durable, then flush sled (sled's flush is the best it offers).
+    fn flush_all(&self) -> Result<(), StoreError> {
+        self.slots.sync()?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 
 /// Entries read from the tree per index insertion at open.
 const LOAD_CHUNK: usize = 65_536;
 
-/// Version byte of the binary value form (JSON values start with `{`).
-const VALUE_V1: u8 = 1;
+/// Version byte of the value form.
+const VALUE_V2: u8 = 2;
 
-/// The value of an entry: `0x01, created (u64 BE), expires (u64 BE), reason length (u16 BE),
-/// reason, source` (address, tenant and stream are in the key). Hand-written rather than a
-/// serde format: a lookup reads `expires` at a fixed offset without decoding anything, and the
-/// whole value is 19 bytes plus the two texts (JSON was ~150 bytes an entry at 10M entries).
-fn encode(e: &Entry) -> Vec<u8> {
+/// The value of an entry: `0x02, created (u64 BE), expires (u64 BE), slot (u32 BE), reason
+/// length (u16 BE), sealed address length (u16 BE), reason, sealed address, source` (tenant
+/// and stream are in the key; the address only sealed). Hand-written rather than a serde
+/// format: the index is loaded from millions of these at open without decoding anything but
+/// the times, the slot and the reason.
+fn encode(e: &Entry, slot: u32, sealed: &[u8]) -> Vec<u8> {
     let reason = &e.reason.as_bytes()[..e.reason.len().min(u16::MAX as usize)];
-    let mut v = Vec::with_capacity(19 + reason.len() + e.source.len());
-    v.push(VALUE_V1);
+    let mut v = Vec::with_capacity(25 + reason.len() + sealed.len() + e.source.len());
+    v.push(VALUE_V2);
     v.extend_from_slice(&e.created.to_be_bytes());
     v.extend_from_slice(&e.expires.to_be_bytes());
+    v.extend_from_slice(&slot.to_be_bytes());
     v.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    v.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
     v.extend_from_slice(reason);
+    v.extend_from_slice(sealed);
     v.extend_from_slice(e.source.as_bytes());
     v
 }
 
-/// The parts of a binary value, borrowed.
+/// The parts of a value, borrowed.
 struct Meta<'a> {
     created: u64,
     expires: u64,
+    slot: u32,
     reason: &'a [u8],
+    sealed: &'a [u8],
     source: &'a [u8],
 }
 
 impl<'a> Meta<'a> {
     fn read(v: &'a [u8]) -> Option<Meta<'a>> {
-        if v.len() < 19 || v[0] != VALUE_V1 {
+        if v.len() < 25 || v[0] != VALUE_V2 {
             return None;
         }
-        let n = u16::from_be_bytes([v[17], v[18]]) as usize;
-        let rest = &v[19..];
+        let r = u16::from_be_bytes([v[21], v[22]]) as usize;
+        let s = u16::from_be_bytes([v[23], v[24]]) as usize;
+        let rest = &v[25..];
         Some(Meta {
             created: u64::from_be_bytes(v[1..9].try_into().ok()?),
             expires: u64::from_be_bytes(v[9..17].try_into().ok()?),
-            reason: rest.get(..n)?,
-            source: rest.get(n..)?,
+            slot: u32::from_be_bytes(v[17..21].try_into().ok()?),
+            reason: rest.get(..r)?,
+            sealed: rest.get(r..r + s)?,
+            source: rest.get(r + s..)?,
         })
     }
-}
-
-/// `address \0 tenant \0 stream` → its three parts.
-fn split_key(k: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let a = memchr::memchr(0, k)?;
-    let rest = &k[a + 1..];
-    let t = memchr::memchr(0, rest)?;
-    Some((&k[..a], &rest[..t], &rest[t + 1..]))
 }
 
 impl SuppressionStore for SledStore {
@@ -522,36 +649,37 @@ impl SuppressionStore for SledStore {
         let Ok(address) = normalize(q.address) else {
             return Ok(None);
         };
-        if let Some(e) = self.erased_entry(&address)? {
+        let person = self.person(&address);
+        if let Some(e) = self.erased_entry(&person) {
             return Ok(Some(e));
         }
-        Ok(self.index.check(&address, q, now))
+        Ok(self.index.check(&person, address, q, now))
     }
 
     fn add(&self, entry: &Entry) -> Result<bool, StoreError> {
         let e = keyed(entry)?;
+        let person = self.person(&e.address);
         // An erased person is already suppressed everywhere, and their address must not be
         // written again (a bounce of mail that was in flight at the erasure, say).
-        if self.erased_entry(&e.address)?.is_some() {
+        if self.erased_entry(&person).is_some() {
             return Ok(false);
         }
         let _w = self.writing();
-        self.entries.insert(e.key(), SledStore::encode(&e))?;
-        Ok(self.index.insert(Row::of(&e)))
+        Ok(self.write_rows(&[(person, e)])? == 1)
     }
 
     fn add_new(&self, entry: &Entry, now: u64) -> Result<bool, StoreError> {
         let e = keyed(entry)?;
-        if self.erased_entry(&e.address)?.is_some() {
+        let person = self.person(&e.address);
+        if self.erased_entry(&person).is_some() {
             return Ok(false);
         }
         // Under the write lock nobody writes between the look and the insert.
         let _w = self.writing();
-        if self.index.live(&e.address, &e.tenant, &e.stream, now) {
+        if self.index.live(&person, &e.tenant, &e.stream, now) {
             return Ok(false);
         }
-        self.entries.insert(e.key(), SledStore::encode(&e))?;
-        self.index.insert(Row::of(&e));
+        self.write_rows(&[(person, e)])?;
         Ok(true)
     }
 
@@ -559,25 +687,22 @@ impl SuppressionStore for SledStore {
         let mut rows = Vec::with_capacity(entries.len());
         for entry in entries {
             let e = keyed(entry)?;
-            if self.erased_entry(&e.address)?.is_some() {
+            let person = self.person(&e.address);
+            if self.erased_entry(&person).is_some() {
                 continue;
             }
-            rows.push((e.key(), e));
+            rows.push((key(&person, &e.tenant, &e.stream), person, e));
         }
         // In key order (the tree is walked once, left to right, instead of at random); of two
         // lines for one key the later wins, as it would one by one.
         rows.reverse();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.dedup_by(|later, kept| later.0 == kept.0);
-        let mut batch = sled::Batch::default();
-        for (k, e) in &rows {
-            batch.insert(&k[..], SledStore::encode(e));
-        }
+        let rows: Vec<([u8; 32], Entry)> = rows.into_iter().map(|(_, p, e)| (p, e)).collect();
         // One batch and one index update under the write lock: how many were new is counted
         // against what every other writer left, not against a look taken before they wrote.
         let _w = self.writing();
-        self.entries.apply_batch(batch)?;
-        Ok(self.index.insert_many(rows.iter().map(|(_, e)| Row::of(e))))
+        self.write_rows(&rows)
     }
 
     fn remove(
@@ -587,25 +712,59 @@ impl SuppressionStore for SledStore {
         stream: &str,
     ) -> Result<Option<Entry>, StoreError> {
         let address = normalize(address)?;
-        let k = key(&address, tenant, stream);
+        let person = self.person(&address);
+        let k = key(&person, tenant, stream);
         let _w = self.writing();
-        let old = self.entries.remove(&k)?;
-        self.index.remove(&address, tenant, stream);
-        match old {
-            Some(v) => Ok(Some(SledStore::decode(&k, &v)?)),
-            None => Ok(None),
+        let Some(old) = self.entries.remove(&k)? else {
+            return Ok(None);
+        };
+        self.index.remove(&person, tenant, stream);
+        let mut e = self.decode(&k, &old).or_else(|_| {
+            // Shown without the parts that cannot be read; it is removed all the same.
+            Ok::<_, StoreError>(Entry {
+                address: String::new(),
+                tenant: tenant.to_string(),
+                stream: stream.to_string(),
+                reason: "unreadable".to_string(),
+                source: String::new(),
+                created: 0,
+                expires: 0,
+            })
+        })?;
+        e.address = address;
+        // Removed bytes may stay in sled's files: their key goes for good.
+        if let Some(m) = Meta::read(&old) {
+            self.slots.shred(&[m.slot])?;
         }
+        Ok(Some(e))
     }
 
     fn get(&self, address: &str) -> Result<Vec<Entry>, StoreError> {
         let address = normalize(address)?;
-        self.entries
-            .scan_prefix(prefix_of(&address))
-            .map(|kv| {
-                let (k, v) = kv?;
-                SledStore::decode(&k, &v)
-            })
-            .collect()
+        let person = self.person(&address);
+        let mut out = Vec::new();
+        for kv in self.entries.scan_prefix(person) {
+            let (k, v) = kv?;
+            let mut e = match self.decode(&k, &v) {
+                Ok(e) => e,
+                Err(err) => {
+                    tracing::error!(error = %err, "suppression entry shown without its stored fields");
+                    let (_, t, s) = split_key(&k).unwrap_or((&person, b"*", b""));
+                    Entry {
+                        address: String::new(),
+                        tenant: String::from_utf8_lossy(t).into_owned(),
+                        stream: String::from_utf8_lossy(s).into_owned(),
+                        reason: "unreadable".to_string(),
+                        source: String::new(),
+                        created: 0,
+                        expires: 0,
+                    }
+                }
+            };
+            e.address = address.clone();
+            out.push(e);
+        }
+        Ok(out)
     }
 
     fn list(
@@ -618,26 +777,42 @@ impl SuppressionStore for SledStore {
         let prefix = filter.prefix.to_lowercase();
         let start = match cursor {
             Some(c) => Bound::Excluded(c.to_vec()),
-            None => Bound::Included(prefix.as_bytes().to_vec()),
+            None => Bound::Unbounded,
         };
         let domain = filter.domain.to_lowercase();
         let mut page = Page::default();
         // A page reads at most this many keys, so a rare filter answers with a cursor instead
-        // of scanning ten million entries in one request.
+        // of scanning ten million entries in one request. (The tree is in keyed-hash order:
+        // an address prefix is a filter, not a range.)
         let mut budget = 100_000usize.max(limit);
         for kv in self.entries.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (k, v) = kv?;
-            if !k.starts_with(prefix.as_bytes()) {
-                return Ok(page);
-            }
             budget -= 1;
-            let e = SledStore::decode(&k, &v)?;
-            let ok = (domain.is_empty()
-                || e.address.rsplit_once('@').is_some_and(|(_, d)| d == domain))
-                && (filter.reason.is_empty() || e.reason == filter.reason)
-                && (filter.tenant.is_empty() || e.tenant == filter.tenant);
-            if ok {
-                page.entries.push(e);
+            // Cheap filters first: the address is opened only for entries that pass them.
+            let cheap_ok = filter.reason.is_empty() && filter.tenant.is_empty() || {
+                match (split_key(&k), Meta::read(&v)) {
+                    (Some((_, t, _)), Some(m)) => {
+                        (filter.reason.is_empty() || m.reason == filter.reason.as_bytes())
+                            && (filter.tenant.is_empty() || t == filter.tenant.as_bytes())
+                    }
+                    _ => true,
+                }
+            };
+            if cheap_ok {
+                match self.decode(&k, &v) {
+                    Ok(e) => {
+                        let ok = e.address.starts_with(&prefix)
+                            && (domain.is_empty()
+                                || e.address.rsplit_once('@').is_some_and(|(_, d)| d == domain));
+                        if ok {
+                            page.entries.push(e);
+                        }
+                    }
+                    // Still enforced by checks (the index holds it); not listable.
+                    Err(err) => {
+                        tracing::error!(error = %err, "suppression entry left out of a listing")
+                    }
+                }
             }
             if page.entries.len() >= limit || budget == 0 {
                 page.next = Some(k.to_vec());
@@ -655,15 +830,16 @@ impl SuppressionStore for SledStore {
         attempt: u64,
     ) -> Result<u32, StoreError> {
         let address = normalize(address)?;
+        let person = self.person(&address);
         // An erased address is not counted (that would write it down again).
-        if self.erased_entry(&address)?.is_some() {
+        if self.erased_entry(&person).is_some() {
             return Ok(0);
         }
         let from = now.saturating_sub(window_secs);
         let mut count = 0u32;
         let word =
             |c: &[u8], at: usize| u64::from_be_bytes(c[at..at + 8].try_into().unwrap_or([0; 8]));
-        self.soft.update_and_fetch(address.as_bytes(), |old| {
+        self.soft.update_and_fetch(person, |old| {
             let mut records: Vec<u8> = old
                 .unwrap_or(&[])
                 .chunks_exact(16)
@@ -686,32 +862,38 @@ impl SuppressionStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.flush_all()
     }
 
-    fn erase(&self, address: &str, hash: &[u8; 32], now: u64) -> Result<usize, StoreError> {
+    /// `_hash` is the send log's hash of the address as given; the store files the
+    /// normalised address under the same master key's hash (the same value for any address
+    /// the API accepts), so it uses its own.
+    fn erase(&self, address: &str, _hash: &[u8; 32], now: u64) -> Result<usize, StoreError> {
         let address = normalize(address)?;
+        let person = self.person(&address);
         let _w = self.writing();
-        self.erased.insert(hash, now.to_be_bytes().to_vec())?;
-        self.erased_mem
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*hash, now);
+        self.put_erased_raw(&person, now)?;
+        let mut shred = Vec::new();
         let mut n = 0;
-        for kv in self.entries.scan_prefix(prefix_of(&address)) {
-            let (k, _) = kv?;
+        for kv in self.entries.scan_prefix(person) {
+            let (k, v) = kv?;
             self.entries.remove(&k)?;
+            if let Some(m) = Meta::read(&v) {
+                shred.push(m.slot);
+            }
             if let Some((_, tenant, stream)) = split_key(&k) {
                 self.index.remove(
-                    &address,
+                    &person,
                     &String::from_utf8_lossy(tenant),
                     &String::from_utf8_lossy(stream),
                 );
             }
             n += 1;
         }
-        self.soft.remove(address.as_bytes())?;
+        self.soft.remove(person)?;
+        // The keys of every sealed copy of the address go first (pwrite + fdatasync): sled
+        // may keep the removed values in its files, but nobody can open them any more.
+        self.slots.shred(&shred)?;
         self.db.flush()?;
         Ok(n)
     }
