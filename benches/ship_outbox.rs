@@ -1,5 +1,5 @@
 //! Throughput of event shipping's outbox (issue 19: ≥ 50k events/s to a fast receiver):
-//! appending typical `delivered` events (one fdatasync per 4,096), then draining the whole
+//! appending typical `delivered` events (sealed, one fdatasync per 4,096), then draining the whole
 //! backlog, as after an outage, to (a) a webhook receiver on loopback that answers 200 at once
 //! (axum; batches of 1,000, signed) and (b) a JSONL file (fdatasync per batch). Catch-up rate =
 //! the drain rate. `cargo bench --bench ship_outbox` ships 200,000 events
@@ -57,7 +57,8 @@ fn measure() -> Duration {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().unwrap();
-    let (outbox, mut appender) = Outbox::open(&dir.path().join("outbox"), 64 << 20).unwrap();
+    let key = gannet::sendlog::MasterKey::from_bytes([7; 32]);
+    let (outbox, mut appender) = Outbox::open(&dir.path().join("outbox"), 64 << 20, &key).unwrap();
 
     // Append: serialise + write + one fdatasync per 4,096 events (what the appender does).
     let t = Instant::now();

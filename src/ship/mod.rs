@@ -14,14 +14,16 @@
 //! fdatasynced, so every final state the queue records has its event in the outbox (the
 //! queue waits for `EventBus::wait_durable`). A destination's cursor moves after it took a
 //! batch; a crash in between sends that batch again: receivers deduplicate on the event `id`.
-//! Events in the outbox are stored in clear (as destinations get them) until every
-//! destination has passed them; GDPR erasure does not reach them.
+//! Events in the outbox are sealed at rest (`seal`, under the master key) until every
+//! destination has passed them; destinations get the clear event. GDPR erasure shreds the
+//! person's pending lines in place (`Outbox::shred`).
 
 pub mod amqp;
 pub mod jsonl;
 pub mod metrics;
 pub mod outbox;
 pub mod runner;
+pub mod seal;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub enum ShipError {
     Destination { key: String, message: String },
     #[error("shipping start-up task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Key(#[from] crate::sendlog::KeyError),
 }
 
 /// The running shipping stage: stop it with the token given to [`start`], then await it.
@@ -164,11 +168,19 @@ pub async fn start(
     }
     let dir = outbox_dir(config);
     let segment_bytes = config.outbox.segment_bytes;
+    let key_file = config.resolve_path(&config.storage.key_file);
     let planned = plan(config);
     let names: Vec<String> = planned.iter().map(|p| p.name.clone()).collect();
     // Blocking start-up: open files, load cursors, open destinations' files.
     let opened = tokio::task::spawn_blocking(move || {
-        let (outbox, appender) = Outbox::open(&dir, segment_bytes)?;
+        // Lines are sealed under the master key (created 0600 only when no data it protects
+        // exists yet).
+        let key = crate::sendlog::MasterKey::load_or_create(
+            &key_file,
+            &Outbox::key_check_path(&dir),
+        )
+        ?;
+        let (outbox, appender) = Outbox::open(&dir, segment_bytes, &key)?;
         let mut ready = Vec::new();
         for p in planned {
             let at = runner::initial_cursor(&outbox, &p.name).map_err(|e| {

@@ -13,6 +13,12 @@
 //! (`"{byte} {event}\n"`: where that destination goes on). A line is durable, and visible to
 //! readers, only after the fdatasync that covers it; a torn last line (a crash mid-write) was
 //! never acknowledged to the bus and is cut off at the next start.
+//!
+//! Lines are sealed at rest (`seal`: one outbox key from the master key, `key-check` holds its
+//! fingerprint and another key is refused at open); readers get the clear JSON. GDPR erasure
+//! reaches the outbox through [`Outbox::shred`], which overwrites the person's pending lines
+//! in place with `#` (same length, so every position and count stays true) and fdatasyncs;
+//! readers step over shredded lines.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -20,6 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+
+use super::seal::{LineKey, Opened, SHREDDED};
+use crate::sendlog::MasterKey;
 
 /// A place in the outbox: bytes and lines since it was created. Both only grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -35,6 +44,8 @@ pub enum OutboxError {
         "outbox {path}: {source} (check the directory exists and is writable, `[outbox] path`)"
     )]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Key(#[from] crate::sendlog::keys::KeyCheckError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
@@ -66,6 +77,9 @@ struct Shared {
     /// The time of the newest event on disk when the outbox was opened (see
     /// [`Outbox::newest_at_open_us`]).
     newest_at_open_us: Option<u64>,
+    key: LineKey,
+    /// Held while an erasure rewrites lines, so two erasures do not interleave.
+    shredding: Mutex<()>,
 }
 
 /// Owned by the one task that appends (one writer per outbox).
@@ -75,6 +89,8 @@ pub struct Appender {
     size: u64,
     end: Pos,
     segment_bytes: u64,
+    /// The batch being written, sealed (reused between batches).
+    sealed: Vec<u8>,
 }
 
 fn segment_name(p: Pos) -> String {
@@ -90,15 +106,19 @@ fn parse_segment_name(name: &str) -> Option<Pos> {
     })
 }
 
-/// `time_us` of the last line of `whole` (complete lines), if it has one that parses.
-fn last_line_time_us(whole: &[u8]) -> Option<u64> {
+/// `time_us` of the last line of `whole` (complete lines), if it has one that opens and
+/// parses.
+fn last_line_time_us(whole: &[u8], key: &LineKey) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Time {
         time_us: u64,
     }
     let body = whole.strip_suffix(b"\n")?;
     let start = memchr::memrchr(b'\n', body).map_or(0, |i| i + 1);
-    serde_json::from_slice::<Time>(&body[start..])
+    let Opened::Event(json) = key.open(&body[start..]) else {
+        return None;
+    };
+    serde_json::from_slice::<Time>(&json)
         .ok()
         .map(|t| t.time_us)
 }
@@ -108,9 +128,24 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl Outbox {
-    /// Open (or create) the outbox in `dir`, cutting a torn last line. Blocking.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Outbox, Appender), OutboxError> {
+    /// Where the master key's fingerprint is kept (what `[storage] key_file` protects).
+    pub fn key_check_path(dir: &Path) -> PathBuf {
+        dir.join("key-check")
+    }
+
+    /// Open (or create) the outbox in `dir`, sealing under `key` (refused when the outbox
+    /// was written with another one), cutting a torn last line. Blocking.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        key: &MasterKey,
+    ) -> Result<(Outbox, Appender), OutboxError> {
         fs::create_dir_all(dir.join("cursors")).map_err(io_err(dir))?;
+        crate::sendlog::keys::check_key_file(
+            &Outbox::key_check_path(dir),
+            key,
+            b"gannet/v1/outbox-key-check",
+        )?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
@@ -147,7 +182,8 @@ impl Outbox {
             file.sync_data().map_err(io_err(&last.path))?;
         }
         let lines = memchr::memchr_iter(b'\n', &data[..whole]).count() as u64;
-        let newest_at_open_us = match last_line_time_us(&data[..whole]) {
+        let line_key = LineKey::new(key);
+        let newest_at_open_us = match last_line_time_us(&data[..whole], &line_key) {
             Some(t) => Some(t),
             // An empty segment after others was created when the one before it filled up,
             // right after that one's last line.
@@ -169,6 +205,8 @@ impl Outbox {
                 segments: Mutex::new(segments),
                 end: tx,
                 newest_at_open_us,
+                key: line_key,
+                shredding: Mutex::new(()),
             }),
         };
         let appender = Appender {
@@ -177,6 +215,7 @@ impl Outbox {
             size: whole as u64,
             end,
             segment_bytes,
+            sealed: Vec::new(),
         };
         Ok((outbox, appender))
     }
@@ -292,6 +331,57 @@ impl Outbox {
             .unwrap_or_default()
     }
 
+    /// GDPR erasure: overwrite in place, with `#` and an fdatasync, every line held (up to
+    /// the durable end) whose event mentions `needle` (lower-case; compared with the event's
+    /// lower-cased JSON, so an address in any field or reply text counts). The person's events
+    /// that no destination has taken yet are never shipped; positions do not move. Returns
+    /// how many lines were shredded. Blocking.
+    pub fn shred(&self, needle: &[u8]) -> io::Result<usize> {
+        let _one = self
+            .shared
+            .shredding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let end = self.end();
+        let segments: Vec<Segment> = self.segments().clone();
+        let mut total = 0;
+        for (i, seg) in segments.iter().enumerate() {
+            let limit = segments
+                .get(i + 1)
+                .map_or(end.byte, |next| next.start.byte)
+                .saturating_sub(seg.start.byte);
+            let file = match OpenOptions::new().read(true).write(true).open(&seg.path) {
+                Ok(f) => f,
+                // Deleted meanwhile: every destination had passed it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut data = Vec::new();
+            (&file).take(limit).read_to_end(&mut data)?;
+            let mut n = 0;
+            let mut at = 0usize;
+            for nl in memchr::memchr_iter(b'\n', &data) {
+                let line = &data[at..nl];
+                if let Opened::Event(json) = self.shared.key.open(line)
+                    && json
+                        .to_ascii_lowercase()
+                        .windows(needle.len())
+                        .any(|w| w == needle)
+                {
+                    use std::os::unix::fs::FileExt;
+                    file.write_all_at(&vec![SHREDDED; line.len()], at as u64)?;
+                    n += 1;
+                }
+                at = nl + 1;
+            }
+            if n > 0 {
+                file.sync_data()?;
+                total += n;
+            }
+        }
+        Ok(total)
+    }
+
     /// A reader positioned at `at`.
     pub fn reader(&self, at: Pos) -> Reader {
         Reader {
@@ -304,12 +394,29 @@ impl Outbox {
 }
 
 impl Appender {
-    /// Append whole lines (`lines` ends in `\n`, holds `count` of them) and fdatasync them;
-    /// then readers may see them. Blocking.
+    /// Append whole lines of event JSON (`lines` ends in `\n`, holds `count` of them), each
+    /// sealed, and fdatasync them; then readers may see them. Blocking.
     pub fn append(&mut self, lines: &[u8], count: u64) -> Result<Pos, OutboxError> {
         if lines.is_empty() {
             return Ok(self.end);
         }
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.clear();
+        let mut at = 0;
+        for nl in memchr::memchr_iter(b'\n', lines) {
+            self.outbox
+                .shared
+                .key
+                .seal_into(&lines[at..nl], &mut sealed);
+            sealed.push(b'\n');
+            at = nl + 1;
+        }
+        let r = self.append_sealed(&sealed, count);
+        self.sealed = sealed;
+        r
+    }
+
+    fn append_sealed(&mut self, lines: &[u8], count: u64) -> Result<Pos, OutboxError> {
         if self.size > 0 && self.size + lines.len() as u64 > self.segment_bytes {
             self.roll()?;
         }
@@ -431,10 +538,18 @@ impl Reader {
                 event: self.pos.event + 1,
             };
             self.buf.pop();
-            out.push(Line {
-                json: std::mem::take(&mut self.buf),
-                next: self.pos,
-            });
+            match self.outbox.shared.key.open(&self.buf) {
+                Opened::Event(json) => out.push(Line {
+                    json,
+                    next: self.pos,
+                }),
+                // Erased: nothing to ship; the position moves on.
+                Opened::Shredded => {}
+                Opened::Damaged => {
+                    tracing::error!(target: "gannet::ship", event = self.pos.event - 1,
+                        "outbox line cannot be opened (damaged); skipped");
+                }
+            }
         }
         Ok(out)
     }

@@ -10,6 +10,10 @@ use super::outbox::{Outbox, Pos};
 use super::runner::{self, Destination, RunnerOptions, SendError, ShipEvent};
 use crate::config::ship::ShipFilter;
 
+fn key() -> crate::sendlog::MasterKey {
+    crate::sendlog::MasterKey::from_bytes([4; 32])
+}
+
 fn line(i: u64, kind: &str) -> Vec<u8> {
     format!(
         "{{\"id\":\"e{i}\",\"time_us\":{i},\"type\":\"{kind}\",\"tenant\":\"t{}\"}}\n",
@@ -35,7 +39,7 @@ fn read_ids(o: &Outbox, from: Pos) -> Vec<String> {
 #[test]
 fn lines_survive_segment_rolls_and_reopen_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let (o, mut a) = Outbox::open(tmp.path(), 4096).unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
     for b in 0..40u64 {
         let mut buf = Vec::new();
         for i in 0..10 {
@@ -50,7 +54,7 @@ fn lines_survive_segment_rolls_and_reopen_in_order() {
     assert_eq!(ids[399], "e399");
     let end = o.end();
     drop((o, a));
-    let (o, _a) = Outbox::open(tmp.path(), 4096).unwrap();
+    let (o, _a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
     assert_eq!(o.end(), end);
     assert_eq!(read_ids(&o, Pos::default()).len(), 400);
 }
@@ -58,7 +62,7 @@ fn lines_survive_segment_rolls_and_reopen_in_order() {
 #[test]
 fn a_torn_last_line_is_cut_at_reopen() {
     let tmp = tempfile::tempdir().unwrap();
-    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
     assert_eq!(o.newest_at_open_us(), None, "a new outbox holds no event");
     a.append(&[line(1, "received"), line(2, "delivered")].concat(), 2)
         .unwrap();
@@ -71,7 +75,7 @@ fn a_torn_last_line_is_cut_at_reopen() {
         .unwrap();
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
     std::io::Write::write_all(&mut f, b"{\"id\":\"e3\",\"ti").unwrap();
-    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
     assert_eq!(o.end(), end);
     assert_eq!(o.newest_at_open_us(), Some(2), "the last whole line's time");
     a.append(&line(3, "bounced"), 1).unwrap();
@@ -81,7 +85,7 @@ fn a_torn_last_line_is_cut_at_reopen() {
 #[test]
 fn compaction_drops_only_segments_every_cursor_passed() {
     let tmp = tempfile::tempdir().unwrap();
-    let (o, mut a) = Outbox::open(tmp.path(), 4096).unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
     for i in 0..300 {
         a.append(&line(i, "delivered"), 1).unwrap();
     }
@@ -137,7 +141,7 @@ impl Destination for Fake {
 #[tokio::test(start_paused = true)]
 async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
     let tmp = tempfile::tempdir().unwrap();
-    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20).unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let st = runner::state("fake", o.end());
     let stop = CancellationToken::new();
