@@ -9,6 +9,12 @@
 //! back on a blocking thread. Keys are scoped to the API token and stored hashed. One `Mutex`
 //! guards the index and the set of keys in progress: short sections, no `.await` inside; file
 //! writes and reads happen on blocking threads. A cluster would put this behind Redis.
+//! Answers list recipients, so each is sealed at rest (`r` = `!` + base64 of AES-256-GCM under
+//! a key from the master key, `ship::seal::LineKey`; the spool's `key-check` beside the file
+//! guards against another master key); lines of earlier versions (`r` in clear) still read.
+//! GDPR erasure calls [`IdempotencyStore::shred`]: every answer naming the person is
+//! overwritten in place with `#` (fdatasync) and its key forgotten (a retry of that request is
+//! processed again, and refused for the person, who is suppressed by then).
 //! Never decides what a request does; it only remembers answers.
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +26,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::sendlog::MasterKey;
+use crate::ship::seal::{LineKey, Opened};
 
 /// How long an answered key is remembered.
 pub const KEEP_MS: u64 = 24 * 3600 * 1000;
@@ -54,7 +63,7 @@ struct Line {
     t: u64,
     /// SHA-256 of the request body, hex.
     h: String,
-    /// The answer body (JSON text).
+    /// The answer body (JSON text), sealed (`!BASE64`; clear JSON in earlier versions).
     r: String,
 }
 
@@ -106,6 +115,7 @@ pub struct IdempotencyStore {
     path: Arc<PathBuf>,
     /// Serialises appends to the file (held on a blocking thread only).
     file: Arc<Mutex<File>>,
+    key: Arc<LineKey>,
 }
 
 /// A key in progress; dropping it without `finish` frees the key for a retry.
@@ -147,8 +157,9 @@ impl IdempotencyStore {
             .join("idempotency.jsonl")
     }
 
-    /// Load `path` (absent is empty), drop expired keys and rewrite it compacted. Blocking.
-    pub fn open(path: &Path) -> Result<IdempotencyStore, IdempotencyError> {
+    /// Load `path` (absent is empty), drop expired keys and rewrite it compacted; answers are
+    /// sealed under `key`. Blocking.
+    pub fn open(path: &Path, key: &MasterKey) -> Result<IdempotencyStore, IdempotencyError> {
         let io = |source| IdempotencyError::Io {
             path: path.to_path_buf(),
             source,
@@ -216,7 +227,67 @@ impl IdempotencyStore {
             })),
             path: Arc::new(path.to_path_buf()),
             file: Arc::new(Mutex::new(File { file, end })),
+            key: Arc::new(LineKey::with_label(key, b"gannet/v1/idempotency-answer")),
         })
+    }
+
+    /// The clear answer of a stored `r`.
+    fn open_answer(key: &LineKey, r: &str) -> Option<String> {
+        match key.open(r.as_bytes()) {
+            Opened::Event(b) => String::from_utf8(b).ok(),
+            Opened::Shredded | Opened::Damaged => None,
+        }
+    }
+
+    /// GDPR erasure: overwrite in place (`#`, then fdatasync) every stored answer that
+    /// mentions `needle` (lower-case), and forget those keys. Returns how many. Blocking.
+    pub fn shred(&self, needle: &[u8]) -> Result<usize, IdempotencyError> {
+        let io = |source| IdempotencyError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        };
+        let entries: Vec<(String, u64, usize)> = match self.state.lock() {
+            Ok(s) => s
+                .answered
+                .iter()
+                .map(|(k, e)| (k.clone(), e.offset, e.len))
+                .collect(),
+            Err(_) => return Err(io(std::io::Error::other("idempotency state lock poisoned"))),
+        };
+        let f = self
+            .file
+            .lock()
+            .map_err(|_| io(std::io::Error::other("idempotency file lock poisoned")))?;
+        let mut gone = Vec::new();
+        for (k, offset, len) in entries {
+            let mut buf = vec![0u8; len];
+            if f.file.read_exact_at(&mut buf, offset).is_err() {
+                continue;
+            }
+            let Ok(line) = serde_json::from_slice::<Line>(&buf) else {
+                continue;
+            };
+            let names = IdempotencyStore::open_answer(&self.key, &line.r).is_some_and(|a| {
+                a.to_ascii_lowercase()
+                    .as_bytes()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            });
+            if names {
+                f.file.write_all_at(&vec![b'#'; len], offset).map_err(io)?;
+                gone.push(k);
+            }
+        }
+        if !gone.is_empty() {
+            f.file.sync_data().map_err(io)?;
+        }
+        drop(f);
+        if let Ok(mut s) = self.state.lock() {
+            for k in &gone {
+                s.answered.remove(k);
+            }
+        }
+        Ok(gone.len())
     }
 
     /// Look up `key` (scoped to `token`) for a request with `body`.
@@ -267,22 +338,27 @@ impl IdempotencyStore {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_slice::<Line>(&read)
-            .map(|l| l.r)
-            .map_err(|e| IdempotencyError::Damaged {
-                path: path.to_path_buf(),
-                offset: at.offset,
-                message: e.to_string(),
-            })
+        let damaged = |message: String| IdempotencyError::Damaged {
+            path: path.to_path_buf(),
+            offset: at.offset,
+            message,
+        };
+        let line = serde_json::from_slice::<Line>(&read).map_err(|e| damaged(e.to_string()))?;
+        IdempotencyStore::open_answer(&self.key, &line.r).ok_or_else(|| {
+            damaged("the sealed answer does not open (erased, or another master key)".into())
+        })
     }
 
     /// Remember the answer durably (fdatasync) before it is sent.
     pub async fn finish(&self, guard: InFlight, response: String) -> Result<(), IdempotencyError> {
+        let mut sealed = Vec::with_capacity(response.len() * 4 / 3 + 64);
+        self.key.seal_into(response.as_bytes(), &mut sealed);
         let line = Line {
             k: guard.key.clone(),
             t: now_ms(),
             h: guard.body_hash.clone(),
-            r: response,
+            // Base64 after `!`: ASCII.
+            r: String::from_utf8(sealed).unwrap_or_default(),
         };
         let (t, h) = (line.t, line.h.clone());
         let file = self.file.clone();
@@ -339,6 +415,39 @@ impl IdempotencyStore {
 mod tests {
     use super::*;
 
+    fn key() -> MasterKey {
+        MasterKey::from_bytes([6; 32])
+    }
+
+    /// Answers are sealed on disk; erasure overwrites every answer naming the person and
+    /// forgets its key, and leaves the others readable.
+    #[tokio::test]
+    async fn answers_are_sealed_and_erasure_shreds_the_persons() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("idempotency.jsonl");
+        let s = IdempotencyStore::open(&p, &key()).unwrap();
+        for (k, answer) in [
+            ("a", r#"{"results":[{"email":"Erin@X.test"}]}"#),
+            ("b", r#"{"results":[{"email":"bob@x.test"}]}"#),
+        ] {
+            let Begin::Started(g) = s.begin("tok", k, k.as_bytes()) else {
+                panic!("{k} is new")
+            };
+            s.finish(g, answer.into()).await.unwrap();
+        }
+        let disk = std::fs::read(&p).unwrap().to_ascii_lowercase();
+        assert!(!disk.windows(4).any(|w| w == b"erin"), "sealed at rest");
+        assert_eq!(s.shred(b"erin@x.test").unwrap(), 1);
+        let disk = std::fs::read(&p).unwrap();
+        assert_eq!(disk.iter().filter(|b| **b == b'#').count() > 20, true);
+        assert!(matches!(s.begin("tok", "a", b"a"), Begin::Started(_)));
+        assert!(answered(&s, "tok", "b", b"b").await.contains("bob@x.test"));
+        drop(s);
+        let s = IdempotencyStore::open(&p, &key()).unwrap();
+        assert!(matches!(s.begin("tok", "a", b"a"), Begin::Started(_)));
+        assert!(answered(&s, "tok", "b", b"b").await.contains("bob@x.test"));
+    }
+
     async fn answered(s: &IdempotencyStore, token: &str, key: &str, body: &[u8]) -> String {
         match s.begin(token, key, body) {
             Begin::Answered(at) => s.answer(at).await.unwrap(),
@@ -350,7 +459,7 @@ mod tests {
     async fn answers_survive_reopen_and_mismatches_are_caught() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("idempotency.jsonl");
-        let s = IdempotencyStore::open(&p).unwrap();
+        let s = IdempotencyStore::open(&p, &key()).unwrap();
         let Begin::Started(g) = s.begin("tok", "k1", b"body") else {
             panic!("first use must start")
         };
@@ -371,7 +480,7 @@ mod tests {
             .unwrap()
             .write_all(b"{\"k\":\"tor")
             .unwrap();
-        let s = IdempotencyStore::open(&p).unwrap();
+        let s = IdempotencyStore::open(&p, &key()).unwrap();
         assert_eq!(answered(&s, "tok", "k1", b"body").await, "{\"a\":1}");
         // Appends after a reopen land after the compacted lines and read back.
         let Begin::Started(g) = s.begin("tok", "k3", b"three") else {
@@ -391,7 +500,7 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         writeln!(f, "{}", serde_json::to_string(&old).unwrap()).unwrap();
         drop(f);
-        let s = IdempotencyStore::open(&p).unwrap();
+        let s = IdempotencyStore::open(&p, &key()).unwrap();
         assert!(matches!(s.begin("tok", "old", b"b"), Begin::Started(_)));
     }
 }
