@@ -546,8 +546,9 @@ impl Spool {
     /// Erasure (GDPR Art. 17): destroy the key of every record addressed only to `address`
     /// (case-insensitive), and of every finished record that names it among others, by
     /// zeroing its salt in the segment file (`pwrite` + `fdatasync`). Those records can then
-    /// be opened by no one; a later scan steps over them as done. Records of mail still owed
-    /// to other recipients keep their key (they must still be delivered), sealed as before.
+    /// be opened by no one; a later scan steps over them as done. Finished notices Gannet
+    /// generated (null sender: DSNs to the original sender) whose body names the address are
+    /// shredded too. Records of mail still owed to other recipients keep their key (they must still be delivered), sealed as before.
     /// Call after the person's queued mail was purged. Blocking; returns how many records were
     /// shredded. Records written in clear (`[spool] encrypt = false`) cannot be shredded and are
     /// counted in the warning.
@@ -586,7 +587,10 @@ impl Spool {
                 let record::Found::Record { offset, record, .. } = found else {
                     continue;
                 };
-                if !record.rcpts.iter().any(mine) {
+                // A notice Gannet generated (null sender: a DSN to the original sender)
+                // quotes the failed recipient in its body.
+                let notice = record.mail_from.is_empty();
+                if !record.rcpts.iter().any(mine) && !notice {
                     continue;
                 }
                 let msg = MsgKey {
@@ -595,7 +599,21 @@ impl Spool {
                 };
                 let done = matches!(self.inner.segments.index.get(msg.to_bytes()),
                     Ok(Some(v)) if v.first() == Some(&1));
-                if !(done || record.rcpts.iter().all(mine)) {
+                let names_them = || {
+                    record
+                        .body
+                        .to_ascii_lowercase()
+                        .windows(want.len())
+                        .any(|w| w == want.as_bytes())
+                };
+                let shred = if record.rcpts.iter().any(mine) {
+                    done || record.rcpts.iter().all(mine)
+                } else {
+                    // A finished DSN that names them (one still owed to its sender is
+                    // delivered first; it is sealed meanwhile).
+                    done && names_them()
+                };
+                if !shred {
                     continue;
                 }
                 match record::shred_patch(&data[offset..]) {
