@@ -395,12 +395,14 @@ fn run(cli: Cli) -> Result<()> {
                     Some(serde_json::json!({ "address": address })),
                 )?;
                 println!(
-                    "erased: subject {}, {} send-log rows can no longer be read, {} queued recipients dropped, {} spool records shredded, {} suppression entries replaced by the keyed-hash entry",
+                    "erased: subject {}, {} send-log rows can no longer be read, {} queued recipients dropped, {} spool records shredded, {} suppression entries replaced by the keyed-hash entry, {} outbox events shredded, {} idempotent answers shredded",
                     v["erased"]["subject"].as_str().unwrap_or("?"),
                     v["erased"]["send_log_rows"],
                     v["erased"]["queued_recipients_dropped"],
                     v["erased"]["spool_records_shredded"],
-                    v["erased"]["suppression_entries_removed"]
+                    v["erased"]["suppression_entries_removed"],
+                    v["erased"]["outbox_events_shredded"],
+                    v["erased"]["idempotent_answers_shredded"]
                 );
                 Ok(())
             }

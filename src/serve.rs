@@ -209,13 +209,20 @@ pub async fn run_with(
     // is registered before any stage publishes.
     let suppressions: Option<crate::suppression::SharedStore> = if config.suppression.enabled {
         let path = crate::suppression::SledStore::path_for(&config);
-        let store = tokio::task::spawn_blocking(move || crate::suppression::SledStore::open(&path))
-            .await
-            .map_err(|e| ServeError::Resolver(e.to_string()))??;
-        // Erasure entries are keyed by the send log's address hash.
-        if let Some(log) = &sendlog {
-            store.set_address_hasher(log.address_hasher());
-        }
+        let key_file = config.resolve_path(&config.storage.key_file);
+        // The list is keyed by the keyed hash of the address and keeps addresses sealed,
+        // under the master key (the send log's and spool's): created (0600) only when no
+        // store written with it exists.
+        let store = tokio::task::spawn_blocking(move || {
+            let key = crate::sendlog::MasterKey::load_or_create(
+                &key_file,
+                &crate::suppression::SledStore::key_check_path(&path),
+            )
+            .map_err(crate::sendlog::SendLogError::Key)?;
+            Ok::<_, ServeError>(crate::suppression::SledStore::open(&path, key)?)
+        })
+        .await
+        .map_err(|e| ServeError::Resolver(e.to_string()))??;
         Some(Arc::new(store))
     } else {
         tracing::warn!(
@@ -313,9 +320,23 @@ pub async fn run_with(
     // Answered Idempotency-Keys of HTTP injection (a small file, compacted at start).
     let idempotency = {
         let path = crate::http::idempotency::IdempotencyStore::path_for(&config);
-        tokio::task::spawn_blocking(move || crate::http::idempotency::IdempotencyStore::open(&path))
-            .await
-            .map_err(|e| ServeError::SpoolTask(e.to_string()))??
+        // Answers are sealed under the master key (the spool's `key-check`, in the same
+        // directory, has checked it).
+        let key_file = config.resolve_path(&config.storage.key_file);
+        let base = config
+            .base_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        let check = Spool::key_check_path(&config.spool, &base);
+        tokio::task::spawn_blocking(move || {
+            let key = crate::sendlog::MasterKey::load_or_create(&key_file, &check)
+                .map_err(crate::sendlog::SendLogError::Key)?;
+            Ok::<_, ServeError>(crate::http::idempotency::IdempotencyStore::open(
+                &path, &key,
+            )?)
+        })
+        .await
+        .map_err(|e| ServeError::SpoolTask(e.to_string()))??
     };
 
     let n = recovered.len();
@@ -459,6 +480,7 @@ pub async fn run_with(
         bounce_rules: bounce_rules.clone(),
         idempotency: Some(idempotency),
         rates: Arc::new(crate::http::rate::TokenRates::from_config(&config)),
+        outbox: shipping.as_ref().map(|s| s.outbox.clone()),
     });
     let http_task = tokio::spawn(crate::http::run(
         http_listener,

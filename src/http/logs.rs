@@ -492,8 +492,31 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
         .await
         .map_err(|e| spool_erasure_error(format!("spool erasure task failed: {e}")))?
         .map_err(|e| spool_erasure_error(e.to_string()))?;
+    // The outbox of event shipping: once it holds every event published so far (the
+    // purges above included), the person's lines no destination has taken yet are
+    // overwritten in place.
+    let mut outbox_events_shredded = 0;
+    if let Some(outbox) = s.outbox.clone() {
+        s.bus.wait_durable(s.bus.last_seq()).await;
+        let needle = req.address.trim().to_ascii_lowercase().into_bytes();
+        outbox_events_shredded = tokio::task::spawn_blocking(move || outbox.shred(&needle))
+            .await
+            .map_err(|e| spool_erasure_error(format!("outbox erasure task failed: {e}")))?
+            .map_err(|e| spool_erasure_error(format!("outbox erasure: {e}")))?;
+    }
+    // Answers to keyed injections that list them.
+    let mut idempotent_answers_shredded = 0;
+    if let Some(store) = s.idempotency.clone() {
+        let needle = req.address.trim().to_ascii_lowercase().into_bytes();
+        idempotent_answers_shredded = tokio::task::spawn_blocking(move || store.shred(&needle))
+            .await
+            .map_err(|e| spool_erasure_error(format!("idempotency erasure task failed: {e}")))?
+            .map_err(|e| spool_erasure_error(format!("idempotency erasure: {e}")))?;
+    }
     let rows = log.erase(&req.address, actor).await.map_err(store_error)?;
     Ok(json!({"erased": {
+        "idempotent_answers_shredded": idempotent_answers_shredded,
+        "outbox_events_shredded": outbox_events_shredded,
         "subject": hex::encode(hash),
         "send_log_rows": rows,
         "queued_recipients_dropped": queued,

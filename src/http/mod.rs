@@ -63,6 +63,9 @@ pub struct ApiState {
     pub idempotency: Option<idempotency::IdempotencyStore>,
     /// Per-token request rates (`[[api_token]] rate`); applied before every handler.
     pub rates: rate::SharedRates,
+    /// Event shipping's outbox (erasure shreds the person's pending lines); None when no
+    /// destination is configured.
+    pub outbox: Option<crate::ship::outbox::Outbox>,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.

@@ -68,21 +68,7 @@ fn hits(dir: &Path, needles: &[Vec<u8>]) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// `found` without the suppression list's sled files. KNOWN GAP (README "Send log"): the list
-/// keeps addresses in clear by design and sled keeps a removed entry's bytes in its log until
-/// it rewrites that segment, so after an erasure the old entry's bytes may still be in
-/// `suppression/db`. Printed, not asserted, until the list stores keyed hashes only.
-fn outside_suppression_list(found: Vec<(PathBuf, String)>) -> Vec<(PathBuf, String)> {
-    let (sled, rest): (Vec<_>, Vec<_>) = found
-        .into_iter()
-        .partition(|(p, _)| p.components().any(|c| c.as_os_str() == "suppression"));
-    if !sled.is_empty() {
-        eprintln!("known gap: the suppression list's sled files still hold {sled:?}");
-    }
-    rest
-}
-
-/// One HTTP injection of a message to `to` (campaign `spoolcrypt`).
+/// One HTTP injection of a message to `to` (campaign `spoolcrypt`), with an idempotency key.
 async fn inject(g: &Gannet, to: &str, text: &str) -> Value {
     let body = json!({
         "from": {"email": "news@dest.test"},
@@ -93,7 +79,8 @@ async fn inject(g: &Gannet, to: &str, text: &str) -> Value {
     })
     .to_string();
     let (status, answer) =
-        http_with_headers(g.http_addr(), "POST", "/api/v1/messages", Some(&body), &[])
+        // With an Idempotency-Key: its answer (which lists the recipient) is kept 24 h.
+        http_with_headers(g.http_addr(), "POST", "/api/v1/messages", Some(&body), &[("Idempotency-Key", &format!("k-{to}"))])
             .await
             .unwrap_or_else(|e| panic!("POST /api/v1/messages: {e}\n{}", g.log()));
     let v: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
@@ -123,18 +110,26 @@ async fn wait_type(g: &Gannet, rcpt: &str, kind: &str, n: usize) {
 
 /// Issue 18, "after an erasure": mail to Erin was delivered (SMTP), is queued behind a 4xx
 /// (SMTP, shared with another recipient, and HTTP), bounced (a DSN, and a suppression entry
-/// from the hard bounce). After `gannet gdpr erase`, every file under the data directory is
-/// searched for her address in clear, base64 and quoted-printable: none holds it (the spool's
-/// segments are sealed and the records only she needed are shredded; the owed-DSN replies are
-/// sealed; the send log is shredded), except the suppression list's sled files (a known gap,
-/// see [`outside_suppression_list`]). The other recipient is still delivered after a kill -9
-/// and restart, which recovers the queue from the sealed spool.
+/// from the hard bounce, plus a manual one over the API); a webhook whose receiver is down
+/// keeps every event about her in the outbox. After `gannet gdpr erase`, every file under the
+/// data directory is searched for her address in clear, base64 and quoted-printable: none
+/// holds it (the spool's segments are sealed and the records only she needed are shredded;
+/// the owed-DSN replies are sealed; the send log is shredded; the suppression list keys on
+/// keyed hashes and its sealed copies' keys are zeroed; the outbox's sealed lines about her
+/// are overwritten). The other recipient is still delivered after a kill -9 and restart,
+/// which recovers the queue from the sealed spool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_erasure_no_file_of_the_data_directory_holds_the_address() {
+    // A webhook to a port nobody listens on: its events stay in the outbox.
+    let down = free_port();
+    let hook = format!(
+        "[[webhook]]\nname = \"down\"\nurl = \"http://127.0.0.1:{down}/hook\"\n\
+         secret = \"whsec_0123456789abcdef\"\nmax_backoff = \"1s\"\ntimeout = \"2s\"\n"
+    );
     let mut w = World::start(
         &["127.0.0.197"],
         Zone::new().mail_domain("dest.test", "127.0.0.197"),
-        |c| c.retry_schedule(&["1h"]),
+        |c| c.retry_schedule(&["1h"]).extra(&hook),
     )
     .await;
     let erin = "Erin.Spool@dest.test";
@@ -176,19 +171,61 @@ async fn after_an_erasure_no_file_of_the_data_directory_holds_the_address() {
     c.send("news@dest.test", &[erin], &msg("bounced")).await;
     c.quit().await;
     wait_type(&w.gannet, erin, "bounced", 1).await;
+    // The DSN to the sender, which names her, was delivered.
+    wait_type(&w.gannet, "news@dest.test", "delivered", 1).await;
+    // A manual entry too, scoped to a tenant and stream, then removed and added again (sled
+    // keeps removed values' bytes in its files).
+    for (method, path, body) in [
+        (
+            "POST",
+            "/api/v1/suppressions".to_string(),
+            Some(json!({"address": erin, "tenant": "acme", "stream": "list:news"}).to_string()),
+        ),
+        (
+            "DELETE",
+            format!(
+                "/api/v1/suppressions/{}?tenant=acme&stream=list:news",
+                erin.replace('@', "%40")
+            ),
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/suppressions".to_string(),
+            Some(json!({"address": erin, "tenant": "acme"}).to_string()),
+        ),
+    ] {
+        let (status, answer) =
+            http_with_headers(w.gannet.http_addr(), method, &path, body.as_deref(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert!(
+            status == 200 || status == 201,
+            "{method} {path}: {status} {answer}"
+        );
+    }
     let (_, entries) = w.gannet.http_get("/api/v1/suppressions?prefix=erin").await;
+    let v: Value = serde_json::from_str(&entries).unwrap_or_default();
+    assert_eq!(v["entries"].as_array().map_or(0, Vec::len), 2, "{entries}");
     assert!(entries.to_lowercase().contains("erin.spool"), "{entries}");
+    // The outbox holds her events (the webhook is down).
+    let outbox = w.gannet.dir().join("spool").join("outbox");
+    assert!(outbox.join("key-check").exists(), "{}", w.gannet.log());
 
     let out = w.gannet.cli(&["gdpr", "erase", erin]).await;
     out.assert_success();
     assert!(out.stdout.contains("2 queued recipients dropped"), "{out}");
-    // The delivered, the HTTP-injected and the bounced message were hers alone.
-    assert!(out.stdout.contains("3 spool records shredded"), "{out}");
+    // The delivered, the HTTP-injected and the bounced message were hers alone; the DSN to
+    // the sender names her.
+    assert!(out.stdout.contains("4 spool records shredded"), "{out}");
+    assert!(out.stdout.contains("2 suppression entries"), "{out}");
+    assert!(!out.stdout.contains(" 0 outbox events"), "{out}");
+    assert!(out.stdout.contains("1 idempotent answers"), "{out}");
 
     // kill -9, so nothing is tidied at shutdown, then look at every byte.
     w.gannet.kill9().await;
     let data = w.gannet.dir().join("spool");
-    let found = outside_suppression_list(hits(&data, &forms(erin)));
+    let found = hits(&data, &forms(erin));
     assert!(
         found.is_empty(),
         "the erased address is still in {found:#?}"
@@ -210,7 +247,7 @@ async fn after_an_erasure_no_file_of_the_data_directory_holds_the_address() {
     assert_eq!(delivered.len(), 1);
     assert!(delivered[0].text().contains("queued smtp"));
     // And nothing of Erin came back with the restart.
-    let found = outside_suppression_list(hits(&data, &forms(erin)));
+    let found = hits(&data, &forms(erin));
     assert!(found.is_empty(), "after the restart: {found:#?}");
 }
 
