@@ -258,6 +258,11 @@ impl IdempotencyStore {
             .file
             .lock()
             .map_err(|_| io(std::io::Error::other("idempotency file lock poisoned")))?;
+        // Its own descriptor without O_APPEND: on Linux a pwrite to an O_APPEND file appends.
+        let over = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&*self.path)
+            .map_err(io)?;
         let mut gone = Vec::new();
         for (k, offset, len) in entries {
             let mut buf = vec![0u8; len];
@@ -274,12 +279,12 @@ impl IdempotencyStore {
                     .any(|w| w == needle)
             });
             if names {
-                f.file.write_all_at(&vec![b'#'; len], offset).map_err(io)?;
+                over.write_all_at(&vec![b'#'; len], offset).map_err(io)?;
                 gone.push(k);
             }
         }
         if !gone.is_empty() {
-            f.file.sync_data().map_err(io)?;
+            over.sync_data().map_err(io)?;
         }
         drop(f);
         if let Ok(mut s) = self.state.lock() {
@@ -439,7 +444,9 @@ mod tests {
         assert!(!disk.windows(4).any(|w| w == b"erin"), "sealed at rest");
         assert_eq!(s.shred(b"erin@x.test").unwrap(), 1);
         let disk = std::fs::read(&p).unwrap();
-        assert_eq!(disk.iter().filter(|b| **b == b'#').count() > 20, true);
+        let lines: Vec<&[u8]> = disk.split(|b| *b == b'\n').collect();
+        assert!(lines[0].iter().all(|b| *b == b'#'), "overwritten in place");
+        assert_eq!(lines.len(), 3, "same lines, nothing appended");
         assert!(matches!(s.begin("tok", "a", b"a"), Begin::Started(_)));
         assert!(answered(&s, "tok", "b", b"b").await.contains("bob@x.test"));
         drop(s);

@@ -808,10 +808,9 @@ impl SuppressionStore for SledStore {
                             page.entries.push(e);
                         }
                     }
-                    // Still enforced by checks (the index holds it); not listable.
-                    Err(err) => {
-                        tracing::error!(error = %err, "suppression entry left out of a listing")
-                    }
+                    // Still enforced by checks (the index holds it); a listing or export
+                    // that cannot show it stops with the error rather than look complete.
+                    Err(err) => return Err(err),
                 }
             }
             if page.entries.len() >= limit || budget == 0 {

@@ -383,13 +383,22 @@ async fn an_export_that_fails_half_way_is_cut_off_not_ended() {
     .await;
     assert_eq!(status, 200, "{body}");
 
-    // A value no version of Gannet wrote, under a key in the middle of the list.
+    // A value no version of Gannet wrote, under a key in the middle of the list (keys are
+    // keyed hashes, uniform: 0x80... is about half-way).
     w.gannet.sigterm().await;
     {
-        let db = sled::open(w.gannet.dir().join("spool").join("suppression")).expect("open store");
+        let db = sled::open(
+            w.gannet
+                .dir()
+                .join("spool")
+                .join("suppression")
+                .join("tree"),
+        )
+        .expect("open store");
         let t = db.open_tree("entries").expect("tree");
-        t.insert(&b"e08000x@cut.sup.test\0*\0"[..], &b"\x07garbage"[..])
-            .expect("insert");
+        let mut k = vec![0x80u8; 32];
+        k.extend_from_slice(b"*\0");
+        t.insert(k, &b"\x07garbage"[..]).expect("insert");
         db.flush().expect("flush");
     }
     w.gannet.restart().await;
