@@ -211,9 +211,7 @@ mod tests {
             v.extend_from_slice(&0u64.to_be_bytes());
             v.extend_from_slice(&11u16.to_be_bytes());
             v.extend_from_slice(b"hard-bounceapi:ops");
-            entries
-                .insert(b"alice.old@x.test\0*\0".to_vec(), v)
-                .unwrap();
+            entries.insert(b"alice.old@x.test\0*\0", v).unwrap();
             let json = Entry {
                 address: "json.old@x.test".into(),
                 tenant: "acme".into(),
@@ -225,12 +223,12 @@ mod tests {
             };
             entries
                 .insert(
-                    b"json.old@x.test\0acme\0list:news".to_vec(),
+                    b"json.old@x.test\0acme\0list:news",
                     serde_json::to_vec(&json).unwrap(),
                 )
                 .unwrap();
             entries
-                .insert(b"bad.old@x.test\0acme\0".to_vec(), b"\x07??".to_vec())
+                .insert(b"bad.old@x.test\0acme\0", b"\x07??".to_vec())
                 .unwrap();
             let mut rec = 100u64.to_be_bytes().to_vec();
             rec.extend_from_slice(&1u64.to_be_bytes());
