@@ -373,13 +373,18 @@ impl Spool {
 
         // State changes made durable by the journal but perhaps not by sled come back first.
         let journal_dir = root.join("journal");
+        let t = std::time::Instant::now();
         let journals = journal::replay(&journal_dir, &segments_dir, &index)?;
+        let replay_ms = t.elapsed().as_millis() as u64;
+        let t = std::time::Instant::now();
         let (recovered, segs, max_seg, damaged) = scan(
             &segments_dir,
             &root.join("quarantine"),
             &index,
             key.as_deref(),
         )?;
+        tracing::info!(target: "gannet::startup", replay_ms, scan_ms = t.elapsed().as_millis() as u64,
+            segments = segs.len(), messages = recovered.len(), "spool recovered");
         metrics.spool_damaged_records.set(damaged.len() as i64);
 
         let (tx, rx) = mpsc::channel(config.commit_queue.max(1));

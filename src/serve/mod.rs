@@ -4,7 +4,9 @@
 //! Start: create the event bus and register its subscribers (the JSON outcome log and the
 //! metrics counters, both lossless, then whatever the caller's [`BusHook`] adds), open the spool (recovering what it holds), start the queue and re-queue the
 //! recovered messages, bind every listener (so a bad address fails before anything runs), then
-//! serve. Shutdown (SIGTERM, SIGINT, or the token being cancelled): listeners stop accepting
+//! serve. Each start-up stage logs how long it took (`stages`), so a slow restart names its
+//! stage.
+//! Shutdown (SIGTERM, SIGINT, or the token being cancelled): listeners stop accepting
 //! and finish their sessions (a message in DATA still gets its durable 250), dispatchers finish
 //! the transaction they are in, and everything else stays in the spool for the next start.
 
@@ -22,6 +24,9 @@ use crate::message::SharedAcceptor;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueuedMessage, Shapers};
 use crate::spool::Spool;
+
+mod stages;
+use stages::Stages;
 
 /// Why `serve` could not start; each names the stage and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +138,7 @@ pub async fn run_with(
     hook: Option<BusHook>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    let mut stages = Stages::new();
     // Keys are loaded and checked before anything listens: a bad key stops the start.
     let dkim = crate::auth::DkimSigner::from_config(&config)
         .map_err(|e| ServeError::Dkim(e.to_string()))?;
@@ -142,6 +148,7 @@ pub async fn run_with(
     } else {
         Some(Arc::new(dkim))
     };
+    stages.done("dkim keys");
     let metrics = Metrics::new();
     let bus = EventBus::new(&metrics.registry);
     let bound = Mode::Lossless {
@@ -190,6 +197,7 @@ pub async fn run_with(
     } else {
         None
     };
+    stages.done("send log open");
     // Event shipping's outbox is a durable subscriber too (its own fdatasync'd files):
     // registered here, before anything publishes; destinations read the files, never the bus.
     let ship_stop = CancellationToken::new();
@@ -197,6 +205,7 @@ pub async fn run_with(
     if let Some(s) = &shipping {
         durable_newest.push(s.outbox.newest_at_open_us());
     }
+    stages.done("event shipping");
     let sendlog_stop = CancellationToken::new();
     let (sendlog, sendlog_task) = match sendlog_writer {
         Some(w) => {
@@ -230,6 +239,7 @@ pub async fn run_with(
         );
         None
     };
+    stages.done("suppression list open");
     let suppression_stop = CancellationToken::new();
     let suppression_task = suppressions.as_ref().map(|store| {
         crate::suppression::policy::start(
@@ -259,6 +269,7 @@ pub async fn run_with(
     })
     .await
     .map_err(|e| ServeError::SpoolTask(e.to_string()))??;
+    stages.done("spool open");
     let resolver = MxResolver::new(&config).map_err(ServeError::Resolver)?;
     // The VERP key (`[bounce] domain`): a small key file read (or created) once at start.
     let verp = {
@@ -290,6 +301,7 @@ pub async fn run_with(
     if let Some(store) = &suppressions {
         queue.set_suppressions(store.clone());
     }
+    stages.done("queue start");
     let mut intake = Intake::new(
         config.clone(),
         queue.clone(),
@@ -338,6 +350,7 @@ pub async fn run_with(
         .await
         .map_err(|e| ServeError::SpoolTask(e.to_string()))??
     };
+    stages.done("idempotency keys open");
 
     let n = recovered.len();
     // A store that holds nothing (None) needs every replay: the lowest value is the one.
@@ -361,6 +374,7 @@ pub async fn run_with(
             "re-queued messages found in the spool"
         );
     }
+    stages.done("recovered messages re-queued");
 
     let anomaly_stop = CancellationToken::new();
     let anomaly_task = anomaly_sub.map(|sub| {
@@ -463,6 +477,7 @@ pub async fn run_with(
         smtp: listeners.iter().map(|l| l.local_addr()).collect(),
         http: http_listener.local_addr().unwrap_or(config.http.address),
     };
+    stages.done("listeners bound");
     tracing::info!(smtp = ?bound.smtp, http = %bound.http, "gannet is serving");
     if let Some(tx) = ready {
         let _ = tx.send(bound);
