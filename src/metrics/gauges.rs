@@ -88,7 +88,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// Resident set size from the `VmRSS:` line of /proc/self/status (Linux, in kB). Hand-written
 /// rather than the prometheus crate's `process` feature: that pulls in procfs for two numbers
 /// read from two files.
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

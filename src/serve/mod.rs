@@ -5,7 +5,7 @@
 //! metrics counters, both lossless, then whatever the caller's [`BusHook`] adds), open the spool (recovering what it holds), start the queue and re-queue the
 //! recovered messages, bind every listener (so a bad address fails before anything runs), then
 //! serve. Each start-up stage logs how long it took (`stages`), so a slow restart names its
-//! stage.
+//! stage; while serving, memory freed after a burst is handed back to the OS (`trim`).
 //! Shutdown (SIGTERM, SIGINT, or the token being cancelled): listeners stop accepting
 //! and finish their sessions (a message in DATA still gets its durable 250), dispatchers finish
 //! the transaction they are in, and everything else stays in the spool for the next start.
@@ -26,6 +26,7 @@ use crate::queue::{Queue, QueuedMessage, Shapers};
 use crate::spool::Spool;
 
 mod stages;
+mod trim;
 use stages::Stages;
 
 /// Why `serve` could not start; each names the stage and what to check.
@@ -514,6 +515,8 @@ pub async fn run_with(
         .map(|l| tokio::spawn(l.run(shutdown.clone())))
         .collect();
 
+    // Memory a burst freed goes back to the OS once the burst is over.
+    let trim_task = tokio::spawn(trim::run(shutdown.clone()));
     let flusher = {
         let spool = spool.clone();
         let shutdown = shutdown.clone();
@@ -571,6 +574,7 @@ pub async fn run_with(
         );
     }
     let _ = flusher.await;
+    let _ = trim_task.await;
     let s = spool.clone();
     let _ = tokio::task::spawn_blocking(move || s.flush_index()).await;
     // Let the log and the counters take every event published before stopping.
