@@ -2,7 +2,8 @@
 //!
 //! Owns: reading the request (size limit → 413, malformed JSON → 400 naming the field, too
 //! many recipients → 413 with the limit, template errors → 400 naming the template and line),
-//! building one message per recipient (`message::compose`, on a blocking thread, streamed),
+//! building one message per recipient (`message::compose`, on one blocking thread per core,
+//! each recipient parsed only then: `inject_request`), streamed through a bounded channel,
 //! adding one-click unsubscribe headers for classes with `list_unsubscribe`, and handing every
 //! message to the same `Acceptor` as SMTP, many at once so they share group commits. The
 //! answer goes out only after every accepted message is durable; it lists each recipient's
@@ -322,21 +323,20 @@ async fn run_batch(
     body: Bytes,
 ) -> Result<InjectResponse, ApiError> {
     let limits = &s.config.inject;
-    let req = parse_request(&body)?;
-    drop(body);
-    if req.recipients.len() > limits.max_recipients {
+    let lazy = super::inject_request::parse(body)?;
+    if lazy.len() > limits.max_recipients {
         return Err(field_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_recipients",
             format!(
                 "{} recipients is over the limit of {} per request ([inject] max_recipients); split the batch",
-                req.recipients.len(),
+                lazy.len(),
                 limits.max_recipients
             ),
             "recipients",
         ));
     }
-    if req.recipients.is_empty() {
+    if lazy.is_empty() {
         return Err(field_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -344,6 +344,7 @@ async fn run_batch(
             "recipients",
         ));
     }
+    let req = &lazy.head;
     check_id(&req.tenant, "tenant")?;
     check_id(&req.campaign, "campaign")?;
     check_id(&req.variant, "variant")?;
@@ -394,70 +395,90 @@ async fn run_batch(
         _ => None,
     };
 
-    let req = Arc::new(req);
+    let lazy = Arc::new(lazy);
+    let req = &lazy.head;
     let batch = Arc::new(batch);
     let concurrency = limits.concurrency.max(1);
-    // Bounded: the renderer waits when intake is `concurrency` messages behind.
-    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Built)>(concurrency);
-    let producer = {
-        let (req, batch, s) = (req.clone(), batch.clone(), s.clone());
-        let class = class.clone();
-        tokio::task::spawn_blocking(move || {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            for (i, r) in req.recipients.iter().enumerate() {
-                let id = uuid::Uuid::now_v7().simple().to_string();
-                let built = (|| {
-                    let extra_headers = match &unsubscribe_key {
-                        Some(k) => promotional_headers(&s, k, &r.email, &req, &class)?,
-                        None => Vec::new(),
-                    };
-                    let extras = Extras {
-                        message_id: id.clone(),
-                        hostname: s.config.hostname.clone(),
-                        date: now,
-                        extra_headers,
-                    };
-                    let mut body = batch.build(r, &extras)?;
-                    if let Some(v) = &req.variant {
-                        let line = format!("X-Gannet-Variant: {v}\r\n");
-                        body.splice(0..0, line.into_bytes());
+    // Bounded: the renderers wait when intake is `concurrency` messages behind, so a batch
+    // holds about 2 x `concurrency` recipients parsed at once whatever its size.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Built, Held)>(concurrency);
+    // Rendering (minijinja + mail-builder, ~30 us a recipient) runs on one blocking thread per
+    // core, each taking every `workers`-th recipient; intake orders nothing, the answer is
+    // sorted by index at the end.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(lazy.len());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let producers: Vec<_> = (0..workers)
+        .map(|w| {
+            let (lazy, batch, s, tx) = (lazy.clone(), batch.clone(), s.clone(), tx.clone());
+            let (class, api_token, unsubscribe_key) =
+                (class.clone(), api_token.clone(), unsubscribe_key.clone());
+            tokio::task::spawn_blocking(move || {
+                let req = &lazy.head;
+                for i in (w..lazy.len()).step_by(workers) {
+                    let held = Held::new(&s.metrics);
+                    let id = uuid::Uuid::now_v7().simple().to_string();
+                    let built = (|| {
+                        // Parsed here and dropped with its message (see `inject_request`).
+                        let r = &lazy.recipient(i).map_err(|e| RecipientError::Malformed {
+                            message: e.to_string(),
+                        })?;
+                        let extra_headers = match &unsubscribe_key {
+                            Some(k) => promotional_headers(&s, k, &r.email, req, &class)?,
+                            None => Vec::new(),
+                        };
+                        let extras = Extras {
+                            message_id: id.clone(),
+                            hostname: s.config.hostname.clone(),
+                            date: now,
+                            extra_headers,
+                        };
+                        let mut body = batch.build(r, &extras)?;
+                        if let Some(v) = &req.variant {
+                            let line = format!("X-Gannet-Variant: {v}\r\n");
+                            body.splice(0..0, line.into_bytes());
+                        }
+                        let sub = Submission {
+                            envelope: Envelope {
+                                mail_from: req.from.email().to_string(),
+                                rcpts: vec![r.email.clone()],
+                            },
+                            body,
+                            origin: Origin {
+                                listener: "http".to_string(),
+                                client_ip: peer.ip(),
+                                helo: String::new(),
+                                auth_user: None,
+                                api_token: api_token.clone(),
+                            },
+                            class: Some(class.clone()),
+                            tenant: req.tenant.clone(),
+                            campaign: req.campaign.clone(),
+                        };
+                        Ok((sub, format!("{id}@{}", s.config.hostname)))
+                    })();
+                    if tx.blocking_send((i, built, held)).is_err() {
+                        return;
                     }
-                    let sub = Submission {
-                        envelope: Envelope {
-                            mail_from: req.from.email().to_string(),
-                            rcpts: vec![r.email.clone()],
-                        },
-                        body,
-                        origin: Origin {
-                            listener: "http".to_string(),
-                            client_ip: peer.ip(),
-                            helo: String::new(),
-                            auth_user: None,
-                            api_token: api_token.clone(),
-                        },
-                        class: Some(class.clone()),
-                        tenant: req.tenant.clone(),
-                        campaign: req.campaign.clone(),
-                    };
-                    Ok((sub, format!("{id}@{}", s.config.hostname)))
-                })();
-                if tx.blocking_send((i, built)).is_err() {
-                    return;
                 }
-            }
+            })
         })
-    };
+        .collect();
+    drop(tx);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
     let acceptor = s.acceptor.clone();
     let mut outcomes: Vec<(usize, Outcome)> = stream
-        .map(|(i, built)| {
+        .map(|(i, built, held)| {
             let acceptor = acceptor.clone();
             async move {
+                let _held = held;
                 match built {
                     Ok((sub, mid)) => match acceptor.accept(sub).await {
                         Ok(a) => (i, Ok((a.queue_id, mid))),
@@ -470,7 +491,9 @@ async fn run_batch(
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let _ = producer.await;
+    for p in producers {
+        let _ = p.await;
+    }
     outcomes.sort_by_key(|(i, _)| *i);
     // Nothing accepted because the spool's disk is full: the whole request is 507 (RFC 4918
     // §11.5), so a client retries it later as a whole; with some accepted, the per-recipient
@@ -487,7 +510,7 @@ async fn run_batch(
     let results: Vec<RecipientResult> = outcomes
         .into_iter()
         .map(|(i, o)| {
-            let email = req.recipients[i].email.clone();
+            let email = lazy.emails[i].clone();
             match o {
                 Ok((queue_id, message_id)) => {
                     accepted += 1;
@@ -526,6 +549,27 @@ async fn run_batch(
     })
 }
 
+/// One recipient of a batch held parsed (`gannet_inject_held_recipients`) from its parse
+/// until its answer is known; dropping it releases the count.
+struct Held(prometheus::IntGauge);
+
+impl Held {
+    fn new(m: &crate::metrics::Metrics) -> Held {
+        m.inject_held_recipients.inc();
+        let now = m.inject_held_recipients.get();
+        if now > m.inject_held_recipients_peak.get() {
+            m.inject_held_recipients_peak.set(now);
+        }
+        Held(m.inject_held_recipients.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Why a recipient got no queue id.
 enum Failure {
     Build(RecipientError),
@@ -541,6 +585,7 @@ impl Failure {
                     match &e {
                         RecipientError::InvalidAddress { .. } => "email",
                         RecipientError::InvalidName { .. } => "name",
+                        RecipientError::Malformed { .. } => "recipient",
                         _ => "substitutions",
                     }
                     .to_string(),

@@ -26,6 +26,7 @@ pub mod bounces;
 pub mod console;
 pub mod idempotency;
 pub mod inject;
+mod inject_request;
 
 use crate::config::Config;
 use crate::events::EventBus;

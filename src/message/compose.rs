@@ -144,6 +144,9 @@ pub enum RecipientError {
     Render(#[from] RenderError),
     #[error("rendered message is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// The recipient's JSON passed the request's shape check but not the full parse.
+    #[error("recipient is not valid: {message}")]
+    Malformed { message: String },
 }
 
 impl RecipientError {
@@ -156,6 +159,7 @@ impl RecipientError {
             RecipientError::Render(RenderError::HeaderUnsafe { .. }) => "header_unsafe",
             RecipientError::Render(_) => "render_error",
             RecipientError::TooLarge { .. } => "too_large",
+            RecipientError::Malformed { .. } => "invalid_json",
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct Metrics {
     pub spool_commit_messages: Histogram,
     /// Damaged spool records found at start-up (copied to quarantine, segment kept).
     pub spool_damaged_records: IntGauge,
+    /// Recipients of HTTP injection requests held parsed (rendered, in intake) and not yet
+    /// answered, and the most held at once since start: a batch is a bounded pipeline, so
+    /// this stays near `[inject] concurrency`, not the request's size.
+    pub inject_held_recipients: IntGauge,
+    pub inject_held_recipients_peak: IntGauge,
     /// Open SMTP sessions per listener.
     pub smtp_sessions: IntGaugeVec,
     /// Message bytes held by a listener's sessions (its `max_inflight_bytes` budget).
@@ -286,6 +291,16 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             )
             .expect("metric"),
+            inject_held_recipients: IntGauge::new(
+                "gannet_inject_held_recipients",
+                "Recipients of HTTP injection requests parsed and not yet answered (durable or refused)",
+            )
+            .expect("metric"),
+            inject_held_recipients_peak: IntGauge::new(
+                "gannet_inject_held_recipients_peak",
+                "Most recipients of HTTP injection requests held parsed at once since start",
+            )
+            .expect("metric"),
             spool_damaged_records: IntGauge::new(
                 "gannet_spool_damaged_records",
                 "Damaged spool records found at start-up, copied to quarantine (their segments are kept)",
@@ -401,6 +416,8 @@ impl Metrics {
             Box::new(m.anomalies_raised.clone()),
             Box::new(m.queued_recipients.clone()),
             Box::new(m.spool_commits.clone()),
+            Box::new(m.inject_held_recipients.clone()),
+            Box::new(m.inject_held_recipients_peak.clone()),
             Box::new(m.spool_commit_messages.clone()),
             Box::new(m.spool_damaged_records.clone()),
             Box::new(m.smtp_sessions.clone()),

@@ -704,6 +704,53 @@ async fn ten_thousand_recipients_become_ten_thousand_signed_personal_messages() 
     assert!(bad.is_empty(), "{} of 400 fail dkimpy: {bad:?}", bad.len());
 }
 
+/// Issue 16 Speed (peak RSS): a batch is a bounded pipeline. The body is checked whole before
+/// anything is queued, but each recipient is parsed only when its message is rendered and is
+/// let go once intake has answered for it, so the recipients held parsed at once
+/// (`gannet_inject_held_recipients_peak`) stay near `[inject] concurrency` (8 here: at most
+/// 8 waiting for intake, 8 in intake, one per render thread), not the batch's 3,000; none is
+/// held after the answer, and every recipient is still answered and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_holds_only_a_bounded_number_of_recipients_at_once() {
+    const N: usize = 3_000;
+    let w = world("[inject]\nconcurrency = 8\n").await;
+    let (s, v) = post_large(
+        &w.gannet,
+        batch("newsletter", (0..N).map(person).collect()).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (s, v["accepted"].as_u64()),
+        (200, Some(N as u64)),
+        "{}",
+        v["results"][0]
+    );
+    assert_eq!(answered_ids(&v).len(), N);
+    assert_eq!(
+        v["results"][N - 1]["email"],
+        format!("user{}@shop.test", N - 1)
+    );
+    let peak = w
+        .gannet
+        .metric("gannet_inject_held_recipients_peak", &[])
+        .await;
+    assert!(
+        (1.0..=8.0 + 8.0 + 4.0).contains(&peak),
+        "{peak} recipients held parsed at once with concurrency 8 (all {N} would mean the batch is held whole)"
+    );
+    assert_eq!(
+        w.gannet.metric("gannet_inject_held_recipients", &[]).await,
+        0.0
+    );
+    w.sinks[0]
+        .wait_until(Duration::from_secs(300), |ts| {
+            ts.iter().filter(|t| t.accepted).count() >= N
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Issue 16 Show, header injection: through the recipient's `name`, subject data and custom
 /// header values (`\r\n`, `\n`, `\r`, NUL, DEL, NEL, encoded-words whole or split over two
 /// values, Unicode line separators) and through a raw `content` template. Each attempt is
