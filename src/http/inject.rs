@@ -377,7 +377,7 @@ async fn run_batch(
         max_rendered_bytes: limits.max_rendered_bytes,
         ..TemplateLimits::default()
     };
-    let batch = Batch::prepare(&req, tl).map_err(|e| {
+    let batch = Batch::prepare(req, tl).map_err(|e| {
         let status = if e.too_large {
             StatusCode::PAYLOAD_TOO_LARGE
         } else {
