@@ -112,54 +112,80 @@ impl MasterKey {
     }
 
     /// The AEAD key of one person, from the random salt kept for them.
-    pub fn person_key(&self, salt: &[u8]) -> PersonKey {
-        let k = self.derive(b"gannet/v1/person", salt);
-        PersonKey {
-            key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte AES key")),
+    pub fn person_key(&self, salt: &[u8]) -> SealKey {
+        self.seal_key(b"gannet/v1/person", salt)
+    }
+
+    /// The AEAD key for `label` (and `salt`, empty for a store-wide key).
+    pub fn seal_key(&self, label: &[u8], salt: &[u8]) -> SealKey {
+        SealKey {
+            key: aes_key(&self.derive(label, salt)),
         }
     }
 }
 
-/// One person's AES-256-GCM key.
-pub struct PersonKey {
+/// An AES-256-GCM key from 32 derived bytes.
+pub fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32-byte AES-256 key"))
+}
+
+/// An AES-256-GCM key that seals small values as `nonce || ciphertext || tag` with a random
+/// nonce: a person's key (send log, suppression list), the spool's state key, the outbox's
+/// and the idempotency file's line keys. One allocation per seal and per open.
+pub struct SealKey {
     key: LessSafeKey,
 }
 
-impl PersonKey {
-    /// `nonce || ciphertext || tag`, bound to `aad` (the row's event id).
+const TAG_LEN: usize = 16;
+
+impl SealKey {
+    /// `nonce || ciphertext || tag` of `plain`, bound to `aad`.
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
+        self.seal_into(aad, plain, &mut out);
+        out
+    }
+
+    /// [`SealKey::seal`], appended to `out`.
+    pub fn seal_into(&self, aad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
         let nonce: [u8; NONCE_LEN] = rand::random();
-        let mut buf = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
-        buf.extend_from_slice(&nonce);
-        buf.extend_from_slice(plain);
-        let mut body = buf.split_off(NONCE_LEN);
-        self.key
-            .seal_in_place_append_tag(
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut body,
+                &mut out[start..],
             )
             .expect("AES-GCM seal of a small buffer");
-        buf.extend_from_slice(&body);
-        buf
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// The plaintext, or None when the blob was not sealed by this key for `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < NONCE_LEN + 16 {
+        self.open_vec(aad, sealed.to_vec())
+    }
+
+    /// [`SealKey::open`] of a blob the caller owns, opened in place.
+    pub fn open_vec(&self, aad: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
             return None;
         }
         let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().ok()?;
-        let mut body = sealed[NONCE_LEN..].to_vec();
-        let plain = self
+        let n = self
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut body,
+                &mut sealed[NONCE_LEN..],
             )
-            .ok()?;
-        Some(plain.to_vec())
+            .ok()?
+            .len();
+        sealed.copy_within(NONCE_LEN..NONCE_LEN + n, 0);
+        sealed.truncate(n);
+        Some(sealed)
     }
 }
 

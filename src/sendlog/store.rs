@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::keys::{CheckpointKey, MasterKey, PersonKey, checkpoint_valid};
+use super::keys::{CheckpointKey, MasterKey, SealKey, checkpoint_valid};
 use crate::events::{Event, EventKind};
 
 /// What went wrong with the send-log database.
@@ -149,7 +149,7 @@ pub struct Writer {
     /// Hash of the last stored row (the chain's head).
     head: [u8; 32],
     /// Per-person keys already derived, by address hash. Cleared at [`PERSON_KEYS_CACHED`].
-    keys: HashMap<[u8; 32], Arc<PersonKey>>,
+    keys: HashMap<[u8; 32], Arc<SealKey>>,
     /// Variant of each recent message (from its `received` event), by queue id.
     variants: HashMap<String, String>,
     /// Queue ids of recent DSN messages: they inherit the campaign of the message they report
@@ -402,7 +402,7 @@ impl Writer {
         Ok(true)
     }
 
-    fn person(&mut self, hash: &[u8; 32], now_us: i64) -> rusqlite::Result<Arc<PersonKey>> {
+    fn person(&mut self, hash: &[u8; 32], now_us: i64) -> rusqlite::Result<Arc<SealKey>> {
         if let Some(k) = self.keys.get(hash) {
             return Ok(k.clone());
         }
@@ -726,7 +726,7 @@ impl Writer {
 pub struct Reader {
     info: StoreInfo,
     conn: Connection,
-    salts: HashMap<Vec<u8>, Option<Arc<PersonKey>>>,
+    salts: HashMap<Vec<u8>, Option<Arc<SealKey>>>,
 }
 
 impl Reader {
@@ -769,7 +769,7 @@ impl Reader {
             .map_err(self.info.err())
     }
 
-    fn key_of(&mut self, hash: &[u8]) -> rusqlite::Result<Option<Arc<PersonKey>>> {
+    fn key_of(&mut self, hash: &[u8]) -> rusqlite::Result<Option<Arc<SealKey>>> {
         if let Some(k) = self.salts.get(hash) {
             return Ok(k.clone());
         }

@@ -15,14 +15,13 @@
 //! in place), and keeps every position and count the cursors rely on.
 //! Never does: read or write files.
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::sendlog::MasterKey;
+use crate::sendlog::keys::SealKey;
 
 const LABEL: &[u8] = b"gannet/v1/outbox-line";
-const TAG_LEN: usize = 16;
 
 /// First byte of a sealed line.
 pub const SEALED: u8 = b'!';
@@ -31,7 +30,7 @@ pub const SHREDDED: u8 = b'#';
 
 /// The outbox key. Cheap to share behind an `Arc`.
 pub struct LineKey {
-    key: LessSafeKey,
+    key: SealKey,
     /// The purpose, bound into every seal (associated data): a line sealed for one store
     /// does not open in another.
     label: &'static [u8],
@@ -63,28 +62,15 @@ impl LineKey {
     /// The key of another store of one-line records (the idempotency file's answers), derived
     /// under its own `label`.
     pub fn with_label(master: &MasterKey, label: &'static [u8]) -> LineKey {
-        let k = master.derive(label, &[]);
         LineKey {
-            key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte AES key")),
+            key: master.seal_key(label, &[]),
             label,
         }
     }
 
     /// Append the sealed line of `json` (without the newline) to `out`.
     pub fn seal_into(&self, json: &[u8], out: &mut Vec<u8>) {
-        let nonce: [u8; NONCE_LEN] = rand::random();
-        let mut sealed = Vec::with_capacity(NONCE_LEN + json.len() + TAG_LEN);
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(json);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.label),
-                &mut sealed[NONCE_LEN..],
-            )
-            .expect("AES-GCM seal of one event");
-        sealed.extend_from_slice(tag.as_ref());
+        let sealed = self.key.seal(self.label, json);
         out.push(SEALED);
         encode_into(&sealed, out);
     }
@@ -94,28 +80,11 @@ impl LineKey {
         match line.first() {
             Some(b'{') => Opened::Event(line.to_vec()),
             Some(&SHREDDED) => Opened::Shredded,
-            Some(&SEALED) => {
-                let Ok(mut b) = STANDARD.decode(&line[1..]) else {
-                    return Opened::Damaged;
-                };
-                if b.len() < NONCE_LEN + TAG_LEN {
-                    return Opened::Damaged;
-                }
-                let Ok(nonce) = <[u8; NONCE_LEN]>::try_from(&b[..NONCE_LEN]) else {
-                    return Opened::Damaged;
-                };
-                let n = match self.key.open_in_place(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(self.label),
-                    &mut b[NONCE_LEN..],
-                ) {
-                    Ok(p) => p.len(),
-                    Err(_) => return Opened::Damaged,
-                };
-                b.copy_within(NONCE_LEN..NONCE_LEN + n, 0);
-                b.truncate(n);
-                Opened::Event(b)
-            }
+            Some(&SEALED) => STANDARD
+                .decode(&line[1..])
+                .ok()
+                .and_then(|b| self.key.open_vec(self.label, b))
+                .map_or(Opened::Damaged, Opened::Event),
             _ => Opened::Damaged,
         }
     }

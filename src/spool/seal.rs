@@ -16,9 +16,10 @@
 //!
 //! Never does: read or write files, choose what to shred (`Spool::shred_recipient` does).
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
+use aws_lc_rs::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce, Tag};
 
 use crate::sendlog::MasterKey;
+use crate::sendlog::keys::{SealKey, aes_key};
 
 /// Length of a message's salt (the record's key slot).
 pub const SALT_LEN: usize = 32;
@@ -34,7 +35,7 @@ const STATE_AAD: &[u8] = b"gannet/v1/spool-state";
 /// Cheap to share behind an `Arc`.
 pub struct SpoolKey {
     master: MasterKey,
-    state: LessSafeKey,
+    state: SealKey,
 }
 
 impl std::fmt::Debug for SpoolKey {
@@ -43,13 +44,9 @@ impl std::fmt::Debug for SpoolKey {
     }
 }
 
-fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32-byte AES-256 key"))
-}
-
 impl SpoolKey {
     pub fn new(master: MasterKey) -> SpoolKey {
-        let state = aes_key(&master.derive(b"gannet/v1/spool-state", &[]));
+        let state = master.seal_key(b"gannet/v1/spool-state", &[]);
         SpoolKey { master, state }
     }
 
@@ -89,40 +86,12 @@ impl SpoolKey {
 
     /// `nonce || ciphertext || tag` of small state data (owed DSNs: replies and hosts).
     pub fn seal_state(&self, plain: &[u8]) -> Vec<u8> {
-        let nonce: [u8; NONCE_LEN] = rand::random();
-        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let tag = self
-            .state
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(STATE_AAD),
-                &mut out[NONCE_LEN..],
-            )
-            .expect("AES-GCM seal of small state data");
-        out.extend_from_slice(tag.as_ref());
-        out
+        self.state.seal(STATE_AAD, plain)
     }
 
     /// The inverse of [`SpoolKey::seal_state`].
     pub fn open_state(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return None;
-        }
-        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().ok()?;
-        let mut body = sealed[NONCE_LEN..].to_vec();
-        let n = self
-            .state
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(STATE_AAD),
-                &mut body,
-            )
-            .ok()?
-            .len();
-        body.truncate(n);
-        Some(body)
+        self.state.open(STATE_AAD, sealed)
     }
 }
 
