@@ -477,11 +477,10 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
     if let Some(store) = s.suppressions.clone() {
         let a = req.address.clone();
         let now = crate::suppression::policy::now_secs();
-        suppression_entries_removed =
-            tokio::task::spawn_blocking(move || store.erase(&a, &hash, now))
-                .await
-                .map_err(|e| suppression_error(format!("suppression task failed: {e}")))?
-                .map_err(|e| suppression_error(e.to_string()))?;
+        suppression_entries_removed = tokio::task::spawn_blocking(move || store.erase(&a, now))
+            .await
+            .map_err(|e| suppression_error(format!("suppression task failed: {e}")))?
+            .map_err(|e| suppression_error(e.to_string()))?;
     }
     let queued = s.queue.purge_recipient(&req.address, actor).await;
     // Then the spool records only they were owed (and finished ones naming them) lose their

@@ -203,10 +203,10 @@ pub trait SuppressionStore: Send + Sync {
     /// Make what was written so far as durable as the backend can.
     fn flush(&self) -> Result<(), StoreError>;
     /// GDPR erasure of `address`: forget every entry and soft-bounce count of it (and destroy
-    /// the keys of its sealed copies) and remember only `hash` (its keyed hash), which makes
+    /// the keys of its sealed copies) and remember only its keyed hash, which makes
     /// [`SuppressionStore::check`] refuse it in every scope from now on. Returns how many
     /// entries were removed.
-    fn erase(&self, address: &str, hash: &[u8; 32], now: u64) -> Result<usize, StoreError>;
+    fn erase(&self, address: &str, now: u64) -> Result<usize, StoreError>;
 }
 
 /// What `check` answers for an erased address (the address itself is not kept).
@@ -864,10 +864,7 @@ impl SuppressionStore for SledStore {
         self.flush_all()
     }
 
-    /// `_hash` is the send log's hash of the address as given; the store files the
-    /// normalised address under the same master key's hash (the same value for any address
-    /// the API accepts), so it uses its own.
-    fn erase(&self, address: &str, _hash: &[u8; 32], now: u64) -> Result<usize, StoreError> {
+    fn erase(&self, address: &str, now: u64) -> Result<usize, StoreError> {
         let address = normalize(address)?;
         let person = self.person(&address);
         let _w = self.writing();

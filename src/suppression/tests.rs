@@ -443,9 +443,7 @@ fn erasure_keeps_only_the_keyed_hash_and_refuses_the_address_in_every_scope() {
     ))
     .unwrap();
     s.soft_bounce("erin@x.test", 10, 100, 1).unwrap();
-    let removed = s
-        .erase("Erin@X.test", &key.address_hash("erin@x.test"), 50)
-        .unwrap();
+    let removed = s.erase("Erin@X.test", 50).unwrap();
     assert_eq!(removed, 1);
     assert!(s.get("erin@x.test").unwrap().is_empty());
     let hit = s
