@@ -86,13 +86,19 @@ pub struct Event {
 impl Event {
     /// A new event of `kind` now, with a fresh id and the other fields empty.
     pub fn new(kind: EventKind) -> Event {
-        let now = SystemTime::now();
+        let time_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_micros() as u64;
+        Event::at(kind, uuid::Uuid::now_v7().to_string(), time_us)
+    }
+
+    /// An event of `kind` with a given id and time (one built again identically, like a
+    /// message's `received` at recovery), the other fields empty.
+    pub fn at(kind: EventKind, id: String, time_us: u64) -> Event {
         Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            time_us: now
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_micros() as u64,
+            id,
+            time_us,
             queue_id: String::new(),
             message_id: String::new(),
             recipient: String::new(),

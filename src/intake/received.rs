@@ -39,7 +39,8 @@ pub const ATTR_AUTH: &str = "auth";
 /// The same message gives the same event, id and time included, whenever it is built.
 pub fn event(msg: &QueuedMessage, size: u64, pool: String, replayed: bool) -> Event {
     let attr = |k: &str| msg.attrs.get(k).cloned().unwrap_or_default();
-    let mut ev = Event::new(EventKind::Received {
+    let ms = received_ms(msg);
+    let kind = EventKind::Received {
         listener: attr(ATTR_LISTENER),
         client_ip: attr(ATTR_CLIENT_IP),
         auth: attr(ATTR_AUTH),
@@ -47,14 +48,8 @@ pub fn event(msg: &QueuedMessage, size: u64, pool: String, replayed: bool) -> Ev
         recipients: msg.rcpts.len() as u32,
         variant: attr("variant"),
         replayed,
-    });
-    let ms = msg
-        .received_at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64;
-    ev.id = event_id(&msg.queue_id, ms);
-    ev.time_us = ms * 1000;
+    };
+    let mut ev = Event::at(kind, event_id(&msg.queue_id, ms), ms * 1000);
     ev.queue_id = msg.queue_id.clone();
     ev.message_id = msg.message_id.clone();
     ev.sender = msg.mail_from.clone();
@@ -85,12 +80,15 @@ pub fn needs_replay(msg: &QueuedMessage, high_water_us: Option<u64>) -> bool {
     let Some(high) = high_water_us else {
         return true;
     };
-    let received_us = msg
-        .received_at
+    received_ms(msg) * 1000 + REPLAY_SLACK.as_micros() as u64 >= high
+}
+
+/// The receive time the spool record keeps (milliseconds since the Unix epoch).
+fn received_ms(msg: &QueuedMessage) -> u64 {
+    msg.received_at
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
-        .as_micros() as u64;
-    received_us + REPLAY_SLACK.as_micros() as u64 >= high
+        .as_millis() as u64
 }
 
 /// Start-up, for one recovered message before it is queued: publish its `received` again
