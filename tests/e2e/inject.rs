@@ -285,6 +285,23 @@ async fn tokens_and_scopes_are_enforced() {
 /// [`post`] through curl with a generous time limit, for large batches: the harness client
 /// gives up after 10 s, which a 10,000-recipient request on a loaded 2-core CI machine can
 /// take.
+/// The newsletter batch of `n` people, posted; asserts every recipient was accepted.
+async fn post_newsletter(g: &Gannet, n: usize) -> Value {
+    let (s, v) = post_large(
+        g,
+        batch("newsletter", (0..n).map(person).collect()).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (s, v["accepted"].as_u64()),
+        (200, Some(n as u64)),
+        "{}",
+        v["results"][0]
+    );
+    v
+}
+
 async fn post_large(g: &Gannet, body: String, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut cmd = std::process::Command::new("curl");
     cmd.args([
@@ -627,18 +644,7 @@ async fn ten_thousand_recipients_become_ten_thousand_signed_personal_messages() 
     );
     assert_eq!(v["error"]["field"], "recipients", "{v}");
 
-    let (s, v) = post_large(
-        &w.gannet,
-        batch("newsletter", (0..N).map(person).collect()).to_string(),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (s, v["accepted"].as_u64()),
-        (200, Some(N as u64)),
-        "{}",
-        v["results"][0]
-    );
+    let v = post_newsletter(&w.gannet, N).await;
     let want = answered_ids(&v);
     assert_eq!(want.len(), N, "10,000 distinct Message-IDs");
     w.sinks[0]
@@ -714,18 +720,7 @@ async fn ten_thousand_recipients_become_ten_thousand_signed_personal_messages() 
 async fn a_large_batch_holds_only_a_bounded_number_of_recipients_at_once() {
     const N: usize = 3_000;
     let w = world("[inject]\nconcurrency = 8\n").await;
-    let (s, v) = post_large(
-        &w.gannet,
-        batch("newsletter", (0..N).map(person).collect()).to_string(),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (s, v["accepted"].as_u64()),
-        (200, Some(N as u64)),
-        "{}",
-        v["results"][0]
-    );
+    let v = post_newsletter(&w.gannet, N).await;
     assert_eq!(answered_ids(&v).len(), N);
     assert_eq!(
         v["results"][N - 1]["email"],
