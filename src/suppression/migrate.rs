@@ -81,7 +81,7 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 
 /// Copy everything; (entries, soft-bounce counts, erasures, skipped keys).
 fn copy(path: &Path, store: &SledStore) -> Result<(usize, usize, usize, usize), sled::Error> {
-    let old = sled::Config::new().path(path).open()?;
+    let old = super::store::open_sled(&sled::Config::new().path(path))?;
     let mut skipped = 0;
     let mut n = 0;
     let mut batch = Vec::with_capacity(CHUNK);

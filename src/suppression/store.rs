@@ -209,6 +209,32 @@ pub trait SuppressionStore: Send + Sync {
     fn erase(&self, address: &str, now: u64) -> Result<usize, StoreError>;
 }
 
+/// How long [`open_sled`] waits for a lock left by this process's own earlier handle.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Open a sled database, waiting up to [`SLED_LOCK_WAIT`] while its file lock is held.
+///
+/// sled 0.34 releases its `flock` from background threads some milliseconds after the last
+/// handle is dropped (spacejam/sled#1234, #1289), so a store closed and opened again in one
+/// process (tests, benchmarks) can find its own lock still held. Another process holding the
+/// directory (a second Gannet on the same data directory) holds it for its whole life, so
+/// that still fails, only later.
+pub(super) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            // sled reports it as ErrorKind::Other with this text (config.rs, 0.34.7).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What `check` answers for an erased address (the address itself is not kept).
 pub const ERASED_REASON: &str = "erasure";
 
@@ -326,14 +352,15 @@ impl SledStore {
 
     fn open_layout(path: &Path, key: MasterKey) -> Result<SledStore, StoreError> {
         let tree = path.join(TREE_DIR);
-        let db = sled::Config::new()
-            .path(&tree)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: tree.clone(),
-                source,
-            })?;
+        let db = open_sled(
+            &sled::Config::new()
+                .path(&tree)
+                .cache_capacity(256 * 1024 * 1024),
+        )
+        .map_err(|source| StoreError::Open {
+            path: tree.clone(),
+            source,
+        })?;
         let slots = Slots::open(&path.join(SLOTS_FILE), key.clone())?;
         SledStore::on(db, slots, key)
     }

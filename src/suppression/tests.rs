@@ -562,3 +562,24 @@ fn a_reopened_store_checks_from_the_index_it_loads() {
     );
     assert_eq!(hit(q("bad@x.test", "zeta", ""), 5), None);
 }
+
+/// sled lets go of its file lock some milliseconds after the last handle drops; a store opened
+/// again at once (in tests and benchmarks) must wait for it instead of failing (CI failed once
+/// on `benches/suppression_lookup.rs` reopening its store).
+#[test]
+fn a_sled_lock_released_soon_is_waited_for_and_one_held_on_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = sled::Config::new().path(dir.path().join("tree"));
+    let holder = config.open().expect("first open");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(holder);
+    });
+    let db = store::open_sled(&config).expect("opens once the lock is released");
+    release.join().expect("holder thread");
+
+    // Held for longer than the wait: the lock error, not a hang.
+    let err = store::open_sled(&config).expect_err("a lock held on is refused");
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
+    drop(db);
+}
