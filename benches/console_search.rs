@@ -4,7 +4,10 @@
 //! query in the same run as the baseline; and the page's weight with its stylesheet.
 //!
 //! CONSOLE_BENCH_EVENTS synthetic events (default 1,000,000 under `cargo bench`, 2,000 in the
-//! test pass; the target is 10M: set the variable).
+//! test pass; the target is 10M: set the variable). `SENDLOG_BENCH_DIR=DIR` keeps the
+//! generated log in DIR and reuses it (with `benches/sendlog_query.rs`) once `DIR.READY` exists:
+//! `SENDLOG_BENCH_DIR=/work/data/sendlog-10m CONSOLE_BENCH_EVENTS=10000000 cargo bench --bench
+//! console_search` (see `common/sendlog_fixture.rs`).
 
 #[path = "common/size.rs"]
 mod size;
@@ -12,15 +15,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gannet::config::ConsoleRole;
-use gannet::events::Event;
 use gannet::http::console::logs::{PAGE, SearchForm, results_page};
 use gannet::http::console::page::{CSS, Notice};
 use gannet::http::console::session::Session;
-use gannet::sendlog::{EventFilter, MasterKey, Reader, store};
+use gannet::sendlog::{EventFilter, Reader};
 
 #[path = "common/sendlog_events.rs"]
 mod sendlog_events;
-use sendlog_events::event;
+#[path = "common/sendlog_fixture.rs"]
+mod sendlog_fixture;
 
 fn recipient(k: u64) -> String {
     format!("user{}@dest{}.test", (k * 104_729) % 100_000, k % 13)
@@ -28,23 +31,21 @@ fn recipient(k: u64) -> String {
 
 fn bench(c: &mut Criterion) {
     let n = size::size("CONSOLE_BENCH_EVENTS", 1_000_000, 2_000);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sendlog.sqlite");
-    let mut w =
-        store::open_writer(&db, MasterKey::from_bytes([9; 32]), &dir.path().join("k")).unwrap();
-    let t = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<Event> = (i..(i + 2000).min(n)).map(event).collect();
-        w.append(batch.iter()).unwrap();
-        i += 2000;
+    let log = sendlog_fixture::open(n, "console_search");
+    let n = log.n;
+    if log.appended > 0 {
+        eprintln!(
+            "console_search: {} events appended in {:.1} s ({:.0} events/s)",
+            log.appended,
+            log.append_secs,
+            log.appended as f64 / log.append_secs.max(1e-9)
+        );
     }
     eprintln!(
-        "console_search: {n} events in the send log ({:.1} s to write)",
-        t.elapsed().as_secs_f64()
+        "console_search: {n} events in the send log, {} bytes on disk",
+        log.bytes
     );
-    let info = w.info().clone();
-    drop(w);
+    let info = log.info.clone();
     let mut r = Reader::open(&info).unwrap();
     let session = Session {
         user: "alice".into(),
