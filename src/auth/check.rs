@@ -944,7 +944,7 @@ pub fn domain_check_gauge() -> prometheus::IntGaugeVec {
 }
 
 /// The distinct domains of `[[dkim]]` keys, in config order.
-fn dkim_domains(config: &Config) -> Vec<String> {
+pub(crate) fn dkim_domains(config: &Config) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for d in config
         .dkim
@@ -1002,18 +1002,19 @@ pub async fn check_all_once(
 
 /// Re-check every configured DKIM domain now and then every `every` (normally
 /// `[dkim_policy] check_interval`; zero means never), until `shutdown`, setting
-/// `gannet_domain_check_ok{domain,check}` (registered on `metrics`' registry) to 1 or 0.
+/// `gannet_domain_check_ok{domain,check}` (the gauge of `checks`, registered on `metrics`'
+/// registry) to 1 or 0 and keeping each result in `checks` (the console shows them).
 pub async fn run_periodic_checks(
     config: Arc<Config>,
     metrics: crate::metrics::Metrics,
+    checks: super::check_status::DomainChecks,
     every: Duration,
     shutdown: CancellationToken,
 ) {
     if every.is_zero() {
         return;
     }
-    let gauge = domain_check_gauge();
-    if let Err(e) = metrics.registry.register(Box::new(gauge.clone())) {
+    if let Err(e) = metrics.registry.register(Box::new(checks.gauge().clone())) {
         tracing::warn!(error = %e, "gannet_domain_check_ok not registered; checks still run and log");
     }
     if dkim_domains(&config).is_empty() {
@@ -1028,7 +1029,7 @@ pub async fn run_periodic_checks(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = check_all_once(&config, &gauge) => {}
+            _ = checks.run_once(&config) => {}
         }
     }
 }

@@ -470,9 +470,11 @@ async fn periodic_checks_set_the_gauge_and_stop_on_shutdown() {
     // when shut down.
     let metrics = crate::metrics::Metrics::new();
     let shutdown = CancellationToken::new();
+    let checks = crate::auth::DomainChecks::new();
     let task = tokio::spawn(run_periodic_checks(
         c.clone(),
         metrics.clone(),
+        checks.clone(),
         Duration::from_secs(3600),
         shutdown.clone(),
     ));
@@ -496,11 +498,33 @@ async fn periodic_checks_set_the_gauge_and_stop_on_shutdown() {
         .await
         .expect("runner stops on shutdown")
         .unwrap();
+    // The run kept each domain's report for the console, with its time.
+    let kept = checks
+        .last("No-DMARC.test.")
+        .expect("a result for no-dmarc.test");
+    assert!(kept.at_unix > 0);
+    let report = kept.result.expect("the checks ran");
+    assert_eq!(report.kind_ok(CheckKind::Dmarc), Some(false));
+    assert_eq!(
+        report.kind_ok(CheckKind::Dkim),
+        Some(true),
+        "{}",
+        report.render_human()
+    );
+    assert!(checks.last("example.test").is_some());
+    assert!(checks.last("other.test").is_none(), "no [[dkim]] for it");
 
     // check_interval = "0s" turns it off; the default is an hour.
     assert_eq!(c.dkim_policy.check_interval, Duration::from_secs(3600));
     let off = crate::metrics::Metrics::new();
-    run_periodic_checks(c, off.clone(), Duration::ZERO, CancellationToken::new()).await;
+    run_periodic_checks(
+        c,
+        off.clone(),
+        crate::auth::DomainChecks::new(),
+        Duration::ZERO,
+        CancellationToken::new(),
+    )
+    .await;
     assert!(!off.render().contains("gannet_domain_check_ok"));
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Owns: DKIM keys (loading, generation, public records: [`keys`]), the signer intake calls once
 //! per message ([`DkimSigner`]), the domain checks behind `gannet check-domain` and the periodic
-//! `gannet_domain_check_ok` gauge ([`check_domain`], [`run_periodic_checks`]), and inbound
+//! `gannet_domain_check_ok` gauge ([`check_domain`], [`run_periodic_checks`], the newest result
+//! per domain in [`DomainChecks`] for the console), and inbound
 //! verification producing `Authentication-Results:` ([`Verifier`], [`verify`]).
 //!
 //! Never: writes the spool, talks SMTP, or changes a message (the signer returns header lines
@@ -14,6 +15,7 @@
 
 pub mod canon;
 pub mod check;
+pub mod check_status;
 pub mod dns;
 pub mod fields;
 pub mod keys;
@@ -22,6 +24,7 @@ pub mod signer;
 pub mod verify;
 
 pub use check::{CheckError, CheckKind, DomainReport, Finding, check_domain, run_periodic_checks};
+pub use check_status::{DomainChecks, LastCheck};
 pub use keys::{DnsRecord, KeyAlgorithm, KeyProblem, KeygenError, keygen};
 pub use signer::{DEFAULT_SIGNED_HEADERS, DkimError, DkimSigner};
 pub use verify::{AuthResult, AuthResults, Verifier, verify};

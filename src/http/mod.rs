@@ -67,6 +67,9 @@ pub struct ApiState {
     /// Event shipping's outbox (erasure shreds the person's pending lines); None when no
     /// destination is configured.
     pub outbox: Option<crate::ship::outbox::Outbox>,
+    /// The newest sending-domain check of each `[[dkim]]` domain (the periodic run's, or a
+    /// console "check now"), shown on the console's operations page.
+    pub domain_checks: crate::auth::DomainChecks,
 }
 
 /// An API error, rendered as `{"error": {"code", "message", "field"}}`.

@@ -484,6 +484,7 @@ pub async fn run_with(
         let _ = tx.send(bound);
     }
 
+    let domain_checks = crate::auth::DomainChecks::new();
     let router = crate::http::router(crate::http::ApiState {
         config: config.clone(),
         queue: queue.clone(),
@@ -497,6 +498,7 @@ pub async fn run_with(
         idempotency: Some(idempotency),
         rates: Arc::new(crate::http::rate::TokenRates::from_config(&config)),
         outbox: shipping.as_ref().map(|s| s.outbox.clone()),
+        domain_checks: domain_checks.clone(),
     });
     let http_task = tokio::spawn(crate::http::run(
         http_listener,
@@ -507,6 +509,7 @@ pub async fn run_with(
     let checks_task = tokio::spawn(crate::auth::run_periodic_checks(
         config.clone(),
         metrics.clone(),
+        domain_checks,
         config.dkim_policy.check_interval,
         shutdown.clone(),
     ));

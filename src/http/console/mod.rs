@@ -10,6 +10,7 @@
 //! Never does: SQL, list or queue logic of its own; JavaScript (pages work without it).
 
 pub mod auth;
+mod domains;
 pub mod logs;
 pub mod page;
 mod queue;
@@ -394,7 +395,7 @@ async fn home(ctx: Ctx) -> Response {
             ul {
                 @if allows(s.role, Right::SearchLogs) { li { a href="/console/logs" { "Search the send log" } " (every search is recorded with your name)" } }
                 @if allows(s.role, Right::ViewSuppressions) { li { a href="/console/suppressions" { "Suppression list" } } }
-                @if allows(s.role, Right::ViewQueue) { li { a href="/console/queue" { "Queue, suspensions, backoffs and anomalies" } } }
+                @if allows(s.role, Right::ViewQueue) { li { a href="/console/queue" { "Queue, suspensions, backoffs, anomalies and sending-domain (DKIM) checks" } } }
                 @if allows(s.role, Right::DataSubjects) { li { a href="/console/subjects" { "Data-subject requests (access, erasure)" } } }
                 @if allows(s.role, Right::Audit) { li { a href="/console/audit" { "Audit trail" } } }
             }

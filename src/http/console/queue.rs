@@ -1,6 +1,6 @@
 //! The operations page: the queue per domain, site, campaign and pool; suspensions with
 //! suspend / resume by campaign (and optionally tenant, pool, site); recent backoffs and
-//! anomalies from the send log.
+//! anomalies from the send log; the sending domains' DKIM and DNS checks (`domains`).
 //!
 //! Calls the same `Queue` methods as `/api/v1/queues/*` (`list`, `suspend`, `resume`,
 //! `suspensions`) with the actor `console:NAME`, so the `suspended` / `resumed` events name
@@ -26,6 +26,7 @@ pub fn routes() -> Router<Console> {
         .route("/console/queue", get(view))
         .route("/console/queue/suspend", post(suspend))
         .route("/console/queue/resume", post(resume))
+        .route("/console/domains/check", post(super::domains::check_now))
 }
 
 /// Recent backoff and anomaly events shown (each).
@@ -50,7 +51,7 @@ async fn recent(c: &Console, kind: &'static str) -> Vec<Value> {
     .unwrap_or_default()
 }
 
-async fn render(c: &Console, ctx: &Ctx, notice: Notice, status: StatusCode) -> Response {
+pub(super) async fn render(c: &Console, ctx: &Ctx, notice: Notice, status: StatusCode) -> Response {
     let s = &ctx.session;
     let listing = c.api.queue.list(&Filter::default()).await;
     let suspensions = c.api.queue.suspensions();
@@ -114,6 +115,7 @@ async fn render(c: &Console, ctx: &Ctx, notice: Notice, status: StatusCode) -> R
         (events(&backoffs, &["change", "action", "site", "source", "rule", "seconds"]))
         h2 { "Recent anomalies" }
         (events(&anomalies, &["metric", "severity", "state", "provider", "campaign", "rate", "threshold", "action"]))
+        (super::domains::section(c, s))
     };
     (status, layout("Operations", Some(s), &notice, body)).into_response()
 }
