@@ -456,10 +456,34 @@ pub async fn erase(
     ))
 }
 
+/// The steps of an erasure in the order they run, each named by the key of its count in the
+/// answer of [`erase_person`]; [`erase_person_with`] reports each as it finishes.
+pub const ERASURE_STEPS: [&str; 6] = [
+    "suppression_entries_removed",
+    "queued_recipients_dropped",
+    "spool_records_shredded",
+    "outbox_events_shredded",
+    "idempotent_answers_shredded",
+    "send_log_rows",
+];
+
 /// Erase a person (the steps of `POST /api/v1/erasures`, which the console's confirmed
 /// four-eyes request runs too): `{"erased": {"subject", "send_log_rows",
-/// "queued_recipients_dropped", "suppression_entries_removed"}}`.
+/// "queued_recipients_dropped", "suppression_entries_removed", "spool_records_shredded",
+/// "outbox_events_shredded", "idempotent_answers_shredded"}}`.
 pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Value, ApiError> {
+    erase_person_with(s, actor, address, &|_, _| {}).await
+}
+
+/// [`erase_person`], calling `done(step, count)` after each of [`ERASURE_STEPS`] (the
+/// console's progress page). A step that does not apply (no outbox, no idempotency store)
+/// reports 0.
+pub async fn erase_person_with(
+    s: &ApiState,
+    actor: &str,
+    address: &str,
+    done: &(dyn Fn(&'static str, u64) + Send + Sync),
+) -> Result<Value, ApiError> {
     let req = ErasureRequest {
         address: address.to_string(),
     };
@@ -482,7 +506,9 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
             .map_err(|e| suppression_error(format!("suppression task failed: {e}")))?
             .map_err(|e| suppression_error(e.to_string()))?;
     }
+    done(ERASURE_STEPS[0], suppression_entries_removed as u64);
     let queued = s.queue.purge_recipient(&req.address, actor).await;
+    done(ERASURE_STEPS[1], queued as u64);
     // Then the spool records only they were owed (and finished ones naming them) lose their
     // key: their envelope and body can no longer be opened (crypto-shredding in place).
     let spool = s.queue.spool().clone();
@@ -491,6 +517,7 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
         .await
         .map_err(|e| spool_erasure_error(format!("spool erasure task failed: {e}")))?
         .map_err(|e| spool_erasure_error(e.to_string()))?;
+    done(ERASURE_STEPS[2], spool_records_shredded as u64);
     // The outbox of event shipping: once it holds every event published so far (the
     // purges above included), the person's lines no destination has taken yet are
     // overwritten in place.
@@ -503,6 +530,7 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
             .map_err(|e| spool_erasure_error(format!("outbox erasure task failed: {e}")))?
             .map_err(|e| spool_erasure_error(format!("outbox erasure: {e}")))?;
     }
+    done(ERASURE_STEPS[3], outbox_events_shredded as u64);
     // Answers to keyed injections that list them.
     let mut idempotent_answers_shredded = 0;
     if let Some(store) = s.idempotency.clone() {
@@ -512,7 +540,9 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
             .map_err(|e| spool_erasure_error(format!("idempotency erasure task failed: {e}")))?
             .map_err(|e| spool_erasure_error(format!("idempotency erasure: {e}")))?;
     }
+    done(ERASURE_STEPS[4], idempotent_answers_shredded as u64);
     let rows = log.erase(&req.address, actor).await.map_err(store_error)?;
+    done(ERASURE_STEPS[5], rows);
     Ok(json!({"erased": {
         "idempotent_answers_shredded": idempotent_answers_shredded,
         "outbox_events_shredded": outbox_events_shredded,
@@ -524,11 +554,21 @@ pub async fn erase_person(s: &ApiState, actor: &str, address: &str) -> Result<Va
     }}))
 }
 
+/// `format` of `GET /api/v1/subjects/{address}`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubjectQuery {
+    /// `json` (default) or `csv` (one row per message, [`SUBJECT_CSV_COLUMNS`]).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
 /// `GET /api/v1/subjects/{address}` (scope logs): everything the send log holds about a
-/// person (GDPR Art. 15), with retention and purposes.
+/// person (GDPR Art. 15), with retention and purposes; `format=csv` gives the messages as CSV.
 #[utoipa::path(get, path = "/api/v1/subjects/{address}", tag = "logs",
-    params(("address" = String, Path, description = "An email address")),
-    responses((status = 200, description = "Everything the send log holds about the person", body = Object),
+    params(("address" = String, Path, description = "An email address"), SubjectQuery),
+    responses((status = 200, description = "Everything the send log holds about the person (JSON), or one CSV row per message",
+            content((Object = "application/json"), (String = "text/csv"))),
         (status = 503, description = "The send log is turned off", body = crate::http::openapi::ErrorResponse),
         (status = 400, description = "Bad request (names the field)", body = crate::http::openapi::ErrorResponse),
         (status = 401, description = "No or unknown token", body = crate::http::openapi::ErrorResponse),
@@ -538,14 +578,97 @@ pub async fn subject(
     State(s): State<ApiState>,
     who: LogsReader,
     Path(address): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(axum::Json(subject_report(&s, &who.actor, &address).await?))
+    q: Result<Query<SubjectQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(e.body_text(), "format"))?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => {
+            Ok(axum::Json(subject_report(&s, &who.actor, &address, "json").await?).into_response())
+        }
+        "csv" => {
+            let v = subject_report(&s, &who.actor, &address, "csv").await?;
+            Ok((
+                [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                subject_csv(&v)?,
+            )
+                .into_response())
+        }
+        other => Err(bad_request(
+            format!("format={other:?}: use json or csv"),
+            "format",
+        )),
+    }
+}
+
+/// The columns of the access export as CSV: one row per message sent to the person, the
+/// same fields as the JSON's `messages` (plus the address, and the purposes and retention
+/// from config on every row so that each row stands alone).
+pub const SUBJECT_CSV_COLUMNS: [&str; 14] = [
+    "address",
+    "queue_id",
+    "message_id",
+    "campaign",
+    "tenant",
+    "first_time_us",
+    "outcome",
+    "provider",
+    "mx_host",
+    "remote_ip",
+    "reply",
+    "attempts",
+    "purposes",
+    "retention_days",
+];
+
+/// A report of [`subject_report`] as CSV (header + one row per message). Cells are the JSON
+/// values: strings as they are, null empty, numbers in decimal; `purposes` joined with "; ".
+pub fn subject_csv(report: &Value) -> Result<String, ApiError> {
+    let fail = |e: csv::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "csv_error",
+            format!("cannot write the access export as CSV: {e}"),
+        )
+    };
+    let purposes = report["purposes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| render::cell(Some(p)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(SUBJECT_CSV_COLUMNS).map_err(fail)?;
+    for m in report["messages"].as_array().into_iter().flatten() {
+        let row = SUBJECT_CSV_COLUMNS.map(|col| match col {
+            "address" => render::cell(report.get("address")),
+            "purposes" => purposes.clone(),
+            "retention_days" => render::cell(report.get("retention_days")),
+            _ => render::cell(m.get(col)),
+        });
+        w.write_record(&row).map_err(fail)?;
+    }
+    let bytes = w.into_inner().map_err(|e| fail(e.into_error().into()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "csv_error",
+            format!("the access export is not UTF-8: {e}"),
+        )
+    })
 }
 
 /// Everything the send log holds about `address` (GDPR Art. 15), recorded as `log_access`
-/// (`subject_export`) by `actor`: the path of `GET /api/v1/subjects/{address}` and of the
-/// console's access export.
-pub async fn subject_report(s: &ApiState, actor: &str, address: &str) -> Result<Value, ApiError> {
+/// (`subject_export`, in `format`: `json`, `csv`, `html`) by `actor`: the path of
+/// `GET /api/v1/subjects/{address}` and of the console's access export and downloads.
+pub async fn subject_report(
+    s: &ApiState,
+    actor: &str,
+    address: &str,
+    format: &str,
+) -> Result<Value, ApiError> {
     let address = address.to_string();
     if !address_ok(&address) {
         return Err(bad_request(
@@ -584,7 +707,7 @@ pub async fn subject_report(s: &ApiState, actor: &str, address: &str) -> Result<
         "subject_export",
         erased_at.is_none().then_some(address.as_str()),
         json!({}),
-        "json",
+        format,
         events.len() as u64,
     );
     let mail: Vec<&Value> = events
@@ -627,4 +750,45 @@ pub async fn subject_report(s: &ApiState, actor: &str, address: &str) -> Result<
         "retention_days": log.retention_days,
         "purposes": *log.purposes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_export_csv_has_one_row_per_message_with_purposes_and_retention() {
+        let report = json!({
+            "address": "a@example.test",
+            "messages": [
+                {"queue_id": "q1", "message_id": "m1@x", "campaign": "spring, \"hot\"",
+                 "tenant": "t", "first_time_us": 1_700_000_000_000_000_i64, "outcome": "delivered",
+                 "provider": null, "mx_host": "mx.test", "remote_ip": "192.0.2.1",
+                 "reply": "250 ok", "attempts": 1},
+                {"queue_id": "q2", "outcome": "bounced", "attempts": 2},
+            ],
+            "purposes": ["delivery", "fraud prevention"],
+            "retention_days": 90,
+        });
+        let text = subject_csv(&report).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(
+            r.headers().unwrap().iter().collect::<Vec<_>>(),
+            SUBJECT_CSV_COLUMNS.to_vec()
+        );
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(&rows[0][0], "a@example.test");
+        assert_eq!(&rows[0][3], "spring, \"hot\"");
+        assert_eq!(&rows[0][5], "1700000000000000");
+        assert_eq!(&rows[0][7], "", "null is empty");
+        assert_eq!(&rows[0][12], "delivery; fraud prevention");
+        assert_eq!(&rows[0][13], "90");
+        assert_eq!(&rows[1][1], "q2");
+        assert_eq!(&rows[1][2], "", "a missing field is empty");
+        assert_eq!(&rows[1][11], "2");
+        // No messages: the header alone.
+        let empty = subject_csv(&json!({"address": "b@x.test", "messages": []})).unwrap();
+        assert_eq!(empty.lines().count(), 1);
+    }
 }

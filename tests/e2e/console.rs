@@ -528,12 +528,23 @@ async fn console_in_a_real_browser() {
         csv.contains("reader@dest.test") && csv.contains("delivered"),
         "{csv}"
     );
+    // The person's access export, downloaded as CSV before the erasure.
+    let access = std::fs::read_to_string(format!("{ARTEFACTS}/access.csv")).unwrap();
+    assert!(
+        access.starts_with("address,queue_id,message_id,"),
+        "{access}"
+    );
+    assert!(
+        access.contains("forget-me@dest.test") && access.contains("console-1@origin.test"),
+        "{access}"
+    );
     // Screenshots of every page.
     for shot in [
         "01-login",
         "02-home",
         "03-search",
         "04-story",
+        "04b-access-export",
         "05-erasure-requested",
         "06-erasure-receipt",
         "07-suppression-added",
@@ -579,4 +590,404 @@ async fn console_in_a_real_browser() {
         "{body}"
     );
     assert!(body.contains("console:alice"), "{body}");
+}
+
+/// A world whose console users can sign in, with `[[dkim]]` keys for signed.test: `ed`
+/// (Ed25519) published right, `rsa` (RSA) published with another key unless `fixed`.
+async fn dkim_zone(fixed: bool) -> Zone {
+    use crate::dkim::{KeyType, fixture_path, public_record};
+    let ed = public_record(&fixture_path("ed25519.pem"), KeyType::Ed25519).await;
+    let rsa_file = if fixed {
+        "rsa2048.pem"
+    } else {
+        "rsa2048-b.pem"
+    };
+    let rsa = public_record(&fixture_path(rsa_file), KeyType::Rsa).await;
+    Zone::new()
+        .mail_domain("dest.test", "127.0.0.248")
+        .txt("ed._domainkey.signed.test", &ed)
+        .txt("rsa._domainkey.signed.test", &rsa)
+}
+
+/// The `<tr>` of the `dkim-keys` table naming `selector`, as text.
+fn key_row<'b>(page: &'b str, selector: &str) -> &'b str {
+    let table = &page[page
+        .find("id=\"dkim-keys\"")
+        .unwrap_or_else(|| panic!("no DKIM table:\n{page}"))..];
+    let table = &table[..table.find("</table>").unwrap()];
+    table
+        .split("<tr>")
+        .find(|row| row.contains(&format!("<td>{selector}</td>")))
+        .unwrap_or_else(|| panic!("no row for selector {selector}:\n{table}"))
+}
+
+/// Issue 22 item 5, "DKIM/domain-check status": the operations page lists each `[[dkim]]` key
+/// (domain, selector, key type) with whether its DNS record matches and the time of the last
+/// check (the periodic run at start-up, through `auth::check_domain`), the domain's results
+/// and what to fix; an operator's "check now" runs the checks again (after the DNS was fixed:
+/// the RSA record then matches) and a viewer may look but not run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_operations_page_shows_dkim_keys_and_domain_checks() {
+    use crate::dkim::fixture;
+    let (users, secrets) = console_users("5ms").await;
+    let w = World::start(&["127.0.0.248"], dkim_zone(false).await, |c| {
+        c.file("ed.pem", fixture("ed25519.pem"))
+            .file("rsa.pem", fixture("rsa2048.pem"))
+            .extra(&users)
+            .extra(
+                "[[dkim]]\ndomain = \"signed.test\"\nselector = \"ed\"\nalgorithm = \"ed25519-sha256\"\nkey = \"${DIR}/ed.pem\"\n\
+                 [[dkim]]\ndomain = \"signed.test\"\nselector = \"rsa\"\nalgorithm = \"rsa-sha256\"\nkey = \"${DIR}/rsa.pem\"\n",
+            )
+    })
+    .await;
+    let addr = w.gannet.http_addr();
+
+    // The viewer sees the periodic run's result (it checks once at start-up).
+    let mut v = Jar::new(addr);
+    assert_eq!(v.login("vera", PASSWORD, "").await.status, 303);
+    let mut page = String::new();
+    for _ in 0..300 {
+        let r = v.get("/console/queue").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        page = r.body;
+        if !page.contains("not checked yet") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        page.contains("Sending domains (DKIM and DNS checks)"),
+        "{page}"
+    );
+    let ed = key_row(&page, "ed");
+    assert!(
+        ed.contains("<td>signed.test</td>") && ed.contains("Ed25519"),
+        "{ed}"
+    );
+    assert!(
+        ed.contains("matches") && !ed.contains("does not match"),
+        "{ed}"
+    );
+    assert!(
+        ed.contains(&format!("{}-", time::OffsetDateTime::now_utc().year())),
+        "last check time: {ed}"
+    );
+    let rsa = key_row(&page, "rsa");
+    assert!(
+        rsa.contains("RSA") && rsa.contains("does not match"),
+        "{rsa}"
+    );
+    // The domain's row: the failing checks and the record to publish.
+    assert!(page.contains("id=\"domain-checks\""), "{page}");
+    assert!(page.contains("checks failed (spf"), "{page}");
+    assert!(
+        page.contains("publish rsa._domainkey.signed.test"),
+        "{page}"
+    );
+    // A viewer has no "check now", and posting it anyway is refused.
+    assert!(!page.contains("Check the sending domains now"), "{page}");
+    let r = v
+        .post("/console/domains/check", &[("csrf", &Jar::csrf(&page))])
+        .await;
+    assert_eq!(r.status, 403, "viewer checking: {}", r.body);
+
+    // The DNS is fixed; the operator checks now and the RSA record matches.
+    w.dns.set_zone(dkim_zone(true).await);
+    let mut op = Jar::new(addr);
+    assert_eq!(
+        op.login("oscar", PASSWORD, &code(&secrets["oscar"]))
+            .await
+            .status,
+        303
+    );
+    let page = op.get("/console/queue").await;
+    assert!(
+        page.body.contains("Check the sending domains now"),
+        "{}",
+        page.body
+    );
+    let r = op
+        .post(
+            "/console/domains/check",
+            &[("csrf", &Jar::csrf(&page.body))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("checked just now"), "{}", r.body);
+    let rsa = key_row(&r.body, "rsa");
+    assert!(
+        rsa.contains("matches") && !rsa.contains("does not match"),
+        "{rsa}"
+    );
+    // The check is an action of the operator's, in the control log.
+    let control = w.gannet.log_events("gannet::control");
+    assert!(
+        control.iter().any(|e| {
+            let s = e.to_string();
+            s.contains("domain_check") && s.contains("oscar")
+        }),
+        "{control:#?}"
+    );
+}
+
+/// The `data-key` value of an erasure receipt.
+fn receipt_value(page: &str, key: &str) -> String {
+    let at = page
+        .find(&format!("data-key=\"{key}\">"))
+        .unwrap_or_else(|| panic!("receipt lacks {key}:\n{page}"));
+    let rest = &page[at + key.len() + 12..];
+    rest[..rest.find('<').unwrap()].to_string()
+}
+
+/// Issue 22 item 4: the access export downloads as CSV and JSON from the console (the API's
+/// code path; the CSV parses with Python's csv module into the same rows as the JSON's
+/// messages; the download is recorded with its format), and a confirmed erasure shows its
+/// progress step by step (held at the send-log step while another process holds the send
+/// log's write lock), then a receipt with what each step did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_access_export_csv_and_erasure_progress_and_receipt() {
+    let (w, secrets) = start_world("127.0.0.249", "5ms").await;
+    let g = &w.gannet;
+    let addr = g.http_addr();
+    let mut c = SmtpClient::connect(g.smtp_addr()).await;
+    c.hello("client.test").await;
+    for (i, campaign) in ["spring", "summer, \"hot\""].iter().enumerate() {
+        let msg = format!(
+            "Subject: s{i}\r\nMessage-ID: <export-{i}@origin.test>\r\nX-Gannet-Campaign: {campaign}\r\n\r\nhello\r\n"
+        );
+        c.send(
+            "news@origin.test",
+            &["forget-me@dest.test", "other@dest.test"],
+            msg.as_bytes(),
+        )
+        .await;
+    }
+    c.quit().await;
+    for _ in 0..2 {
+        g.wait_event("delivered", "forget-me@dest.test", Duration::from_secs(30))
+            .await;
+    }
+    let mut alice = Jar::new(addr);
+    assert_eq!(
+        alice
+            .login("alice", PASSWORD, &code(&secrets["alice"]))
+            .await
+            .status,
+        303
+    );
+
+    // Both downloads, then the check in Python.
+    let q = "/console/subjects/access?address=forget-me%40dest.test";
+    let page = alice.get(q).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Download as CSV"), "{}", page.body);
+    let mut json = String::new();
+    for _ in 0..300 {
+        let r = alice.get(&format!("{q}&download=json")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        json = r.body;
+        if v["messages"].as_array().map_or(0, Vec::len) == 2
+            && v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["outcome"] == "delivered")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let csv = alice.get(&format!("{q}&download=csv")).await;
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(
+        csv.header("content-type")
+            .is_some_and(|t| t.starts_with("text/csv")),
+        "{csv:?}"
+    );
+    assert!(
+        csv.header("content-disposition")
+            .is_some_and(|d| d.contains("attachment") && d.contains(".csv")),
+        "{csv:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("export.json"), &json).unwrap();
+    std::fs::write(dir.path().join("export.csv"), &csv.body).unwrap();
+    let mut py = tokio::process::Command::new("python3");
+    py.arg("-c")
+        .arg(
+            "import csv, json, sys\n\
+             d = sys.argv[1]\n\
+             report = json.load(open(d + '/export.json'))\n\
+             rows = list(csv.DictReader(open(d + '/export.csv', newline='')))\n\
+             def cell(v):\n\
+             \x20   return '' if v is None else v if isinstance(v, str) else json.dumps(v)\n\
+             want = []\n\
+             for m in report['messages']:\n\
+             \x20   r = {k: cell(v) for k, v in m.items()}\n\
+             \x20   r['address'] = report['address']\n\
+             \x20   r['purposes'] = '; '.join(report['purposes'])\n\
+             \x20   r['retention_days'] = cell(report['retention_days'])\n\
+             \x20   want.append(r)\n\
+             assert len(rows) == len(want) == 2, (rows, want)\n\
+             assert rows == want, (rows, want)\n\
+             assert {r['campaign'] for r in rows} == {'spring', 'summer, \"hot\"'}, rows\n\
+             print('same', len(rows))\n",
+        )
+        .arg(dir.path());
+    let out = run(py, None, Duration::from_secs(60)).await;
+    out.assert_success();
+    assert!(out.stdout.contains("same 2"), "{out}");
+    // The API gives the same CSV.
+    let (status, api_csv) = g
+        .http_get("/api/v1/subjects/forget-me%40dest.test?format=csv")
+        .await;
+    assert_eq!(status, 200, "{api_csv}");
+    assert_eq!(api_csv, csv.body, "the console's CSV is the API's");
+    // Each download is recorded, in its format, under alice's name.
+    let mut seen = String::new();
+    for _ in 0..300 {
+        let (_, body) = g
+            .http_get("/api/v1/events?type=log_access&limit=1000")
+            .await;
+        seen = body;
+        if seen.contains("\"format\":\"csv\"") && seen.contains("\"format\":\"json\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v: Value = serde_json::from_str(&seen).unwrap();
+    for format in ["csv", "json", "html"] {
+        assert!(
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["actor"] == "console:alice"
+                    && e["action"] == "subject_export"
+                    && e["format"] == format
+                    && e["recipient"] == "forget-me@dest.test"),
+            "no {format} subject_export by console:alice: {v:#}"
+        );
+    }
+
+    // Erasure: alice requests, carol confirms while the send log cannot be written.
+    let page = alice.get("/console/subjects").await;
+    let r = alice
+        .post(
+            "/console/subjects/erasures",
+            &[
+                ("csrf", &Jar::csrf(&page.body)),
+                ("address", "forget-me@dest.test"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut carol = Jar::new(addr);
+    assert_eq!(
+        carol
+            .login("carol", PASSWORD, &code(&secrets["carol"]))
+            .await
+            .status,
+        303
+    );
+    let page = carol.get("/console/subjects").await;
+    let ccsrf = Jar::csrf(&page.body);
+    let db = crate::sendlog::find_file(g.dir(), "sendlog.sqlite").expect("sendlog.sqlite");
+    let mut holder = tokio::process::Command::new("python3");
+    holder
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()",
+        )
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut holder = holder.spawn().expect("python3");
+    let mut out = tokio::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let r = carol
+        .post("/console/subjects/erasures/1/confirm", &[("csrf", &ccsrf)])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/console/subjects/erasures/1"));
+    // Progress: every step before the send log's is done, the send log's is running.
+    let mut progress = String::new();
+    for _ in 0..200 {
+        let r = carol.get("/console/subjects/erasures/1").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let refresh = r.header("refresh").map(str::to_string);
+        progress = r.body;
+        if progress.contains("5 of 6 steps done") {
+            assert_eq!(refresh.as_deref(), Some("2"), "the page refreshes itself");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(progress.contains("Erasure in progress"), "{progress}");
+    assert!(progress.contains("5 of 6 steps done"), "{progress}");
+    assert!(
+        progress.contains("Send-log key destroyed: rows made unreadable: <strong>running</strong>"),
+        "{progress}"
+    );
+    assert!(
+        progress
+            .contains("Queued mail to the person dropped (recipients): <strong>done (0)</strong>"),
+        "{progress}"
+    );
+    // The list shows it running too.
+    let list = alice.get("/console/subjects").await;
+    assert!(
+        list.body.contains("erasing (5 of 6 steps done)"),
+        "{}",
+        list.body
+    );
+    holder.kill().await.unwrap();
+    drop(holder);
+
+    // Then the receipt, with what each step did.
+    let mut receipt = String::new();
+    for _ in 0..600 {
+        let r = carol.get("/console/subjects/erasures/1").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        receipt = r.body;
+        if receipt.contains("Erasure receipt") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(receipt.contains("Erasure receipt"), "{receipt}");
+    assert_eq!(receipt_value(&receipt, "person"), "f***@dest.test");
+    assert_eq!(receipt_value(&receipt, "requested_by"), "alice");
+    assert_eq!(receipt_value(&receipt, "confirmed_by"), "carol");
+    let rows: u64 = receipt_value(&receipt, "send_log_rows").parse().unwrap();
+    assert!(rows >= 2, "the two deliveries at least: {rows}");
+    assert_eq!(receipt_value(&receipt, "queued_recipients_dropped"), "0");
+    assert_eq!(receipt_value(&receipt, "subject").len(), 64, "{receipt}");
+    for key in [
+        "spool_records_shredded",
+        "outbox_events_shredded",
+        "idempotent_answers_shredded",
+        "suppression_entries_removed",
+        "finished_at",
+    ] {
+        assert!(!receipt_value(&receipt, key).is_empty(), "{key}: {receipt}");
+    }
+    assert!(
+        !receipt.contains("forget-me@dest.test"),
+        "no address on the receipt"
+    );
+    let (status, body) = g.http_get("/api/v1/subjects/forget-me%40dest.test").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(!v["erased_at_us"].is_null(), "erased: {v:#}");
 }

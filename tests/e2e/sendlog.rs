@@ -606,7 +606,7 @@ async fn one_changed_byte_fails_verify_naming_the_record() {
     );
 }
 
-fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     for e in std::fs::read_dir(dir).ok()? {
         let p = e.ok()?.path();
         if p.is_dir() {

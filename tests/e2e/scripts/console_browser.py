@@ -5,8 +5,8 @@ Usage: console_browser.py BASE_URL ARTEFACT_DIR USERS_JSON
 USERS_JSON: {"password": "...", "secrets": {"alice": "BASE32", ...}}
 
 Signs in with TOTP codes computed here (RFC 6238 with hmac, independent of Gannet's crate),
-then: search a recipient, open a message story, export CSV, erasure requested by alice and
-confirmed by carol, add and remove a suppression (alice), suspend and resume a campaign
+then: search a recipient, open a message story, export CSV, download the person's access export
+as CSV, erasure requested by alice and confirmed by carol (progress, then the receipt), add and remove a suppression (alice), suspend and resume a campaign
 (oscar). Saves a screenshot of each page and the CSV download in ARTEFACT_DIR; prints one JSON
 line with what it measured. Any failed expectation raises (exit status 1).
 """
@@ -91,6 +91,16 @@ def main():
         expect(page.get_by_role("cell", name="forget-me@dest.test").first).to_be_visible()
         shot(page, "04-story")
 
+        # Access export (Art. 15) of the person, downloaded as CSV.
+        page.get_by_role("link", name="Data subjects").first.click()
+        page.locator("#access-address").fill("forget-me@dest.test")
+        page.get_by_role("button", name="Show what we hold").click()
+        expect(page.get_by_role("heading", name="Access export")).to_be_visible()
+        with page.expect_download() as dl:
+            page.get_by_role("link", name="Download as CSV").click()
+        dl.value.save_as(os.path.join(OUT, "access.csv"))
+        shot(page, "04b-access-export")
+
         # Erasure: alice requests...
         page.get_by_role("link", name="Data subjects").first.click()
         page.locator("#erase-address").fill("forget-me@dest.test")
@@ -105,7 +115,9 @@ def main():
         page_b = login(ctx_b, "carol")
         page_b.get_by_role("link", name="Data subjects").first.click()
         page_b.get_by_role("button", name="Confirm erasure request 1").click()
-        expect(page_b.get_by_role("heading", name="Erasure receipt")).to_be_visible()
+        # The request's page shows the progress (refreshing itself) until the receipt.
+        expect(page_b.get_by_role("heading", name="Erasure receipt")).to_be_visible(timeout=60_000)
+        expect(page_b.locator("#receipt")).to_contain_text("Send-log key destroyed")
         expect(page_b.locator("#receipt")).to_contain_text("alice")
         expect(page_b.locator("#receipt")).to_contain_text("carol")
         shot(page_b, "06-erasure-receipt")
