@@ -751,7 +751,7 @@ async fn console_access_export_csv_and_erasure_progress_and_receipt() {
     let addr = g.http_addr();
     let mut c = SmtpClient::connect(g.smtp_addr()).await;
     c.hello("client.test").await;
-    for (i, campaign) in ["spring", "summer, \"hot\""].iter().enumerate() {
+    for (i, campaign) in ["spring", "summer,\"hot\""].iter().enumerate() {
         let msg = format!(
             "Subject: s{i}\r\nMessage-ID: <export-{i}@origin.test>\r\nX-Gannet-Campaign: {campaign}\r\n\r\nhello\r\n"
         );
@@ -831,7 +831,7 @@ async fn console_access_export_csv_and_erasure_progress_and_receipt() {
              \x20   want.append(r)\n\
              assert len(rows) == len(want) == 2, (rows, want)\n\
              assert rows == want, (rows, want)\n\
-             assert {r['campaign'] for r in rows} == {'spring', 'summer, \"hot\"'}, rows\n\
+             assert {r['campaign'] for r in rows} == {'spring', 'summer,\"hot\"'}, rows\n\
              print('same', len(rows))\n",
         )
         .arg(dir.path());
