@@ -89,17 +89,11 @@ pub struct Row<'a> {
     pub expires: u64,
 }
 
-impl<'a> Row<'a> {
-    pub fn of(person: &'a [u8; 32], e: &'a Entry) -> Row<'a> {
-        Row {
-            person,
-            tenant: &e.tenant,
-            stream: &e.stream,
-            reason: &e.reason,
-            created: e.created,
-            expires: e.expires,
-        }
-    }
+/// The place of one entry in the index: its 64-bit key and 32-bit tag ([`Index::at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    key: u64,
+    tag: u32,
 }
 
 fn secs32(s: u64) -> u32 {
@@ -164,32 +158,58 @@ impl Index {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Where the entry (person, tenant, stream) sits in the index. A writer computes it once,
+    /// outside every lock (an import does so on several threads), and hands it to
+    /// [`Index::contains_many`], [`Index::live`] and [`Index::insert_at`].
+    pub fn at(&self, person: &[u8; 32], tenant: &str, stream: &str) -> At {
+        let (key, tag) = self.hash(person, tenant, stream);
+        At { key, tag }
+    }
+
     /// Insert or replace many entries; returns how many were not in
     /// the index before. Hashing happens before the write lock is taken.
     pub fn insert_many<'a>(&self, rows: impl IntoIterator<Item = Row<'a>>) -> usize {
-        let hashed: Vec<(u64, u32, &str, u32, u32)> = rows
+        let hashed: Vec<(At, &str, u64, u64)> = rows
             .into_iter()
             .map(|r| {
-                let (k, tag) = self.hash(r.person, r.tenant, r.stream);
-                (k, tag, r.reason, secs32(r.created), secs32(r.expires))
+                (
+                    self.at(r.person, r.tenant, r.stream),
+                    r.reason,
+                    r.created,
+                    r.expires,
+                )
             })
             .collect();
+        self.insert_at(hashed)
+    }
+
+    /// Insert or replace entries whose places were computed with [`Index::at`]: (place,
+    /// reason, created, expires). Returns how many were not in the index before.
+    pub fn insert_at<'a>(&self, rows: impl IntoIterator<Item = (At, &'a str, u64, u64)>) -> usize {
         let mut g = self.write();
         let inner = &mut *g;
         let mut new = 0;
-        for (k, tag, reason, created, expires) in hashed {
+        for (at, reason, created, expires) in rows {
             let reason = inner.reason_id(reason);
             let slot = Slot {
-                tag,
-                created,
-                expires,
+                tag: at.tag,
+                created: secs32(created),
+                expires: secs32(expires),
                 reason,
             };
-            if inner.slots.insert(k, slot).is_none() {
+            if inner.slots.insert(at.key, slot).is_none() {
                 new += 1;
             }
         }
         new
+    }
+
+    /// For each place, whether an entry (live or not) is there; one read lock for all.
+    pub fn contains_many(&self, ats: impl IntoIterator<Item = At>) -> Vec<bool> {
+        let g = self.read();
+        ats.into_iter()
+            .map(|at| g.slots.get(&at.key).is_some_and(|s| s.tag == at.tag))
+            .collect()
     }
 
     /// Insert or replace one entry; true if it was not there.
@@ -208,19 +228,12 @@ impl Index {
         }
     }
 
-    /// Whether the entry (person, tenant, stream) is there, live or not.
-    pub fn contains(&self, person: &[u8; 32], tenant: &str, stream: &str) -> bool {
-        let (k, tag) = self.hash(person, tenant, stream);
-        self.read().slots.get(&k).is_some_and(|s| s.tag == tag)
-    }
-
-    /// Whether the entry (person, tenant, stream) is there, and live at `now`.
-    pub fn live(&self, person: &[u8; 32], tenant: &str, stream: &str, now: u64) -> bool {
-        let (k, tag) = self.hash(person, tenant, stream);
+    /// Whether the entry at `at` is there, and live at `now`.
+    pub fn live(&self, at: At, now: u64) -> bool {
         let g = self.read();
         g.slots
-            .get(&k)
-            .is_some_and(|s| s.tag == tag && (s.expires == 0 || u64::from(s.expires) > now))
+            .get(&at.key)
+            .is_some_and(|s| s.tag == at.tag && (s.expires == 0 || u64::from(s.expires) > now))
     }
 
     pub fn len(&self) -> usize {
@@ -397,7 +410,16 @@ mod tests {
             Some(100)
         );
         assert!(ix.check(&B, "b@x.test".into(), &q, 100).is_none());
-        assert!(!ix.live(&B, "*", "", 100));
+        assert!(!ix.live(ix.at(&B, "*", ""), 100));
+        assert!(ix.live(ix.at(&B, "*", ""), 99));
+        assert_eq!(
+            ix.contains_many([
+                ix.at(&B, "*", ""),
+                ix.at(&B, "acme", ""),
+                ix.at(&A, "*", "")
+            ]),
+            vec![true, false, false]
+        );
         assert!(!ix.insert(row(&B, "*", "", "hard-bounce")), "replaced");
         let e = ix.check(&B, "b@x.test".into(), &q, 100).expect("hit");
         assert_eq!(

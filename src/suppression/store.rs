@@ -260,17 +260,6 @@ pub fn normalize(address: &str) -> Result<String, StoreError> {
     }
 }
 
-/// `entry` with its address normalised, ready to be keyed (a tenant holding a control
-/// character would make the key ambiguous).
-fn keyed(entry: &Entry) -> Result<Entry, StoreError> {
-    if entry.tenant.is_empty() || entry.tenant.chars().any(char::is_control) {
-        return Err(StoreError::BadTenant(entry.tenant.clone()));
-    }
-    let mut e = entry.clone();
-    e.address = normalize(&e.address)?;
-    Ok(e)
-}
-
 /// The tree key of an entry: the person's keyed hash (32 bytes), then `tenant \0 stream`. The
 /// hash first, so every entry of one address sits under one prefix (`get`, `remove`, `erase`).
 fn key(person: &[u8; 32], tenant: &str, stream: &str) -> Vec<u8> {
@@ -548,43 +537,106 @@ impl SledStore {
             .and_then(|v| Meta::read(&v).map(|m| m.slot)))
     }
 
-    /// Write `rows` (normalised entries with their persons) under the write lock the caller
-    /// holds: slots for them (an existing entry's slot is reused), salts first, then one sled
-    /// batch, then the index. Returns how many were new.
-    fn write_rows(&self, rows: &[([u8; 32], Entry)]) -> Result<usize, StoreError> {
-        let mut keys = Vec::with_capacity(rows.len());
+    /// `entry` made ready for the tree without any lock: checked (a tenant holding a control
+    /// character would make the key ambiguous), its address normalised and hashed, and sealed
+    /// under a fresh salt. None when its person was erased: an erased person is suppressed
+    /// everywhere already, and their address must not be written again (a bounce of mail that
+    /// was in flight at the erasure, say).
+    fn prepare<'a>(&self, entry: &'a Entry) -> Result<Option<Ready<'a>>, StoreError> {
+        if entry.tenant.is_empty() || entry.tenant.chars().any(char::is_control) {
+            return Err(StoreError::BadTenant(entry.tenant.clone()));
+        }
+        let address = normalize(&entry.address)?;
+        let person = self.person(&address);
+        if self.erased_entry(&person).is_some() {
+            return Ok(None);
+        }
+        let (salt, sealed) = self.slots.seal_address(&person, &address);
+        Ok(Some(Ready {
+            entry,
+            key: key(&person, &entry.tenant, &entry.stream),
+            at: self.index.at(&person, &entry.tenant, &entry.stream),
+            salt,
+            // The slot is filled in under the write lock, once it is known.
+            value: encode(entry, 0, &sealed),
+        }))
+    }
+
+    /// [`SledStore::prepare`] for many entries, on one thread per core when there are enough
+    /// of them: the keyed hash, the key derivation and the seal of each entry are most of an
+    /// import's CPU outside sled, and none of them needs the write lock. The first error in
+    /// the entries' order is returned, as one by one.
+    fn prepare_all<'a>(&self, entries: &'a [Entry]) -> Result<Vec<Ready<'a>>, StoreError> {
+        let one = |chunk: &'a [Entry]| -> Result<Vec<Ready<'a>>, StoreError> {
+            let mut out = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                out.extend(self.prepare(e)?);
+            }
+            Ok(out)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(entries.len() / PREPARE_PER_THREAD)
+            .max(1);
+        if threads == 1 {
+            return one(entries);
+        }
+        let per = entries.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = entries
+                .chunks(per)
+                .map(|chunk| s.spawn(move || one(chunk)))
+                .collect();
+            let mut out = Vec::with_capacity(entries.len());
+            for part in parts {
+                match part.join() {
+                    Ok(rows) => out.extend(rows?),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Write `rows` (prepared entries, one per key) under the write lock the caller holds:
+    /// slots for them (an existing entry's slot is reused under the new salt, so its old
+    /// sealed address can no longer be opened), salts first, then one sled batch, then the
+    /// index. Returns how many were new.
+    fn write_rows(&self, rows: Vec<Ready<'_>>) -> Result<usize, StoreError> {
+        // The index says whether each exists (one read lock for the batch): only a replaced
+        // entry costs a tree read.
+        let exists = self.index.contains_many(rows.iter().map(|r| r.at));
         let mut slots: Vec<Option<u32>> = Vec::with_capacity(rows.len());
-        for (person, e) in rows {
-            let k = key(person, &e.tenant, &e.stream);
-            // The index says whether it exists: only a replaced entry costs a tree read.
-            let old = if self.index.contains(person, &e.tenant, &e.stream) {
-                self.slot_of(&k)?
-            } else {
-                None
-            };
-            keys.push(k);
-            slots.push(old);
+        for (r, exists) in rows.iter().zip(exists) {
+            slots.push(if exists { self.slot_of(&r.key)? } else { None });
         }
         let fresh = self
             .slots
             .allocate(slots.iter().filter(|s| s.is_none()).count());
         let mut fresh = fresh.into_iter();
         let mut salts = Vec::with_capacity(rows.len());
+        let mut indexed = Vec::with_capacity(rows.len());
         let mut batch = sled::Batch::default();
-        for (((person, e), k), slot) in rows.iter().zip(&keys).zip(&slots) {
+        for (r, slot) in rows.into_iter().zip(slots) {
             let slot = match slot {
-                Some(s) => *s,
+                Some(s) => s,
                 None => fresh.next().unwrap_or(u32::MAX),
             };
-            let (salt, sealed) = self.slots.seal_address(person, &e.address);
+            let Ready {
+                entry,
+                key,
+                at,
+                salt,
+                mut value,
+            } = r;
+            value[SLOT_AT..SLOT_AT + 4].copy_from_slice(&slot.to_be_bytes());
             salts.push((slot, salt));
-            batch.insert(&k[..], encode(e, slot, &sealed));
+            batch.insert(key, value);
+            indexed.push((at, entry.reason.as_str(), entry.created, entry.expires));
         }
         self.slots.write(&mut salts)?;
         self.entries.apply_batch(batch)?;
-        Ok(self
-            .index
-            .insert_many(rows.iter().map(|(p, e)| Row::of(p, e))))
+        Ok(self.index.insert_at(indexed))
     }
 
     /// Copy the soft-bounce records of `person` (migration from the earlier layout).
@@ -621,6 +673,23 @@ const LOAD_CHUNK: usize = 65_536;
 
 /// Version byte of the value form.
 const VALUE_V2: u8 = 2;
+
+/// Where the slot number sits in a value (after the version byte and the two times).
+const SLOT_AT: usize = 17;
+
+/// Entries an import prepares per thread at least (fewer are not worth a thread).
+const PREPARE_PER_THREAD: usize = 1_000;
+
+/// An entry ready to be written ([`SledStore::prepare`]): its tree key, its place in the
+/// index, a fresh salt and its value with the address sealed under that salt's key (slot 0
+/// until the write fills in the slot it got).
+struct Ready<'a> {
+    entry: &'a Entry,
+    key: Vec<u8>,
+    at: super::index::At,
+    salt: [u8; super::slots::SLOT_LEN],
+    value: Vec<u8>,
+}
 
 /// The value of an entry: `0x02, created (u64 BE), expires (u64 BE), slot (u32 BE), reason
 /// length (u16 BE), sealed address length (u16 BE), reason, sealed address, source` (tenant
@@ -684,52 +753,37 @@ impl SuppressionStore for SledStore {
     }
 
     fn add(&self, entry: &Entry) -> Result<bool, StoreError> {
-        let e = keyed(entry)?;
-        let person = self.person(&e.address);
-        // An erased person is already suppressed everywhere, and their address must not be
-        // written again (a bounce of mail that was in flight at the erasure, say).
-        if self.erased_entry(&person).is_some() {
+        let Some(ready) = self.prepare(entry)? else {
             return Ok(false);
-        }
+        };
         let _w = self.writing();
-        Ok(self.write_rows(&[(person, e)])? == 1)
+        Ok(self.write_rows(vec![ready])? == 1)
     }
 
     fn add_new(&self, entry: &Entry, now: u64) -> Result<bool, StoreError> {
-        let e = keyed(entry)?;
-        let person = self.person(&e.address);
-        if self.erased_entry(&person).is_some() {
+        let Some(ready) = self.prepare(entry)? else {
             return Ok(false);
-        }
+        };
         // Under the write lock nobody writes between the look and the insert.
         let _w = self.writing();
-        if self.index.live(&person, &e.tenant, &e.stream, now) {
+        if self.index.live(ready.at, now) {
             return Ok(false);
         }
-        self.write_rows(&[(person, e)])?;
+        self.write_rows(vec![ready])?;
         Ok(true)
     }
 
     fn add_many(&self, entries: &[Entry]) -> Result<usize, StoreError> {
-        let mut rows = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let e = keyed(entry)?;
-            let person = self.person(&e.address);
-            if self.erased_entry(&person).is_some() {
-                continue;
-            }
-            rows.push((key(&person, &e.tenant, &e.stream), person, e));
-        }
+        let mut rows = self.prepare_all(entries)?;
         // In key order (the tree is walked once, left to right, instead of at random); of two
         // lines for one key the later wins, as it would one by one.
         rows.reverse();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows.dedup_by(|later, kept| later.0 == kept.0);
-        let rows: Vec<([u8; 32], Entry)> = rows.into_iter().map(|(_, p, e)| (p, e)).collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows.dedup_by(|later, kept| later.key == kept.key);
         // One batch and one index update under the write lock: how many were new is counted
         // against what every other writer left, not against a look taken before they wrote.
         let _w = self.writing();
-        self.write_rows(&rows)
+        self.write_rows(rows)
     }
 
     fn remove(

@@ -583,3 +583,64 @@ fn a_sled_lock_released_soon_is_waited_for_and_one_held_on_is_an_error() {
     assert!(err.to_string().contains("could not acquire lock"), "{err}");
     drop(db);
 }
+
+/// An import large enough to be prepared (hashed and sealed) on several threads writes what
+/// one by one would: a replaced entry counts as not new and takes the batch's fields, of two
+/// lines for one key the later wins, an erased person is skipped, every entry's address opens
+/// again (from a reopened store too), and a bad line anywhere fails the batch before anything
+/// of it is written.
+#[test]
+fn a_large_import_prepared_on_several_threads_writes_what_one_by_one_would() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = crate::sendlog::MasterKey::from_bytes([5; 32]);
+    let s = SledStore::open(dir.path(), key.clone()).expect("open");
+    for i in 0..100 {
+        s.add(&entry(&format!("u{i}@x.test"), "*", "", "manual", 0))
+            .expect("add");
+    }
+    s.erase("u100@x.test", 5).expect("erase");
+    let mut batch: Vec<Entry> = (0..6_000)
+        .map(|i| entry(&format!("U{i}@X.test"), "*", "", "hard-bounce", 0))
+        .collect();
+    batch.push(entry("u200@x.test", "*", "", "complaint", 0));
+    let mut bad = batch.clone();
+    bad.insert(4_321, entry("not an address", "*", "", "manual", 0));
+    assert!(matches!(s.add_many(&bad), Err(StoreError::BadAddress(_))));
+    assert_eq!(s.len(), 100, "nothing of a failed batch is written");
+    assert_eq!(s.add_many(&batch).expect("import"), 6_000 - 100 - 1);
+    assert_eq!(s.len(), 5_999);
+    let reason = |a: &str| s.get(a).expect("get").pop().map(|e| e.reason);
+    assert_eq!(
+        reason("u5@x.test").as_deref(),
+        Some("hard-bounce"),
+        "replaced"
+    );
+    assert_eq!(
+        reason("u200@x.test").as_deref(),
+        Some("complaint"),
+        "later wins"
+    );
+    assert_eq!(reason("u100@x.test"), None, "erased");
+    s.flush().expect("flush");
+    drop(s);
+    let s = SledStore::open(dir.path(), key).expect("reopen");
+    assert_eq!(s.len(), 5_999);
+    let mut listed = std::collections::HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list(&ListFilter::default(), cursor.as_deref(), 1_000)
+            .expect("every address opens");
+        listed.extend(page.entries.into_iter().map(|e| e.address));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 5_999);
+    assert!(listed.contains("u5999@x.test") && !listed.contains("u100@x.test"));
+    let hit = s
+        .check(&q("u4242@x.test", "acme", "promotional"), 10)
+        .expect("check");
+    assert_eq!(hit.map(|e| e.reason).as_deref(), Some("hard-bounce"));
+}
