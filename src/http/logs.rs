@@ -20,7 +20,7 @@ use crate::sendlog::{EventFilter, SendLog, SendLogError, render};
 /// Most events in one JSON page.
 const MAX_PAGE: usize = 1000;
 /// Rows fetched per database read while streaming an export.
-const STREAM_CHUNK: usize = 2000;
+const STREAM_CHUNK: usize = crate::sendlog::export::CHUNK_ROWS;
 
 /// Extractor for the `logs` scope; carries who is asking (token name, or `loopback`).
 pub struct LogsReader {
@@ -271,24 +271,31 @@ pub async fn events(
             }
             let f = state?;
             let q = f.clone();
-            match log.read(move |r| r.events(&q)).await {
+            let chunk = log
+                .read(move |r| {
+                    if format == Format::Csv {
+                        // Written straight from the stored columns (sendlog::export).
+                        let mut out = Vec::with_capacity(q.limit * 320);
+                        let c = r.export_csv(&q, &mut out)?;
+                        return Ok((out, c.rows, c.last_seq));
+                    }
+                    let rows = r.events(&q)?;
+                    let last = rows.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+                    let mut out = Vec::new();
+                    for e in &rows {
+                        out.extend_from_slice(render::ndjson_row(e).as_bytes());
+                    }
+                    Ok((out, rows.len(), last))
+                })
+                .await;
+            match chunk {
                 Err(e) => {
                     tracing::error!(error = %e, "send-log export stopped");
                     Some((Err(std::io::Error::other(e.to_string())), (None, None, log)))
                 }
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
-                    let mut out = String::new();
-                    for r in &rows {
-                        out.push_str(&match format {
-                            Format::Csv => render::csv_row(r),
-                            _ => render::ndjson_row(r),
-                        });
-                    }
-                    let next = (rows.len() == f.limit)
-                        .then(|| rows.last().and_then(|e| e["seq"].as_u64()))
-                        .flatten()
-                        .map(|after| EventFilter { after, ..f });
+                Ok((_, 0, _)) => None,
+                Ok((out, rows, last)) => {
+                    let next = (rows == f.limit).then_some(EventFilter { after: last, ..f });
                     Some((Ok(bytes::Bytes::from(out)), (next, None, log)))
                 }
             }

@@ -10,6 +10,7 @@
 //! the `log_access` operator event of the queries it answers, through the callers), decide
 //! anything about delivery, or write a clear address to disk.
 
+pub mod export;
 pub mod keys;
 pub mod render;
 pub mod store;

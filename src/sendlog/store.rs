@@ -127,7 +127,7 @@ pub struct StoreInfo {
 }
 
 impl StoreInfo {
-    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    pub(super) fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.clone(),
             source,
@@ -724,9 +724,31 @@ impl Writer {
 
 /// A read-only connection for one query (WAL: readers never block the writer).
 pub struct Reader {
-    info: StoreInfo,
-    conn: Connection,
-    salts: HashMap<Vec<u8>, Option<Arc<SealKey>>>,
+    pub(super) info: StoreInfo,
+    pub(super) conn: Connection,
+    /// Person keys looked up by this reader, by address hash (None: erased).
+    pub(super) salts: HashMap<Vec<u8>, Option<Arc<SealKey>>>,
+}
+
+/// The key of the person with address hash `hash`, from `cache` or derived from their salt
+/// (None when they were erased). A function of the reader's fields rather than a method, so
+/// a query can look keys up while its statement still borrows the connection.
+pub(super) fn person_key(
+    conn: &Connection,
+    cache: &mut HashMap<Vec<u8>, Option<Arc<SealKey>>>,
+    master: &MasterKey,
+    hash: &[u8],
+) -> rusqlite::Result<Option<Arc<SealKey>>> {
+    if let Some(k) = cache.get(hash) {
+        return Ok(k.clone());
+    }
+    let salt: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT salt FROM subjects WHERE hash = ?1")?
+        .query_row(params![hash], |r| r.get(0))
+        .optional()?;
+    let key = salt.map(|s| Arc::new(master.person_key(&s)));
+    cache.insert(hash.to_vec(), key.clone());
+    Ok(key)
 }
 
 impl Reader {
@@ -769,27 +791,14 @@ impl Reader {
             .map_err(self.info.err())
     }
 
-    fn key_of(&mut self, hash: &[u8]) -> rusqlite::Result<Option<Arc<SealKey>>> {
-        if let Some(k) = self.salts.get(hash) {
-            return Ok(k.clone());
-        }
-        let salt: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT salt FROM subjects WHERE hash = ?1")?
-            .query_row(params![hash], |r| r.get(0))
-            .optional()?;
-        let key = salt.map(|s| Arc::new(self.info.key.person_key(&s)));
-        self.salts.insert(hash.to_vec(), key.clone());
-        Ok(key)
-    }
-
     /// Events matching `f`, after `f.after`, at most `f.limit`, in log order.
     pub fn events(&mut self, f: &EventFilter) -> Result<Vec<Value>, StoreError> {
         let info = self.info.clone();
         self.events_inner(f).map_err(info.err())
     }
 
-    fn events_inner(&mut self, f: &EventFilter) -> rusqlite::Result<Vec<Value>> {
+    /// The SQL and arguments that select the rows of `f`, in log order.
+    pub(super) fn select(&self, f: &EventFilter) -> (String, Vec<rusqlite::types::Value>) {
         let mut sql = String::from(
             "SELECT seq, id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, \
              attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, data \
@@ -842,6 +851,11 @@ impl Reader {
         }
         args.push((f.limit as i64).into());
         sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+        (sql, args)
+    }
+
+    fn events_inner(&mut self, f: &EventFilter) -> rusqlite::Result<Vec<Value>> {
+        let (sql, args) = self.select(f);
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let raw: Vec<RawRow> = stmt
             .query_map(rusqlite::params_from_iter(args), |r| {
@@ -877,73 +891,8 @@ impl Reader {
         Ok(out)
     }
 
-    fn open_with(
-        &mut self,
-        hash: &Option<Vec<u8>>,
-        aad: &[u8],
-        sealed: &Option<Vec<u8>>,
-    ) -> rusqlite::Result<Option<Vec<u8>>> {
-        let (Some(h), Some(s)) = (hash, sealed) else {
-            return Ok(None);
-        };
-        Ok(self.key_of(h)?.and_then(|k| k.open(aad, s)))
-    }
-
-    /// One stored row as the event's JSON (plus `seq`). A row whose person was erased keeps
-    /// only its clear columns and says `"erased": true`.
-    fn render(&mut self, r: RawRow) -> rusqlite::Result<Value> {
-        let aad = r.id.clone().into_bytes();
-        let rcpt = self.open_with(&r.rcpt_hash, &aad, &r.rcpt)?;
-        let sender = self.open_with(&r.sender_hash, &aad, &r.sender)?;
-        let data = match &r.data_key {
-            None => Some(r.data.clone()),
-            Some(_) => self.open_with(&r.data_key, &aad, &Some(r.data.clone()))?,
-        };
-        let parsed: Option<Map<String, Value>> = data
-            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-            .and_then(|v| match v {
-                Value::Object(m) => Some(m),
-                _ => None,
-            });
-        let erased = parsed.is_none()
-            || (r.rcpt_hash.is_some() && rcpt.is_none())
-            || (r.sender_hash.is_some() && sender.is_none());
-        let mut m = parsed.unwrap_or_else(|| {
-            let mut m = Map::new();
-            m.insert("id".into(), r.id.clone().into());
-            m.insert("time_us".into(), r.time_us.into());
-            m.insert("type".into(), r.kind.clone().into());
-            m.insert("queue_id".into(), r.queue_id.clone().into());
-            m.insert("message_id".into(), r.message_id.clone().into());
-            m.insert("tenant".into(), r.tenant.clone().into());
-            m.insert("campaign".into(), r.campaign.clone().into());
-            m.insert("class".into(), r.class.clone().into());
-            m.insert("pool".into(), r.pool.clone().into());
-            m.insert("attempt".into(), r.attempt.into());
-            if !r.site.is_empty() {
-                m.insert("site".into(), r.site.clone().into());
-            }
-            if !r.category.is_empty() {
-                m.insert("category".into(), r.category.clone().into());
-            }
-            m
-        });
-        let text = |b: Option<Vec<u8>>| {
-            b.map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
-        m.insert("recipient".into(), text(rcpt).into());
-        m.insert("sender".into(), text(sender).into());
-        if !r.variant.is_empty() {
-            m.insert("variant".into(), r.variant.into());
-        }
-        if erased {
-            m.insert("erased".into(), true.into());
-        }
-        let mut out = Map::with_capacity(m.len() + 1);
-        out.insert("seq".into(), r.seq.into());
-        out.extend(m);
-        Ok(Value::Object(out))
+    pub(super) fn render(&mut self, r: RawRow) -> rusqlite::Result<Value> {
+        render_row(&self.conn, &mut self.salts, &self.info.key, r)
     }
 
     /// Counters of one campaign, by variant and provider (site).
@@ -966,6 +915,78 @@ impl Reader {
         };
         run().map_err(info.err())
     }
+}
+
+/// One stored row as the event's JSON (plus `seq`). A row whose person was erased keeps
+/// only its clear columns and says `"erased": true`. Keys come from `cache` (see
+/// [`person_key`]).
+pub(super) fn render_row(
+    conn: &Connection,
+    cache: &mut HashMap<Vec<u8>, Option<Arc<SealKey>>>,
+    master: &MasterKey,
+    r: RawRow,
+) -> rusqlite::Result<Value> {
+    let mut open_with = |hash: &Option<Vec<u8>>,
+                         aad: &[u8],
+                         sealed: &Option<Vec<u8>>|
+     -> rusqlite::Result<Option<Vec<u8>>> {
+        let (Some(h), Some(s)) = (hash, sealed) else {
+            return Ok(None);
+        };
+        Ok(person_key(conn, cache, master, h)?.and_then(|k| k.open(aad, s)))
+    };
+    let aad = r.id.clone().into_bytes();
+    let rcpt = open_with(&r.rcpt_hash, &aad, &r.rcpt)?;
+    let sender = open_with(&r.sender_hash, &aad, &r.sender)?;
+    let data = match &r.data_key {
+        None => Some(r.data.clone()),
+        Some(_) => open_with(&r.data_key, &aad, &Some(r.data.clone()))?,
+    };
+    let parsed: Option<Map<String, Value>> = data
+        .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+        .and_then(|v| match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        });
+    let erased = parsed.is_none()
+        || (r.rcpt_hash.is_some() && rcpt.is_none())
+        || (r.sender_hash.is_some() && sender.is_none());
+    let mut m = parsed.unwrap_or_else(|| {
+        let mut m = Map::new();
+        m.insert("id".into(), r.id.clone().into());
+        m.insert("time_us".into(), r.time_us.into());
+        m.insert("type".into(), r.kind.clone().into());
+        m.insert("queue_id".into(), r.queue_id.clone().into());
+        m.insert("message_id".into(), r.message_id.clone().into());
+        m.insert("tenant".into(), r.tenant.clone().into());
+        m.insert("campaign".into(), r.campaign.clone().into());
+        m.insert("class".into(), r.class.clone().into());
+        m.insert("pool".into(), r.pool.clone().into());
+        m.insert("attempt".into(), r.attempt.into());
+        if !r.site.is_empty() {
+            m.insert("site".into(), r.site.clone().into());
+        }
+        if !r.category.is_empty() {
+            m.insert("category".into(), r.category.clone().into());
+        }
+        m
+    });
+    let text = |b: Option<Vec<u8>>| {
+        b.map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    m.insert("recipient".into(), text(rcpt).into());
+    m.insert("sender".into(), text(sender).into());
+    if !r.variant.is_empty() {
+        m.insert("variant".into(), r.variant.into());
+    }
+    if erased {
+        m.insert("erased".into(), true.into());
+    }
+    let mut out = Map::with_capacity(m.len() + 1);
+    out.insert("seq".into(), r.seq.into());
+    out.extend(m);
+    Ok(Value::Object(out))
 }
 
 /// What `gannet logs verify` found.
@@ -1172,27 +1193,27 @@ impl Reader {
     }
 }
 
-struct RawRow {
-    seq: i64,
-    id: String,
-    time_us: i64,
-    kind: String,
-    queue_id: String,
-    message_id: String,
-    tenant: String,
-    campaign: String,
-    class: String,
-    pool: String,
-    attempt: i64,
-    variant: String,
-    site: String,
-    category: String,
-    rcpt_hash: Option<Vec<u8>>,
-    sender_hash: Option<Vec<u8>>,
-    rcpt: Option<Vec<u8>>,
-    sender: Option<Vec<u8>>,
-    data_key: Option<Vec<u8>>,
-    data: Vec<u8>,
+pub(super) struct RawRow {
+    pub(super) seq: i64,
+    pub(super) id: String,
+    pub(super) time_us: i64,
+    pub(super) kind: String,
+    pub(super) queue_id: String,
+    pub(super) message_id: String,
+    pub(super) tenant: String,
+    pub(super) campaign: String,
+    pub(super) class: String,
+    pub(super) pool: String,
+    pub(super) attempt: i64,
+    pub(super) variant: String,
+    pub(super) site: String,
+    pub(super) category: String,
+    pub(super) rcpt_hash: Option<Vec<u8>>,
+    pub(super) sender_hash: Option<Vec<u8>>,
+    pub(super) rcpt: Option<Vec<u8>>,
+    pub(super) sender: Option<Vec<u8>>,
+    pub(super) data_key: Option<Vec<u8>>,
+    pub(super) data: Vec<u8>,
 }
 
 /// One counter of `campaign_counts`.
