@@ -90,7 +90,10 @@ fn bench(c: &mut Criterion) {
         for row in &rows {
             out.extend_from_slice(render::csv_row(row).as_bytes());
         }
-        (rows.len(), rows.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0))
+        (
+            rows.len(),
+            rows.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0),
+        )
     };
     type Chunk<'a> = &'a dyn Fn(&mut Reader, &EventFilter, &mut Vec<u8>) -> (usize, u64);
     let rows = 10_000usize.min(n as usize / 20);

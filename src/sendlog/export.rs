@@ -173,30 +173,30 @@ impl Reader {
                 } else {
                     None
                 };
-                let readable = (rcpt_hash.is_none() || rcpt_ok)
-                    && (sender_hash.is_none() || sender_ok);
+                let readable =
+                    (rcpt_hash.is_none() || rcpt_ok) && (sender_hash.is_none() || sender_ok);
                 let Some(fields) = fields.filter(|_| readable) else {
                     let raw = RawRow {
-                            seq,
-                            id: id.to_string(),
-                            time_us: r.get(2)?,
-                            kind: text(3)?.to_string(),
-                            queue_id: text(4)?.to_string(),
-                            message_id: text(5)?.to_string(),
-                            tenant: text(6)?.to_string(),
-                            campaign: text(7)?.to_string(),
-                            class: text(8)?.to_string(),
-                            pool: text(9)?.to_string(),
-                            attempt: r.get(10)?,
-                            variant: text(11)?.to_string(),
-                            site: text(12)?.to_string(),
-                            category: text(13)?.to_string(),
-                            rcpt_hash: rcpt_hash.map(<[u8]>::to_vec),
-                            sender_hash: sender_hash.map(<[u8]>::to_vec),
-                            rcpt: rcpt.map(<[u8]>::to_vec),
-                            sender: sender.map(<[u8]>::to_vec),
-                            data_key: data_key.map(<[u8]>::to_vec),
-                            data: data.to_vec(),
+                        seq,
+                        id: id.to_string(),
+                        time_us: r.get(2)?,
+                        kind: text(3)?.to_string(),
+                        queue_id: text(4)?.to_string(),
+                        message_id: text(5)?.to_string(),
+                        tenant: text(6)?.to_string(),
+                        campaign: text(7)?.to_string(),
+                        class: text(8)?.to_string(),
+                        pool: text(9)?.to_string(),
+                        attempt: r.get(10)?,
+                        variant: text(11)?.to_string(),
+                        site: text(12)?.to_string(),
+                        category: text(13)?.to_string(),
+                        rcpt_hash: rcpt_hash.map(<[u8]>::to_vec),
+                        sender_hash: sender_hash.map(<[u8]>::to_vec),
+                        rcpt: rcpt.map(<[u8]>::to_vec),
+                        sender: sender.map(<[u8]>::to_vec),
+                        data_key: data_key.map(<[u8]>::to_vec),
+                        data: data.to_vec(),
                     };
                     let row = render_row(&self.conn, &mut self.salts, &self.info.key, raw)?;
                     out.extend_from_slice(render::csv_row(&row).as_bytes());
@@ -211,15 +211,12 @@ impl Reader {
                         "seq" => {
                             let _ = write!(out, "{seq}");
                         }
-                        "recipient" => {
-                            put_field(out, String::from_utf8_lossy(&s.rcpt).as_bytes())
-                        }
+                        "recipient" => put_field(out, String::from_utf8_lossy(&s.rcpt).as_bytes()),
                         "sender" => put_field(out, String::from_utf8_lossy(&s.sender).as_bytes()),
                         "variant" if !variant.is_empty() => put_field(out, variant.as_bytes()),
                         "details" => {
                             s.details.clear();
-                            for (k, v) in fields.iter().filter(|(k, _)| !CSV_COLUMNS.contains(k))
-                            {
+                            for (k, v) in fields.iter().filter(|(k, _)| !CSV_COLUMNS.contains(k)) {
                                 s.details
                                     .push(if s.details.is_empty() { b'{' } else { b',' });
                                 // A key borrowed from the JSON has no escapes, so it

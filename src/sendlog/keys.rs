@@ -193,18 +193,17 @@ impl SealKey {
     /// time. False, with `buf` empty, when the blob was not sealed by this key for `aad`.
     pub fn open_into(&self, aad: &[u8], sealed: &[u8], buf: &mut Vec<u8>) -> bool {
         buf.clear();
-        if sealed.len() < NONCE_LEN + 16 {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
             return false;
         }
         let Ok(nonce) = <[u8; NONCE_LEN]>::try_from(&sealed[..NONCE_LEN]) else {
             return false;
         };
         buf.extend_from_slice(&sealed[NONCE_LEN..]);
-        match self.key.open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            buf,
-        ) {
+        match self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
+        {
             Ok(plain) => {
                 let n = plain.len();
                 buf.truncate(n);

@@ -287,6 +287,51 @@ fn chain_hash(prev: &[u8], r: &Row<'_>) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// An event as `Event` serialises it, with the recipient and sender left empty (they are
+/// sealed in their own columns): the `data` column's JSON, written from a borrow (a clone of
+/// the whole event per row only to clear two fields was a share of the append's CPU).
+/// Same fields in the same order as `Event`, so stored rows read as before.
+#[derive(serde::Serialize)]
+struct Unaddressed<'a> {
+    id: &'a str,
+    time_us: u64,
+    queue_id: &'a str,
+    message_id: &'a str,
+    recipient: &'static str,
+    sender: &'static str,
+    tenant: &'a str,
+    campaign: &'a str,
+    class: &'a str,
+    pool: &'a str,
+    attempt: u32,
+    #[serde(flatten)]
+    kind: &'a EventKind,
+}
+
+/// The `data` column's JSON of `ev` (before sealing).
+pub(super) fn unaddressed_json(ev: &Event) -> Vec<u8> {
+    serde_json::to_vec(&Unaddressed::of(ev)).unwrap_or_default()
+}
+
+impl<'a> Unaddressed<'a> {
+    fn of(ev: &'a Event) -> Self {
+        Unaddressed {
+            id: &ev.id,
+            time_us: ev.time_us,
+            queue_id: &ev.queue_id,
+            message_id: &ev.message_id,
+            recipient: "",
+            sender: "",
+            tenant: &ev.tenant,
+            campaign: &ev.campaign,
+            class: &ev.class,
+            pool: &ev.pool,
+            attempt: ev.attempt,
+            kind: &ev.kind,
+        }
+    }
+}
+
 /// The clear, non-personal facts kept in columns for indexes and statistics.
 fn site_and_category(kind: &EventKind) -> (&str, &str) {
     match kind {
@@ -549,10 +594,7 @@ impl Writer {
                 .map(|k| k.seal(aad, ev.sender.as_bytes()));
             // Everything else about the event (replies, IPs, operator filters) is sealed under
             // the recipient's key, or the sender's when there is no recipient.
-            let mut rest = ev.clone();
-            rest.recipient.clear();
-            rest.sender.clear();
-            let json = serde_json::to_vec(&rest).unwrap_or_default();
+            let json = unaddressed_json(ev);
             let (data_key, data) = match (&rcpt_hash, &rcpt_key, &sender_hash, &sender_key) {
                 (Some(h), Some(k), _, _) | (None, None, Some(h), Some(k)) => {
                     (Some(h.to_vec()), k.seal(aad, &json))

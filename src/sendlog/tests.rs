@@ -302,7 +302,13 @@ fn csv_export_from_columns_matches_the_json_rendering() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = open_tmp(dir.path());
     let mut tls = delivered("tls@example.org", "Q1");
-    if let EventKind::Delivered { tls: t, reply, queue_secs, .. } = &mut tls.kind {
+    if let EventKind::Delivered {
+        tls: t,
+        reply,
+        queue_secs,
+        ..
+    } = &mut tls.kind
+    {
         *t = Some(crate::events::TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_256_GCM_SHA384".into(),
@@ -389,4 +395,25 @@ fn csv_export_from_columns_matches_the_json_rendering() {
         f.after = c.last_seq;
     }
     assert_eq!(String::from_utf8(got).unwrap(), want);
+}
+
+/// The `data` column's JSON written from a borrow is what serialising a copy of the event
+/// with the recipient and sender cleared gave (the stored format is unchanged).
+#[test]
+fn stored_json_is_the_event_without_its_addresses() {
+    let mut e = delivered("ann@example.org", "Q1");
+    if let EventKind::Delivered { tls, .. } = &mut e.kind {
+        *tls = Some(crate::events::TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "X".into(),
+        });
+    }
+    e.attempt = 3;
+    let mut cleared = e.clone();
+    cleared.recipient.clear();
+    cleared.sender.clear();
+    assert_eq!(
+        String::from_utf8(store::unaddressed_json(&e)).unwrap(),
+        serde_json::to_string(&cleared).unwrap()
+    );
 }
