@@ -45,7 +45,7 @@ fi
 [ -f /etc/postfix/main.cf ] || cp /etc/postfix/main.cf.proto /etc/postfix/main.cf
 # GANNET_BIN: use an already-built binary instead of building target/release/gannet.
 # GANNET_BENCH_EXTRA: TOML appended to Gannet's config (e.g. "[anomaly] enabled = false" to
-# measure the anomaly detector's share).
+# measure the anomaly detector's share, $'[suppression]\nenabled = false' the suppression checks).
 # GANNET_BENCH_WAIT_SHIP: set when GANNET_BENCH_EXTRA configures event shipping: before the
 # CPU is read, wait until every destination took every event, and print the catch-up time.
 if [ -z "${GANNET_BIN:-}" ]; then
