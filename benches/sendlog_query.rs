@@ -1,48 +1,41 @@
 //! Send-log queries over a generated log: SENDLOG_BENCH_EVENTS synthetic events (default
 //! 1,000,000; the target is 10M — set the variable) of 200,000 messages × 5 events
 //! (received + delivered/deferred/bounced per recipient) over 100,000 recipients and 20
-//! campaigns. Prints the append rate and disk per event once, then measures query by
-//! recipient, the story of one message, campaign statistics and CSV export (rows/s).
+//! campaigns (`SENDLOG_BENCH_DIR=DIR` keeps and reuses it, e.g. /work/data/sendlog-10m; see
+//! common/sendlog_fixture.rs). Prints the append rate and disk per event once, then measures
+//! query by recipient, the story of one message, campaign statistics and CSV export (rows/s).
 
 #[path = "common/size.rs"]
 mod size;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gannet::events::Event;
-use gannet::sendlog::{EventFilter, MasterKey, Reader, export, render, store};
+use gannet::sendlog::{EventFilter, Reader, export, render};
 
 #[path = "common/sendlog_events.rs"]
 mod sendlog_events;
-use sendlog_events::event;
+#[path = "common/sendlog_fixture.rs"]
+mod sendlog_fixture;
 
 fn bench(c: &mut Criterion) {
     let n = size::size("SENDLOG_BENCH_EVENTS", 1_000_000, 2_000);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sendlog.sqlite");
-    let key = MasterKey::from_bytes([9; 32]);
-    let mut w = store::open_writer(&db, key, &dir.path().join("k")).unwrap();
-    let t = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<Event> = (i..(i + 2000).min(n)).map(event).collect();
-        w.append(batch.iter()).unwrap();
-        i += 2000;
+    // SENDLOG_BENCH_DIR keeps (and reuses) the generated log: see common/sendlog_fixture.rs.
+    let log = sendlog_fixture::open(n, "sendlog_query");
+    let n = log.n;
+    if log.appended > 0 {
+        eprintln!(
+            "sendlog: {} events appended in {:.1} s ({:.0} events/s, batches of 2000)",
+            log.appended,
+            log.append_secs,
+            log.appended as f64 / log.append_secs.max(1e-9)
+        );
     }
-    let secs = t.elapsed().as_secs_f64();
-    let info = w.info().clone();
-    drop(w);
-    let bytes: u64 = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .sum();
     eprintln!(
-        "sendlog: {n} events appended in {secs:.1} s ({:.0} events/s, batches of 2000), {} bytes on disk = {:.0} bytes/event",
-        n as f64 / secs,
-        bytes,
-        bytes as f64 / n as f64
+        "sendlog: {n} events, {} bytes on disk = {:.0} bytes/event",
+        log.bytes,
+        log.bytes as f64 / n.max(1) as f64
     );
+    let info = log.info.clone();
     let mut r = Reader::open(&info).unwrap();
 
     let mut g = c.benchmark_group("sendlog");
