@@ -67,6 +67,37 @@ pub fn system(m: &Metrics, spool_dir: &Path) {
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         m.process_open_fds.set(fds.count() as i64);
     }
+    if let Some(h) = heap() {
+        m.heap_in_use_bytes.set(h.in_use as i64);
+        m.heap_free_bytes.set(h.free as i64);
+    }
+}
+
+/// What the allocator holds, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Heap {
+    /// In live allocations, including blocks large enough to get an mmap of their own.
+    pub in_use: u64,
+    /// Free in the arenas: counted in RSS until given back (`malloc_trim`).
+    pub free: u64,
+}
+
+/// glibc's `mallinfo2` (Linux/glibc only; `None` elsewhere). It walks every arena under its
+/// lock, so call it on a blocking thread and not per message. Hand-written: two libc fields,
+/// no maintained crate wraps it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap() -> Option<Heap> {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let i = unsafe { libc::mallinfo2() };
+    Some(Heap {
+        in_use: (i.uordblks + i.hblkhd) as u64,
+        free: i.fordblks as u64,
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap() -> Option<Heap> {
+    None
 }
 
 /// Bytes of the files under `dir` (segments, index, send log...): a few large files, so a

@@ -65,6 +65,10 @@ pub struct Metrics {
     /// Resident memory and open file descriptors of this process.
     pub process_rss_bytes: IntGauge,
     pub process_open_fds: IntGauge,
+    /// Heap bytes in live allocations, and bytes the allocator holds free (glibc `mallinfo2`):
+    /// tells a growing RSS made of live data from one made of allocator fragmentation.
+    pub heap_in_use_bytes: IntGauge,
+    pub heap_free_bytes: IntGauge,
     /// 1 while an anomaly is active, per metric, severity and key (series removed on clear:
     /// bounded by the anomalies active at once).
     pub anomaly_active: IntGaugeVec,
@@ -257,6 +261,16 @@ impl Metrics {
                 "Open file descriptors of the gannet process",
             )
             .expect("metric"),
+            heap_in_use_bytes: IntGauge::new(
+                "gannet_heap_in_use_bytes",
+                "Heap bytes in live allocations (malloc'd and not freed, incl. mmapped blocks)",
+            )
+            .expect("metric"),
+            heap_free_bytes: IntGauge::new(
+                "gannet_heap_free_bytes",
+                "Heap bytes the allocator holds free in its arenas (given back by the trim task)",
+            )
+            .expect("metric"),
             anomaly_active: IntGaugeVec::new(
                 Opts::new(
                     "gannet_anomaly_active",
@@ -412,6 +426,8 @@ impl Metrics {
             Box::new(m.spool_free_bytes.clone()),
             Box::new(m.process_rss_bytes.clone()),
             Box::new(m.process_open_fds.clone()),
+            Box::new(m.heap_in_use_bytes.clone()),
+            Box::new(m.heap_free_bytes.clone()),
             Box::new(m.anomaly_active.clone()),
             Box::new(m.anomalies_raised.clone()),
             Box::new(m.queued_recipients.clone()),

@@ -25,15 +25,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 pub const TRIM_ABOVE: usize = 16 << 20;
 
 /// Free bytes the allocator holds in its arenas (glibc's `mallinfo2().fordblks`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn free_heap_bytes() -> usize {
-    // SAFETY: mallinfo2 only reads the allocator's statistics (it takes each arena's lock).
-    unsafe { libc::mallinfo2() }.fordblks
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn free_heap_bytes() -> usize {
-    0
+    crate::metrics::gauges::heap().map_or(0, |h| h.free as usize)
 }
 
 /// Give the free pages back; true when the allocator returned any.

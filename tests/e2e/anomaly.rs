@@ -213,6 +213,7 @@ async fn metrics_count_outcomes_by_provider_category_campaign_and_show_queue_dep
         "gannet_process_open_fds",
         "gannet_spool_used_bytes",
         "gannet_spool_free_bytes",
+        "gannet_heap_in_use_bytes",
     ] {
         assert!(m(name, &[]).await > 0.0, "{name}: {text}");
     }
