@@ -336,9 +336,12 @@ impl Spool {
             check_key(&root.join("key-check"), k)?;
         }
         let index_path = root.join("index");
+        // 8 MiB of sled's page cache: the index is written far more than read (reads happen at
+        // start-up), and a larger cache only filled slowly over hours, which the soak
+        // (scripts/soak) saw as RSS still growing after the first half hour.
         let db = sled::Config::new()
             .path(&index_path)
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(8 * 1024 * 1024)
             .flush_every_ms(Some(200))
             .open()
             .map_err(|e| SpoolError::Index {
