@@ -893,28 +893,7 @@ async fn console_access_export_csv_and_erasure_progress_and_receipt() {
     );
     let page = carol.get("/console/subjects").await;
     let ccsrf = Jar::csrf(&page.body);
-    let db = crate::sendlog::find_file(g.dir(), "sendlog.sqlite").expect("sendlog.sqlite");
-    let mut holder = tokio::process::Command::new("python3");
-    holder
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys\n\
-             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
-             c.execute('BEGIN IMMEDIATE')\n\
-             print('locked', flush=True)\n\
-             sys.stdin.read()",
-        )
-        .arg(&db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut holder = holder.spawn().expect("python3");
-    let mut out = tokio::io::BufReader::new(holder.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
-        .await
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut holder = crate::sendlog::hold_write_lock(g.dir()).await;
     let r = carol
         .post("/console/subjects/erasures/1/confirm", &[("csrf", &ccsrf)])
         .await;

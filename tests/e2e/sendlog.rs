@@ -482,28 +482,7 @@ async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
     assert!(before.contains_key(&first), "{before:?}");
     w.gannet.wait_event("deferred", "r0@dest.test", WAIT).await;
 
-    let db = find_file(w.gannet.dir(), "sendlog.sqlite").expect("sendlog.sqlite");
-    let mut holder = tokio::process::Command::new("python3");
-    holder
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys\n\
-             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
-             c.execute('BEGIN IMMEDIATE')\n\
-             print('locked', flush=True)\n\
-             sys.stdin.read()",
-        )
-        .arg(&db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut holder = holder.spawn().expect("python3");
-    let mut out = tokio::io::BufReader::new(holder.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
-        .await
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut holder = hold_write_lock(w.gannet.dir()).await;
     let mut lost = Vec::new();
     for i in 1..3 {
         let body = format!("Subject: r{i}\r\n\r\nx\r\n");
@@ -604,6 +583,34 @@ async fn one_changed_byte_fails_verify_naming_the_record() {
         out.stderr.contains(&format!("seq {target} ")) && out.stderr.contains(&target_id),
         "{out}"
     );
+}
+
+/// A Python process holding the send log's SQLite write lock (`BEGIN IMMEDIATE`) until it is
+/// killed: Gannet's send-log writer waits behind it while everything else goes on.
+pub(crate) async fn hold_write_lock(dir: &std::path::Path) -> tokio::process::Child {
+    let db = find_file(dir, "sendlog.sqlite").expect("sendlog.sqlite");
+    let mut holder = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()",
+        )
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut out = tokio::io::BufReader::new(holder.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+        .await
+        .expect("read from the lock holder");
+    assert_eq!(line.trim(), "locked");
+    holder
 }
 
 pub(crate) fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
