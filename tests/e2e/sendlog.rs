@@ -457,8 +457,9 @@ async fn received_ids(g: &Gannet, n: usize) -> std::collections::BTreeMap<String
 /// A `received` event that had not reached the send log when Gannet was killed (the spool had
 /// made the message durable and the client had its 250; the log's commit had not happened) is
 /// published again at the restart, with the id it had, and stored once: the messages whose
-/// event was already in the log, and a second restart, add no copy. The send log's commit is
-/// held back by a Python process holding SQLite's write lock.
+/// event was already in the log, and a second restart, add no copy; `gannet_accepted_total`
+/// does not count the replays. The send log's commit is held back by a Python process holding
+/// SQLite's write lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
     let mut w = World::start(
@@ -508,6 +509,13 @@ async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
             "{q} has its `received` again: {after:?}"
         );
     }
+    // The replays are messages accepted before the kill: the metrics subscriber does not count
+    // them again (this process accepted nothing).
+    assert_eq!(
+        w.gannet.metric("gannet_accepted_total", &[]).await,
+        0.0,
+        "replayed `received` events are not counted as accepted"
+    );
     w.gannet.sigterm().await;
     w.gannet.restart().await;
     // A lookup's record commits after everything published before it (the replays come
