@@ -83,15 +83,25 @@ $jsonl_conf" ;;
   jsonl) ship_conf=$jsonl_conf ;;
   *) echo "--only webhook|amqp|jsonl" >&2; exit 2 ;;
 esac
+# SHIP_BENCH_EXTRA: more TOML for the shipping runs only (e.g. "[outbox] commit_interval = \"0s\"").
+ship_conf="$ship_conf
+${SHIP_BENCH_EXTRA:-}"
 
 field() { # field NAME LINE: the number before NAME in e2e.sh's result line
   awk -v n="$1" '{for(i=2;i<=NF;i++) if($i==n) {print $(i-1); exit}}' <<<"$2"
 }
-off_rates=(); on_rates=(); off_cpu=(); on_cpu=()
+# CPU (user + system, clock ticks) of a receiver process so far; 0 when it is not running.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hook_pid=${pids[-1]}
+rabbit_pid=$(cat "$work/rabbit.pid" 2>/dev/null || echo 0)
+hz=$(getconf CLK_TCK)
+off_rates=(); on_rates=(); off_cpu=(); on_cpu=(); recv_cpu=()
 for r in $(seq "$ROUNDS"); do
   for mode in off on; do
     if [ "$mode" = on ]; then
+      h0=$(ticks "$hook_pid"); r0=$(ticks "$rabbit_pid")
       out=$(GANNET_BENCH_EXTRA="$ship_conf" GANNET_BENCH_WAIT_SHIP=1 benches/e2e.sh --no-baseline "${ARGS[@]}")
+      h1=$(ticks "$hook_pid"); r1=$(ticks "$rabbit_pid")
     else
       out=$(benches/e2e.sh --no-baseline "${ARGS[@]}")
     fi
@@ -100,15 +110,31 @@ for r in $(seq "$ROUNDS"); do
     cpu=$(awk '{for(i=1;i<=NF;i++) if($i=="CPU") {print $(i+1); exit}}' <<<"$line")
     echo "round $r shipping $mode: $rate msg/s, CPU $cpu ms/msg, load $(cut -d' ' -f1 /proc/loadavg)"
     grep '^  shipping' <<<"$out" || true
+    if [ "$mode" = on ]; then
+      # The receivers share the two cores with Gannet: their CPU over the run, per message.
+      n=$(field messages "$line")
+      rc=$(awk -v h=$((h1 - h0)) -v r=$((r1 - r0)) -v hz="$hz" -v n="$n" \
+        'BEGIN { printf "%.3f", (h + r) * 1000 / hz / n }')
+      awk -v h=$((h1 - h0)) -v r=$((r1 - r0)) -v hz="$hz" -v n="$n" 'BEGIN {
+        printf "  receivers CPU: webhook receiver %.3f ms/msg, RabbitMQ %.3f ms/msg\n",
+          h * 1000 / hz / n, r * 1000 / hz / n }'
+      recv_cpu+=("$rc")
+    fi
     if [ "$mode" = on ]; then on_rates+=("$rate"); on_cpu+=("$cpu"); else off_rates+=("$rate"); off_cpu+=("$cpu"); fi
   done
 done
 [ -f "$work/hook.jsonl" ] && echo "webhook receiver: $(wc -l <"$work/hook.jsonl") events, $(grep -c '"sig_ok": false' "$work/hook.jsonl" || true) with a bad signature"
-python3 - "${off_rates[*]}" "${on_rates[*]}" "${off_cpu[*]}" "${on_cpu[*]}" <<'PY'
+python3 - "${off_rates[*]}" "${on_rates[*]}" "${off_cpu[*]}" "${on_cpu[*]}" "${recv_cpu[*]}" <<'PY'
 import statistics, sys
-off, on, offc, onc = ([float(x) for x in a.split()] for a in sys.argv[1:])
+off, on, offc, onc, recv = ([float(x) for x in a.split()] for a in sys.argv[1:])
 print(f"throughput on/off: {statistics.median(on) / statistics.median(off):.3f} "
       f"(medians {statistics.median(on):.0f} / {statistics.median(off):.0f} msg/s over {len(on)} pairs)")
 print(f"CPU per message on/off: {statistics.median(onc) / statistics.median(offc):.3f} "
       f"(medians {statistics.median(onc):.3f} / {statistics.median(offc):.3f} ms)")
+if any(recv):
+    # Gannet and the receivers share the two cores: the receivers' CPU per message is what
+    # the "on" runs lose to them (throughput is CPU-bound here, so roughly that fraction).
+    share = statistics.median(recv) / (statistics.median(onc) + statistics.median(recv))
+    print(f"receivers' CPU per message (median): {statistics.median(recv):.3f} ms, "
+          f"{share:.0%} of Gannet + receivers in the shipping runs")
 PY

@@ -52,6 +52,13 @@ pub struct OutboxConfig {
     /// count here (they read the files); only a stalled disk could reach it.
     #[serde(default = "default_outbox_bound")]
     pub bound: usize,
+    /// How long the first event of a commit waits for others to share its fdatasync. Each
+    /// commit costs a disk flush (a virtio kick here) and a wake-up of every destination;
+    /// waiting a little under load makes them a few per second instead of hundreds. A
+    /// finished message's state waits for its event's commit too, so a longer wait means
+    /// more mail delivered again after a crash (as the send log's `commit_interval`).
+    #[serde(default = "default_outbox_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
 }
 
 fn default_segment_bytes() -> u64 {
@@ -63,6 +70,9 @@ fn default_outbox_batch() -> usize {
 fn default_outbox_bound() -> usize {
     1_000_000
 }
+fn default_outbox_commit_interval() -> Duration {
+    Duration::from_millis(10)
+}
 
 impl Default for OutboxConfig {
     fn default() -> Self {
@@ -71,6 +81,7 @@ impl Default for OutboxConfig {
             segment_bytes: default_segment_bytes(),
             batch: default_outbox_batch(),
             bound: default_outbox_bound(),
+            commit_interval: default_outbox_commit_interval(),
         }
     }
 }
@@ -287,6 +298,12 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
         return Err(invalid(
             "outbox.batch".into(),
             "batch and bound must be at least 1",
+        ));
+    }
+    if c.outbox.commit_interval > Duration::from_secs(1) {
+        return Err(invalid(
+            "outbox.commit_interval".into(),
+            "expected at most 1s (finished messages wait for their events' commit)",
         ));
     }
     let mut seen = Vec::new();

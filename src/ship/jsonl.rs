@@ -296,6 +296,10 @@ fn compress(path: &Path) -> io::Result<()> {
 }
 
 impl Destination for JsonlFiles {
+    fn needs_fields(&self) -> bool {
+        false
+    }
+
     fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
         let lines: Vec<Vec<u8>> = batch.iter().map(|e| e.json.clone()).collect();
         let fut = self.blocking(move |st| st.write(&lines));

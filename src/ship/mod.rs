@@ -217,6 +217,7 @@ pub async fn start(
         appender,
         sub,
         config.outbox.batch,
+        config.outbox.commit_interval,
         metrics.clone(),
         stop.clone(),
     ));
@@ -262,11 +263,14 @@ impl Shipping {
     }
 }
 
-/// Take events from the bus, append them in batches (one fdatasync each), ack.
+/// Take events from the bus, append them in batches (one fdatasync each), ack. A batch
+/// starts with the first event that arrives and takes what arrives within `linger`
+/// (`[outbox] commit_interval`).
 async fn run_appender(
     mut appender: Appender,
     mut sub: Subscription,
     batch: usize,
+    linger: Duration,
     metrics: ShipMetrics,
     stop: CancellationToken,
 ) {
@@ -279,6 +283,14 @@ async fn run_appender(
         let stopping = first.is_none();
         if let Some(p) = first {
             items.push(p);
+            if !linger.is_zero() {
+                // Sleep rather than receive: waking at every event that arrives meanwhile
+                // would cost the thread wake-ups the wait is there to save.
+                tokio::select! {
+                    _ = tokio::time::sleep(linger) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
         }
         while items.len() < batch {
             match sub.try_recv() {

@@ -124,6 +124,10 @@ fn post(agent: &ureq::Agent, url: &str, secret: &[u8], body: Vec<u8>) -> Result<
 }
 
 impl Destination for Webhook {
+    fn needs_fields(&self) -> bool {
+        false
+    }
+
     fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
         let b = body(batch);
         let agent = self.agent.clone();
