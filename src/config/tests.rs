@@ -288,3 +288,19 @@ fn smtp_user_tenant_is_checked_and_named() {
         assert!(e.contains("smtp_user[0].tenant"), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn outbox_commit_interval_defaults_to_10ms_and_is_capped_at_a_second() {
+    let c = Config::from_toml(MIN, "test.toml").unwrap();
+    assert_eq!(
+        c.outbox.commit_interval,
+        std::time::Duration::from_millis(10)
+    );
+    let c = Config::from_toml(&format!("[outbox]\ncommit_interval = \"0s\"\n{MIN}"), "t").unwrap();
+    assert!(c.outbox.commit_interval.is_zero());
+    let e = err_of(&format!("[outbox]\ncommit_interval = \"2s\"\n{MIN}"));
+    assert!(
+        e.contains("outbox.commit_interval") && e.contains("at most 1s"),
+        "{e}"
+    );
+}

@@ -184,3 +184,91 @@ async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
     assert_eq!(metrics.sent.with_label_values(&["fake"]).get(), 3);
     assert_eq!(o.load_cursor("fake"), Some(o.end()));
 }
+
+/// Passes lines on only (like the webhook and JSONL destinations): records each batch's JSON.
+struct LinesOnly {
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    first_ids: Arc<Mutex<Vec<String>>>,
+}
+
+impl Destination for LinesOnly {
+    fn needs_fields(&self) -> bool {
+        false
+    }
+
+    fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            self.first_ids.lock().unwrap().push(batch[0].id.clone());
+            self.got
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|e| e.json.clone()));
+            Ok(())
+        })
+    }
+}
+
+/// A destination that only passes lines on gets every line whole and in order, with the
+/// first event of each batch read (its id for logs); a filter still reads every event.
+#[tokio::test(start_paused = true)]
+async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply() {
+    for (filter, want) in [
+        (ShipFilter::default(), (0..12).collect::<Vec<u64>>()),
+        (
+            ShipFilter {
+                events: Vec::new(),
+                tenant: Some("t1".into()),
+            },
+            (0..12).filter(|i| i % 2 == 1).collect(),
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let first_ids = Arc::new(Mutex::new(Vec::new()));
+        let st = runner::state("lines", o.end());
+        let stop = CancellationToken::new();
+        let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
+        let task = tokio::spawn(runner::run(
+            o.clone(),
+            Box::new(LinesOnly {
+                got: got.clone(),
+                first_ids: first_ids.clone(),
+            }),
+            RunnerOptions {
+                name: "lines".into(),
+                filter,
+                batch_size: 4,
+                max_delay: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(4),
+            },
+            st.clone(),
+            metrics,
+            stop.clone(),
+        ));
+        let mut buf = Vec::new();
+        for i in 0..12 {
+            buf.extend(line(i, "delivered"));
+        }
+        a.append(&buf, 12).unwrap();
+        while st.cursor() != o.end() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        let lines: Vec<Vec<u8>> = want
+            .iter()
+            .map(|&i| {
+                let mut l = line(i, "delivered");
+                l.pop();
+                l
+            })
+            .collect();
+        assert_eq!(*got.lock().unwrap(), lines);
+        let firsts = first_ids.lock().unwrap().clone();
+        assert!(
+            !firsts.is_empty() && firsts.iter().all(|id| !id.is_empty()),
+            "{firsts:?}"
+        );
+    }
+}
