@@ -417,3 +417,146 @@ fn stored_json_is_the_event_without_its_addresses() {
         serde_json::to_string(&cleared).unwrap()
     );
 }
+
+/// The query plan SQLite picks for `f` (one line per step).
+fn plan(r: &Reader, f: &EventFilter) -> String {
+    let (sql, args) = r.select(f);
+    let mut stmt = r
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |row| {
+            row.get::<_, String>(3)
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+}
+
+/// Issue 18: indexes by recipient, message id, campaign, tenant and time. Every such query
+/// is answered through its index, in a new store (partial campaign and tenant indexes: rows
+/// without either are not in them) and in one created with the earlier full indexes.
+#[test]
+fn every_filter_is_answered_through_its_index() {
+    let filters = |rcpt: &str| {
+        [
+            (
+                "events_rcpt",
+                EventFilter {
+                    recipient: Some(rcpt.into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "events_message",
+                EventFilter {
+                    message_id: Some("<m1@x>".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "events_queue",
+                EventFilter {
+                    queue_id: Some("Q1".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "events_campaign",
+                EventFilter {
+                    campaign: Some("spring".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "events_tenant",
+                EventFilter {
+                    tenant: Some("acme".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "events_time",
+                EventFilter {
+                    since_us: Some(1),
+                    until_us: Some(2),
+                    ..Default::default()
+                },
+            ),
+        ]
+    };
+    for old_layout in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        if old_layout {
+            // The key first: a key file is created only for a store that does not exist yet.
+            MasterKey::load_or_create(&dir.path().join("k"), &dir.path().join("db")).unwrap();
+            let c = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, time_us INTEGER NOT NULL, \
+                 type TEXT NOT NULL, queue_id TEXT NOT NULL, message_id TEXT NOT NULL, tenant TEXT NOT NULL, \
+                 campaign TEXT NOT NULL, class TEXT NOT NULL, pool TEXT NOT NULL, attempt INTEGER NOT NULL, \
+                 variant TEXT NOT NULL, site TEXT NOT NULL, category TEXT NOT NULL, rcpt_hash BLOB, \
+                 sender_hash BLOB, rcpt BLOB, sender BLOB, data_key BLOB, data BLOB NOT NULL, \
+                 prev BLOB NOT NULL, hash BLOB NOT NULL);
+                 CREATE INDEX events_campaign ON events (campaign, seq);
+                 CREATE INDEX events_tenant ON events (tenant, seq);",
+            )
+            .unwrap();
+        }
+        let mut w = open_tmp(dir.path());
+        let mut no_campaign = delivered("bob@example.org", "Q2");
+        no_campaign.campaign.clear();
+        w.append([
+            &received("Q1", "A"),
+            &delivered("ann@example.org", "Q1"),
+            &no_campaign,
+        ])
+        .unwrap();
+        let r = Reader::open(w.info()).unwrap();
+        for (index, f) in filters("ann@example.org") {
+            let p = plan(&r, &f);
+            assert!(
+                p.contains(index) && !p.contains("SCAN events"),
+                "old layout {old_layout}: {f:?} is not answered through {index}: {p}"
+            );
+        }
+        let partial: i64 = r
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM events INDEXED BY events_campaign WHERE campaign <> ''",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(partial, 2, "old layout {old_layout}");
+        let ddl: String = r
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'events_campaign'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(ddl.contains("WHERE campaign <> ''"), !old_layout, "{ddl}");
+        let by_campaign = all(
+            &w,
+            EventFilter {
+                campaign: Some("spring".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(by_campaign.len(), 2, "old layout {old_layout}");
+        let none = all(
+            &w,
+            EventFilter {
+                campaign: Some(String::new()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            none.len(),
+            1,
+            "old layout {old_layout}: the event without a campaign"
+        );
+    }
+}
