@@ -80,6 +80,39 @@ struct Shared {
     key: LineKey,
     /// Held while an erasure rewrites lines, so two erasures do not interleave.
     shredding: Mutex<()>,
+    /// The last committed batches in clear (see [`Recent`]). A std Mutex: held to push or
+    /// drop a batch and to copy out a reader's lines, never across I/O.
+    recent: Mutex<Recent>,
+}
+
+/// At most this many bytes of clear lines are kept in memory for readers that keep up.
+const RECENT_BYTES: usize = 4 << 20;
+
+/// The batches committed last, in clear, so a destination that keeps up (the usual case)
+/// reads its lines from memory: no read on a blocking thread, no base64 decoding, no
+/// opening of the seal, once per destination per event. A destination further behind than
+/// [`RECENT_BYTES`] reads the files. Erasure empties it (before and after it overwrites
+/// lines on disk), so an erased event is not shipped from here either.
+#[derive(Default)]
+struct Recent {
+    /// Oldest first, each starting where the one before ended.
+    batches: std::collections::VecDeque<RecentBatch>,
+    bytes: usize,
+}
+
+struct RecentBatch {
+    start: Pos,
+    /// The clear JSON lines, each ended by `\n`.
+    clear: Vec<u8>,
+    /// Per line: where it ends in `clear` (before its newline) and where the next line
+    /// starts in the outbox.
+    lines: Vec<(usize, Pos)>,
+}
+
+impl RecentBatch {
+    fn end(&self) -> Pos {
+        self.lines.last().map_or(self.start, |l| l.1)
+    }
 }
 
 /// Owned by the one task that appends (one writer per outbox).
@@ -207,6 +240,7 @@ impl Outbox {
                 newest_at_open_us,
                 key: line_key,
                 shredding: Mutex::new(()),
+                recent: Mutex::new(Recent::default()),
             }),
         };
         let appender = Appender {
@@ -225,6 +259,10 @@ impl Outbox {
             .segments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.shared.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The time (`time_us`) of the newest event the outbox held when it was opened; None
@@ -342,6 +380,9 @@ impl Outbox {
             .shredding
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // Readers take lines from the files from now on. Emptied again at the end: a batch
+        // committed meanwhile at or before `end` has its lines shredded on disk below.
+        *self.recent() = Recent::default();
         let end = self.end();
         let segments: Vec<Segment> = self.segments().clone();
         let mut total = 0;
@@ -379,6 +420,7 @@ impl Outbox {
                 total += n;
             }
         }
+        *self.recent() = Recent::default();
         Ok(total)
     }
 
@@ -402,6 +444,8 @@ impl Appender {
         }
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
+        let start = self.end;
+        let mut ends = Vec::with_capacity(count as usize);
         let mut at = 0;
         for nl in memchr::memchr_iter(b'\n', lines) {
             self.outbox
@@ -410,13 +454,27 @@ impl Appender {
                 .seal_into(&lines[at..nl], &mut sealed);
             sealed.push(b'\n');
             at = nl + 1;
+            let next = Pos {
+                byte: start.byte + sealed.len() as u64,
+                event: start.event + ends.len() as u64 + 1,
+            };
+            ends.push((nl, next));
         }
-        let r = self.append_sealed(&sealed, count);
+        let r = self.append_sealed(&sealed, count, || RecentBatch {
+            start,
+            clear: lines.to_vec(),
+            lines: ends,
+        });
         self.sealed = sealed;
         r
     }
 
-    fn append_sealed(&mut self, lines: &[u8], count: u64) -> Result<Pos, OutboxError> {
+    fn append_sealed(
+        &mut self,
+        lines: &[u8],
+        count: u64,
+        recent: impl FnOnce() -> RecentBatch,
+    ) -> Result<Pos, OutboxError> {
         if self.size > 0 && self.size + lines.len() as u64 > self.segment_bytes {
             self.roll()?;
         }
@@ -435,6 +493,22 @@ impl Appender {
             byte: self.end.byte + lines.len() as u64,
             event: self.end.event + count,
         };
+        {
+            // Before readers learn of the new end, so one woken by it finds the batch here.
+            let batch = recent();
+            let mut r = self.outbox.recent();
+            if batch.end() == self.end && r.batches.back().is_none_or(|b| b.end() == batch.start) {
+                r.bytes += batch.clear.len();
+                r.batches.push_back(batch);
+            } else {
+                // Not contiguous (`count` did not match the lines): start over from here.
+                *r = Recent::default();
+            }
+            while r.bytes > RECENT_BYTES && r.batches.len() > 1 {
+                let old = r.batches.pop_front().expect("more than one");
+                r.bytes -= old.clear.len();
+            }
+        }
         self.outbox.shared.end.send_replace(self.end);
         Ok(self.end)
     }
@@ -488,6 +562,54 @@ pub struct Reader {
 impl Reader {
     pub fn pos(&self) -> Pos {
         self.pos
+    }
+
+    /// Up to `max` lines from the current position, never past `end`, from the batches
+    /// committed last ([`Recent`]); None when the position is not among them (read the files
+    /// with [`Reader::read`]). Never blocks: call it on the runtime.
+    pub fn read_recent(&mut self, max: usize, end: Pos) -> Option<Vec<Line>> {
+        let recent = self.outbox.recent();
+        let first = recent
+            .batches
+            .partition_point(|b| b.end().byte <= self.pos.byte);
+        let mut out = Vec::new();
+        let mut pos = self.pos;
+        for b in recent.batches.iter().skip(first) {
+            if b.start.byte > pos.byte {
+                break;
+            }
+            // The line that starts at `pos`.
+            let mut i = b.lines.partition_point(|l| l.1.byte <= pos.byte);
+            let starts_here = if i == 0 {
+                b.start.byte == pos.byte
+            } else {
+                b.lines[i - 1].1.byte == pos.byte
+            };
+            if !starts_here {
+                break;
+            }
+            while i < b.lines.len() && out.len() < max && b.lines[i].1.byte <= end.byte {
+                let from = if i == 0 { 0 } else { b.lines[i - 1].0 + 1 };
+                let (to, next) = b.lines[i];
+                out.push(Line {
+                    json: b.clear[from..to].to_vec(),
+                    next,
+                });
+                pos = next;
+                i += 1;
+            }
+            if i < b.lines.len() {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        drop(recent);
+        self.pos = pos;
+        // The open file's offset is stale now; the next read from the files reopens it.
+        self.file = None;
+        Some(out)
     }
 
     /// Up to `max` lines from the current position, never past the durable `end`. Blocking.

@@ -266,21 +266,33 @@ async fn run_batches(
             let read_now =
                 batch.is_empty() || due || end.event.saturating_sub(next.event) >= want as u64;
             if next.byte < end.byte && read_now {
-                let mut r = reader.take().expect("reader is put back after each read");
-                let res = tokio::task::spawn_blocking(move || {
-                    let lines = r.read(want, end);
-                    (r, lines)
-                })
-                .await;
-                let (r, lines) = match res {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::error!(target: "gannet::ship", destination = %name, error = %e,
-                            "outbox reader task failed; this destination stops until restart");
-                        return saved;
+                // A destination that keeps up finds its lines in memory; otherwise they are
+                // read from the files on a blocking thread.
+                let recent = reader
+                    .as_mut()
+                    .expect("reader is put back after each read")
+                    .read_recent(want, end);
+                let lines = match recent {
+                    Some(lines) => Ok(lines),
+                    None => {
+                        let mut r = reader.take().expect("reader is put back after each read");
+                        let res = tokio::task::spawn_blocking(move || {
+                            let lines = r.read(want, end);
+                            (r, lines)
+                        })
+                        .await;
+                        let (r, lines) = match res {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::error!(target: "gannet::ship", destination = %name, error = %e,
+                                    "outbox reader task failed; this destination stops until restart");
+                                return saved;
+                            }
+                        };
+                        reader = Some(r);
+                        lines
                     }
                 };
-                reader = Some(r);
                 let lines = match lines {
                     Ok(l) => l,
                     Err(e) => {

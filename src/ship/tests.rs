@@ -272,3 +272,82 @@ async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply(
         );
     }
 }
+
+fn read_all_recent(
+    r: &mut super::outbox::Reader,
+    o: &Outbox,
+    max: usize,
+) -> Vec<super::outbox::Line> {
+    let mut out = Vec::new();
+    while let Some(lines) = r.read_recent(max, o.end()) {
+        out.extend(lines);
+    }
+    out
+}
+
+/// A reader that keeps up gets from memory exactly what the files hold (same JSON, same
+/// positions), batch after batch and within `max`; before the batches in memory (after a
+/// reopen) it is sent to the files; an erasure empties the memory so the erased event is
+/// read from the files, shredded, and not shipped.
+#[test]
+fn recent_lines_in_memory_match_the_files_and_erasure_empties_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        buf.extend(line(i, "delivered"));
+    }
+    a.append(&buf, 5).unwrap();
+    drop((o, a));
+    // Reopened: nothing in memory, the first five are read from the files.
+    let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
+    let start = Pos::default();
+    assert!(o.reader(start).read_recent(100, o.end()).is_none());
+    let mut mem = o.reader(o.end());
+    for b in 0..6u64 {
+        let mut buf = Vec::new();
+        for i in 0..7 {
+            buf.extend(line(5 + b * 7 + i, "delivered"));
+        }
+        a.append(&buf, 7).unwrap();
+    }
+    let from_mem = read_all_recent(&mut mem, &o, 3);
+    assert_eq!(mem.pos(), o.end());
+    let mut disk = o.reader(Pos {
+        byte: o.end().byte,
+        event: o.end().event,
+    });
+    assert!(disk.read(100, o.end()).unwrap().is_empty());
+    let mut disk = o.reader(start);
+    let mut from_disk = Vec::new();
+    loop {
+        let l = disk.read(100, o.end()).unwrap();
+        if l.is_empty() {
+            break;
+        }
+        from_disk.extend(l);
+    }
+    assert_eq!(from_disk.len(), 47);
+    let pairs = |v: &[super::outbox::Line]| -> Vec<(Vec<u8>, Pos)> {
+        v.iter().map(|l| (l.json.clone(), l.next)).collect()
+    };
+    assert_eq!(pairs(&from_mem), pairs(&from_disk[5..]));
+    // Never past the `end` it is given.
+    let mut r = o.reader(from_disk[5].next);
+    let part = r.read_recent(100, from_disk[10].next).unwrap();
+    assert_eq!(part.len(), 5);
+    assert_eq!(r.pos(), from_disk[10].next);
+    // Erasure of e20: from memory nothing; from the files every line but e20.
+    let at = from_disk[4].next;
+    assert_eq!(o.shred(b"\"e20\"").unwrap(), 1);
+    assert!(o.reader(at).read_recent(100, o.end()).is_none());
+    let ids = read_ids(&o, at);
+    assert_eq!(ids.len(), 41);
+    assert!(!ids.contains(&"e20".to_string()));
+    // New commits are in memory again.
+    let before = o.end();
+    a.append(&line(99, "delivered"), 1).unwrap();
+    let got = o.reader(before).read_recent(100, o.end()).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(ShipEvent::parse(got[0].json.clone()).unwrap().id, "e99");
+}
