@@ -279,25 +279,30 @@ async fn run_appender(
             p = sub.recv() => p,
             _ = stop.cancelled() => None,
         };
+        let fill = |items: &mut Vec<Published>, sub: &mut Subscription| {
+            while items.len() < batch {
+                match sub.try_recv() {
+                    Some(p) => items.push(p),
+                    None => break,
+                }
+            }
+        };
         let mut items: Vec<Published> = Vec::new();
         let stopping = first.is_none();
         if let Some(p) = first {
             items.push(p);
-            if !linger.is_zero() {
+            fill(&mut items, &mut sub);
+            if !linger.is_zero() && items.len() < batch {
                 // Sleep rather than receive: waking at every event that arrives meanwhile
-                // would cost the thread wake-ups the wait is there to save.
+                // would cost the thread wake-ups the wait is there to save. A batch that is
+                // already full (a backlog) is written at once.
                 tokio::select! {
                     _ = tokio::time::sleep(linger) => {}
                     _ = stop.cancelled() => {}
                 }
             }
         }
-        while items.len() < batch {
-            match sub.try_recv() {
-                Some(p) => items.push(p),
-                None => break,
-            }
-        }
+        fill(&mut items, &mut sub);
         if items.is_empty() {
             if stopping {
                 return;
@@ -309,12 +314,7 @@ async fn run_appender(
             // Drain what was published before the stop.
             loop {
                 let mut rest = Vec::new();
-                while rest.len() < batch {
-                    match sub.try_recv() {
-                        Some(p) => rest.push(p),
-                        None => break,
-                    }
-                }
+                fill(&mut rest, &mut sub);
                 if rest.is_empty() {
                     return;
                 }

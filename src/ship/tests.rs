@@ -189,6 +189,8 @@ async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
 struct LinesOnly {
     got: Arc<Mutex<Vec<Vec<u8>>>>,
     first_ids: Arc<Mutex<Vec<String>>>,
+    /// Ids of the events after the first of each batch (empty when they were not parsed).
+    later_ids: Arc<Mutex<Vec<String>>>,
 }
 
 impl Destination for LinesOnly {
@@ -199,6 +201,10 @@ impl Destination for LinesOnly {
     fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             self.first_ids.lock().unwrap().push(batch[0].id.clone());
+            self.later_ids
+                .lock()
+                .unwrap()
+                .extend(batch[1..].iter().map(|e| e.id.clone()));
             self.got
                 .lock()
                 .unwrap()
@@ -209,7 +215,8 @@ impl Destination for LinesOnly {
 }
 
 /// A destination that only passes lines on gets every line whole and in order, with the
-/// first event of each batch read (its id for logs); a filter still reads every event.
+/// first event of each batch read (its id for logs) and the others passed on unparsed; a
+/// filter still reads every event.
 #[tokio::test(start_paused = true)]
 async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply() {
     for (filter, want) in [
@@ -226,6 +233,8 @@ async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply(
         let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let first_ids = Arc::new(Mutex::new(Vec::new()));
+        let later_ids = Arc::new(Mutex::new(Vec::new()));
+        let filtered = filter.tenant.is_some();
         let st = runner::state("lines", o.end());
         let stop = CancellationToken::new();
         let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
@@ -234,6 +243,7 @@ async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply(
             Box::new(LinesOnly {
                 got: got.clone(),
                 first_ids: first_ids.clone(),
+                later_ids: later_ids.clone(),
             }),
             RunnerOptions {
                 name: "lines".into(),
@@ -269,6 +279,13 @@ async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply(
         assert!(
             !firsts.is_empty() && firsts.iter().all(|id| !id.is_empty()),
             "{firsts:?}"
+        );
+        // Without a filter the rest of each batch is passed on unparsed; a filter parses all.
+        let later = later_ids.lock().unwrap().clone();
+        assert!(!later.is_empty(), "batches of more than one event");
+        assert!(
+            later.iter().all(|id| id.is_empty() != filtered),
+            "filtered {filtered}: {later:?}"
         );
     }
 }
@@ -313,11 +330,7 @@ fn recent_lines_in_memory_match_the_files_and_erasure_empties_them() {
     }
     let from_mem = read_all_recent(&mut mem, &o, 3);
     assert_eq!(mem.pos(), o.end());
-    let mut disk = o.reader(Pos {
-        byte: o.end().byte,
-        event: o.end().event,
-    });
-    assert!(disk.read(100, o.end()).unwrap().is_empty());
+    assert!(o.reader(o.end()).read(100, o.end()).unwrap().is_empty());
     let mut disk = o.reader(start);
     let mut from_disk = Vec::new();
     loop {
