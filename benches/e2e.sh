@@ -203,6 +203,15 @@ print(f"  shipping: backlog {backlog_at_end:.0f} events at the last delivery, al
 PY
 )
 fi
+if [ "$SENDLOG" = 1 ]; then
+  # The send log moves its journal into SQLite lazily (every [sendlog] ingest_interval); a
+  # query first waits until every event published before it is in SQLite, so the CPU read
+  # below includes storing every event of the run.
+  python3 - "$HTTP_PORT" <<'PY'
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/events?limit=1", timeout=60).read()
+PY
+fi
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$GPID/status)
 # Gannet's own CPU (user + system, clock ticks) over the whole run, start-up included.
 cpu_ticks=$(awk '{print $14 + $15}' /proc/$GPID/stat)

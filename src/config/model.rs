@@ -779,17 +779,26 @@ pub struct SendlogConfig {
     /// Days an event is kept; whole days older than this are pruned. 0 = keep forever.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
-    /// Most events written in one SQLite transaction (one fsync).
+    /// Most events appended to the send log's journal with one fdatasync.
     #[serde(default = "default_sendlog_batch")]
     pub batch: usize,
-    /// Events the send log may fall behind before intake waits (lossless back-pressure).
+    /// Events the send log may fall behind before intake waits (lossless back-pressure): in
+    /// its journal's append, and again in SQLite behind the journal.
     #[serde(default = "default_sendlog_bound")]
     pub bound: usize,
-    /// How long an event may wait for others to share its transaction (fewer, larger commits:
-    /// less CPU per event under load, but finished messages wait for it too, so more are
-    /// delivered again after a crash). 0 (the default) = commit whatever is waiting at once.
+    /// How long an event may wait for others to share its journal append (fewer fdatasyncs,
+    /// but finished messages wait for it too, so more are delivered again after a crash).
+    /// 0 (the default) = append whatever is waiting at once.
     #[serde(default = "default_sendlog_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// How often the journal's new events are moved into SQLite, in one transaction (a
+    /// query first waits for the events published before it, so this only sets how large
+    /// and how rare the SQLite commits are).
+    #[serde(default = "default_sendlog_ingest_interval", with = "humantime_serde")]
+    pub ingest_interval: Duration,
+    /// Most events in one SQLite transaction; a journal backlog this large is moved at once.
+    #[serde(default = "default_sendlog_ingest_batch")]
+    pub ingest_batch: usize,
     /// What the log is kept for, quoted in access exports (GDPR Art. 15).
     #[serde(default = "default_purposes")]
     pub purposes: Vec<String>,
@@ -826,6 +835,12 @@ fn default_sendlog_commit_interval() -> Duration {
     // gave ~64 duplicates per kill in the crash loop, 0 gave ~15).
     Duration::ZERO
 }
+fn default_sendlog_ingest_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_sendlog_ingest_batch() -> usize {
+    10_000
+}
 fn default_purposes() -> Vec<String> {
     vec![
         "delivery of mail the sender asked us to send".to_string(),
@@ -843,6 +858,8 @@ impl Default for SendlogConfig {
             batch: default_sendlog_batch(),
             bound: default_sendlog_bound(),
             commit_interval: default_sendlog_commit_interval(),
+            ingest_interval: default_sendlog_ingest_interval(),
+            ingest_batch: default_sendlog_ingest_batch(),
             purposes: default_purposes(),
             checkpoint_key: default_checkpoint_key(),
             checkpoint_interval: default_checkpoint_interval(),

@@ -1,16 +1,19 @@
 //! The send log: every event of the event stream kept in SQLite, queryable by recipient,
 //! message, campaign, tenant and time, with personal fields sealed under per-person keys.
 //!
-//! Owns: the send-log database (see `store`), the master key (`keys`), the subscriber task
-//! that appends events in batched transactions and acknowledges them to the bus only after
-//! the commit (so `EventBus::wait_durable` means "in the send log"), daily pruning of whole
-//! days past `[sendlog] retention_days`, and the read side used by the HTTP API and the CLI
-//! (filters, cursor paging, CSV/NDJSON rendering, campaign statistics).
+//! Owns: the send-log database (see `store`), its journal (`journal`: the durable bus
+//! subscriber appends every event there and acknowledges it after the fdatasync, so
+//! `EventBus::wait_durable` means "in the send log's journal"; the ingester moves the journal
+//! into SQLite in large transactions), the master key (`keys`), daily pruning of whole days
+//! past `[sendlog] retention_days`, and the read side used by the HTTP API and the CLI
+//! (filters, cursor paging, CSV/NDJSON rendering, campaign statistics). A query through
+//! [`SendLog::read`] first waits for every event published before it to reach SQLite.
 //! Never does: publish facts about mail (it only records them; the one thing it publishes is
 //! the `log_access` operator event of the queries it answers, through the callers), decide
 //! anything about delivery, or write a clear address to disk.
 
 pub mod export;
+pub mod journal;
 pub mod keys;
 pub mod render;
 pub mod store;
@@ -22,7 +25,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::events::{Event, EventBus, EventKind, Mode, Published, Subscription};
+use crate::events::{Event, EventBus, EventKind, Mode};
+use crate::ship;
 
 pub use keys::{KeyError, MasterKey};
 pub use store::{
@@ -38,6 +42,8 @@ pub enum SendLogError {
     Store(#[from] StoreError),
     #[error("the send log is turned off ([sendlog] enabled = false)")]
     Disabled,
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     #[error("send-log task failed: {0}")]
     Task(String),
 }
@@ -53,10 +59,42 @@ pub fn paths(config: &Config) -> (PathBuf, PathBuf) {
     (db, config.resolve_path(&config.storage.key_file))
 }
 
+/// The send log opened for `serve`: the database and its journal, the journal's backlog
+/// already moved into the database.
+pub struct Opened {
+    ingester: journal::Ingester,
+    journal: ship::outbox::Outbox,
+    appender: ship::outbox::Appender,
+}
+
+impl Opened {
+    /// The time of the newest event held (the journal is ingested at open): where a replay
+    /// of possibly lost `received` events starts.
+    pub fn last_event_time_us(&self) -> Result<Option<u64>, SendLogError> {
+        Ok(self.ingester.writer.last_event_time_us()?)
+    }
+}
+
+/// [`open_writer`], then open the journal beside the database and ingest what it holds past
+/// the stored position (events a crash left between their ack and the SQLite commit).
+/// Blocking.
+pub fn open(config: &Config) -> Result<Opened, SendLogError> {
+    let w = open_writer(config)?;
+    let (journal, appender) = journal::open(&w.info().path, &w.info().key)?;
+    let mut ingester =
+        journal::Ingester::new(w, journal.clone(), config.sendlog.ingest_batch.max(1))?;
+    journal::catch_up_at_start(&mut ingester)?;
+    Ok(Opened {
+        ingester,
+        journal,
+        appender,
+    })
+}
+
 /// Load the master key and open the database for writing, signing checkpoints with
 /// `[sendlog] checkpoint_key` (blocking: call from a blocking thread or before the runtime
 /// starts).
-pub fn open(config: &Config) -> Result<Writer, SendLogError> {
+pub fn open_writer(config: &Config) -> Result<Writer, SendLogError> {
     let (db, key_file) = paths(config);
     let key = MasterKey::load_or_create(&key_file, &db)?;
     let mut w = store::open_writer(&db, key, &key_file)?;
@@ -96,53 +134,93 @@ pub fn open_reader(config: &Config) -> Result<Reader, SendLogError> {
 pub struct SendLog {
     info: StoreInfo,
     bus: EventBus,
-    /// Requests the writer task carries out between batches (erasures). Capacity 16; senders
-    /// wait when full (erasures are rare operator actions).
+    progress: Arc<journal::Progress>,
+    /// Requests the ingester task carries out between batches (erasures). Capacity 16;
+    /// senders wait when full (erasures are rare operator actions).
     cmds: tokio::sync::mpsc::Sender<Cmd>,
     pub purposes: Arc<Vec<String>>,
     pub retention_days: u32,
 }
 
 impl SendLog {
-    /// Subscribe the store to `bus` (durable mode) and start the writer task. Call before
-    /// the stages publish. The task stops after `stop` is cancelled and what was published
-    /// until then is written.
+    /// Subscribe the journal to `bus` (durable mode) and start the appender and the
+    /// ingester. Call before the stages publish. The task stops after `stop` is cancelled,
+    /// once what was published until then is in the journal and the database.
     pub fn start(
         config: &Config,
-        writer: Writer,
+        opened: Opened,
         bus: &EventBus,
         stop: CancellationToken,
     ) -> (SendLog, tokio::task::JoinHandle<()>) {
+        let Opened {
+            ingester,
+            journal,
+            appender,
+        } = opened;
         let sub = bus.subscribe(
             "sendlog",
             Mode::Durable {
                 bound: config.sendlog.bound,
             },
         );
+        let progress = journal::Progress::new(journal, ingester.at());
         let (cmds, cmd_rx) = tokio::sync::mpsc::channel(16);
         let handle = SendLog {
-            info: writer.info().clone(),
+            info: ingester.writer.info().clone(),
             bus: bus.clone(),
+            progress: progress.clone(),
             cmds,
             purposes: Arc::new(config.sendlog.purposes.clone()),
             retention_days: config.sendlog.retention_days,
         };
-        let task = tokio::spawn(run_writer(
-            writer,
+        let appender_task = tokio::spawn(journal::run_appender(
+            appender,
             sub,
-            cmd_rx,
-            Batching {
-                max: config.sendlog.batch.max(1),
-                linger: config.sendlog.commit_interval,
-            },
-            config.sendlog.retention_days,
-            stop,
+            progress.clone(),
+            config.sendlog.batch,
+            config.sendlog.commit_interval,
+            config.sendlog.bound as u64,
+            config.sendlog.ingest_batch.max(1) as u64,
+            stop.clone(),
         ));
+        // The ingester stops after the appender has appended everything published before
+        // the stop, and ingests that first.
+        let ingester_stop = CancellationToken::new();
+        let ingester_task = tokio::spawn(run_ingester(
+            ingester,
+            progress,
+            cmd_rx,
+            config.sendlog.ingest_interval,
+            config.sendlog.retention_days,
+            ingester_stop.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            let _ = appender_task.await;
+            ingester_stop.cancel();
+            let _ = ingester_task.await;
+        });
         (handle, task)
     }
 
-    /// Run `f` with a fresh read-only connection on a blocking thread.
+    /// Run `f` with a fresh read-only connection on a blocking thread, once every event
+    /// published before the call is in the database (waiting at most
+    /// [`journal::CATCH_UP_WAIT`]; past it, `f` sees what is there and a warning says so).
     pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, SendLogError> {
+        if !self.progress.catch_up(self.bus.last_seq()).await {
+            tracing::warn!(
+                waited_s = journal::CATCH_UP_WAIT.as_secs(),
+                "send log: the database is behind its journal (see errors above); answering from what it holds"
+            );
+        }
+        self.read_ingested(f).await
+    }
+
+    /// [`SendLog::read`] without waiting for the ingester: what the database holds now (an
+    /// export's later chunks, which stop at a `seq` read once caught up).
+    pub async fn read_ingested<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, SendLogError> {
@@ -160,9 +238,22 @@ impl SendLog {
     /// (`erased` event, without the address). Returns how many send-log rows named them.
     pub async fn erase(&self, address: &str, actor: &str) -> Result<u64, SendLogError> {
         let hash = self.info.key.address_hash(address);
+        // The journal holds every event published so far (the purges just recorded among
+        // them); the ingester moves them into the database before it destroys the key, so
+        // the row count and the statistics include them.
+        let end = self
+            .progress
+            .appended_through(self.bus.last_seq(), None)
+            .await
+            .ok_or_else(|| SendLogError::Task("the send-log journal has stopped".into()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.cmds
-            .send(Cmd::Erase { hash, reply: tx })
+            .send(Cmd::Erase {
+                hash,
+                needle: address.trim().to_ascii_lowercase().into_bytes(),
+                end,
+                reply: tx,
+            })
             .await
             .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))?;
         let rows = rx
@@ -205,59 +296,55 @@ impl SendLog {
     }
 }
 
-/// What the writer task does for the handle besides appending.
+/// What the ingester task does for the handle besides ingesting.
 enum Cmd {
     Erase {
         hash: [u8; 32],
-        reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+        /// The lower-cased address: journal lines mentioning it are shredded.
+        needle: Vec<u8>,
+        /// The journal's end once it held everything published before the erasure.
+        end: ship::outbox::Pos,
+        reply: tokio::sync::oneshot::Sender<Result<u64, SendLogError>>,
     },
 }
 
-/// The subscriber loop: batch what is waiting, append it in one transaction, then ack.
-/// How the writer groups events into transactions.
-struct Batching {
-    /// Most events in one transaction.
-    max: usize,
-    /// How long the first event of a batch may wait for more before the commit. Every commit
-    /// rewrites the tail page of each index and fsyncs the WAL, so ten events per commit cost
-    /// nearly what a thousand do: waiting lowers the send log's CPU cost per event under load.
-    /// Nothing on the acceptance path waits for it, but the spool's record of a finished
-    /// message does (and so, after a crash, how much is delivered twice): the default is 0,
-    /// where events gather while the previous commit runs.
-    linger: Duration,
-}
-
-async fn run_writer(
-    mut writer: Writer,
-    mut sub: Subscription,
+/// The ingester loop: every `interval` (or at once when a reader waits, or the journal's
+/// backlog reaches `[sendlog] ingest_batch`), move the journal's new lines into SQLite;
+/// erasures and pruning between ingests. On a database error the lines stay in the journal
+/// and the next ingest tries again (after a growing delay).
+async fn run_ingester(
+    mut ing: journal::Ingester,
+    progress: Arc<journal::Progress>,
     mut cmds: tokio::sync::mpsc::Receiver<Cmd>,
-    batching: Batching,
+    interval: Duration,
     retention_days: u32,
     stop: CancellationToken,
 ) {
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry: Option<Duration> = None;
     loop {
-        let first = tokio::select! {
-            p = sub.recv() => p,
-            _ = stop.cancelled() => None,
+        let wait = retry.unwrap_or(interval);
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
             Some(cmd) = cmds.recv() => {
                 match cmd {
-                    Cmd::Erase { hash, reply } => {
+                    Cmd::Erase { hash, needle, end, reply } => {
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap_or(Duration::ZERO)
                             .as_micros() as i64;
-                        let Ok((w, r)) = tokio::task::spawn_blocking(move || {
-                            let r = writer.erase(&hash, now);
-                            (writer, r)
+                        let p = progress.clone();
+                        let Ok((i, r)) = tokio::task::spawn_blocking(move || {
+                            let r = ing.erase(&hash, &needle, end, now, &p);
+                            (ing, r)
                         })
                         .await
                         else {
-                            tracing::error!("send-log writer panicked during an erasure");
+                            tracing::error!("send-log ingester panicked during an erasure");
                             return;
                         };
-                        writer = w;
+                        ing = i;
                         let _ = reply.send(r);
                     }
                 }
@@ -265,109 +352,64 @@ async fn run_writer(
             }
             _ = prune.tick() => {
                 if retention_days > 0 {
-                    writer = prune_days(writer, retention_days).await;
+                    ing = prune_days(ing, retention_days).await;
                 }
                 continue;
             }
+            _ = progress.ingest_now_notified() => false,
+            _ = tokio::time::sleep(wait) => false,
         };
-        let mut items: Vec<Published> = Vec::new();
-        let stopping = first.is_none();
-        if let Some(p) = first {
-            items.push(p);
-        }
-        let batch = batching.max;
-        let drain = |items: &mut Vec<Published>, sub: &mut Subscription| {
-            while items.len() < batch {
-                match sub.try_recv() {
-                    Some(p) => items.push(p),
-                    None => break,
-                }
-            }
-        };
-        drain(&mut items, &mut sub);
-        if !stopping && !batching.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + batching.linger;
-            while items.len() < batch {
-                tokio::select! {
-                    r = tokio::time::timeout_at(deadline, sub.recv()) => match r {
-                        Ok(Some(p)) => {
-                            items.push(p);
-                            drain(&mut items, &mut sub);
-                        }
-                        // Deadline, or the bus closed (the next recv sees it and drains).
-                        _ => break,
-                    },
-                    _ = stop.cancelled() => break,
-                }
-            }
-        }
-        if !items.is_empty() {
-            writer = write_batch(writer, items, &sub).await;
-        }
-        if stopping {
-            // Drain what was published before the stop, then leave.
-            loop {
-                let mut rest = Vec::new();
-                while rest.len() < batch {
-                    match sub.try_recv() {
-                        Some(p) => rest.push(p),
-                        None => break,
-                    }
-                }
-                if rest.is_empty() {
-                    return;
-                }
-                writer = write_batch(writer, rest, &sub).await;
-            }
-        }
-    }
-}
-
-/// Append `items` and ack them; on a database error, retry the same batch until it commits
-/// (nothing is acked, so intake's back-pressure and `wait_durable` hold the line meanwhile).
-async fn write_batch(mut writer: Writer, items: Vec<Published>, sub: &Subscription) -> Writer {
-    let last = items.last().map(|p| p.seq).unwrap_or(0);
-    let items = Arc::new(items);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let batch = items.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let r = writer.append(batch.iter().map(|p| p.event.as_ref()));
-            (writer, r)
-        })
-        .await;
-        match r {
-            Ok((w, Ok(_))) => {
-                sub.ack(last);
-                return w;
-            }
-            Ok((w, Err(e))) => {
-                tracing::error!(error = %e, events = items.len(), "cannot write events to the send log; retrying (intake will push back while this lasts)");
-                writer = w;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                // The blocking task panicked: the writer is gone with it. Nothing sensible
-                // remains to do but say so loudly; events stay unacknowledged.
-                tracing::error!(error = %e, "send-log writer panicked; events are no longer recorded");
+        let end = progress.journal.end();
+        if ing.at().byte < end.byte {
+            let p = progress.clone();
+            let Ok((i, r)) = tokio::task::spawn_blocking(move || {
+                let r = ing.catch_up(end, Some(&*p));
+                (ing, r)
+            })
+            .await
+            else {
+                // The writer is gone with the panicked thread; lines stay in the journal
+                // for the next start.
+                tracing::error!(
+                    "send-log ingester panicked; events stay in the journal until the next start"
+                );
                 std::future::pending::<()>().await;
                 unreachable!()
+            };
+            ing = i;
+            match r {
+                Ok(_) => retry = None,
+                Err(e) => {
+                    let d = retry.map_or(Duration::from_millis(100), |d| {
+                        (d * 2).min(Duration::from_secs(10))
+                    });
+                    tracing::error!(error = %e, retry_in_ms = d.as_millis() as u64,
+                        "cannot move events from the journal into the send-log database; they stay in the journal (queries may miss them until this recovers)");
+                    retry = Some(d);
+                    if stopping {
+                        // They are ingested at the next start.
+                        return;
+                    }
+                    continue;
+                }
             }
+        }
+        if stopping {
+            return;
         }
     }
 }
 
-async fn prune_days(writer: Writer, retention_days: u32) -> Writer {
+async fn prune_days(ing: journal::Ingester, retention_days: u32) -> journal::Ingester {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_micros() as i64;
     let cutoff = prune_cutoff(now_us, retention_days);
-    let mut writer = writer;
+    let mut ing = ing;
     match tokio::task::spawn_blocking(move || {
-        let r = writer.prune_before(cutoff);
-        (writer, r)
+        let r = ing.writer.prune_before(cutoff);
+        (ing, r)
     })
     .await
     {

@@ -516,6 +516,34 @@ impl Writer {
         &mut self,
         events: impl IntoIterator<Item = &'a Event>,
     ) -> Result<usize, StoreError> {
+        self.append_through(events, None)
+    }
+
+    /// Where the ingester has read the send log's journal up to (`(byte, event)`, stored by
+    /// [`Writer::append_through`]); None before the first ingest.
+    pub fn journal_pos(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT v FROM meta WHERE k = 'journal_pos'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.info.err())?;
+        Ok(v.and_then(|v| {
+            let text = String::from_utf8(v).ok()?;
+            let (b, e) = text.split_once(' ')?;
+            Some((b.parse().ok()?, e.parse().ok()?))
+        }))
+    }
+
+    /// Append `events` and, when given, record the journal position they were read up to,
+    /// in one transaction: after a crash the log holds both or neither, so the ingester
+    /// goes on from the stored position without losing or repeating a row.
+    pub fn append_through<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+        journal: Option<(u64, u64)>,
+    ) -> Result<usize, StoreError> {
         let path = self.info.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -524,6 +552,17 @@ impl Writer {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
         let r = self
             .append_in_tx(events)
+            .and_then(|n| {
+                if let Some((byte, event)) = journal {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO meta (k, v) VALUES ('journal_pos', ?1) \
+                             ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                        )?
+                        .execute(params![format!("{byte} {event}").into_bytes()])?;
+                }
+                Ok(n)
+            })
             .and_then(|n| Ok((n, n > 0 && self.checkpoint_if_due()?)));
         match r {
             Ok((n, signed)) => match self.conn.execute_batch("COMMIT") {

@@ -375,6 +375,13 @@ impl Outbox {
     /// that no destination has taken yet are never shipped; positions do not move. Returns
     /// how many lines were shredded. Blocking.
     pub fn shred(&self, needle: &[u8]) -> io::Result<usize> {
+        self.shred_until(needle, None)
+    }
+
+    /// [`Outbox::shred`] of the lines before `until` only (None: the durable end). The send
+    /// log's journal shreds what its ingester has moved into SQLite, never a line it has not
+    /// stored yet. Blocking.
+    pub fn shred_until(&self, needle: &[u8], until: Option<Pos>) -> io::Result<usize> {
         let _one = self
             .shared
             .shredding
@@ -383,7 +390,7 @@ impl Outbox {
         // Readers take lines from the files from now on. Emptied again at the end: a batch
         // committed meanwhile at or before `end` has its lines shredded on disk below.
         *self.recent() = Recent::default();
-        let end = self.end();
+        let end = until.map_or_else(|| self.end(), |u| u.min(self.end()));
         let segments: Vec<Segment> = self.segments().clone();
         let mut total = 0;
         for (i, seg) in segments.iter().enumerate() {

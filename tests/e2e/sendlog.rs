@@ -976,3 +976,216 @@ async fn erasure_drops_queued_mail_and_refuses_the_person_by_keyed_hash() {
         .await
         .assert_success();
 }
+
+/// Lines in the send log's journal files (`sendlog.journal/*.seg`): (all, shredded). Each
+/// line is one event, sealed; an erased one is all `#`.
+fn journal_lines(dir: &std::path::Path) -> (usize, usize) {
+    let journal = find_dir(dir, "sendlog.journal").expect("sendlog.journal in the instance dir");
+    let (mut all, mut shredded) = (0, 0);
+    for e in std::fs::read_dir(&journal).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "seg") {
+            let bytes = std::fs::read(&p).unwrap();
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                all += 1;
+                if line.iter().all(|&b| b == b'#') {
+                    shredded += 1;
+                }
+            }
+        }
+    }
+    (all, shredded)
+}
+
+fn find_dir(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+            if let Some(f) = find_dir(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+/// The send log's durability is its journal: events acknowledged there (appended and
+/// fdatasynced) while the SQLite database cannot be written (a Python process holds its
+/// write lock) and Gannet is then killed with SIGKILL are in the log after the restart,
+/// each exactly once (counted by event id). `deferred` events are never published again at
+/// recovery, so only the journal can bring them back; the attempts after the restart get
+/// another reply and are told apart by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_the_journal_but_not_in_the_database_at_a_kill_are_stored_once() {
+    let mut w = World::start(
+        &["127.0.0.193"],
+        Zone::new().mail_domain("dest.test", "127.0.0.193"),
+        |c| c.retry_schedule(&["1h"]),
+    )
+    .await;
+    w.sinks[0].add_rule(Rule::new(Stage::Rcpt, "451 4.7.1 before the kill"));
+    let mut holder = hold_write_lock(w.gannet.dir()).await;
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    let mut qids = Vec::new();
+    for i in 0..4 {
+        let r = format!("j{i}@dest.test");
+        qids.push(
+            c.send("s@origin.test", &[r.as_str()], b"Subject: j\r\n\r\nx\r\n")
+                .await,
+        );
+    }
+    c.quit().await;
+    for i in 0..4 {
+        w.gannet
+            .wait_event("deferred", &format!("j{i}@dest.test"), WAIT)
+            .await;
+    }
+    // 4 `received` + 4 `deferred` appended and fdatasynced (each line is one event).
+    let dir = w.gannet.dir().to_path_buf();
+    poll(WAIT, || (journal_lines(&dir).0 >= 8).then_some(()))
+        .await
+        .unwrap_or_else(|| panic!("8 journal lines: {:?}", journal_lines(&dir)));
+    w.gannet.kill9().await;
+    holder.kill().await.unwrap();
+    drop(holder);
+    w.sinks[0].clear_rules();
+    w.sinks[0].add_rule(Rule::new(Stage::Rcpt, "451 4.7.1 after the restart"));
+    w.gannet.restart().await;
+
+    let v = wait_json(
+        &w.gannet,
+        "/api/v1/events?limit=1000",
+        "the events of before the kill",
+        |_| true,
+    )
+    .await;
+    let evs = v["events"].as_array().unwrap();
+    let mut ids: Vec<&str> = evs.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an event id stored twice: {v:#}");
+    let before: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "deferred" && e["reply"].to_string().contains("before the kill"))
+        .collect();
+    let mut rcpts: Vec<&str> = before
+        .iter()
+        .map(|e| e["recipient"].as_str().unwrap())
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "j0@dest.test",
+            "j1@dest.test",
+            "j2@dest.test",
+            "j3@dest.test"
+        ],
+        "each deferral of before the kill once: {v:#}"
+    );
+    for q in &qids {
+        assert_eq!(
+            evs.iter()
+                .filter(|e| e["type"] == "received" && e["queue_id"] == q.as_str())
+                .count(),
+            1,
+            "one `received` for {q}: {v:#}"
+        );
+    }
+    logs_verify(&w.gannet).await.assert_success();
+}
+
+/// The database takes the journal in large, rare transactions (`ingest_interval` of an hour
+/// here), yet a query sees every event published before it, and an erasure moves the
+/// person's journal-only events into the database first: the erasure counts them, campaign
+/// statistics include them, and the journal's lines naming the person are overwritten (no
+/// file of the send log holds the address in any form; the chain still verifies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_and_erasure_see_events_still_only_in_the_journal() {
+    let w = World::start(
+        &["127.0.0.194"],
+        Zone::new().mail_domain("dest.test", "127.0.0.194"),
+        |c| c.extra("[sendlog]\ningest_interval = \"1h\""),
+    )
+    .await;
+    let g = &w.gannet;
+    let send = |rcpts: &'static [&'static str]| async move {
+        let mut c = SmtpClient::connect(g.smtp_addr()).await;
+        c.hello("client.test").await;
+        c.send(
+            "news@origin.test",
+            rcpts,
+            b"Subject: hi\r\nX-Gannet-Campaign: winter\r\n\r\nhello\r\n",
+        )
+        .await;
+        c.quit().await;
+    };
+    send(&["erin.journal@dest.test", "keep@dest.test"]).await;
+    g.wait_event("delivered", "erin.journal@dest.test", WAIT)
+        .await;
+    g.wait_event("delivered", "keep@dest.test", WAIT).await;
+    // One query, no polling: it waits for what was published before it.
+    let (status, body) = g
+        .http_get("/api/v1/events?campaign=winter&type=delivered")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 2, "{v:#}");
+
+    // A second message to the person, in the journal only when the erasure starts.
+    send(&["erin.journal@dest.test"]).await;
+    g.wait_outcomes(WAIT, "two deliveries to erin", |os| {
+        os.iter()
+            .filter(|o| o.event == "delivered" && o.recipient == "erin.journal@dest.test")
+            .count()
+            >= 2
+    })
+    .await;
+    let (_, shredded_before) = journal_lines(g.dir());
+    assert_eq!(shredded_before, 0);
+    let (status, body) = g
+        .http_post(
+            "/api/v1/erasures",
+            Some(r#"{"address": "Erin.Journal@dest.test"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let erased: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        erased["erased"]["send_log_rows"].as_u64() >= Some(2),
+        "both deliveries counted, the second from the journal: {erased:#}"
+    );
+    let (status, stats) = g.http_get("/api/v1/campaigns/winter/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        stats["total"]["delivered"], 3,
+        "three deliveries counted: {stats:#}"
+    );
+    let (_, shredded) = journal_lines(g.dir());
+    assert!(
+        shredded >= 2,
+        "the person's journal lines overwritten: {shredded}"
+    );
+    use base64::Engine;
+    let addr = "erin.journal@dest.test";
+    let needles: Vec<Vec<u8>> = vec![
+        addr.as_bytes().to_vec(),
+        "erin.journal=40dest.test".as_bytes().to_vec(),
+        base64::engine::general_purpose::STANDARD
+            .encode(addr)
+            .to_ascii_lowercase()
+            .into_bytes(),
+    ];
+    let hits: Vec<_> = files_containing(g.dir(), &needles)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("sendlog"))
+        .collect();
+    assert!(hits.is_empty(), "address found in {hits:?}");
+    logs_verify(g).await.assert_success();
+}
