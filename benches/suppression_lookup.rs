@@ -6,7 +6,7 @@
 //! for `benches/e2e.sh` with `[suppression] path` pointing at it and `[storage] key_file` at
 //! `DIR/gannet.key`, the master key the store is sealed with); the test suite's single pass
 //! uses 2,000. Rates are given per wall-clock second and per second of the process's CPU
-//! (every thread: the import seals on one thread per core, sled flushes on its own), with the
+//! (every thread: the import seals on one thread per core), with the
 //! load average, since the shared machine's load moves the wall-clock figures several-fold.
 
 #[path = "common/size.rs"]
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use gannet::sendlog::MasterKey;
-use gannet::suppression::{Entry, ListFilter, Lookup, SledStore, SuppressionStore};
+use gannet::suppression::{Entry, ListFilter, Lookup, SqliteStore, SuppressionStore};
 
 fn entry(i: u64) -> Entry {
     Entry {
@@ -38,11 +38,16 @@ fn entry(i: u64) -> Entry {
 }
 
 fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// A field of /proc/self/status in KiB (`VmRSS:` now, `VmHWM:` the peak so far).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -94,11 +99,11 @@ fn bench(c: &mut Criterion) {
     let dir = kept.as_deref().unwrap_or(tmp.path());
     let key = MasterKey::load_or_create(
         &dir.join("gannet.key"),
-        &SledStore::key_check_path(&dir.join("suppression")),
+        &SqliteStore::key_check_path(&dir.join("suppression")),
     )
     .unwrap();
     let rss0 = rss_kib();
-    let store = SledStore::open(&dir.join("suppression"), key.clone()).unwrap();
+    let store = SqliteStore::open(&dir.join("suppression"), key.clone()).unwrap();
     let t = Instant::now();
     let cpu0 = cpu_secs();
     let mut i = 0;
@@ -112,12 +117,13 @@ fn bench(c: &mut Criterion) {
     let cpu = cpu_secs() - cpu0;
     let disk = dir_bytes(dir);
     eprintln!(
-        "suppression: {n} entries imported in {secs:.1} s ({:.0} entries/s wall; {cpu:.1} CPU s = {:.0} entries per CPU second; batches of 10,000; load {}), {disk} bytes on disk = {:.0} bytes/entry, RSS +{} MiB",
+        "suppression: {n} entries imported in {secs:.1} s ({:.0} entries/s wall; {cpu:.1} CPU s = {:.0} entries per CPU second; batches of 10,000; load {}), {disk} bytes on disk = {:.0} bytes/entry, RSS +{} MiB (process peak so far {} MiB)",
         n as f64 / secs,
         n as f64 / cpu.max(0.001),
         load(),
         disk as f64 / n as f64,
-        rss_kib().saturating_sub(rss0) / 1024
+        rss_kib().saturating_sub(rss0) / 1024,
+        status_kib("VmHWM:") / 1024
     );
 
     // Start-up: a reopened store loads its index from the tree.
@@ -125,7 +131,7 @@ fn bench(c: &mut Criterion) {
     let rss1 = rss_kib();
     let t = Instant::now();
     let cpu0 = cpu_secs();
-    let store = SledStore::open(&dir.join("suppression"), key).unwrap();
+    let store = SqliteStore::open(&dir.join("suppression"), key).unwrap();
     eprintln!(
         "suppression: reopened with {} entries in {:.1} s ({:.1} CPU s; index load; load {}), RSS {} MiB (was {} MiB before the open)",
         store.len(),
@@ -202,12 +208,13 @@ fn bench(c: &mut Criterion) {
     }
     miss.sort_unstable();
     eprintln!(
-        "suppression: lookup (miss) p50 {} ns, p99 {} ns, p99.9 {} ns over {} lookups; RSS now {} MiB; load {}",
+        "suppression: lookup (miss) p50 {} ns, p99 {} ns, p99.9 {} ns over {} lookups; RSS now {} MiB, peak {} MiB; load {}",
         miss[miss.len() / 2],
         miss[miss.len() * 99 / 100],
         miss[miss.len() * 999 / 1000],
         miss.len(),
         rss_kib() / 1024,
+        status_kib("VmHWM:") / 1024,
         load()
     );
 

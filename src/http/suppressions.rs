@@ -46,6 +46,7 @@ pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::BadAddress(_) => bad_request(e, "address"),
         StoreError::BadTenant(_) => bad_request(e, "tenant"),
+        StoreError::BadCursor => bad_request(e, "cursor"),
         e => {
             tracing::error!(error = %e, "suppression store request failed");
             ApiError::new(

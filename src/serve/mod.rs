@@ -218,7 +218,7 @@ pub async fn run_with(
     // The suppression list opens before anything listens; its policy subscriber (durable)
     // is registered before any stage publishes.
     let suppressions: Option<crate::suppression::SharedStore> = if config.suppression.enabled {
-        let path = crate::suppression::SledStore::path_for(&config);
+        let path = crate::suppression::SqliteStore::path_for(&config);
         let key_file = config.resolve_path(&config.storage.key_file);
         // The list is keyed by the keyed hash of the address and keeps addresses sealed,
         // under the master key (the send log's and spool's): created (0600) only when no
@@ -226,10 +226,10 @@ pub async fn run_with(
         let store = tokio::task::spawn_blocking(move || {
             let key = crate::sendlog::MasterKey::load_or_create(
                 &key_file,
-                &crate::suppression::SledStore::key_check_path(&path),
+                &crate::suppression::SqliteStore::key_check_path(&path),
             )
             .map_err(crate::sendlog::SendLogError::Key)?;
-            Ok::<_, ServeError>(crate::suppression::SledStore::open(&path, key)?)
+            Ok::<_, ServeError>(crate::suppression::SqliteStore::open(&path, key)?)
         })
         .await
         .map_err(|e| ServeError::Resolver(e.to_string()))??;

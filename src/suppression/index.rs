@@ -1,20 +1,26 @@
 //! The in-memory index every suppression check reads: one fixed-size slot per entry, keyed by
-//! a hash of the entry's tree key (the address's keyed hash, then `tenant \0 stream`), so a check costs a few hash probes in memory
-//! and never touches the disk (the durable store's page-ins made hits cost 50+ µs at millions
-//! of entries).
+//! a hash of the entry's key (the address's keyed hash, then `tenant \0 stream`), so a check
+//! costs a few hash probes in memory and never touches the disk (the durable store's page-ins
+//! made hits cost 50+ µs at millions of entries).
 //!
-//! Owns the slots and the small table of reason texts they point into. Filled by the store
-//! that owns it (`store::SledStore`) at open from its tree and kept in step by the store's
-//! writers, which hold the store's write lock across the durable write and the index update.
-//! Never reads or writes the disk and never decides what goes in.
+//! Owns the slots, the small table of reason texts they point into, and the set of scopes
+//! (`tenant \0 stream`) in use with their counts. Filled by the store that owns it
+//! (`store::SqliteStore`) at open from its table and kept in step by the store's writers,
+//! which hold the store's write lock across the durable write and the index update. Never
+//! reads or writes the disk and never decides what goes in.
 //!
-//! A slot is 24 bytes (a 64-bit key, a 32-bit tag from a second, independent keyed hash, the
-//! reason's number, and created and expiry as u32 seconds), about 40 bytes an entry with the
-//! table's spare capacity. The 96 bits of two SipHash-1-3 hashes with keys drawn at start make
-//! a false hit (an address refused because another one is listed) a 1 in 2^96 / entries event
-//! per probe, and unforgeable from outside (the keys are never shown). Hand-written rather than
-//! a crate: what is kept per entry (a few bytes beside the hash) is the point, and a general
-//! map of strings would hold the address itself, several times the size.
+//! A slot is 28 bytes (a 64-bit key, a 32-bit tag from a second, independent keyed hash, the
+//! reason's number, created and expiry as u32 seconds, and the entry's 48-bit row id in the
+//! store's table), about 32 bytes an entry with the table's spare capacity. The row id is how
+//! a replace, a removal or a listing finds the entry's row without a second on-disk index
+//! (random keyed-hash keys would scatter every insert over a 10M-entry B-tree). Every entry of
+//! one address is found by probing each scope in use ([`Index::rows_of_person`]): scopes are
+//! tenants times streams, a few hundred where millions of entries share them. The 96 bits of
+//! two SipHash-1-3 hashes with keys drawn at start make a false hit (an address refused
+//! because another one is listed) a 1 in 2^96 / entries event per probe, and unforgeable from
+//! outside (the keys are never shown). Hand-written rather than a crate: what is kept per
+//! entry (a few bytes beside the hash) is the point, and a general map of strings would hold
+//! the address itself, several times the size.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -26,7 +32,7 @@ use super::store::{ALL_TENANTS, Entry, Lookup};
 /// `manual`); the table holds 65,535 different reasons before that happens.
 const REASON_OVERFLOW: u16 = u16::MAX;
 
-/// What is kept of one entry.
+/// What is kept of one entry (20 bytes, 4-aligned, so a bucket with its [`Key`] is 28).
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     tag: u32,
@@ -34,6 +40,35 @@ struct Slot {
     /// 0 = never; saturated at u32::MAX (year 2106).
     expires: u32,
     reason: u16,
+    /// The row id in the store's table: high 16 bits, then low 32 bits.
+    row_hi: u16,
+    row_lo: u32,
+}
+
+impl Slot {
+    fn row(&self) -> u64 {
+        (u64::from(self.row_hi) << 32) | u64::from(self.row_lo)
+    }
+}
+
+/// The largest row id a slot holds (2^48 - 1; SQLite hands out row ids one above the
+/// largest, so a table reaches it only after 2^48 inserts).
+pub const MAX_ROW: u64 = (1 << 48) - 1;
+
+/// A slot's 64-bit key as two u32 (4-aligned, so a bucket has no padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key([u32; 2]);
+
+impl Key {
+    fn new(k: u64) -> Key {
+        Key([k as u32, (k >> 32) as u32])
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(self.0[0]) | (u64::from(self.0[1]) << 32));
+    }
 }
 
 /// Keys are already uniform hashes: the table uses them as they are.
@@ -66,9 +101,13 @@ impl BuildHasher for BuildPassThrough {
 }
 
 struct Inner {
-    slots: HashMap<u64, Slot, BuildPassThrough>,
+    slots: HashMap<Key, Slot, BuildPassThrough>,
     reasons: Vec<String>,
     reason_ids: HashMap<String, u16>,
+    /// `tenant \0 stream` → how many entries have that scope.
+    scopes: HashMap<String, u64>,
+    /// Where a scope's text is put together (no allocation per insert).
+    scope_buf: String,
 }
 
 /// The index (one per store). Lookups share a read lock; the store's writers take the write
@@ -87,6 +126,19 @@ pub struct Row<'a> {
     pub reason: &'a str,
     pub created: u64,
     pub expires: u64,
+    /// Its row id in the store's table (at most [`MAX_ROW`]).
+    pub row: u64,
+}
+
+/// One entry whose place was computed with [`Index::at`], as a writer puts it.
+pub struct Put<'a> {
+    pub at: At,
+    pub tenant: &'a str,
+    pub stream: &'a str,
+    pub reason: &'a str,
+    pub created: u64,
+    pub expires: u64,
+    pub row: u64,
 }
 
 /// The place of one entry in the index: its 64-bit key and 32-bit tag ([`Index::at`]).
@@ -116,6 +168,8 @@ impl Index {
                 slots: HashMap::with_capacity_and_hasher(n, BuildPassThrough),
                 reasons: Vec::new(),
                 reason_ids: HashMap::new(),
+                scopes: HashMap::new(),
+                scope_buf: String::new(),
             }),
         }
     }
@@ -160,56 +214,52 @@ impl Index {
 
     /// Where the entry (person, tenant, stream) sits in the index. A writer computes it once,
     /// outside every lock (an import does so on several threads), and hands it to
-    /// [`Index::contains_many`], [`Index::live`] and [`Index::insert_at`].
+    /// [`Index::rows_of`], [`Index::live`] and [`Index::insert_at`].
     pub fn at(&self, person: &[u8; 32], tenant: &str, stream: &str) -> At {
         let (key, tag) = self.hash(person, tenant, stream);
         At { key, tag }
     }
 
-    /// Insert or replace many entries; returns how many were not in
-    /// the index before. Hashing happens before the write lock is taken.
+    /// Insert or replace many entries; returns how many were not in the index before.
+    /// Hashing happens before the write lock is taken.
+    #[cfg(test)]
     pub fn insert_many<'a>(&self, rows: impl IntoIterator<Item = Row<'a>>) -> usize {
-        let hashed: Vec<(At, &str, u64, u64)> = rows
-            .into_iter()
-            .map(|r| {
-                (
-                    self.at(r.person, r.tenant, r.stream),
-                    r.reason,
-                    r.created,
-                    r.expires,
-                )
-            })
-            .collect();
+        let hashed: Vec<Put<'a>> = rows.into_iter().map(|r| self.put_of(r)).collect();
         self.insert_at(hashed)
     }
 
-    /// Insert or replace entries whose places were computed with [`Index::at`]: (place,
-    /// reason, created, expires). Returns how many were not in the index before.
-    pub fn insert_at<'a>(&self, rows: impl IntoIterator<Item = (At, &'a str, u64, u64)>) -> usize {
-        let mut g = self.write();
-        let inner = &mut *g;
-        let mut new = 0;
-        for (at, reason, created, expires) in rows {
-            let reason = inner.reason_id(reason);
-            let slot = Slot {
-                tag: at.tag,
-                created: secs32(created),
-                expires: secs32(expires),
-                reason,
-            };
-            if inner.slots.insert(at.key, slot).is_none() {
-                new += 1;
-            }
+    fn put_of<'a>(&self, r: Row<'a>) -> Put<'a> {
+        Put {
+            at: self.at(r.person, r.tenant, r.stream),
+            tenant: r.tenant,
+            stream: r.stream,
+            reason: r.reason,
+            created: r.created,
+            expires: r.expires,
+            row: r.row,
         }
-        new
     }
 
-    /// For each place, whether an entry (live or not) is there; one read lock for all.
-    pub fn contains_many(&self, ats: impl IntoIterator<Item = At>) -> Vec<bool> {
+    /// Insert one entry while the index is still owned by its loader (no lock taken): the
+    /// store's open, millions of times. True if it was not there.
+    pub fn load(&mut self, r: Row<'_>) -> bool {
+        let put = self.put_of(r);
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        inner.put(put)
+    }
+
+    /// Insert or replace entries whose places were computed with [`Index::at`]. Returns how
+    /// many were not in the index before.
+    pub fn insert_at<'a>(&self, rows: impl IntoIterator<Item = Put<'a>>) -> usize {
+        let mut g = self.write();
+        let inner = &mut *g;
+        rows.into_iter().filter(|p| inner.put_ref(p)).count()
+    }
+
+    /// For each place, the row id of the entry there (live or not); one read lock for all.
+    pub fn rows_of(&self, ats: impl IntoIterator<Item = At>) -> Vec<Option<u64>> {
         let g = self.read();
-        ats.into_iter()
-            .map(|at| g.slots.get(&at.key).is_some_and(|s| s.tag == at.tag))
-            .collect()
+        ats.into_iter().map(|at| g.row_at(at)).collect()
     }
 
     /// Insert or replace one entry; true if it was not there.
@@ -218,21 +268,37 @@ impl Index {
         self.insert_many([row]) == 1
     }
 
-    /// Forget one entry; true if it was there.
-    pub fn remove(&self, person: &[u8; 32], tenant: &str, stream: &str) -> bool {
-        let (k, tag) = self.hash(person, tenant, stream);
+    /// Forget one entry; its row id if it was there.
+    pub fn remove(&self, person: &[u8; 32], tenant: &str, stream: &str) -> Option<u64> {
+        let at = self.at(person, tenant, stream);
         let mut g = self.write();
-        match g.slots.get(&k) {
-            Some(s) if s.tag == tag => g.slots.remove(&k).is_some(),
-            _ => false,
+        let row = g.row_at(at)?;
+        g.slots.remove(&Key::new(at.key));
+        g.scope_gone(tenant, stream);
+        Some(row)
+    }
+
+    /// Every entry of `person` (any scope, expired ones included): (tenant, stream, row id),
+    /// found by probing each scope in use.
+    pub fn rows_of_person(&self, person: &[u8; 32]) -> Vec<(String, String, u64)> {
+        let state = self.address_state(person);
+        let g = self.read();
+        let mut out = Vec::new();
+        for scope in g.scopes.keys() {
+            let (tenant, stream) = scope.split_once('\0').unwrap_or((scope, ""));
+            let (key, tag) = Index::finish(&state, tenant, stream);
+            if let Some(row) = g.row_at(At { key, tag }) {
+                out.push((tenant.to_string(), stream.to_string(), row));
+            }
         }
+        out
     }
 
     /// Whether the entry at `at` is there, and live at `now`.
     pub fn live(&self, at: At, now: u64) -> bool {
         let g = self.read();
         g.slots
-            .get(&at.key)
+            .get(&Key::new(at.key))
             .is_some_and(|s| s.tag == at.tag && (s.expires == 0 || u64::from(s.expires) > now))
     }
 
@@ -296,7 +362,9 @@ impl Index {
             stream_text.push_str(prefix);
             stream_text.push_str(name);
             let (k, tag) = Index::finish(&state, tenants[ti], &stream_text);
-            let Some(s) = g.slots.get(&k) else { continue };
+            let Some(s) = g.slots.get(&Key::new(k)) else {
+                continue;
+            };
             if s.tag != tag || (s.expires != 0 && u64::from(s.expires) <= now) {
                 continue;
             }
@@ -315,6 +383,55 @@ impl Index {
 }
 
 impl Inner {
+    fn put(&mut self, p: Put<'_>) -> bool {
+        self.put_ref(&p)
+    }
+
+    /// Insert or replace; true if new (then its scope counts one more).
+    fn put_ref(&mut self, p: &Put<'_>) -> bool {
+        let reason = self.reason_id(p.reason);
+        let row = p.row.min(MAX_ROW);
+        let slot = Slot {
+            tag: p.at.tag,
+            created: secs32(p.created),
+            expires: secs32(p.expires),
+            reason,
+            row_hi: (row >> 32) as u16,
+            row_lo: row as u32,
+        };
+        let new = self.slots.insert(Key::new(p.at.key), slot).is_none();
+        if new {
+            self.scope_buf.clear();
+            self.scope_buf.push_str(p.tenant);
+            self.scope_buf.push('\0');
+            self.scope_buf.push_str(p.stream);
+            match self.scopes.get_mut(self.scope_buf.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.scopes.insert(self.scope_buf.clone(), 1);
+                }
+            }
+        }
+        new
+    }
+
+    fn scope_gone(&mut self, tenant: &str, stream: &str) {
+        let scope = format!("{tenant}\0{stream}");
+        if let Some(n) = self.scopes.get_mut(&scope) {
+            *n -= 1;
+            if *n == 0 {
+                self.scopes.remove(&scope);
+            }
+        }
+    }
+
+    fn row_at(&self, at: At) -> Option<u64> {
+        self.slots
+            .get(&Key::new(at.key))
+            .filter(|s| s.tag == at.tag)
+            .map(Slot::row)
+    }
+
     fn reason_id(&mut self, reason: &str) -> u16 {
         if let Some(id) = self.reason_ids.get(reason) {
             return *id;
@@ -352,6 +469,7 @@ mod tests {
             reason,
             created: 7,
             expires: 0,
+            row: 1,
         }
     }
 
@@ -389,9 +507,20 @@ mod tests {
         assert_eq!(hit(q("", "", "news")), None);
         assert!(ix.insert(row(&A, "*", "", "complaint")));
         assert_eq!(hit(q("", "", "")).as_deref(), Some("*"));
-        assert!(ix.remove(&A, "*", ""));
-        assert!(!ix.remove(&A, "*", ""));
+        let mut scopes: Vec<_> = ix
+            .rows_of_person(&A)
+            .into_iter()
+            .map(|(t, s, _)| format!("{t} {s}"))
+            .collect();
+        scopes.sort();
+        assert_eq!(
+            scopes,
+            ["* ", "* class:promotional", "acme ", "acme list:news"]
+        );
+        assert_eq!(ix.remove(&A, "*", ""), Some(1));
+        assert_eq!(ix.remove(&A, "*", ""), None);
         assert_eq!(ix.len(), 3);
+        assert!(ix.rows_of_person(&B).is_empty());
     }
 
     #[test]
@@ -413,13 +542,19 @@ mod tests {
         assert!(!ix.live(ix.at(&B, "*", ""), 100));
         assert!(ix.live(ix.at(&B, "*", ""), 99));
         assert_eq!(
-            ix.contains_many([
+            ix.rows_of([
                 ix.at(&B, "*", ""),
                 ix.at(&B, "acme", ""),
                 ix.at(&A, "*", "")
             ]),
-            vec![true, false, false]
+            vec![Some(1), None, None]
         );
+        let far = Row {
+            row: MAX_ROW,
+            ..row(&A, "*", "", "manual")
+        };
+        assert!(ix.insert(far));
+        assert_eq!(ix.rows_of([ix.at(&A, "*", "")]), vec![Some(MAX_ROW)]);
         assert!(!ix.insert(row(&B, "*", "", "hard-bounce")), "replaced");
         let e = ix.check(&B, "b@x.test".into(), &q, 100).expect("hit");
         assert_eq!(

@@ -1,8 +1,8 @@
 //! Suppression: who must not receive mail, why, and in which scope; and the signed one-click
 //! unsubscribe token.
 //!
-//! Owns: the list (`store`: the [`SuppressionStore`] seam and its embedded sled default, whose
-//! checks read the in-memory `index`), the
+//! Owns: the list (`store`: the [`SuppressionStore`] seam and its embedded SQLite default, whose
+//! checks read the in-memory `index`; `migrate` copies stores of earlier sled layouts), the
 //! policy that fills it from events (`policy`: a durable event subscriber) and the unsubscribe
 //! token format (`token`), shared by injection (which puts tokens into `List-Unsubscribe`) and
 //! the unsubscribe endpoint (which verifies them), and the CSV/JSONL line formats of bulk
@@ -21,7 +21,7 @@ pub mod transfer;
 mod tests;
 
 pub use store::{
-    ALL_TENANTS, ERASED_REASON, Entry, ListFilter, Lookup, Page, SledStore, StoreError,
+    ALL_TENANTS, ERASED_REASON, Entry, ListFilter, Lookup, Page, SqliteStore, StoreError,
     SuppressionStore, normalize,
 };
 

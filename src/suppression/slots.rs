@@ -7,14 +7,15 @@
 //! them with `pwrite` + `fdatasync`), and sealing / opening an address under a slot's key.
 //! Never decides which entry owns which slot (the store keeps the slot number in the entry).
 //!
-//! Why a file of our own and not a sled tree: sled keeps removed and replaced values in its
-//! log files for long (CRATES.md), so a salt "deleted" from sled could be read back from the
-//! files with the master key, and the sealed address with it. A slot is 32 bytes at a known
-//! offset of a file Gannet writes itself: zeroing it removes the key for good (on file systems
-//! that overwrite in place; see README "Send log"). Why one slot per entry rather than per
-//! person: an import writes each entry without first looking up whether its person has a key
-//! (a sled read per address), and removing one entry shreds exactly that entry's copy of the
-//! address.
+//! Why a file of our own and not a table of the store: SQLite keeps old versions of changed
+//! pages in its WAL until it overwrites them (and sled, the store before it, kept removed
+//! values in its log files for long, CRATES.md), so a salt "deleted" from the database could
+//! be read back from the files with the master key, and the sealed address with it. A slot is
+//! 32 bytes at a known offset of a file Gannet writes itself: zeroing it removes the key for
+//! good (on file systems that overwrite in place; see README "Send log"). Why one slot per
+//! entry rather than per person: an import writes each entry without first looking up whether
+//! its person has a key (a read per address), and removing one entry shreds exactly that
+//! entry's copy of the address.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -145,7 +146,7 @@ impl Slots {
     }
 
     /// Write `salts` to their slots (sorted by slot; consecutive slots in one write). Made
-    /// durable by [`Slots::sync`] (the store's flush), before sled's flush.
+    /// durable by [`Slots::sync`], which the store calls before it commits the rows using them.
     pub fn write(&self, salts: &mut [(u32, [u8; SLOT_LEN])]) -> Result<(), SlotError> {
         salts.sort_unstable_by_key(|(s, _)| *s);
         match &self.backing {

@@ -44,7 +44,7 @@ fn normalize_lowercases_and_refuses_what_is_not_an_address() {
 
 #[test]
 fn a_check_honours_tenant_and_stream_scopes_and_expiry() {
-    let s = SledStore::temporary().expect("store");
+    let s = SqliteStore::temporary().expect("store");
     s.add(&entry("Global@X.test", "*", "", "hard-bounce", 0))
         .expect("add");
     s.add(&entry(
@@ -107,7 +107,7 @@ fn a_check_honours_tenant_and_stream_scopes_and_expiry() {
 
 #[test]
 fn a_global_entry_wins_over_a_scoped_one() {
-    let s = SledStore::temporary().expect("store");
+    let s = SqliteStore::temporary().expect("store");
     s.add(&entry("a@x.test", "acme", "", "unsubscribe", 0))
         .expect("add");
     s.add(&entry("a@x.test", "*", "", "complaint", 0))
@@ -130,7 +130,7 @@ fn a_global_entry_wins_over_a_scoped_one() {
 
 #[test]
 fn listing_pages_through_every_entry_with_a_cursor_and_filters() {
-    let s = SledStore::temporary().expect("store");
+    let s = SqliteStore::temporary().expect("store");
     let all: Vec<Entry> = (0..250)
         .map(|i| {
             let reason = if i % 5 == 0 {
@@ -172,7 +172,7 @@ fn listing_pages_through_every_entry_with_a_cursor_and_filters() {
 
 #[test]
 fn soft_bounces_count_only_within_the_window() {
-    let s = SledStore::temporary().expect("store");
+    let s = SqliteStore::temporary().expect("store");
     let day = 86_400;
     assert_eq!(s.soft_bounce("a@x.test", 0, 7 * day, 1).expect("count"), 1);
     assert_eq!(
@@ -298,7 +298,7 @@ fn policy_turns_hard_bounces_complaints_and_opt_outs_into_entries() {
 #[tokio::test(flavor = "current_thread")]
 async fn only_the_events_the_policy_acts_on_wait_for_it() {
     let bus = crate::events::EventBus::new(&prometheus::Registry::new());
-    let store: SharedStore = std::sync::Arc::new(SledStore::temporary().expect("store"));
+    let store: SharedStore = std::sync::Arc::new(SqliteStore::temporary().expect("store"));
     let stop = tokio_util::sync::CancellationToken::new();
     let task = policy::start(
         SuppressionConfig::default(),
@@ -360,7 +360,7 @@ fn published(seq: u64, e: Event) -> crate::events::Published {
 /// same queue id, recipient and attempt, new event id). Two different attempts do count.
 #[test]
 fn a_soft_bounce_reported_twice_counts_once() {
-    let store = SledStore::temporary().expect("store");
+    let store = SqliteStore::temporary().expect("store");
     let policy = SuppressionConfig {
         soft_bounce_limit: 2,
         ..SuppressionConfig::default()
@@ -407,7 +407,7 @@ fn a_soft_bounce_reported_twice_counts_once() {
 /// is replaced.
 #[test]
 fn a_repeated_hard_bounce_keeps_the_manual_entry() {
-    let store = SledStore::temporary().expect("store");
+    let store = SqliteStore::temporary().expect("store");
     let policy = SuppressionConfig::default();
     let manual = entry("r@x.test", "*", "", "manual", 0);
     store.add(&manual).expect("add");
@@ -433,7 +433,7 @@ fn a_repeated_hard_bounce_keeps_the_manual_entry() {
 fn erasure_keeps_only_the_keyed_hash_and_refuses_the_address_in_every_scope() {
     let dir = tempfile::tempdir().unwrap();
     let key = crate::sendlog::MasterKey::from_bytes([7; 32]);
-    let s = SledStore::open(dir.path(), key.clone()).unwrap();
+    let s = SqliteStore::open(dir.path(), key.clone()).unwrap();
     s.add(&entry(
         "erin@x.test",
         "acme",
@@ -470,7 +470,7 @@ fn erasure_keeps_only_the_keyed_hash_and_refuses_the_address_in_every_scope() {
 /// ambiguous). (Entries of the earlier layout: `migrate`'s test.)
 #[test]
 fn entries_read_back_whole() {
-    let s = SledStore::temporary().expect("store");
+    let s = SqliteStore::temporary().expect("store");
     let e = Entry {
         source: "api:ops".into(),
         ..entry("a@x.test", "acme", "list:news", "unsubscribe", 99)
@@ -488,7 +488,7 @@ fn entries_read_back_whole() {
 #[test]
 fn concurrent_imports_count_each_new_entry_once() {
     for round in 0..5 {
-        let s = std::sync::Arc::new(SledStore::temporary().expect("store"));
+        let s = std::sync::Arc::new(SqliteStore::temporary().expect("store"));
         let batch: Vec<Entry> = (0..5_000)
             .map(|i| entry(&format!("r{round}-{i}@x.test"), "*", "", "manual", 0))
             .collect();
@@ -518,7 +518,7 @@ fn a_reopened_store_checks_from_the_index_it_loads() {
     let path = dir.path().join("suppression");
     let key = crate::sendlog::MasterKey::from_bytes([8; 32]);
     {
-        let s = SledStore::open(&path, key.clone()).expect("open");
+        let s = SqliteStore::open(&path, key.clone()).expect("open");
         s.add(&entry(
             "a@x.test",
             "acme",
@@ -539,10 +539,10 @@ fn a_reopened_store_checks_from_the_index_it_loads() {
     }
     let other = crate::sendlog::MasterKey::from_bytes([9; 32]);
     assert!(matches!(
-        SledStore::open(&path, other),
+        SqliteStore::open(&path, other),
         Err(StoreError::WrongKey { .. })
     ));
-    let s = SledStore::open(&path, key).expect("reopen");
+    let s = SqliteStore::open(&path, key).expect("reopen");
     assert_eq!(s.len(), 3);
     let hit = |l: Lookup<'_>, t: u64| s.check(&l, t).expect("check").map(|e| e.reason);
     assert_eq!(
@@ -563,9 +563,9 @@ fn a_reopened_store_checks_from_the_index_it_loads() {
     assert_eq!(hit(q("bad@x.test", "zeta", ""), 5), None);
 }
 
-/// sled lets go of its file lock some milliseconds after the last handle drops; a store opened
-/// again at once (in tests and benchmarks) must wait for it instead of failing (CI failed once
-/// on `benches/suppression_lookup.rs` reopening its store).
+/// sled lets go of its file lock some milliseconds after the last handle drops; the migration's
+/// open of an old store must wait for it instead of failing (CI failed once on
+/// `benches/suppression_lookup.rs` reopening its store, when the store was still sled).
 #[test]
 fn a_sled_lock_released_soon_is_waited_for_and_one_held_on_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -575,11 +575,11 @@ fn a_sled_lock_released_soon_is_waited_for_and_one_held_on_is_an_error() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(holder);
     });
-    let db = store::open_sled(&config).expect("opens once the lock is released");
+    let db = migrate::open_sled(&config).expect("opens once the lock is released");
     release.join().expect("holder thread");
 
     // Held for longer than the wait: the lock error, not a hang.
-    let err = store::open_sled(&config).expect_err("a lock held on is refused");
+    let err = migrate::open_sled(&config).expect_err("a lock held on is refused");
     assert!(err.to_string().contains("could not acquire lock"), "{err}");
     drop(db);
 }
@@ -593,7 +593,7 @@ fn a_sled_lock_released_soon_is_waited_for_and_one_held_on_is_an_error() {
 fn a_large_import_prepared_on_several_threads_writes_what_one_by_one_would() {
     let dir = tempfile::tempdir().expect("tmp");
     let key = crate::sendlog::MasterKey::from_bytes([5; 32]);
-    let s = SledStore::open(dir.path(), key.clone()).expect("open");
+    let s = SqliteStore::open(dir.path(), key.clone()).expect("open");
     for i in 0..100 {
         s.add(&entry(&format!("u{i}@x.test"), "*", "", "manual", 0))
             .expect("add");
@@ -623,7 +623,7 @@ fn a_large_import_prepared_on_several_threads_writes_what_one_by_one_would() {
     assert_eq!(reason("u100@x.test"), None, "erased");
     s.flush().expect("flush");
     drop(s);
-    let s = SledStore::open(dir.path(), key).expect("reopen");
+    let s = SqliteStore::open(dir.path(), key).expect("reopen");
     assert_eq!(s.len(), 5_999);
     let mut listed = std::collections::HashSet::new();
     let mut cursor = None;

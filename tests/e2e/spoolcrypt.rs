@@ -173,8 +173,8 @@ async fn after_an_erasure_no_file_of_the_data_directory_holds_the_address() {
     wait_type(&w.gannet, erin, "bounced", 1).await;
     // The DSN to the sender, which names her, was delivered.
     wait_type(&w.gannet, "news@dest.test", "delivered", 1).await;
-    // A manual entry too, scoped to a tenant and stream, then removed and added again (sled
-    // keeps removed values' bytes in its files).
+    // A manual entry too, scoped to a tenant and stream, then removed and added again (old
+    // versions of removed rows stay in SQLite's WAL until overwritten).
     for (method, path, body) in [
         (
             "POST",
