@@ -304,3 +304,24 @@ fn outbox_commit_interval_defaults_to_10ms_and_is_capped_at_a_second() {
         "{e}"
     );
 }
+
+#[test]
+fn sendlog_journal_defaults_and_limits() {
+    let c = Config::from_toml(MIN, "t").unwrap();
+    assert_eq!(
+        c.sendlog.commit_interval,
+        std::time::Duration::from_millis(10)
+    );
+    assert_eq!(
+        c.sendlog.ingest_interval,
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(c.sendlog.ingest_batch, 10_000);
+    let e = err_of(&format!("[sendlog]\ningest_interval = \"0s\"\n{MIN}"));
+    assert!(e.contains("sendlog.ingest_interval"), "{e}");
+    let e = err_of(&format!("[sendlog]\ncommit_interval = \"2s\"\n{MIN}"));
+    assert!(
+        e.contains("sendlog.commit_interval") && e.contains("at most 1s"),
+        "{e}"
+    );
+}

@@ -27,6 +27,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     validate_anomaly(c)?;
     super::ship::validate(c)?;
+    validate_sendlog(c)?;
     if c.unsubscribe.key_file.is_some() && c.unsubscribe.secret.is_some() {
         return Err(invalid(
             "unsubscribe.secret",
@@ -582,6 +583,31 @@ fn validate_console(c: &Config) -> Result<(), ConfigError> {
         return Err(invalid(
             "console.session_ttl".to_string(),
             "expected a duration such as \"8h\"",
+        ));
+    }
+    Ok(())
+}
+
+/// The send log's journal and ingester: a zero interval would have the ingester spin, and
+/// finished messages wait for the journal's commit.
+fn validate_sendlog(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.sendlog;
+    if s.ingest_interval < std::time::Duration::from_millis(1) {
+        return Err(invalid(
+            "sendlog.ingest_interval",
+            "expected at least 1ms (how often the journal is moved into SQLite; 500ms is the default)",
+        ));
+    }
+    if s.ingest_batch == 0 || s.batch == 0 || s.bound == 0 {
+        return Err(invalid(
+            "sendlog.ingest_batch",
+            "ingest_batch, batch and bound must be at least 1",
+        ));
+    }
+    if s.commit_interval > std::time::Duration::from_secs(1) {
+        return Err(invalid(
+            "sendlog.commit_interval",
+            "expected at most 1s (finished messages wait for their events' journal append)",
         ));
     }
     Ok(())

@@ -19,8 +19,9 @@
 //! SQLite exactly once (the position commits with the rows). Readers see what was published
 //! before them through [`Progress::catch_up`].
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -74,6 +75,8 @@ pub fn open(db: &Path, key: &MasterKey) -> Result<(Outbox, Appender), JournalErr
 /// What the appender, the ingester and the readers share.
 pub(super) struct Progress {
     pub journal: Outbox,
+    /// Shared with the ingester (see [`Pending`]).
+    pending: Arc<Mutex<Pending>>,
     /// The last bus seq appended (fdatasynced) to the journal, and the journal's end then.
     appended: watch::Sender<Appended>,
     /// Everything before this journal position is in SQLite.
@@ -88,15 +91,43 @@ struct Appended {
     pos: Pos,
 }
 
+/// Events appended to the journal and not yet in SQLite, as the appender had them, so the
+/// ingester stores them without reading, opening and parsing their lines again (the JSON
+/// parse alone was ~1% of Gannet's CPU in `benches/e2e.sh`). At most [`PENDING_EVENTS`]:
+/// past it the oldest batches go and the ingester reads those from the files. A std Mutex:
+/// held to push or take whole batches, never across I/O.
+#[derive(Default)]
+pub(super) struct Pending {
+    batches: VecDeque<PendingBatch>,
+    events: usize,
+}
+
+struct PendingBatch {
+    start: Pos,
+    end: Pos,
+    events: Vec<Arc<Event>>,
+}
+
+/// Most events [`Pending`] holds (~a second of a busy server's events; each is shared with
+/// the bus, so a few hundred bytes apiece).
+const PENDING_EVENTS: usize = 20_000;
+
+fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How long a query waits for the events published before it to reach SQLite before it
 /// answers with what is there (and says so in the log).
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 impl Progress {
-    pub fn new(journal: Outbox, ingested: Pos) -> Arc<Progress> {
+    pub fn new(ing: &Ingester) -> Arc<Progress> {
+        let journal = ing.journal.clone();
         let end = journal.end();
+        let ingested = ing.at;
         Arc::new(Progress {
             journal,
+            pending: ing.pending.clone(),
             appended: watch::channel(Appended { seq: 0, pos: end }).0,
             ingested: watch::channel(ingested).0,
             ingest_now: Notify::new(),
@@ -157,6 +188,8 @@ pub struct Ingester {
     at: Pos,
     /// Most events per transaction.
     max: usize,
+    /// What the appender handed over (see [`Pending`]).
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl Ingester {
@@ -188,6 +221,7 @@ impl Ingester {
             journal,
             at,
             max: max.max(1),
+            pending: Arc::default(),
         })
     }
 
@@ -206,6 +240,59 @@ impl Ingester {
         if self.at.byte >= end.byte {
             return Ok(0);
         }
+        let (events, next) = match self.take_pending(end) {
+            Some(taken) => taken,
+            None => self.read_lines(end)?,
+        };
+        if next.byte <= self.at.byte {
+            tracing::warn!(journal = %self.journal.dir().display(), at = self.at.byte, end = end.byte,
+                "send log: the journal has no line where the ingester stands; waiting");
+            return Ok(0);
+        }
+        self.writer.append_through(
+            events.iter().map(|e| e.as_ref()),
+            Some((next.byte, next.event)),
+        )?;
+        let passed = next.event.saturating_sub(self.at.event);
+        self.at = next;
+        Ok(passed)
+    }
+
+    /// The events the appender handed over that start where the ingester stands, whole
+    /// batches up to `end` and (beyond the first) `max` events, and the position after them;
+    /// None when they do not start here (the files have them).
+    fn take_pending(&mut self, end: Pos) -> Option<(Vec<Arc<Event>>, Pos)> {
+        let mut p = lock(&self.pending);
+        while p
+            .batches
+            .front()
+            .is_some_and(|b| b.end.byte <= self.at.byte)
+        {
+            let b = p.batches.pop_front().expect("checked");
+            p.events -= b.events.len();
+        }
+        if p.batches.front()?.start.byte != self.at.byte {
+            return None;
+        }
+        let mut events = Vec::new();
+        let mut next = self.at;
+        while let Some(b) = p.batches.front() {
+            if b.end.byte > end.byte
+                || (!events.is_empty() && events.len() + b.events.len() > self.max)
+            {
+                break;
+            }
+            let b = p.batches.pop_front().expect("checked");
+            p.events -= b.events.len();
+            next = b.end;
+            events.extend(b.events);
+        }
+        (!events.is_empty()).then_some((events, next))
+    }
+
+    /// Up to `max` events from the journal files where the ingester stands, and the
+    /// position after them.
+    fn read_lines(&mut self, end: Pos) -> Result<(Vec<Arc<Event>>, Pos), SendLogError> {
         let mut r = self.journal.reader(self.at);
         let lines = match r.read_recent(self.max, end) {
             Some(l) => l,
@@ -214,25 +301,15 @@ impl Ingester {
                 source,
             })?,
         };
-        let next = r.pos();
-        if next.byte <= self.at.byte {
-            tracing::warn!(journal = %self.journal.dir().display(), at = self.at.byte, end = end.byte,
-                "send log: the journal has no line where the ingester stands; waiting");
-            return Ok(0);
-        }
         let mut events = Vec::with_capacity(lines.len());
         for l in &lines {
             match serde_json::from_slice::<Event>(&l.json) {
-                Ok(e) => events.push(e),
+                Ok(e) => events.push(Arc::new(e)),
                 Err(e) => tracing::error!(journal = %self.journal.dir().display(), error = %e,
                     "send log: a journal line is not an event; skipped"),
             }
         }
-        self.writer
-            .append_through(events.iter(), Some((next.byte, next.event)))?;
-        let passed = next.event.saturating_sub(self.at.event);
-        self.at = next;
-        Ok(passed)
+        Ok((events, r.pos()))
     }
 
     /// Move everything before `end` into SQLite, `max` events per transaction, telling
@@ -419,6 +496,20 @@ async fn append_batch(
         match r {
             Ok((a, Ok(end))) => {
                 sub.ack(last);
+                let start = progress.appended.borrow().pos;
+                if count as usize == items.len() {
+                    let mut p = lock(&progress.pending);
+                    p.events += items.len();
+                    p.batches.push_back(PendingBatch {
+                        start,
+                        end,
+                        events: items.iter().map(|i| i.event.clone()).collect(),
+                    });
+                    while p.events > PENDING_EVENTS && p.batches.len() > 1 {
+                        let old = p.batches.pop_front().expect("more than one");
+                        p.events -= old.events.len();
+                    }
+                }
                 progress.appended.send_replace(Appended {
                     seq: last,
                     pos: end,

@@ -63,7 +63,6 @@ pub fn paths(config: &Config) -> (PathBuf, PathBuf) {
 /// already moved into the database.
 pub struct Opened {
     ingester: journal::Ingester,
-    journal: ship::outbox::Outbox,
     appender: ship::outbox::Appender,
 }
 
@@ -81,14 +80,9 @@ impl Opened {
 pub fn open(config: &Config) -> Result<Opened, SendLogError> {
     let w = open_writer(config)?;
     let (journal, appender) = journal::open(&w.info().path, &w.info().key)?;
-    let mut ingester =
-        journal::Ingester::new(w, journal.clone(), config.sendlog.ingest_batch.max(1))?;
+    let mut ingester = journal::Ingester::new(w, journal, config.sendlog.ingest_batch.max(1))?;
     journal::catch_up_at_start(&mut ingester)?;
-    Ok(Opened {
-        ingester,
-        journal,
-        appender,
-    })
+    Ok(Opened { ingester, appender })
 }
 
 /// Load the master key and open the database for writing, signing checkpoints with
@@ -152,18 +146,14 @@ impl SendLog {
         bus: &EventBus,
         stop: CancellationToken,
     ) -> (SendLog, tokio::task::JoinHandle<()>) {
-        let Opened {
-            ingester,
-            journal,
-            appender,
-        } = opened;
+        let Opened { ingester, appender } = opened;
         let sub = bus.subscribe(
             "sendlog",
             Mode::Durable {
                 bound: config.sendlog.bound,
             },
         );
-        let progress = journal::Progress::new(journal, ingester.at());
+        let progress = journal::Progress::new(&ingester);
         let (cmds, cmd_rx) = tokio::sync::mpsc::channel(16);
         let handle = SendLog {
             info: ingester.writer.info().clone(),
