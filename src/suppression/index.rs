@@ -11,7 +11,8 @@
 //!
 //! A slot is 28 bytes (a 64-bit key, a 32-bit tag from a second, independent keyed hash, the
 //! reason's number, created and expiry as u32 seconds, and the entry's 48-bit row id in the
-//! store's table), about 32 bytes an entry with the table's spare capacity. The row id is how
+//! store's table), about 32 bytes an entry with the tables' spare capacity (64 tables, so that
+//! growing one never holds two copies of the whole index). The row id is how
 //! a replace, a removal or a listing finds the entry's row without a second on-disk index
 //! (random keyed-hash keys would scatter every insert over a 10M-entry B-tree). Every entry of
 //! one address is found by probing each scope in use ([`Index::rows_of_person`]): scopes are
@@ -54,6 +55,17 @@ impl Slot {
 /// The largest row id a slot holds (2^48 - 1; SQLite hands out row ids one above the
 /// largest, so a table reaches it only after 2^48 inserts).
 pub const MAX_ROW: u64 = (1 << 48) - 1;
+
+/// Tables the slots are spread over. One table of 10M slots doubles from 243 to 486 MB in one
+/// step, both held while it moves every slot under the write lock (checks wait for the whole
+/// move); 64 tables grow one at a time, each 1/64 of that.
+const SHARDS: usize = 64;
+
+/// The table of a key: bits 40..46, which neither the table's bucket index (the low bits) nor
+/// its control byte (the top 7 bits) uses, so each table still sees uniform hashes.
+fn shard(key: u64) -> usize {
+    (key >> 40) as usize & (SHARDS - 1)
+}
 
 /// A slot's 64-bit key as two u32 (4-aligned, so a bucket has no padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +113,8 @@ impl BuildHasher for BuildPassThrough {
 }
 
 struct Inner {
-    slots: HashMap<Key, Slot, BuildPassThrough>,
+    /// [`SHARDS`] tables, an entry in the one its key's bits 40..46 name ([`shard`]).
+    slots: Vec<HashMap<Key, Slot, BuildPassThrough>>,
     reasons: Vec<String>,
     reason_ids: HashMap<String, u16>,
     /// `tenant \0 stream` → how many entries have that scope.
@@ -165,7 +178,11 @@ impl Index {
             key: RandomState::new(),
             tag: RandomState::new(),
             inner: RwLock::new(Inner {
-                slots: HashMap::with_capacity_and_hasher(n, BuildPassThrough),
+                slots: (0..SHARDS)
+                    .map(|_| {
+                        HashMap::with_capacity_and_hasher(n.div_ceil(SHARDS), BuildPassThrough)
+                    })
+                    .collect(),
                 reasons: Vec::new(),
                 reason_ids: HashMap::new(),
                 scopes: HashMap::new(),
@@ -273,7 +290,7 @@ impl Index {
         let at = self.at(person, tenant, stream);
         let mut g = self.write();
         let row = g.row_at(at)?;
-        g.slots.remove(&Key::new(at.key));
+        g.slots[shard(at.key)].remove(&Key::new(at.key));
         g.scope_gone(tenant, stream);
         Some(row)
     }
@@ -297,13 +314,13 @@ impl Index {
     /// Whether the entry at `at` is there, and live at `now`.
     pub fn live(&self, at: At, now: u64) -> bool {
         let g = self.read();
-        g.slots
+        g.slots[shard(at.key)]
             .get(&Key::new(at.key))
             .is_some_and(|s| s.tag == at.tag && (s.expires == 0 || u64::from(s.expires) > now))
     }
 
     pub fn len(&self) -> usize {
-        self.read().slots.len()
+        self.read().slots.iter().map(HashMap::len).sum()
     }
 
     /// The live entry that stops a send to `person` (the keyed hash of `address`, which the
@@ -362,7 +379,7 @@ impl Index {
             stream_text.push_str(prefix);
             stream_text.push_str(name);
             let (k, tag) = Index::finish(&state, tenants[ti], &stream_text);
-            let Some(s) = g.slots.get(&Key::new(k)) else {
+            let Some(s) = g.slots[shard(k)].get(&Key::new(k)) else {
                 continue;
             };
             if s.tag != tag || (s.expires != 0 && u64::from(s.expires) <= now) {
@@ -399,7 +416,9 @@ impl Inner {
             row_hi: (row >> 32) as u16,
             row_lo: row as u32,
         };
-        let new = self.slots.insert(Key::new(p.at.key), slot).is_none();
+        let new = self.slots[shard(p.at.key)]
+            .insert(Key::new(p.at.key), slot)
+            .is_none();
         if new {
             self.scope_buf.clear();
             self.scope_buf.push_str(p.tenant);
@@ -426,7 +445,7 @@ impl Inner {
     }
 
     fn row_at(&self, at: At) -> Option<u64> {
-        self.slots
+        self.slots[shard(at.key)]
             .get(&Key::new(at.key))
             .filter(|s| s.tag == at.tag)
             .map(Slot::row)
