@@ -218,6 +218,15 @@ struct SubShared {
     closed: std::sync::atomic::AtomicBool,
 }
 
+/// What [`Subscription::next_batch`] returns.
+pub struct Batch {
+    /// The events of this batch, in `seq` order (may be empty only when `stopping`).
+    pub items: Vec<Published>,
+    /// The stop was asked for or the bus is gone: write `items`, then drain with
+    /// [`Subscription::take_waiting`] and leave.
+    pub stopping: bool,
+}
+
 /// What a subscriber reads. Dropping it unsubscribes (a lossless subscriber that goes away
 /// stops holding back acceptance).
 pub struct Subscription {
@@ -469,6 +478,62 @@ impl Subscription {
         }?;
         self.read_one();
         Some(p)
+    }
+
+    /// The next batch for a subscriber that writes events in groups (one fdatasync each: the
+    /// send log's journal, the shipping outbox): waits for the first event, takes what is
+    /// already waiting, and when the batch is not full sleeps `linger` once and takes what
+    /// came meanwhile, up to `max` events. Sleeping rather than receiving: waking at every
+    /// event that arrives meanwhile would cost the thread wake-ups the wait is there to save;
+    /// a batch that is already full (a backlog) returns at once. Once `stop` is cancelled or
+    /// the bus is gone it no longer waits: it returns what is waiting (possibly nothing) with
+    /// `stopping` set, and the caller drains with [`Subscription::take_waiting`].
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Batch {
+        let max = max.max(1);
+        let first = tokio::select! {
+            p = self.recv() => p,
+            _ = stop.cancelled() => None,
+        };
+        let Some(first) = first else {
+            return Batch {
+                items: self.take_waiting(max),
+                stopping: true,
+            };
+        };
+        let mut items = vec![first];
+        self.fill(&mut items, max);
+        if !linger.is_zero() && items.len() < max {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = stop.cancelled() => {}
+            }
+            self.fill(&mut items, max);
+        }
+        Batch {
+            items,
+            stopping: false,
+        }
+    }
+
+    /// Up to `max` events that are already waiting, without waiting for more.
+    pub fn take_waiting(&mut self, max: usize) -> Vec<Published> {
+        let mut items = Vec::new();
+        self.fill(&mut items, max.max(1));
+        items
+    }
+
+    fn fill(&mut self, items: &mut Vec<Published>, max: usize) {
+        while items.len() < max {
+            match self.try_recv() {
+                Some(p) => items.push(p),
+                None => break,
+            }
+        }
     }
 
     /// The next event if one is waiting (for batching after a `recv`).

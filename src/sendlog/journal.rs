@@ -398,42 +398,16 @@ pub(super) async fn run_appender(
     ingest_batch: u64,
     stop: CancellationToken,
 ) {
-    let batch = batch.max(1);
     loop {
         wait_for_ingester(&progress, bound, &stop).await;
-        let first = tokio::select! {
-            p = sub.recv() => p,
-            _ = stop.cancelled() => None,
-        };
-        let fill = |items: &mut Vec<Published>, sub: &mut Subscription| {
-            while items.len() < batch {
-                match sub.try_recv() {
-                    Some(p) => items.push(p),
-                    None => break,
-                }
-            }
-        };
-        let mut items: Vec<Published> = Vec::new();
-        let stopping = first.is_none();
-        if let Some(p) = first {
-            items.push(p);
-            fill(&mut items, &mut sub);
-            if !linger.is_zero() && items.len() < batch {
-                tokio::select! {
-                    _ = tokio::time::sleep(linger) => {}
-                    _ = stop.cancelled() => {}
-                }
-            }
+        let b = sub.next_batch(batch, linger, &stop).await;
+        if !b.items.is_empty() {
+            appender = append_batch(appender, b.items, &sub, &progress, ingest_batch).await;
         }
-        fill(&mut items, &mut sub);
-        if !items.is_empty() {
-            appender = append_batch(appender, items, &sub, &progress, ingest_batch).await;
-        }
-        if stopping {
+        if b.stopping {
             // Append what was published before the stop, then leave.
             loop {
-                let mut rest = Vec::new();
-                fill(&mut rest, &mut sub);
+                let rest = sub.take_waiting(batch);
                 if rest.is_empty() {
                     return;
                 }

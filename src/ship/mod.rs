@@ -275,46 +275,14 @@ async fn run_appender(
     stop: CancellationToken,
 ) {
     loop {
-        let first = tokio::select! {
-            p = sub.recv() => p,
-            _ = stop.cancelled() => None,
-        };
-        let fill = |items: &mut Vec<Published>, sub: &mut Subscription| {
-            while items.len() < batch {
-                match sub.try_recv() {
-                    Some(p) => items.push(p),
-                    None => break,
-                }
-            }
-        };
-        let mut items: Vec<Published> = Vec::new();
-        let stopping = first.is_none();
-        if let Some(p) = first {
-            items.push(p);
-            fill(&mut items, &mut sub);
-            if !linger.is_zero() && items.len() < batch {
-                // Sleep rather than receive: waking at every event that arrives meanwhile
-                // would cost the thread wake-ups the wait is there to save. A batch that is
-                // already full (a backlog) is written at once.
-                tokio::select! {
-                    _ = tokio::time::sleep(linger) => {}
-                    _ = stop.cancelled() => {}
-                }
-            }
+        let b = sub.next_batch(batch, linger, &stop).await;
+        if !b.items.is_empty() {
+            appender = append_batch(appender, b.items, &sub, &metrics).await;
         }
-        fill(&mut items, &mut sub);
-        if items.is_empty() {
-            if stopping {
-                return;
-            }
-            continue;
-        }
-        appender = append_batch(appender, items, &sub, &metrics).await;
-        if stopping {
+        if b.stopping {
             // Drain what was published before the stop.
             loop {
-                let mut rest = Vec::new();
-                fill(&mut rest, &mut sub);
+                let rest = sub.take_waiting(batch);
                 if rest.is_empty() {
                     return;
                 }
