@@ -436,78 +436,44 @@ async fn wait_for_ingester(progress: &Progress, bound: u64, stop: &CancellationT
     }
 }
 
-/// Serialise and append `items`, then ack; on a disk error retry the same batch (nothing is
-/// acked meanwhile, so `wait_durable` and `admit` hold the line).
+/// Serialise and append `items`, then ack (retrying a failing disk first: nothing is acked
+/// meanwhile, so `wait_durable` and `admit` hold the line); hand them to the ingester.
 async fn append_batch(
-    mut appender: Appender,
+    appender: Appender,
     items: Vec<Published>,
     sub: &Subscription,
     progress: &Progress,
     ingest_batch: u64,
 ) -> Appender {
     let last = items.last().map(|p| p.seq).unwrap_or(0);
-    let mut buf = Vec::with_capacity(items.len() * 512);
-    let mut count = 0u64;
-    for p in &items {
-        match serde_json::to_writer(&mut buf, p.event.as_ref()) {
-            Ok(()) => {
-                buf.push(b'\n');
-                count += 1;
-            }
-            Err(e) => tracing::error!(error = %e, id = %p.event.id,
-                "send log: an event cannot be written as JSON; not recorded"),
-        }
-    }
-    let buf = Arc::new(buf);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let b = buf.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let r = appender.append(&b, count);
-            (appender, r)
-        })
+    let (lines, count) = crate::ship::outbox::encode_lines(
+        items.iter().map(|p| p.event.as_ref()),
+        "send-log journal",
+    );
+    let (a, end) = appender
+        .append_until_durable::<JournalError>(Arc::new(lines), count, "send-log journal")
         .await;
-        match r {
-            Ok((a, Ok(end))) => {
-                sub.ack(last);
-                let start = progress.appended.borrow().pos;
-                if count as usize == items.len() {
-                    let mut p = lock(&progress.pending);
-                    p.events += items.len();
-                    p.batches.push_back(PendingBatch {
-                        start,
-                        end,
-                        events: items.iter().map(|i| i.event.clone()).collect(),
-                    });
-                    while p.events > PENDING_EVENTS && p.batches.len() > 1 {
-                        let old = p.batches.pop_front().expect("more than one");
-                        p.events -= old.events.len();
-                    }
-                }
-                progress.appended.send_replace(Appended {
-                    seq: last,
-                    pos: end,
-                });
-                if end.event.saturating_sub(progress.ingested().event) >= ingest_batch {
-                    progress.ingest_now.notify_one();
-                }
-                return a;
-            }
-            Ok((a, Err(e))) => {
-                let e = JournalError::from(e);
-                tracing::error!(error = %e, events = items.len(),
-                    "cannot append events to the send log's journal; retrying (intake will push back while this lasts)");
-                appender = a;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                // The blocking task panicked: the appender is gone with it. Events stay
-                // unacknowledged.
-                tracing::error!(error = %e, "send-log journal appender panicked; events are no longer recorded");
-                std::future::pending::<()>().await;
-                unreachable!()
-            }
+    sub.ack(last);
+    let start = progress.appended.borrow().pos;
+    if count as usize == items.len() {
+        let mut p = lock(&progress.pending);
+        p.events += items.len();
+        p.batches.push_back(PendingBatch {
+            start,
+            end,
+            events: items.iter().map(|i| i.event.clone()).collect(),
+        });
+        while p.events > PENDING_EVENTS && p.batches.len() > 1 {
+            let old = p.batches.pop_front().expect("more than one");
+            p.events -= old.events.len();
         }
     }
+    progress.appended.send_replace(Appended {
+        seq: last,
+        pos: end,
+    });
+    if end.event.saturating_sub(progress.ingested().event) >= ingest_batch {
+        progress.ingest_now.notify_one();
+    }
+    a
 }

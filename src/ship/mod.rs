@@ -292,57 +292,22 @@ async fn run_appender(
     }
 }
 
-/// Serialise and append `items`, then ack; on a disk error retry the same batch (nothing is
-/// acked meanwhile, so the queue's `wait_durable` and intake's `admit` hold the line).
+/// Serialise and append `items`, then ack (retrying a failing disk first: nothing is acked
+/// meanwhile, so the queue's `wait_durable` and intake's `admit` hold the line).
 async fn append_batch(
-    mut appender: Appender,
+    appender: Appender,
     items: Vec<Published>,
     sub: &Subscription,
     metrics: &ShipMetrics,
 ) -> Appender {
     let last = items.last().map(|p| p.seq).unwrap_or(0);
-    let count = items.len() as u64;
-    let mut buf = Vec::with_capacity(items.len() * 512);
-    for p in &items {
-        if serde_json::to_writer(&mut buf, p.event.as_ref()).is_ok() {
-            buf.push(b'\n');
-        }
-    }
-    let lines = bytecount_lines(&buf);
-    let buf = Arc::new(buf);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let b = buf.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let r = appender.append(&b, lines);
-            (appender, r)
-        })
+    let (lines, count) = outbox::encode_lines(items.iter().map(|p| p.event.as_ref()), "outbox");
+    let (a, _) = appender
+        .append_until_durable::<outbox::OutboxError>(Arc::new(lines), count, "outbox")
         .await;
-        match r {
-            Ok((a, Ok(_))) => {
-                sub.ack(last);
-                metrics.appended.inc_by(count);
-                return a;
-            }
-            Ok((a, Err(e))) => {
-                tracing::error!(target: "gannet::ship", error = %e, events = count,
-                    "cannot append events to the outbox; retrying (queue state changes wait meanwhile)");
-                appender = a;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                tracing::error!(target: "gannet::ship", error = %e,
-                    "outbox appender panicked; events are no longer shipped");
-                std::future::pending::<()>().await;
-                unreachable!()
-            }
-        }
-    }
-}
-
-fn bytecount_lines(buf: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', buf).count() as u64
+    sub.ack(last);
+    metrics.appended.inc_by(items.len() as u64);
+    a
 }
 
 /// Every second: delete segments every destination has passed; set lag and backlog gauges.

@@ -442,6 +442,69 @@ impl Outbox {
     }
 }
 
+/// Events as the outbox's lines: one JSON object and `\n` each. An event that cannot be
+/// written as JSON is logged and left out; returns the lines and how many there are.
+pub fn encode_lines<'a>(
+    events: impl IntoIterator<Item = &'a crate::events::Event>,
+    log: &str,
+) -> (Vec<u8>, u64) {
+    let mut buf = Vec::new();
+    let mut count = 0u64;
+    for e in events {
+        match serde_json::to_writer(&mut buf, e) {
+            Ok(()) => {
+                buf.push(b'\n');
+                count += 1;
+            }
+            Err(err) => tracing::error!(error = %err, id = %e.id, log,
+                "an event cannot be written as JSON; it is left out of this log"),
+        }
+    }
+    (buf, count)
+}
+
+impl Appender {
+    /// [`Appender::append`] on a blocking thread, retried until it succeeds: a failing disk is
+    /// logged (as an `E`, whose message says what to check for this journal; `log` names it)
+    /// and retried after 100 ms, doubling up
+    /// to 10 s. The caller acks nothing meanwhile, so `EventBus::wait_durable` and `admit`
+    /// hold the line. If the blocking task panics the appender is gone: this never returns and
+    /// the events stay unacknowledged.
+    pub async fn append_until_durable<E: From<OutboxError> + std::fmt::Display>(
+        mut self,
+        lines: Arc<Vec<u8>>,
+        count: u64,
+        log: &'static str,
+    ) -> (Appender, Pos) {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let b = lines.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = self.append(&b, count);
+                (self, r)
+            })
+            .await;
+            match r {
+                Ok((a, Ok(end))) => return (a, end),
+                Ok((a, Err(e))) => {
+                    let e = E::from(e);
+                    tracing::error!(error = %e, events = count, log,
+                        "cannot append events; retrying (intake and queue state changes wait meanwhile)");
+                    self = a;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, log,
+                        "the appender panicked; events are no longer recorded in this log");
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+            }
+        }
+    }
+}
+
 impl Appender {
     /// Append whole lines of event JSON (`lines` ends in `\n`, holds `count` of them), each
     /// sealed, and fdatasync them; then readers may see them. Blocking.
