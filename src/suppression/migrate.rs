@@ -73,9 +73,7 @@ pub(super) fn from_sled_tree(path: &Path, conn: &mut Connection) -> Result<(), S
         tracing::warn!(path = %tree.display(), "suppression store in the sled layout: copying it into SQLite (list.sqlite)");
         let started = std::time::Instant::now();
         let counts = copy_tree(&tree, conn).map_err(fail)?;
-        let f = std::fs::File::create(&marker).map_err(|e| fail(e.to_string()))?;
-        f.sync_all().map_err(|e| fail(e.to_string()))?;
-        sync_dir(path).map_err(|e| fail(e.to_string()))?;
+        write_marker(&marker, path).map_err(|e| fail(e.to_string()))?;
         tracing::warn!(
             entries = counts.0,
             soft_bounce_counts = counts.1,
@@ -181,9 +179,7 @@ pub(super) fn from_clear_layout(path: &Path, store: &SqliteStore) -> Result<(), 
         tracing::warn!(path = %path.display(), "suppression store in the clear-address layout: migrating it to keyed hashes and sealed addresses");
         let counts = copy(path, store).map_err(|e| fail(e.to_string()))?;
         store.flush()?;
-        let f = std::fs::File::create(&marker).map_err(|e| fail(e.to_string()))?;
-        f.sync_all().map_err(|e| fail(e.to_string()))?;
-        sync_dir(path).map_err(|e| fail(e.to_string()))?;
+        write_marker(&marker, path).map_err(|e| fail(e.to_string()))?;
         tracing::warn!(
             entries = counts.0,
             soft_bounce_counts = counts.1,
@@ -208,6 +204,13 @@ pub(super) fn from_clear_layout(path: &Path, store: &SqliteStore) -> Result<(), 
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()
+}
+
+/// Create the marker file `marker` in `dir`, durably (file and directory synced): from here on
+/// the copy is complete and only the old files' deletion may remain.
+fn write_marker(marker: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::File::create(marker)?.sync_all()?;
+    sync_dir(dir)
 }
 
 /// Copy everything; (entries, soft-bounce counts, erasures, skipped keys).
