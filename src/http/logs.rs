@@ -530,15 +530,20 @@ pub async fn erase_person_with(
     // purges above included), the person's lines no destination has taken yet are
     // overwritten in place.
     let mut outbox_events_shredded = 0;
+    if s.ship_reads_journal {
+        // The destinations read the send log's journal: it catches up, then shreds there.
+        outbox_events_shredded += log.shred_journal(&req.address).await.map_err(store_error)?;
+    }
     if let Some(outbox) = s.outbox.clone() {
         s.bus.wait_durable(s.bus.last_seq()).await;
         let needle = req.address.trim().to_ascii_lowercase().into_bytes();
-        outbox_events_shredded = tokio::task::spawn_blocking(move || outbox.shred(&needle))
+        outbox_events_shredded += tokio::task::spawn_blocking(move || outbox.shred(&needle))
             .await
             .map_err(|e| spool_erasure_error(format!("outbox erasure task failed: {e}")))?
-            .map_err(|e| spool_erasure_error(format!("outbox erasure: {e}")))?;
+            .map_err(|e| spool_erasure_error(format!("outbox erasure: {e}")))?
+            as u64;
     }
-    done(ERASURE_STEPS[3], outbox_events_shredded as u64);
+    done(ERASURE_STEPS[3], outbox_events_shredded);
     // Answers to keyed injections that list them.
     let mut idempotent_answers_shredded = 0;
     if let Some(store) = s.idempotency.clone() {

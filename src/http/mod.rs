@@ -64,9 +64,12 @@ pub struct ApiState {
     pub idempotency: Option<idempotency::IdempotencyStore>,
     /// Per-token request rates (`[[api_token]] rate`); applied before every handler.
     pub rates: rate::SharedRates,
-    /// Event shipping's outbox (erasure shreds the person's pending lines); None when no
-    /// destination is configured.
+    /// Event shipping's outbox of its own (erasure shreds the person's pending lines); None
+    /// when no destination is configured or they read the send log's journal.
     pub outbox: Option<crate::ship::outbox::Outbox>,
+    /// True when shipping destinations read the send log's journal: erasure has the send log
+    /// shred the person's lines there first.
+    pub ship_reads_journal: bool,
     /// The newest sending-domain check of each `[[dkim]]` domain (the periodic run's, or a
     /// console "check now"), shown on the console's operations page.
     pub domain_checks: crate::auth::DomainChecks,

@@ -6,7 +6,9 @@
 //! batch, no SQLite on that path), and the [`Ingester`] that moves journal lines into SQLite
 //! in large transactions (`[sendlog] ingest_interval` / `ingest_batch`), storing the journal
 //! position in the same transaction (`meta.journal_pos`), then deletes the journal segments it
-//! has passed.
+//! and every shipping destination have passed. With the send log on, event shipping has no
+//! outbox of its own: its destinations read this journal at their cursors (`ship`), so an
+//! event costs one sealed append and one fdatasync whoever reads it.
 //! Never does: decide what a row holds (`store`), answer queries, or talk to the network.
 //!
 //! Why: a SQLite commit writes every touched index page and fsyncs the WAL, so committing the
@@ -66,6 +68,10 @@ impl From<OutboxError> for JournalError {
         }
     }
 }
+
+/// The ingester's name among the journal's readers ([`Outbox::hold`]); a shipping
+/// destination's name cannot hold a space.
+const INGESTER_HOLD: &str = "send log";
 
 /// Open (or create) the journal of the database at `db`. Blocking.
 pub fn open(db: &Path, key: &MasterKey) -> Result<(Outbox, Appender), JournalError> {
@@ -216,6 +222,8 @@ impl Ingester {
                 }
             }
         };
+        // Shipping destinations may read this journal too: segments go once all have passed.
+        journal.hold(INGESTER_HOLD, at);
         Ok(Ingester {
             writer,
             journal,
@@ -227,6 +235,10 @@ impl Ingester {
 
     pub fn at(&self) -> Pos {
         self.at
+    }
+
+    pub fn journal(&self) -> &Outbox {
+        &self.journal
     }
 
     /// The journal's durable end now.
@@ -330,8 +342,9 @@ impl Ingester {
                 p.ingested.send_replace(self.at);
             }
         }
+        self.journal.hold(INGESTER_HOLD, self.at);
         if total > 0
-            && let Err(e) = self.journal.compact(self.at)
+            && let Err(e) = self.journal.compact_held()
         {
             tracing::warn!(journal = %self.journal.dir().display(), error = %e,
                 "send log: cannot delete ingested journal segments; retried after the next ingest");
@@ -353,19 +366,40 @@ impl Ingester {
     ) -> Result<u64, SendLogError> {
         self.catch_up(end, Some(progress))?;
         let rows = self.writer.erase(hash, now_us)?;
-        let shredded = self
-            .journal
-            .shred_until(needle, Some(self.at))
-            .map_err(|source| JournalError::Io {
-                path: self.journal.dir().to_path_buf(),
-                source,
-            })?;
+        let shredded = self.shred_ingested(needle)?;
         tracing::info!(
             rows,
             journal_lines_shredded = shredded,
             "send log: person erased"
         );
         Ok(rows)
+    }
+}
+
+impl Ingester {
+    /// GDPR erasure, before the key goes: ingest everything before `end`, then overwrite in
+    /// place the journal lines naming the person (`needle`), so no shipping destination that
+    /// has not taken them yet ever does. Returns the lines overwritten. Blocking.
+    pub(super) fn shred(
+        &mut self,
+        needle: &[u8],
+        end: Pos,
+        progress: &Progress,
+    ) -> Result<u64, SendLogError> {
+        self.catch_up(end, Some(progress))?;
+        self.shred_ingested(needle)
+    }
+
+    /// Overwrite the lines naming `needle` that SQLite holds (never a line not stored yet).
+    fn shred_ingested(&self, needle: &[u8]) -> Result<u64, SendLogError> {
+        let n = self
+            .journal
+            .shred_until(needle, Some(self.at))
+            .map_err(|source| JournalError::Io {
+                path: self.journal.dir().to_path_buf(),
+                source,
+            })?;
+        Ok(n as u64)
     }
 }
 

@@ -67,6 +67,11 @@ pub struct Opened {
 }
 
 impl Opened {
+    /// The journal, which event shipping's destinations read too (see `ship::start`).
+    pub fn journal(&self) -> ship::outbox::Outbox {
+        self.ingester.journal().clone()
+    }
+
     /// The time of the newest event held (the journal is ingested at open): where a replay
     /// of possibly lost `received` events starts.
     pub fn last_event_time_us(&self) -> Result<Option<u64>, SendLogError> {
@@ -80,6 +85,10 @@ impl Opened {
 pub fn open(config: &Config) -> Result<Opened, SendLogError> {
     let w = open_writer(config)?;
     let (journal, appender) = journal::open(&w.info().path, &w.info().key)?;
+    // Shipping destinations read the journal too: each is registered at its cursor before
+    // the catch-up below may delete segments.
+    ship::hold_destinations(config, &journal)
+        .map_err(|(path, source)| journal::JournalError::Io { path, source })?;
     let mut ingester = journal::Ingester::new(w, journal, config.sendlog.ingest_batch.max(1))?;
     journal::catch_up_at_start(&mut ingester)?;
     Ok(Opened { ingester, appender })
@@ -231,21 +240,15 @@ impl SendLog {
         // The journal holds every event published so far (the purges just recorded among
         // them); the ingester moves them into the database before it destroys the key, so
         // the row count and the statistics include them.
-        let end = self
-            .progress
-            .appended_through(self.bus.last_seq(), None)
-            .await
-            .ok_or_else(|| SendLogError::Task("the send-log journal has stopped".into()))?;
+        let end = self.journal_end_now().await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.cmds
-            .send(Cmd::Erase {
-                hash,
-                needle: address.trim().to_ascii_lowercase().into_bytes(),
-                end,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))?;
+        self.send_cmd(Cmd::Erase {
+            hash,
+            needle: address.trim().to_ascii_lowercase().into_bytes(),
+            end,
+            reply: tx,
+        })
+        .await?;
         let rows = rx
             .await
             .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))??;
@@ -255,6 +258,37 @@ impl SendLog {
             rows,
         }));
         Ok(rows)
+    }
+
+    /// GDPR erasure's shipping step: once the journal holds every event published so far
+    /// (and SQLite has them), overwrite the lines naming `address`, so a shipping destination
+    /// that has not taken them yet never does. Returns the lines overwritten.
+    pub async fn shred_journal(&self, address: &str) -> Result<u64, SendLogError> {
+        let end = self.journal_end_now().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send_cmd(Cmd::Shred {
+            needle: address.trim().to_ascii_lowercase().into_bytes(),
+            end,
+            reply: tx,
+        })
+        .await?;
+        rx.await
+            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))?
+    }
+
+    /// The journal's end once it holds every event published before the call.
+    async fn journal_end_now(&self) -> Result<ship::outbox::Pos, SendLogError> {
+        self.progress
+            .appended_through(self.bus.last_seq(), None)
+            .await
+            .ok_or_else(|| SendLogError::Task("the send-log journal has stopped".into()))
+    }
+
+    async fn send_cmd(&self, cmd: Cmd) -> Result<(), SendLogError> {
+        self.cmds
+            .send(cmd)
+            .await
+            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))
     }
 
     /// The keyed hash that stands for `address` in the store.
@@ -296,6 +330,12 @@ enum Cmd {
         end: ship::outbox::Pos,
         reply: tokio::sync::oneshot::Sender<Result<u64, SendLogError>>,
     },
+    /// Overwrite the person's journal lines (see [`SendLog::shred_journal`]).
+    Shred {
+        needle: Vec<u8>,
+        end: ship::outbox::Pos,
+        reply: tokio::sync::oneshot::Sender<Result<u64, SendLogError>>,
+    },
 }
 
 /// The ingester loop: every `interval` (or at once when a reader waits, or the journal's
@@ -318,26 +358,27 @@ async fn run_ingester(
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             Some(cmd) = cmds.recv() => {
-                match cmd {
-                    Cmd::Erase { hash, needle, end, reply } => {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or(Duration::ZERO)
-                            .as_micros() as i64;
-                        let p = progress.clone();
-                        let Ok((i, r)) = tokio::task::spawn_blocking(move || {
-                            let r = ing.erase(&hash, &needle, end, now, &p);
-                            (ing, r)
-                        })
-                        .await
-                        else {
-                            tracing::error!("send-log ingester panicked during an erasure");
-                            return;
-                        };
-                        ing = i;
-                        let _ = reply.send(r);
-                    }
-                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO)
+                    .as_micros() as i64;
+                let p = progress.clone();
+                let Ok((i, (r, reply))) = tokio::task::spawn_blocking(move || {
+                    let done = match cmd {
+                        Cmd::Erase { hash, needle, end, reply } => {
+                            (ing.erase(&hash, &needle, end, now, &p), reply)
+                        }
+                        Cmd::Shred { needle, end, reply } => (ing.shred(&needle, end, &p), reply),
+                    };
+                    (ing, done)
+                })
+                .await
+                else {
+                    tracing::error!("send-log ingester panicked during an erasure");
+                    return;
+                };
+                ing = i;
+                let _ = reply.send(r);
                 continue;
             }
             _ = prune.tick() => {

@@ -608,3 +608,48 @@ fn the_journal_is_ingested_once_across_restarts() {
     assert_eq!(ids.len(), 8);
     assert_eq!(rows[7]["recipient"], "j7@dest.test");
 }
+
+/// Issue 19, one journal: shipping destinations read the send log's journal, so the ingester
+/// deletes only segments every registered reader has passed. A destination down (its hold at
+/// the start) keeps every segment the ingester has stored; once it moves, they go.
+#[test]
+fn journal_segments_stay_until_every_reader_has_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let w = open_tmp(dir.path());
+    // Small segments, so a few events fill several.
+    let (j, mut app) =
+        crate::ship::outbox::Outbox::open(&journal::dir_for(&db), 4096, &w.info().key).unwrap();
+    j.hold("crm", j.end());
+    for i in 0..60 {
+        let e = delivered(&format!("s{i}@dest.test"), &format!("q{i}"));
+        let mut b = serde_json::to_vec(&e).unwrap();
+        b.push(b'\n');
+        app.append(&b, 1).unwrap();
+    }
+    let segments = || {
+        std::fs::read_dir(j.dir())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
+            .count()
+    };
+    let before = segments();
+    assert!(before > 3, "{before} segments");
+    let mut ing = journal::Ingester::new(w, j.clone(), 1000).unwrap();
+    assert_eq!(journal::catch_up_at_start(&mut ing).unwrap(), 60);
+    assert_eq!(ing.at(), j.end(), "everything is in SQLite");
+    assert_eq!(segments(), before, "the destination has not passed them");
+    // The destination catches up half way, then all the way.
+    let half = {
+        let mut r = j.reader(crate::ship::outbox::Pos::default());
+        r.read(30, j.end()).unwrap().last().unwrap().next
+    };
+    j.hold("crm", half);
+    j.compact_held().unwrap();
+    let mid = segments();
+    assert!(mid < before && mid > 1, "{mid} of {before}");
+    assert!(j.start() <= half);
+    j.hold("crm", j.end());
+    j.compact_held().unwrap();
+    assert_eq!(segments(), 1, "only the segment being appended to stays");
+}

@@ -199,11 +199,14 @@ pub async fn run_with(
         None
     };
     stages.done("send log open");
-    // Event shipping's outbox is a durable subscriber too (its own fdatasync'd files):
-    // registered here, before anything publishes; destinations read the files, never the bus.
+    // Event shipping's destinations read the send log's journal at their cursors; with the
+    // send log off, shipping keeps an outbox of its own, a durable subscriber too (registered
+    // here, before anything publishes). Destinations read files, never the bus.
     let ship_stop = CancellationToken::new();
-    let shipping = crate::ship::start(&config, &bus, &metrics.registry, ship_stop.clone()).await?;
-    if let Some(s) = &shipping {
+    let journal = sendlog_writer.as_ref().map(|w| w.journal());
+    let shipping =
+        crate::ship::start(&config, &bus, &metrics.registry, ship_stop.clone(), journal).await?;
+    if let Some(s) = shipping.as_ref().filter(|s| !s.reads_journal) {
         durable_newest.push(s.outbox.newest_at_open_us());
     }
     stages.done("event shipping");
@@ -497,7 +500,8 @@ pub async fn run_with(
         bounce_rules: bounce_rules.clone(),
         idempotency: Some(idempotency),
         rates: Arc::new(crate::http::rate::TokenRates::from_config(&config)),
-        outbox: shipping.as_ref().map(|s| s.outbox.clone()),
+        outbox: shipping.as_ref().and_then(|s| s.own_outbox()),
+        ship_reads_journal: shipping.as_ref().is_some_and(|s| s.reads_journal),
         domain_checks: domain_checks.clone(),
     });
     let http_task = tokio::spawn(crate::http::run(

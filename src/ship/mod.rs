@@ -1,22 +1,25 @@
 //! Event shipping: every event of the stream, at least once, to webhooks, RabbitMQ and JSONL
-//! files, through one durable outbox.
+//! files, through one durable journal.
 //!
-//! Owns: the outbox subscriber (a durable subscriber of `events/` whose only work is appending
-//! lines to its own files with one fdatasync per batch), one runner per configured destination
-//! (`[[webhook]]`, `[[amqp]]`, `[[jsonl]]`) reading the outbox at its own cursor, and
-//! housekeeping (deleting what every destination has passed, lag and backlog gauges).
+//! Owns: one runner per configured destination (`[[webhook]]`, `[[amqp]]`, `[[jsonl]]`)
+//! reading the journal at its own cursor, and housekeeping (deleting segments every reader
+//! has passed, lag and backlog gauges). The journal is the send log's (`sendlog::journal`)
+//! whenever the send log is on: every event is sealed, appended and fdatasynced once, and the
+//! send log's ingester is one more reader; the destinations register there when the send log
+//! opens ([`hold_destinations`]), so nothing is deleted before they pass it. Only with
+//! `[sendlog] enabled = false` does shipping keep an outbox of its own (`[outbox]`), a
+//! durable subscriber of `events/` whose only work is appending lines with one fdatasync per
+//! batch. An outbox left from before the switch is shipped first, then deleted.
 //! Never does: wait on a destination while taking events. A destination that is slow or down
-//! only falls behind in the files (`gannet_ship_lag_seconds`, `gannet_ship_backlog_events`);
-//! intake can wait for the outbox only if its own disk append stalls for `[outbox] bound`
-//! events, the same as for the send log.
+//! only falls behind in the files (`gannet_ship_lag_seconds`, `gannet_ship_backlog_events`).
 //!
 //! Guarantee: an event is acknowledged to the bus (`Subscription::ack`) after its line is
-//! fdatasynced, so every final state the queue records has its event in the outbox (the
+//! fdatasynced, so every final state the queue records has its event in the journal (the
 //! queue waits for `EventBus::wait_durable`). A destination's cursor moves after it took a
 //! batch; a crash in between sends that batch again: receivers deduplicate on the event `id`.
-//! Events in the outbox are sealed at rest (`seal`, under the master key) until every
-//! destination has passed them; destinations get the clear event. GDPR erasure shreds the
-//! person's pending lines in place (`Outbox::shred`).
+//! Events are sealed at rest (`seal`, under the master key) until every reader has passed
+//! them; destinations get the clear event. GDPR erasure shreds the person's pending lines in
+//! place (`Outbox::shred`, through the send log for its journal).
 
 pub mod amqp;
 pub mod jsonl;
@@ -55,10 +58,28 @@ pub enum ShipError {
 
 /// The running shipping stage: stop it with the token given to [`start`], then await it.
 pub struct Shipping {
-    appender: JoinHandle<()>,
+    /// The outbox's appender; None when the destinations read the send log's journal.
+    appender: Option<JoinHandle<()>>,
     others: Vec<JoinHandle<()>>,
     runners_stop: CancellationToken,
+    /// What the destinations read: the send log's journal, or the outbox of our own.
     pub outbox: Outbox,
+    /// True when `outbox` is the send log's journal (the send log shreds it at an erasure).
+    pub reads_journal: bool,
+    /// An outbox of our own written before shipping read the journal, while its last events
+    /// are shipped (then it is deleted); erasure shreds it too.
+    pub legacy: Option<Outbox>,
+}
+
+impl Shipping {
+    /// The outbox of our own an erasure shreds (the send log shreds the journal).
+    pub fn own_outbox(&self) -> Option<Outbox> {
+        if self.reads_journal {
+            self.legacy.clone()
+        } else {
+            Some(self.outbox.clone())
+        }
+    }
 }
 
 /// True when some destination is configured (otherwise no outbox is kept at all).
@@ -72,6 +93,21 @@ pub fn outbox_dir(config: &Config) -> PathBuf {
         Some(p) => config.resolve_path(p),
         None => config.resolve_path(&config.spool.path).join("outbox"),
     }
+}
+
+/// Register every configured destination as a reader of `journal` (the send log's) at its
+/// cursor, saving a new destination's at the journal's end, before anything compacts it.
+/// Blocking. Errors name the cursor file.
+pub fn hold_destinations(
+    config: &Config,
+    journal: &Outbox,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    for p in plan(config) {
+        let at = runner::initial_cursor(journal, &p.name)
+            .map_err(|e| (journal.dir().join("cursors").join(&p.name), e))?;
+        journal.hold(&p.name, at);
+    }
+    Ok(())
 }
 
 /// How long a JSONL destination waits for more events to write them in one go.
@@ -155,13 +191,16 @@ fn plan(config: &Config) -> Vec<Planned> {
     out
 }
 
-/// Open the outbox, subscribe it to `bus` (durable) and start every destination. Call before
-/// any stage publishes. Returns None when no destination is configured.
+/// Start every destination. With the send log on, `journal` is its journal and the
+/// destinations read it (registered there by [`hold_destinations`] when the send log
+/// opened); otherwise open the outbox of our own and subscribe it to `bus` (durable). Call
+/// before any stage publishes. Returns None when no destination is configured.
 pub async fn start(
     config: &Arc<Config>,
     bus: &EventBus,
     registry: &prometheus::Registry,
     stop: CancellationToken,
+    journal: Option<Outbox>,
 ) -> Result<Option<Shipping>, ShipError> {
     if !enabled(config) {
         return Ok(None);
@@ -171,17 +210,28 @@ pub async fn start(
     let key_file = config.resolve_path(&config.storage.key_file);
     let planned = plan(config);
     let names: Vec<String> = planned.iter().map(|p| p.name.clone()).collect();
+    let reads_journal = journal.is_some();
     // Blocking start-up: open files, load cursors, open destinations' files.
     let opened = tokio::task::spawn_blocking(move || {
-        // Lines are sealed under the master key (created 0600 only when no data it protects
-        // exists yet).
-        let key = crate::sendlog::MasterKey::load_or_create(
-            &key_file,
-            &Outbox::key_check_path(&dir),
-        )
-        ?;
-        let (outbox, appender) = Outbox::open(&dir, segment_bytes, &key)?;
+        let own = match &journal {
+            Some(_) if !Outbox::key_check_path(&dir).exists() => None,
+            // Lines are sealed under the master key (created 0600 only when no data it
+            // protects exists yet).
+            _ => {
+                let key = crate::sendlog::MasterKey::load_or_create(
+                    &key_file,
+                    &Outbox::key_check_path(&dir),
+                )?;
+                Some(Outbox::open(&dir, segment_bytes, &key)?)
+            }
+        };
+        let (outbox, appender, legacy) = match (journal, own) {
+            (Some(j), own) => (j, None, own.map(|(o, _)| o)),
+            (None, Some((o, a))) => (o, Some(a), None),
+            (None, None) => unreachable!("opened above without a journal"),
+        };
         let mut ready = Vec::new();
+        let mut draining = 0u64;
         for p in planned {
             let at = runner::initial_cursor(&outbox, &p.name).map_err(|e| {
                 ShipError::Outbox(outbox::OutboxError::Io {
@@ -189,56 +239,101 @@ pub async fn start(
                     source: e,
                 })
             })?;
+            outbox.hold(&p.name, at);
+            // What this destination had not taken from the outbox of our own (written before
+            // shipping read the journal) goes first.
+            let drain = legacy.as_ref().and_then(|l| {
+                let c = l.load_cursor(&p.name)?;
+                (c.byte < l.end().byte).then_some(c)
+            });
+            if let (Some(c), Some(l)) = (drain, &legacy) {
+                draining += l.end().event - c.event;
+            }
             let dest = (p.build)().map_err(|message| ShipError::Destination {
                 key: p.key.clone(),
                 message,
             })?;
-            ready.push((p.opts, dest, at));
+            ready.push((p.opts, dest, at, drain));
         }
         for stale in outbox.cursor_names() {
             if !names.contains(&stale) {
                 tracing::warn!(target: "gannet::ship", cursor = %stale,
-                    "outbox cursor of a destination no longer configured; ignored (delete the file to forget it)");
+                    "shipping cursor of a destination no longer configured; ignored (delete the file to forget it)");
             }
         }
-        Ok::<_, ShipError>((outbox, appender, ready))
+        let legacy = match legacy {
+            Some(l) if draining == 0 => {
+                remove_legacy(&l);
+                None
+            }
+            Some(l) => {
+                tracing::info!(target: "gannet::ship", outbox = %l.dir().display(), events = draining,
+                    "shipping reads the send log's journal now; the events the old outbox still holds go out first, then it is deleted");
+                Some(l)
+            }
+            None => None,
+        };
+        Ok::<_, ShipError>((outbox, appender, legacy, ready))
     })
     .await
     .map_err(|e| ShipError::Task(e.to_string()))??;
-    let (outbox, appender, ready) = opened;
+    let (outbox, appender, legacy, ready) = opened;
     let metrics = ShipMetrics::new(registry);
-    let sub = bus.subscribe(
-        "outbox",
-        Mode::Durable {
-            bound: config.outbox.bound,
-        },
-    );
-    let appender = tokio::spawn(run_appender(
-        appender,
-        sub,
-        config.outbox.batch,
-        config.outbox.commit_interval,
-        metrics.clone(),
-        stop.clone(),
-    ));
+    let appender = appender.map(|appender| {
+        let sub = bus.subscribe(
+            "outbox",
+            Mode::Durable {
+                bound: config.outbox.bound,
+            },
+        );
+        tokio::spawn(run_appender(
+            appender,
+            sub,
+            config.outbox.batch,
+            config.outbox.commit_interval,
+            metrics.clone(),
+            stop.clone(),
+        ))
+    });
     let runners_stop = stop.child_token();
     let mut others = Vec::new();
     let mut states = Vec::new();
-    for (opts, dest, at) in ready {
+    let mut drains = Vec::new();
+    for (opts, dest, at, drain) in ready {
         metrics.preset(&opts.name);
         let st = runner::state(&opts.name, at);
         states.push(st.clone());
-        others.push(tokio::spawn(runner::run(
-            outbox.clone(),
-            dest,
-            opts,
-            st,
-            metrics.clone(),
-            runners_stop.clone(),
-        )));
+        let (outbox, metrics, stop) = (outbox.clone(), metrics.clone(), runners_stop.clone());
+        let legacy = legacy.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        drains.push(done_rx);
+        others.push(tokio::spawn(async move {
+            let mut dest = dest;
+            if let (Some(l), Some(from)) = (legacy, drain) {
+                let old = runner::state(&opts.name, from);
+                match runner::drain(l, dest, opts.clone(), old, metrics.clone(), stop.clone()).await
+                {
+                    Some(d) => dest = d,
+                    None => return,
+                }
+            }
+            let _ = done_tx.send(());
+            runner::run(outbox, dest, opts, st, metrics, stop).await
+        }));
+    }
+    if let Some(l) = legacy.clone() {
+        others.push(tokio::spawn(async move {
+            for d in drains {
+                if d.await.is_err() {
+                    return; // Stopped first: drained at the next start.
+                }
+            }
+            let _ = tokio::task::spawn_blocking(move || remove_legacy(&l)).await;
+        }));
     }
     others.push(tokio::spawn(housekeeping(
         outbox.clone(),
+        reads_journal,
         states,
         metrics,
         runners_stop.clone(),
@@ -248,7 +343,19 @@ pub async fn start(
         others,
         runners_stop,
         outbox,
+        reads_journal,
+        legacy,
     }))
+}
+
+/// Delete the outbox of our own once every destination has shipped what it held. Blocking.
+fn remove_legacy(l: &Outbox) {
+    match std::fs::remove_dir_all(l.dir()) {
+        Ok(()) => tracing::info!(target: "gannet::ship", outbox = %l.dir().display(),
+            "the old shipping outbox is drained and deleted (destinations read the send log's journal)"),
+        Err(e) => tracing::warn!(target: "gannet::ship", outbox = %l.dir().display(), error = %e,
+            "cannot delete the drained old shipping outbox; delete it by hand"),
+    }
 }
 
 impl Shipping {
@@ -256,7 +363,9 @@ impl Shipping {
     /// to leave (what they had not confirmed is sent after the next start).
     pub async fn join(self) {
         self.runners_stop.cancel();
-        let _ = self.appender.await;
+        if let Some(a) = self.appender {
+            let _ = a.await;
+        }
         for t in self.others {
             let _ = t.await;
         }
@@ -310,20 +419,27 @@ async fn append_batch(
     a
 }
 
-/// Every second: delete segments every destination has passed; set lag and backlog gauges.
+/// Every second: delete segments every reader has passed; set lag and backlog gauges (and,
+/// on the send log's journal, count what it appended as the outbox's appender would).
 async fn housekeeping(
     outbox: Outbox,
+    reads_journal: bool,
     states: Vec<Arc<RunnerState>>,
     metrics: ShipMetrics,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut counted = outbox.end().event;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
         let end = outbox.end();
+        if reads_journal {
+            metrics.appended.inc_by(end.event.saturating_sub(counted));
+            counted = end.event;
+        }
         for s in &states {
             let c = s.cursor();
             metrics
@@ -335,11 +451,11 @@ async fn housekeeping(
                 .with_label_values(&[&s.name])
                 .set(s.lag_seconds());
         }
-        let Some(min) = states.iter().map(|s| s.cursor()).min() else {
-            continue;
-        };
+        for s in &states {
+            outbox.hold(&s.name, s.cursor());
+        }
         let o = outbox.clone();
-        match tokio::task::spawn_blocking(move || o.compact(min)).await {
+        match tokio::task::spawn_blocking(move || o.compact_held()).await {
             Ok(Ok(n)) if n > 0 => {
                 tracing::debug!(target: "gannet::ship", segments = n, "outbox segments every destination has passed deleted")
             }

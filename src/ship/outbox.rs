@@ -83,6 +83,9 @@ struct Shared {
     /// The last committed batches in clear (see [`Recent`]). A std Mutex: held to push or
     /// drop a batch and to copy out a reader's lines, never across I/O.
     recent: Mutex<Recent>,
+    /// Every reader compaction waits for, and the oldest position it still needs (see
+    /// [`Outbox::hold`]). A std Mutex: held to update or read the map, never across I/O.
+    holds: Mutex<std::collections::BTreeMap<String, Pos>>,
 }
 
 /// At most this many bytes of clear lines are kept in memory for readers that keep up.
@@ -241,6 +244,7 @@ impl Outbox {
                 key: line_key,
                 shredding: Mutex::new(()),
                 recent: Mutex::new(Recent::default()),
+                holds: Mutex::default(),
             }),
         };
         let appender = Appender {
@@ -297,8 +301,36 @@ impl Outbox {
         &self.shared.dir
     }
 
-    /// Delete every segment that ends at or before `min` (the lowest cursor of all
-    /// destinations). The segment being appended to stays. Blocking.
+    /// Reader `holder` still needs everything from `from` on: [`Outbox::compact_held`] keeps
+    /// it. One journal serves several readers (the send log's ingester and every shipping
+    /// destination), so each says where it stands and segments go only once all have passed
+    /// them. Register every reader before the first compaction (at open): a reader not yet
+    /// registered is not waited for.
+    pub fn hold(&self, holder: &str, from: Pos) {
+        let mut h = self.shared.holds.lock().unwrap_or_else(|p| p.into_inner());
+        match h.get_mut(holder) {
+            Some(p) => *p = from,
+            None => {
+                h.insert(holder.to_string(), from);
+            }
+        }
+    }
+
+    /// Delete every segment every registered reader ([`Outbox::hold`]) has passed; nothing
+    /// when none is registered. Returns how many went. Blocking.
+    pub fn compact_held(&self) -> io::Result<usize> {
+        let min = {
+            let h = self.shared.holds.lock().unwrap_or_else(|p| p.into_inner());
+            h.values().min().copied()
+        };
+        match min {
+            Some(min) => self.compact(min),
+            None => Ok(0),
+        }
+    }
+
+    /// Delete every segment that ends at or before `min` (the lowest position any reader
+    /// needs). The segment being appended to stays. Blocking.
     pub fn compact(&self, min: Pos) -> io::Result<usize> {
         let doomed: Vec<PathBuf> = {
             let mut segs = self.segments();

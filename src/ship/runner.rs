@@ -223,21 +223,44 @@ pub async fn run(
     metrics: ShipMetrics,
     stop: CancellationToken,
 ) {
+    let mut dest = dest;
     let name = opts.name.clone();
-    let saved = run_batches(&outbox, dest, opts, &st, metrics, stop).await;
+    let saved = run_batches(&outbox, dest.as_mut(), opts, &st, metrics, stop, None).await;
     if st.cursor() != saved {
         save(&outbox, &name, st.cursor()).await;
     }
 }
 
-/// The batches of [`run`], until `stop`; returns the cursor last written to the cursor file.
+/// [`run`] over an outbox nothing appends to any more, until the destination has taken
+/// everything it holds: returns the destination then, None when `stop` came first (the
+/// cursor is saved either way).
+pub async fn drain(
+    outbox: Outbox,
+    mut dest: Box<dyn Destination>,
+    opts: RunnerOptions,
+    st: Arc<RunnerState>,
+    metrics: ShipMetrics,
+    stop: CancellationToken,
+) -> Option<Box<dyn Destination>> {
+    let name = opts.name.clone();
+    let end = outbox.end();
+    let saved = run_batches(&outbox, dest.as_mut(), opts, &st, metrics, stop, Some(end)).await;
+    if st.cursor() != saved {
+        save(&outbox, &name, st.cursor()).await;
+    }
+    (st.cursor().byte >= end.byte).then_some(dest)
+}
+
+/// The batches of [`run`], until `stop` (or, with `until`, once the cursor reached it);
+/// returns the cursor last written to the cursor file.
 async fn run_batches(
     outbox: &Outbox,
-    mut dest: Box<dyn Destination>,
+    dest: &mut dyn Destination,
     opts: RunnerOptions,
     st: &RunnerState,
     metrics: ShipMetrics,
     stop: CancellationToken,
+    until: Option<Pos>,
 ) -> Pos {
     let name = opts.name.clone();
     let sent = metrics.sent.with_label_values(&[&name]);
@@ -305,6 +328,12 @@ async fn run_batches(
                         }
                     }
                 };
+                let read_to = reader.as_ref().expect("put back above").pos();
+                if lines.is_empty() && read_to.byte > next.byte {
+                    // Only erased (shredded) or damaged lines: step over them.
+                    next = read_to;
+                    continue;
+                }
                 if lines.is_empty() {
                     // Nothing readable yet (a line still being written): look again shortly.
                     tokio::select! {
@@ -338,6 +367,9 @@ async fn run_batches(
                     // Only events this destination does not take: move on quietly.
                     cursor = next;
                     st.set_cursor(cursor);
+                }
+                if until.is_some_and(|u| cursor.byte >= u.byte) {
+                    return saved;
                 }
                 // Caught up: the cursor file catches up too, within the save interval.
                 let save_due = saved_at + CURSOR_SAVE_INTERVAL;

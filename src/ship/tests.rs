@@ -364,3 +364,94 @@ fn recent_lines_in_memory_match_the_files_and_erasure_empties_them() {
     assert_eq!(got.len(), 1);
     assert_eq!(ShipEvent::parse(got[0].json.clone()).unwrap().id, "e99");
 }
+
+/// Compaction waits for the slowest registered reader (one journal, several readers) and
+/// does nothing while none is registered.
+#[test]
+fn held_compaction_keeps_what_the_slowest_reader_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
+    for i in 0..300 {
+        a.append(&line(i, "delivered"), 1).unwrap();
+    }
+    assert_eq!(
+        o.compact_held().unwrap(),
+        0,
+        "no reader registered: nothing goes"
+    );
+    let mid = {
+        let mut r = o.reader(Pos::default());
+        r.read(150, o.end()).unwrap().last().unwrap().next
+    };
+    o.hold("fast", o.end());
+    o.hold("slow", Pos::default());
+    assert_eq!(
+        o.compact_held().unwrap(),
+        0,
+        "the slow reader needs everything"
+    );
+    o.hold("slow", mid);
+    assert!(o.compact_held().unwrap() > 0);
+    assert!(o.start() <= mid);
+    assert_eq!(read_ids(&o, mid)[0], "e150");
+    o.hold("fast", mid);
+    o.hold("slow", o.end());
+    assert_eq!(
+        o.compact_held().unwrap(),
+        0,
+        "the other one is the slowest now"
+    );
+}
+
+/// An outbox nothing appends to any more (left from before shipping read the send log's
+/// journal) is drained: the destination gets every line from its cursor, the drain returns
+/// the destination at the end, even when the last lines were erased (shredded), and the
+/// cursor is saved there.
+#[tokio::test(start_paused = true)]
+async fn a_drain_ships_what_is_left_and_steps_over_a_shredded_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..6 {
+        buf.extend(line(i, "delivered"));
+    }
+    buf.extend(
+        b"{\"id\":\"e6\",\"time_us\":6,\"type\":\"delivered\",\"recipient\":\"gone@x.test\"}\n",
+    );
+    buf.extend(
+        b"{\"id\":\"e7\",\"time_us\":7,\"type\":\"bounced\",\"recipient\":\"gone@x.test\"}\n",
+    );
+    a.append(&buf, 8).unwrap();
+    drop(a);
+    assert_eq!(o.shred(b"gone@x.test").unwrap(), 2);
+    let from = {
+        let mut r = o.reader(Pos::default());
+        r.read(2, o.end()).unwrap().last().unwrap().next
+    };
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let st = runner::state("fake", from);
+    let back = runner::drain(
+        o.clone(),
+        Box::new(Fake {
+            got: got.clone(),
+            fail_first: 1,
+            refuse_id: "none",
+        }),
+        RunnerOptions {
+            name: "fake".into(),
+            filter: ShipFilter::default(),
+            batch_size: 3,
+            max_delay: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(4),
+        },
+        st.clone(),
+        super::metrics::ShipMetrics::new(&prometheus::Registry::new()),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(back.is_some(), "drained: the destination comes back");
+    let ids: Vec<String> = got.lock().unwrap().concat();
+    assert_eq!(ids, ["e2", "e3", "e4", "e5"]);
+    assert_eq!(st.cursor(), o.end());
+    assert_eq!(o.load_cursor("fake"), Some(o.end()));
+}

@@ -369,3 +369,116 @@ async fn webhooks_deliver_every_event_signed_across_a_receiver_outage_and_kill9(
     }
     assert_eq!(backlog, 0.0);
 }
+
+/// Issue 19, one journal: with the send log on, shipping keeps no outbox of its own; its
+/// destinations read the send log's journal at their cursors (one sealed append and one
+/// fdatasync per batch of events, whoever reads them). An outbox written before (the send
+/// log off, the receiver down) is shipped first after the switch, then deleted: nothing is
+/// lost, and its events arrive before the ones that came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_read_the_send_log_journal_after_draining_an_old_outbox() {
+    const N: usize = 8;
+    const SECRET: &str = "whsec_0123456789abcdef";
+    let port = free_port();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("posts.jsonl");
+    let hook = format!(
+        "[[webhook]]\nname = \"crm\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\n\
+         batch_size = 5\nmax_delay = \"100ms\"\nmax_backoff = \"1s\"\ntimeout = \"5s\"\n"
+    );
+    let sendlog_off = "[sendlog]\nenabled = false\n";
+    let mut w = World::start(
+        &["127.0.0.173"],
+        Zone::new().mail_domain("ship.test", "127.0.0.173"),
+        |c| c.extra(&format!("{hook}\n{sendlog_off}")),
+    )
+    .await;
+    let spool = w.gannet.dir().join("spool");
+    async fn send(addr: std::net::SocketAddr, from: &str) {
+        smtp_source(addr, N, 2, from, "r@ship.test", 200)
+            .await
+            .assert_success();
+    }
+    // The send log is off and the receiver down: events wait in shipping's own outbox.
+    send(w.gannet.smtp_addr(), "before@origin.test").await;
+    w.sinks[0].wait_for(N, WAIT).await;
+    let mut got = 0.0;
+    for _ in 0..600 {
+        got = w.gannet.metric("gannet_outbox_appended_total", &[]).await;
+        if got >= (2 * N) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(got >= (2 * N) as f64, "outbox holds {got} events");
+    assert!(spool.join("outbox").join("key-check").exists());
+    w.gannet.sigterm().await;
+
+    // The send log on (its default), the receiver up: the old outbox goes out first.
+    let text = std::fs::read_to_string(w.gannet.config_path()).unwrap();
+    assert!(text.contains(sendlog_off));
+    std::fs::write(w.gannet.config_path(), text.replace(sendlog_off, "")).unwrap();
+    let _rx = Receiver::start(port, SECRET, &out).await;
+    w.gannet.restart().await;
+    send(w.gannet.smtp_addr(), "after@origin.test").await;
+    w.sinks[0].wait_for(2 * N, WAIT).await;
+
+    let sender_of = |e: &Value| e["sender"].as_str().unwrap_or_default().to_string();
+    let posts = poll(WAIT, || {
+        let p: Vec<Value> = received_posts(&out)
+            .into_iter()
+            .filter(|v| v["path"] == "/hook")
+            .map(|v| v["event"].clone())
+            .collect();
+        let ids: BTreeSet<&str> = p.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let received = p.iter().filter(|e| e["type"] == "received").count();
+        (ids.len() >= 4 * N && received >= 2 * N).then_some(p)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "not every event arrived: {} posts\n{}",
+            received_posts(&out).len(),
+            w.gannet.log()
+        )
+    });
+    let received = |from: &str| {
+        posts
+            .iter()
+            .filter(|e| e["type"] == "received" && sender_of(e) == from)
+            .map(|e| e["queue_id"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        received("before@origin.test").len(),
+        N,
+        "the old outbox's events"
+    );
+    assert_eq!(
+        received("after@origin.test").len(),
+        N,
+        "the journal's events"
+    );
+    // The old outbox's events, all of them, before any of the journal's.
+    let first_after = posts
+        .iter()
+        .position(|e| sender_of(e) == "after@origin.test")
+        .unwrap();
+    let last_before = posts
+        .iter()
+        .rposition(|e| sender_of(e) == "before@origin.test")
+        .unwrap();
+    assert!(last_before < first_after, "old outbox first");
+    // Drained, the old outbox is deleted; the cursor lives beside the journal now.
+    poll(WAIT, || (!spool.join("outbox").exists()).then_some(()))
+        .await
+        .unwrap_or_else(|| panic!("the old outbox is still there\n{}", w.gannet.log()));
+    assert!(
+        spool
+            .join("sendlog.journal")
+            .join("cursors")
+            .join("crm")
+            .exists()
+    );
+    assert!(posts.iter().all(|e| !e["id"].as_str().unwrap().is_empty()));
+}

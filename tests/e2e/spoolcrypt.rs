@@ -111,16 +111,17 @@ async fn wait_type(g: &Gannet, rcpt: &str, kind: &str, n: usize) {
 /// Issue 18, "after an erasure": mail to Erin was delivered (SMTP), is queued behind a 4xx
 /// (SMTP, shared with another recipient, and HTTP), bounced (a DSN, and a suppression entry
 /// from the hard bounce, plus a manual one over the API); a webhook whose receiver is down
-/// keeps every event about her in the outbox. After `gannet gdpr erase`, every file under the
-/// data directory is searched for her address in clear, base64 and quoted-printable: none
-/// holds it (the spool's segments are sealed and the records only she needed are shredded;
-/// the owed-DSN replies are sealed; the send log is shredded; the suppression list keys on
-/// keyed hashes and its sealed copies' keys are zeroed; the outbox's sealed lines about her
-/// are overwritten). The other recipient is still delivered after a kill -9 and restart,
-/// which recovers the queue from the sealed spool.
+/// keeps every event about her in the send log's journal (which shipping reads). After `gannet
+/// gdpr erase`, every file under the data directory is searched for her address in clear,
+/// base64 and quoted-printable: none holds it (the spool's segments are sealed and the
+/// records only she needed are shredded; the owed-DSN replies are sealed; the send log is
+/// shredded; the suppression list keys on keyed hashes and its sealed copies' keys are
+/// zeroed; the journal's sealed lines about her, which the webhook has not taken, are
+/// overwritten). The other recipient is still delivered after a kill -9 and restart, which
+/// recovers the queue from the sealed spool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_erasure_no_file_of_the_data_directory_holds_the_address() {
-    // A webhook to a port nobody listens on: its events stay in the outbox.
+    // A webhook to a port nobody listens on: its events stay in the journal.
     let down = free_port();
     let hook = format!(
         "[[webhook]]\nname = \"down\"\nurl = \"http://127.0.0.1:{down}/hook\"\n\
@@ -208,9 +209,13 @@ async fn after_an_erasure_no_file_of_the_data_directory_holds_the_address() {
     let v: Value = serde_json::from_str(&entries).unwrap_or_default();
     assert_eq!(v["entries"].as_array().map_or(0, Vec::len), 2, "{entries}");
     assert!(entries.to_lowercase().contains("erin.spool"), "{entries}");
-    // The outbox holds her events (the webhook is down).
-    let outbox = w.gannet.dir().join("spool").join("outbox");
-    assert!(outbox.join("key-check").exists(), "{}", w.gannet.log());
+    // The send log's journal holds her events for the webhook (down): its cursor is there.
+    let journal = w.gannet.dir().join("spool").join("sendlog.journal");
+    assert!(
+        journal.join("cursors").join("down").exists(),
+        "{}",
+        w.gannet.log()
+    );
 
     let out = w.gannet.cli(&["gdpr", "erase", erin]).await;
     out.assert_success();
