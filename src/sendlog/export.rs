@@ -3,7 +3,8 @@
 //! Owns: [`Reader::export_csv`], which reads the rows of a filter and writes their CSV
 //! records (the columns of [`render::CSV_COLUMNS`]) without building a JSON value per row:
 //! seals are opened into reused buffers, the event's JSON is split into its top-level fields
-//! without copying them, and each cell is written into the output as it is found. The result
+//! without copying them, and each cell is written into the output as it is found (from the
+//! JSON, or from its column when the row's `data` holds only the kind's facts). The result
 //! is byte for byte what `render::csv_row` makes of the row's JSON (`Reader::events`); a row
 //! this path does not cover (an erased person, unreadable JSON, a field name with escapes)
 //! goes through that slower path instead.
@@ -231,7 +232,25 @@ impl Reader {
                             }
                             put_field(out, &s.details);
                         }
-                        col => put_cell(out, fields.get(col).copied(), &mut s.cell),
+                        col => match fields.get(col) {
+                            Some(v) => put_cell(out, Some(v), &mut s.cell),
+                            // A row of `DataFormat::Kind`: its column holds the field.
+                            None => match col {
+                                "time_us" | "attempt" => {
+                                    let n: i64 = r.get(if col == "time_us" { 2 } else { 10 })?;
+                                    let _ = write!(out, "{n}");
+                                }
+                                "id" => put_field(out, id.as_bytes()),
+                                "type" => put_field(out, text(3)?.as_bytes()),
+                                "queue_id" => put_field(out, text(4)?.as_bytes()),
+                                "message_id" => put_field(out, text(5)?.as_bytes()),
+                                "tenant" => put_field(out, text(6)?.as_bytes()),
+                                "campaign" => put_field(out, text(7)?.as_bytes()),
+                                "class" => put_field(out, text(8)?.as_bytes()),
+                                "pool" => put_field(out, text(9)?.as_bytes()),
+                                _ => {}
+                            },
+                        },
                     }
                 }
                 out.extend_from_slice(b"\r\n");

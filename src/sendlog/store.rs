@@ -148,6 +148,12 @@ impl StoreInfo {
 /// large campaign of distinct recipients nearly every event misses whatever the size.
 const PERSON_KEYS_CACHED: usize = 16_384;
 
+/// Addresses whose keyed hash the writer keeps (~150 bytes each): a campaign's sender is on
+/// every event, and a recipient on each of their attempts, so most events need no HMAC (two
+/// per event were ~1 µs of the ingester's ~10 µs per event). Cleared when full; an erasure
+/// removes the person's entries.
+const ADDRESS_HASHES_CACHED: usize = 8_192;
+
 /// Messages whose variant the writer remembers (~100 bytes each). Events of a message mostly
 /// follow its `received` within seconds; 200,000 took an hour of steady traffic to fill (~25 MB
 /// of slowly growing RSS in the soak) for hits a query gives as well.
@@ -161,6 +167,9 @@ pub struct Writer {
     head: [u8; 32],
     /// Per-person keys already derived, by address hash. Cleared at [`PERSON_KEYS_CACHED`].
     keys: HashMap<[u8; 32], Arc<SealKey>>,
+    /// Keyed hashes of recent addresses, as events spell them. Cleared at
+    /// [`ADDRESS_HASHES_CACHED`].
+    hashes: HashMap<String, [u8; 32]>,
     /// Variant of each recent message (from its `received` event), by queue id. Cleared at
     /// [`VARIANTS_CACHED`]; an older message's variant is one indexed query away.
     variants: HashMap<String, String>,
@@ -169,6 +178,8 @@ pub struct Writer {
     dsns: std::collections::HashSet<String>,
     /// Signs the chain's head every `interval` (see [`Writer::sign_checkpoints`]).
     checkpoints: Option<Checkpoints>,
+    /// What new rows' `data` holds ([`DataFormat::Kind`] but in tests and benches).
+    data_format: DataFormat,
 }
 
 /// The writer's checkpoint schedule.
@@ -238,9 +249,11 @@ pub fn open_writer(path: &Path, key: MasterKey, key_file: &Path) -> Result<Write
         conn,
         head,
         keys: HashMap::new(),
+        hashes: HashMap::new(),
         variants: HashMap::new(),
         dsns: std::collections::HashSet::new(),
         checkpoints: None,
+        data_format: DataFormat::Kind,
     })
 }
 
@@ -301,10 +314,25 @@ fn chain_hash(prev: &[u8], r: &Row<'_>) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// What a row's `data` column holds (before sealing). Both read alike: a row's JSON is its
+/// columns with the `data` object's fields laid over them ([`render_row`]), and the hash
+/// chain covers whichever bytes were stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    /// The whole event as `Event` serialises it, recipient and sender left empty: every row
+    /// written before 2026-12-05 10:00 UTC. Written now only by tests and benches
+    /// ([`Writer::write_data_as`]) to show such logs still read and verify.
+    Event,
+    /// The kind's JSON only (`{"type": ..., and that kind's facts}`): the id, time, queue and
+    /// message ids, tenant, campaign, class, pool and attempt are in their own columns, and
+    /// repeating them here made each row ~150 bytes larger (more bytes to seal, hash, insert,
+    /// write to the WAL and checkpoint, per event) for nothing.
+    Kind,
+}
+
 /// An event as `Event` serialises it, with the recipient and sender left empty (they are
-/// sealed in their own columns): the `data` column's JSON, written from a borrow (a clone of
-/// the whole event per row only to clear two fields was a share of the append's CPU).
-/// Same fields in the same order as `Event`, so stored rows read as before.
+/// sealed in their own columns): [`DataFormat::Event`], written from a borrow. Same fields
+/// in the same order as `Event`.
 #[derive(serde::Serialize)]
 struct Unaddressed<'a> {
     id: &'a str,
@@ -322,9 +350,13 @@ struct Unaddressed<'a> {
     kind: &'a EventKind,
 }
 
-/// The `data` column's JSON of `ev` (before sealing).
-pub(super) fn unaddressed_json(ev: &Event) -> Vec<u8> {
-    serde_json::to_vec(&Unaddressed::of(ev)).unwrap_or_default()
+/// The `data` column's JSON of `ev` in `format` (before sealing).
+pub(super) fn data_json(ev: &Event, format: DataFormat) -> Vec<u8> {
+    match format {
+        DataFormat::Event => serde_json::to_vec(&Unaddressed::of(ev)),
+        DataFormat::Kind => serde_json::to_vec(&ev.kind),
+    }
+    .unwrap_or_default()
 }
 
 impl<'a> Unaddressed<'a> {
@@ -362,6 +394,14 @@ fn site_and_category(kind: &EventKind) -> (&str, &str) {
 impl Writer {
     pub fn info(&self) -> &StoreInfo {
         &self.info
+    }
+
+    /// Write new rows' `data` in `format`: tests and benches write [`DataFormat::Event`] to
+    /// show logs written before [`DataFormat::Kind`] still read and verify, and what the
+    /// change saved.
+    #[doc(hidden)]
+    pub fn write_data_as(&mut self, format: DataFormat) {
+        self.data_format = format;
     }
 
     /// Sign the head of the hash chain with `key` at the first commit after each `interval`
@@ -492,6 +532,19 @@ impl Writer {
         }
         self.keys.insert(*hash, key.clone());
         Ok(key)
+    }
+
+    /// [`MasterKey::address_hash`] of `address`, from [`Writer::hashes`] when it is there.
+    fn address_hash(&mut self, address: &str) -> [u8; 32] {
+        if let Some(h) = self.hashes.get(address) {
+            return *h;
+        }
+        let h = self.info.key.address_hash(address);
+        if self.hashes.len() >= ADDRESS_HASHES_CACHED {
+            self.hashes.clear();
+        }
+        self.hashes.insert(address.to_string(), h);
+        h
     }
 
     fn variant_of(&mut self, queue_id: &str) -> rusqlite::Result<String> {
@@ -626,10 +679,8 @@ impl Writer {
                 continue;
             }
             let now = ev.time_us as i64;
-            let rcpt_hash =
-                (!ev.recipient.is_empty()).then(|| self.info.key.address_hash(&ev.recipient));
-            let sender_hash =
-                (!ev.sender.is_empty()).then(|| self.info.key.address_hash(&ev.sender));
+            let rcpt_hash = (!ev.recipient.is_empty()).then(|| self.address_hash(&ev.recipient));
+            let sender_hash = (!ev.sender.is_empty()).then(|| self.address_hash(&ev.sender));
             let rcpt_key = match &rcpt_hash {
                 Some(h) => Some(self.person(h, now)?),
                 None => None,
@@ -647,7 +698,7 @@ impl Writer {
                 .map(|k| k.seal(aad, ev.sender.as_bytes()));
             // Everything else about the event (replies, IPs, operator filters) is sealed under
             // the recipient's key, or the sender's when there is no recipient.
-            let json = unaddressed_json(ev);
+            let json = data_json(ev, self.data_format);
             let (data_key, data) = match (&rcpt_hash, &rcpt_key, &sender_hash, &sender_key) {
                 (Some(h), Some(k), _, _) | (None, None, Some(h), Some(k)) => {
                     (Some(h.to_vec()), k.seal(aad, &json))
@@ -761,6 +812,7 @@ impl Writer {
     pub fn erase(&mut self, hash: &[u8; 32], now_us: i64) -> Result<u64, StoreError> {
         let path = self.info.path.clone();
         self.keys.remove(hash);
+        self.hashes.retain(|_, h| h != hash);
         let run = || -> rusqlite::Result<u64> {
             let tx = self.conn.unchecked_transaction()?;
             let rows: i64 = tx.query_row(
@@ -1021,9 +1073,11 @@ impl Reader {
     }
 }
 
-/// One stored row as the event's JSON (plus `seq`). A row whose person was erased keeps
-/// only its clear columns and says `"erased": true`. Keys come from `cache` (see
-/// [`person_key`]).
+/// One stored row as the event's JSON (plus `seq`): its clear columns, with the fields of
+/// its `data` object laid over them (all of the event but the addresses in a row of
+/// [`DataFormat::Event`], the kind's facts in one of [`DataFormat::Kind`]), and the opened
+/// addresses. A row whose person was erased keeps only its clear columns and says
+/// `"erased": true`. Keys come from `cache` (see [`person_key`]).
 pub(super) fn render_row(
     conn: &Connection,
     cache: &mut HashMap<Vec<u8>, Option<Arc<SealKey>>>,
@@ -1043,8 +1097,8 @@ pub(super) fn render_row(
     let rcpt = open_with(&r.rcpt_hash, &aad, &r.rcpt)?;
     let sender = open_with(&r.sender_hash, &aad, &r.sender)?;
     let data = match &r.data_key {
-        None => Some(r.data.clone()),
-        Some(_) => open_with(&r.data_key, &aad, &Some(r.data.clone()))?,
+        None => Some(r.data),
+        Some(_) => open_with(&r.data_key, &aad, &Some(r.data))?,
     };
     let parsed: Option<Map<String, Value>> = data
         .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
@@ -1055,26 +1109,29 @@ pub(super) fn render_row(
     let erased = parsed.is_none()
         || (r.rcpt_hash.is_some() && rcpt.is_none())
         || (r.sender_hash.is_some() && sender.is_none());
-    let mut m = parsed.unwrap_or_else(|| {
-        let mut m = Map::new();
-        m.insert("id".into(), r.id.clone().into());
-        m.insert("time_us".into(), r.time_us.into());
-        m.insert("type".into(), r.kind.clone().into());
-        m.insert("queue_id".into(), r.queue_id.clone().into());
-        m.insert("message_id".into(), r.message_id.clone().into());
-        m.insert("tenant".into(), r.tenant.clone().into());
-        m.insert("campaign".into(), r.campaign.clone().into());
-        m.insert("class".into(), r.class.clone().into());
-        m.insert("pool".into(), r.pool.clone().into());
-        m.insert("attempt".into(), r.attempt.into());
-        if !r.site.is_empty() {
-            m.insert("site".into(), r.site.clone().into());
+    let mut m = Map::new();
+    m.insert("seq".into(), r.seq.into());
+    m.insert("id".into(), r.id.into());
+    m.insert("time_us".into(), r.time_us.into());
+    m.insert("type".into(), r.kind.into());
+    m.insert("queue_id".into(), r.queue_id.into());
+    m.insert("message_id".into(), r.message_id.into());
+    m.insert("tenant".into(), r.tenant.into());
+    m.insert("campaign".into(), r.campaign.into());
+    m.insert("class".into(), r.class.into());
+    m.insert("pool".into(), r.pool.into());
+    m.insert("attempt".into(), r.attempt.into());
+    match parsed {
+        Some(fields) => m.extend(fields),
+        None => {
+            if !r.site.is_empty() {
+                m.insert("site".into(), r.site.into());
+            }
+            if !r.category.is_empty() {
+                m.insert("category".into(), r.category.into());
+            }
         }
-        if !r.category.is_empty() {
-            m.insert("category".into(), r.category.clone().into());
-        }
-        m
-    });
+    }
     let text = |b: Option<Vec<u8>>| {
         b.map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
@@ -1087,10 +1144,7 @@ pub(super) fn render_row(
     if erased {
         m.insert("erased".into(), true.into());
     }
-    let mut out = Map::with_capacity(m.len() + 1);
-    out.insert("seq".into(), r.seq.into());
-    out.extend(m);
-    Ok(Value::Object(out))
+    Ok(Value::Object(m))
 }
 
 /// What `gannet logs verify` found.

@@ -397,10 +397,11 @@ fn csv_export_from_columns_matches_the_json_rendering() {
     assert_eq!(String::from_utf8(got).unwrap(), want);
 }
 
-/// The `data` column's JSON written from a borrow is what serialising a copy of the event
-/// with the recipient and sender cleared gave (the stored format is unchanged).
+/// The `data` column's JSON: in the format rows were written in before
+/// (`DataFormat::Event`) what serialising a copy of the event with the recipient and sender
+/// cleared gave; now (`DataFormat::Kind`) the kind's JSON alone.
 #[test]
-fn stored_json_is_the_event_without_its_addresses() {
+fn stored_json_is_the_event_without_its_addresses_or_only_its_kind() {
     let mut e = delivered("ann@example.org", "Q1");
     if let EventKind::Delivered { tls, .. } = &mut e.kind {
         *tls = Some(crate::events::TlsInfo {
@@ -413,9 +414,166 @@ fn stored_json_is_the_event_without_its_addresses() {
     cleared.recipient.clear();
     cleared.sender.clear();
     assert_eq!(
-        String::from_utf8(store::unaddressed_json(&e)).unwrap(),
+        String::from_utf8(store::data_json(&e, store::DataFormat::Event)).unwrap(),
         serde_json::to_string(&cleared).unwrap()
     );
+    assert_eq!(
+        String::from_utf8(store::data_json(&e, store::DataFormat::Kind)).unwrap(),
+        serde_json::to_string(&e.kind).unwrap()
+    );
+}
+
+/// Logs written before `data` held only the kind's facts (`DataFormat::Event`) read as
+/// before: a store written all in the old format, one all in the new and one that switched
+/// half way (an upgrade) give the same events, JSON and CSV, erased rows included; the mixed
+/// one verifies with its signed checkpoints, and changing a byte of a row on either side of
+/// the switch is found and named.
+#[test]
+fn logs_in_the_earlier_data_format_read_and_verify_as_before() {
+    let mut evs = vec![
+        received("Q1", "A"),
+        delivered("ann@example.org", "Q1"),
+        bounced("gone@example.org", "Q1", "bad-mailbox"),
+    ];
+    let mut flushed = ev(
+        EventKind::Flushed {
+            actor: "cli".into(),
+            released: 7,
+        },
+        "",
+        "",
+        "",
+    );
+    flushed.sender.clear();
+    evs.push(flushed);
+    evs.push(received("Q2", ""));
+    let mut tls = delivered("bob@example.org", "Q2");
+    if let EventKind::Delivered { tls: t, reply, .. } = &mut tls.kind {
+        *t = Some(crate::events::TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        });
+        *reply = "250 2.0.0 \"quoted\", with a comma".into();
+    }
+    tls.attempt = 2;
+    evs.push(tls);
+    evs.push(bounced("gone@example.org", "Q2", "policy"));
+    let key = [9u8; 32];
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, old_rows: usize| {
+        let path = dir.path().join(name);
+        let mut w =
+            store::open_writer(&path, MasterKey::from_bytes(key), &dir.path().join("k")).unwrap();
+        let cp_file = dir.path().join("cp.key");
+        let cp = keys::CheckpointKey::load_or_create(&cp_file, &dir.path().join("none")).unwrap();
+        w.sign_checkpoints(cp, &cp_file, std::time::Duration::ZERO)
+            .unwrap();
+        w.write_data_as(store::DataFormat::Event);
+        w.append(&evs[..old_rows]).unwrap();
+        w.write_data_as(store::DataFormat::Kind);
+        w.append(&evs[old_rows..]).unwrap();
+        w.erase(&w.info().key.address_hash("gone@example.org"), 1)
+            .unwrap();
+        w
+    };
+    let read = |w: &Writer| {
+        let rows = all(w, EventFilter::default());
+        let mut csv = Vec::new();
+        Reader::open(w.info())
+            .unwrap()
+            .export_csv(
+                &EventFilter {
+                    limit: 1000,
+                    ..Default::default()
+                },
+                &mut csv,
+            )
+            .unwrap();
+        (rows, String::from_utf8(csv).unwrap())
+    };
+    let old = write("old", evs.len());
+    let new = write("new", 0);
+    let mixed = write("mixed", 3);
+    let (old_rows, old_csv) = read(&old);
+    assert_eq!(old_rows.len(), evs.len());
+    assert_eq!(old_rows[1]["reply"], "250 2.0.0 ok <ann@example.org>");
+    assert_eq!(old_rows[5]["attempt"], 2);
+    assert_eq!(old_rows[2]["erased"], true);
+    for w in [&new, &mixed] {
+        let (rows, csv) = read(w);
+        assert_eq!(rows, old_rows, "{}", w.info().path.display());
+        assert_eq!(csv, old_csv, "{}", w.info().path.display());
+        assert_eq!(
+            csv,
+            rows.iter().map(render::csv_row).collect::<String>(),
+            "the CSV from the columns is the JSON's"
+        );
+    }
+    let data_len = |w: &Writer, seq: i64| -> i64 {
+        let c = rusqlite::Connection::open(&w.info().path).unwrap();
+        c.query_row(
+            "SELECT length(data) FROM events WHERE seq = ?1",
+            [seq],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(
+        data_len(&new, 2) + 100 < data_len(&old, 2),
+        "a row of the kind's facts only is smaller: {} against {}",
+        data_len(&new, 2),
+        data_len(&old, 2)
+    );
+    let cp_public = keys::CheckpointKey::load(&dir.path().join("cp.key"))
+        .unwrap()
+        .public();
+    let ok = Reader::open(mixed.info())
+        .unwrap()
+        .verify(Some(&cp_public))
+        .unwrap();
+    assert!(ok.checkpoints >= 2, "{ok:?}");
+    assert_eq!((ok.rows, ok.first_broken), (evs.len() as u64, None));
+    // One byte changed in the `data` of an old-format row, then of a new-format one.
+    let path = mixed.info().path.clone();
+    drop((old, new, mixed));
+    for seq in [2i64, 6] {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let mut data: Vec<u8> = c
+            .query_row("SELECT data FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        data[20] ^= 1;
+        c.execute(
+            "UPDATE events SET data = ?1 WHERE seq = ?2",
+            rusqlite::params![data, seq],
+        )
+        .unwrap();
+        let info = StoreInfo {
+            path: path.clone(),
+            key: MasterKey::from_bytes(key),
+        };
+        let bad = Reader::open(&info)
+            .unwrap()
+            .verify(Some(&cp_public))
+            .unwrap()
+            .first_broken
+            .unwrap();
+        assert_eq!(bad.seq, seq, "the changed row is named: {bad:?}");
+        data[20] ^= 1;
+        if seq == 2 {
+            c.execute(
+                "UPDATE events SET data = ?1 WHERE seq = ?2",
+                rusqlite::params![data, seq],
+            )
+            .unwrap();
+            let ok = Reader::open(&info)
+                .unwrap()
+                .verify(Some(&cp_public))
+                .unwrap();
+            assert_eq!(ok.first_broken, None, "restored");
+        }
+    }
 }
 
 /// The query plan SQLite picks for `f` (one line per step).
