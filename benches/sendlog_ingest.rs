@@ -7,15 +7,17 @@
 //! e2e.sh) or a new recipient per message (`distinct`). `SENDLOG_INGEST_MESSAGES` messages
 //! (default 20,000 as e2e.sh) into a fresh store per round, in transactions of
 //! `SENDLOG_INGEST_BATCH` events (default 2,200: what 500 ms of e2e.sh's traffic gives the
-//! ingester), `SENDLOG_INGEST_ROUNDS` rounds (default 5). Prints the process CPU per event
-//! of each round and the median. Under the test suite: 200 messages, one round.
+//! ingester), `SENDLOG_INGEST_ROUNDS` rounds of each `data` format (default 5, alternating:
+//! the whole event as rows were written before 2026-12-05 10:00, then the kind's facts
+//! only, as now). Prints the process CPU per event of each round, the medians and their
+//! ratio. Under the test suite: 200 messages, one round.
 
 #[path = "common/size.rs"]
 mod size;
 
 use gannet::events::{Event, EventKind};
 use gannet::sendlog::MasterKey;
-use gannet::sendlog::store::open_writer;
+use gannet::sendlog::store::{DataFormat, open_writer};
 
 fn cpu_secs() -> f64 {
     let mut t = libc::timespec {
@@ -86,12 +88,15 @@ fn main() {
     let batch = size::size("SENDLOG_INGEST_BATCH", 2_200, 100).max(1) as usize;
     let distinct = std::env::var("SENDLOG_INGEST_RCPTS").is_ok_and(|v| v == "distinct");
     let evs = events(messages, distinct);
-    let mut per_event = Vec::new();
-    for round in 0..rounds {
+    let mut per_event = [Vec::new(), Vec::new()];
+    for (round, format) in
+        (0..rounds * 2).map(|i| (i / 2, [DataFormat::Event, DataFormat::Kind][i as usize % 2]))
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("sendlog.sqlite");
         let mut w = open_writer(&db, MasterKey::from_bytes([7; 32]), &dir.path().join("key"))
             .expect("open the store");
+        w.write_data_as(format);
         let start = cpu_secs();
         for (i, chunk) in evs.chunks(batch).enumerate() {
             let pos = ((i + 1) * batch) as u64;
@@ -105,20 +110,24 @@ fn main() {
             .map(|m| m.len())
             .sum();
         eprintln!(
-            "sendlog_ingest round {round}: {} events, {us:.2} us CPU/event, {:.0} bytes/event on disk (db + wal)",
+            "sendlog_ingest round {round} data {format:?}: {} events, {us:.2} us CPU/event, {:.0} bytes/event on disk (db + wal)",
             evs.len(),
             bytes as f64 / evs.len() as f64
         );
-        per_event.push(us);
+        per_event[(format == DataFormat::Kind) as usize].push(us);
     }
-    per_event.sort_by(f64::total_cmp);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (event, kind) = (median(&mut per_event[0]), median(&mut per_event[1]));
     eprintln!(
-        "sendlog_ingest: median {:.2} us CPU/event over {rounds} rounds ({})",
-        per_event[per_event.len() / 2],
+        "sendlog_ingest: median us CPU/event over {rounds} rounds each ({}): data Event {event:.2}, Kind {kind:.2}, Kind/Event {:.3}",
         if distinct {
             "a recipient per message"
         } else {
             "one recipient"
-        }
+        },
+        kind / event
     );
 }
