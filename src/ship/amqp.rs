@@ -33,25 +33,41 @@ pub struct Amqp {
 
 /// The routing key of `e` from `template`: `{tenant}`, `{type}`, `{class}`, `{campaign}`
 /// replaced (an empty value becomes `none`, so topic patterns keep their word count).
+/// One pass into one string: four `replace` calls allocated five strings per event, half a
+/// percent of Gannet's CPU with RabbitMQ shipping on.
 pub fn routing_key(template: &str, e: &ShipEvent) -> String {
-    let v = |s: &str| {
-        if s.is_empty() {
-            "none".to_string()
-        } else {
-            s.to_string()
+    let mut key = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        key.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let field = [
+            ("{tenant}", &e.tenant),
+            ("{type}", &e.kind),
+            ("{class}", &e.class),
+            ("{campaign}", &e.campaign),
+        ]
+        .into_iter()
+        .find(|(name, _)| after.starts_with(name));
+        match field {
+            Some((name, value)) => {
+                key.push_str(if value.is_empty() { "none" } else { value });
+                rest = &after[name.len()..];
+            }
+            None => {
+                key.push('{');
+                rest = &after[1..];
+            }
         }
-    };
-    let key = template
-        .replace("{tenant}", &v(&e.tenant))
-        .replace("{type}", &v(&e.kind))
-        .replace("{class}", &v(&e.class))
-        .replace("{campaign}", &v(&e.campaign));
+    }
+    key.push_str(rest);
     // AMQP short strings hold at most 255 bytes.
     let mut end = key.len().min(255);
     while !key.is_char_boundary(end) {
         end -= 1;
     }
-    key[..end].to_string()
+    key.truncate(end);
+    key
 }
 
 impl Amqp {
@@ -190,6 +206,13 @@ mod tests {
             "gannet.acme.delivered"
         );
         assert_eq!(routing_key("{class}.{campaign}", &e), "none.spring");
+        assert_eq!(
+            routing_key("{x}.{type}{tenant}}.{", &e),
+            "{x}.deliveredacme}.{",
+            "anything else is kept as written"
+        );
+        let long = routing_key(&"é{tenant}".repeat(100), &e);
+        assert!(long.len() <= 255 && long.starts_with("éacme"), "{long}");
         assert_eq!(redact("amqp://u:secret@h:5672/%2f"), "amqp://…@h:5672/%2f");
     }
 }
