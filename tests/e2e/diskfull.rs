@@ -7,49 +7,13 @@
 //! Mounting needs root (CI runs as root). Without it the test says so and checks nothing.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::common::gannet::http_with_headers;
 use crate::common::*;
 
 const SINK_IP: &str = "127.0.0.72";
-
-/// A size-limited tmpfs on a fresh directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("gannet-diskfull-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// One message over SMTP; the final reply (code, text), or None if the session failed.
 async fn send(c: &mut SmtpClient, mid: &str, body: &str) -> Option<(u16, String)> {

@@ -315,3 +315,52 @@ pub fn content_type(value: &str) -> (String, Vec<(String, String)>) {
         .collect();
     (mime, params)
 }
+
+/// A size-limited tmpfs on a fresh directory, unmounted on drop (needs root; CI runs as root).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("gannet-tmpfs-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fill what is left with the file `name` (until the disk says it is full).
+    pub fn fill(&self, name: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join(name);
+        let mut f = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        for size in [64 * 1024, 4096, 512, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
