@@ -169,6 +169,20 @@ async fn jsonl_rotation_under_load_splits_or_loses_no_line_and_a_restart_appends
     );
 }
 
+/// Wait until shipping's journal (or outbox) has taken at least `n` events
+/// (`gannet_outbox_appended_total`).
+async fn wait_appended(g: &Gannet, n: usize) {
+    let mut got = 0.0;
+    for _ in 0..600 {
+        got = g.metric("gannet_outbox_appended_total", &[]).await;
+        if got >= n as f64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("shipping holds {got} events, not {n}\n{}", g.log());
+}
+
 /// The Python receiver of `scripts/webhook_receiver.py`, killed on drop.
 struct Receiver {
     child: tokio::process::Child,
@@ -244,15 +258,7 @@ async fn webhooks_deliver_every_event_signed_across_a_receiver_outage_and_kill9(
     .await
     .assert_success();
     w.sinks[0].wait_for(N, WAIT).await;
-    let mut got = 0.0;
-    for _ in 0..600 {
-        got = w.gannet.metric("gannet_outbox_appended_total", &[]).await;
-        if got >= (2 * N) as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(got >= (2 * N) as f64, "outbox holds {got} events");
+    wait_appended(&w.gannet, 2 * N).await;
     assert!(
         w.gannet
             .metric("gannet_ship_backlog_events", &[("destination", "crm")])
@@ -402,15 +408,7 @@ async fn destinations_read_the_send_log_journal_after_draining_an_old_outbox() {
     // The send log is off and the receiver down: events wait in shipping's own outbox.
     send(w.gannet.smtp_addr(), "before@origin.test").await;
     w.sinks[0].wait_for(N, WAIT).await;
-    let mut got = 0.0;
-    for _ in 0..600 {
-        got = w.gannet.metric("gannet_outbox_appended_total", &[]).await;
-        if got >= (2 * N) as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(got >= (2 * N) as f64, "outbox holds {got} events");
+    wait_appended(&w.gannet, 2 * N).await;
     assert!(spool.join("outbox").join("key-check").exists());
     w.gannet.sigterm().await;
 
