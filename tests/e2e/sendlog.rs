@@ -463,6 +463,7 @@ async fn received_ids(g: &Gannet, n: usize) -> std::collections::BTreeMap<String
 /// mail is still accepted), and the filler goes before the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
+    const LOST: usize = 8;
     let fs = match Tmpfs::mount("16m") {
         Ok(fs) => fs,
         Err(e) => {
@@ -498,9 +499,11 @@ async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
     w.gannet.wait_event("deferred", "r0@dest.test", WAIT).await;
 
     // The send log's disk is full: its journal cannot append (and retries), the spool can.
-    let filler = fs.fill("filler");
+    let full = fs.keep_full("filler");
     let mut lost = Vec::new();
-    for i in 1..3 {
+    // Eight: the first events after the fill may still fit in the journal file's last page
+    // (tmpfs hands out whole pages), the later ones cannot.
+    for i in 1..=LOST {
         let body = format!("Subject: r{i}\r\n\r\nx\r\n");
         let r = format!("r{i}@dest.test");
         lost.push(
@@ -509,19 +512,21 @@ async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
         );
     }
     // Their outcomes reach the log's queue too: the deferrals are published once tried.
-    w.gannet.wait_event("deferred", "r2@dest.test", WAIT).await;
-    // The journal had not taken them: it was still retrying its append.
+    w.gannet
+        .wait_event("deferred", &format!("r{LOST}@dest.test"), WAIT)
+        .await;
+    // The journal had not taken them all: it was still retrying its append.
     assert!(
         w.gannet.log().contains("cannot append events; retrying"),
         "{}",
         w.gannet.log()
     );
     w.gannet.kill9().await;
-    std::fs::remove_file(&filler).unwrap();
+    drop(full);
 
     w.gannet.restart().await;
-    let after = received_ids(&w.gannet, 3).await;
-    assert_eq!(after.len(), 3, "{after:?}");
+    let after = received_ids(&w.gannet, LOST + 1).await;
+    assert_eq!(after.len(), LOST + 1, "{after:?}");
     assert_eq!(after[&first], before[&first], "the first one kept its id");
     for q in &lost {
         assert!(
@@ -529,17 +534,16 @@ async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
             "{q} has its `received` again: {after:?}"
         );
     }
-    // They are in the log through the replay (the journal never had them), the first one
-    // through its original event.
+    // Those the journal never had are in the log through the replay: some at least.
     let (status, body) = w
         .gannet
         .http_get("/api/v1/events?type=received&limit=100")
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body.matches("\"replayed\":true").count(),
-        lost.len(),
-        "{body}"
+    let replayed = body.matches("\"replayed\":true").count();
+    assert!(
+        (1..=LOST).contains(&replayed),
+        "{replayed} replayed: {body}"
     );
     // The replays are messages accepted before the kill: the metrics subscriber does not count
     // them again (this process accepted nothing).
@@ -562,7 +566,7 @@ async fn a_received_event_lost_at_a_kill_is_published_again_once_at_restart() {
     )
     .await;
     assert_eq!(
-        received_ids(&w.gannet, 3).await,
+        received_ids(&w.gannet, LOST + 1).await,
         after,
         "no copy after a second restart"
     );

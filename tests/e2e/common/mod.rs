@@ -342,17 +342,57 @@ impl Tmpfs {
         self.dir.path()
     }
 
-    /// Fill what is left with the file `name` (until the disk says it is full).
-    pub fn fill(&self, name: &str) -> std::path::PathBuf {
-        use std::io::Write;
+    /// Keep the disk full with the file `name` until the guard is dropped (then the file
+    /// goes): a thread tops it up every few milliseconds, so space another writer frees
+    /// (SQLite resetting its WAL, say) is taken again before Gannet can use it.
+    pub fn keep_full(&self, name: &str) -> KeepFull {
         let path = self.path().join(name);
-        let mut f = std::fs::File::create(&path).expect("create the filler");
-        let chunk = vec![0u8; 64 * 1024];
-        for size in [64 * 1024, 4096, 512, 1] {
-            while f.write_all(&chunk[..size]).is_ok() {}
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fill = |path: &std::path::Path| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the filler");
+            let chunk = vec![0u8; 64 * 1024];
+            for size in [64 * 1024, 4096, 512, 1] {
+                while f.write_all(&chunk[..size]).is_ok() {}
+            }
+            let _ = f.sync_all();
+        };
+        fill(&path);
+        let thread = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fill(&path);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        KeepFull {
+            path,
+            stop,
+            thread: Some(thread),
         }
-        let _ = f.sync_all();
-        path
+    }
+}
+
+/// See [`Tmpfs::keep_full`].
+pub struct KeepFull {
+    path: std::path::PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KeepFull {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
