@@ -465,7 +465,9 @@ pub async fn erase(
 }
 
 /// The steps of an erasure in the order they run, each named by the key of its count in the
-/// answer of [`erase_person`]; [`erase_person_with`] reports each as it finishes.
+/// answer of [`erase_person`]; [`erase_person_with`] reports each as it finishes (the
+/// outbox's, when shipping reads the send log's journal, with the send log's: the send log's
+/// erasure overwrites the journal's lines).
 pub const ERASURE_STEPS: [&str; 6] = [
     "suppression_entries_removed",
     "queued_recipients_dropped",
@@ -529,11 +531,9 @@ pub async fn erase_person_with(
     // The outbox of event shipping: once it holds every event published so far (the
     // purges above included), the person's lines no destination has taken yet are
     // overwritten in place.
+    // (When they read the send log's journal, its erasure below overwrites their lines
+    // there, and this step is reported with it.)
     let mut outbox_events_shredded = 0;
-    if s.ship_reads_journal {
-        // The destinations read the send log's journal: it catches up, then shreds there.
-        outbox_events_shredded += log.shred_journal(&req.address).await.map_err(store_error)?;
-    }
     if let Some(outbox) = s.outbox.clone() {
         s.bus.wait_durable(s.bus.last_seq()).await;
         let needle = req.address.trim().to_ascii_lowercase().into_bytes();
@@ -543,7 +543,9 @@ pub async fn erase_person_with(
             .map_err(|e| spool_erasure_error(format!("outbox erasure: {e}")))?
             as u64;
     }
-    done(ERASURE_STEPS[3], outbox_events_shredded);
+    if !s.ship_reads_journal {
+        done(ERASURE_STEPS[3], outbox_events_shredded);
+    }
     // Answers to keyed injections that list them.
     let mut idempotent_answers_shredded = 0;
     if let Some(store) = s.idempotency.clone() {
@@ -554,7 +556,12 @@ pub async fn erase_person_with(
             .map_err(|e| spool_erasure_error(format!("idempotency erasure: {e}")))?;
     }
     done(ERASURE_STEPS[4], idempotent_answers_shredded as u64);
-    let rows = log.erase(&req.address, actor).await.map_err(store_error)?;
+    let erased = log.erase(&req.address, actor).await.map_err(store_error)?;
+    let rows = erased.rows;
+    if s.ship_reads_journal {
+        outbox_events_shredded += erased.journal_lines;
+        done(ERASURE_STEPS[3], outbox_events_shredded);
+    }
     done(ERASURE_STEPS[5], rows);
     Ok(json!({"erased": {
         "idempotent_answers_shredded": idempotent_answers_shredded,

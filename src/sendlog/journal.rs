@@ -354,8 +354,9 @@ impl Ingester {
 
     /// GDPR erasure: ingest everything before `end` (so the rows, counts and the erasure's
     /// row count are all there), destroy the person's key, then overwrite in place the
-    /// journal lines naming them that SQLite now holds. Returns the rows naming them.
-    /// Blocking.
+    /// journal lines naming them that SQLite now holds, so no shipping destination that has
+    /// not taken them yet ever does. Returns the rows naming them and the journal lines
+    /// overwritten. Blocking.
     pub(super) fn erase(
         &mut self,
         hash: &[u8; 32],
@@ -363,43 +364,25 @@ impl Ingester {
         end: Pos,
         now_us: i64,
         progress: &Progress,
-    ) -> Result<u64, SendLogError> {
+    ) -> Result<super::Erased, SendLogError> {
         self.catch_up(end, Some(progress))?;
         let rows = self.writer.erase(hash, now_us)?;
-        let shredded = self.shred_ingested(needle)?;
-        tracing::info!(
-            rows,
-            journal_lines_shredded = shredded,
-            "send log: person erased"
-        );
-        Ok(rows)
-    }
-}
-
-impl Ingester {
-    /// GDPR erasure, before the key goes: ingest everything before `end`, then overwrite in
-    /// place the journal lines naming the person (`needle`), so no shipping destination that
-    /// has not taken them yet ever does. Returns the lines overwritten. Blocking.
-    pub(super) fn shred(
-        &mut self,
-        needle: &[u8],
-        end: Pos,
-        progress: &Progress,
-    ) -> Result<u64, SendLogError> {
-        self.catch_up(end, Some(progress))?;
-        self.shred_ingested(needle)
-    }
-
-    /// Overwrite the lines naming `needle` that SQLite holds (never a line not stored yet).
-    fn shred_ingested(&self, needle: &[u8]) -> Result<u64, SendLogError> {
-        let n = self
+        let journal_lines = self
             .journal
             .shred_until(needle, Some(self.at))
             .map_err(|source| JournalError::Io {
                 path: self.journal.dir().to_path_buf(),
                 source,
-            })?;
-        Ok(n as u64)
+            })? as u64;
+        tracing::info!(
+            rows,
+            journal_lines_shredded = journal_lines,
+            "send log: person erased"
+        );
+        Ok(super::Erased {
+            rows,
+            journal_lines,
+        })
     }
 }
 

@@ -233,62 +233,38 @@ impl SendLog {
         .map_err(SendLogError::from)
     }
 
-    /// GDPR Art. 17: destroy the key of `address` (crypto-shredding) and record the erasure
-    /// (`erased` event, without the address). Returns how many send-log rows named them.
-    pub async fn erase(&self, address: &str, actor: &str) -> Result<u64, SendLogError> {
+    /// GDPR Art. 17: destroy the key of `address` (crypto-shredding), overwrite their lines
+    /// in the journal (which shipping destinations read too), and record the erasure
+    /// (`erased` event, without the address).
+    pub async fn erase(&self, address: &str, actor: &str) -> Result<Erased, SendLogError> {
         let hash = self.info.key.address_hash(address);
         // The journal holds every event published so far (the purges just recorded among
         // them); the ingester moves them into the database before it destroys the key, so
         // the row count and the statistics include them.
-        let end = self.journal_end_now().await?;
+        let end = self
+            .progress
+            .appended_through(self.bus.last_seq(), None)
+            .await
+            .ok_or_else(|| SendLogError::Task("the send-log journal has stopped".into()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send_cmd(Cmd::Erase {
-            hash,
-            needle: address.trim().to_ascii_lowercase().into_bytes(),
-            end,
-            reply: tx,
-        })
-        .await?;
-        let rows = rx
+        self.cmds
+            .send(Cmd::Erase {
+                hash,
+                needle: address.trim().to_ascii_lowercase().into_bytes(),
+                end,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))?;
+        let erased = rx
             .await
             .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))??;
         self.bus.publish(Event::new(EventKind::Erased {
             actor: actor.to_string(),
             subject: hex::encode(hash),
-            rows,
+            rows: erased.rows,
         }));
-        Ok(rows)
-    }
-
-    /// GDPR erasure's shipping step: once the journal holds every event published so far
-    /// (and SQLite has them), overwrite the lines naming `address`, so a shipping destination
-    /// that has not taken them yet never does. Returns the lines overwritten.
-    pub async fn shred_journal(&self, address: &str) -> Result<u64, SendLogError> {
-        let end = self.journal_end_now().await?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send_cmd(Cmd::Shred {
-            needle: address.trim().to_ascii_lowercase().into_bytes(),
-            end,
-            reply: tx,
-        })
-        .await?;
-        rx.await
-            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))?
-    }
-
-    /// The journal's end once it holds every event published before the call.
-    async fn journal_end_now(&self) -> Result<ship::outbox::Pos, SendLogError> {
-        self.progress
-            .appended_through(self.bus.last_seq(), None)
-            .await
-            .ok_or_else(|| SendLogError::Task("the send-log journal has stopped".into()))
-    }
-
-    async fn send_cmd(&self, cmd: Cmd) -> Result<(), SendLogError> {
-        self.cmds
-            .send(cmd)
-            .await
-            .map_err(|_| SendLogError::Task("the send-log writer has stopped".into()))
+        Ok(erased)
     }
 
     /// The keyed hash that stands for `address` in the store.
@@ -328,14 +304,18 @@ enum Cmd {
         needle: Vec<u8>,
         /// The journal's end once it held everything published before the erasure.
         end: ship::outbox::Pos,
-        reply: tokio::sync::oneshot::Sender<Result<u64, SendLogError>>,
+        reply: tokio::sync::oneshot::Sender<Result<Erased, SendLogError>>,
     },
-    /// Overwrite the person's journal lines (see [`SendLog::shred_journal`]).
-    Shred {
-        needle: Vec<u8>,
-        end: ship::outbox::Pos,
-        reply: tokio::sync::oneshot::Sender<Result<u64, SendLogError>>,
-    },
+}
+
+/// What [`SendLog::erase`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Erased {
+    /// Send-log rows naming the person, now unreadable.
+    pub rows: u64,
+    /// Journal lines naming them overwritten in place (events no shipping destination had
+    /// taken yet, or the ingester had not yet let go of).
+    pub journal_lines: u64,
 }
 
 /// The ingester loop: every `interval` (or at once when a reader waits, or the journal's
@@ -357,20 +337,15 @@ async fn run_ingester(
         let wait = retry.unwrap_or(interval);
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
-            Some(cmd) = cmds.recv() => {
+            Some(Cmd::Erase { hash, needle, end, reply }) = cmds.recv() => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or(Duration::ZERO)
                     .as_micros() as i64;
                 let p = progress.clone();
-                let Ok((i, (r, reply))) = tokio::task::spawn_blocking(move || {
-                    let done = match cmd {
-                        Cmd::Erase { hash, needle, end, reply } => {
-                            (ing.erase(&hash, &needle, end, now, &p), reply)
-                        }
-                        Cmd::Shred { needle, end, reply } => (ing.shred(&needle, end, &p), reply),
-                    };
-                    (ing, done)
+                let Ok((i, r)) = tokio::task::spawn_blocking(move || {
+                    let r = ing.erase(&hash, &needle, end, now, &p);
+                    (ing, r)
                 })
                 .await
                 else {
