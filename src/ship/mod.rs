@@ -213,22 +213,22 @@ pub async fn start(
     let reads_journal = journal.is_some();
     // Blocking start-up: open files, load cursors, open destinations' files.
     let opened = tokio::task::spawn_blocking(move || {
-        let own = match &journal {
-            Some(_) if !Outbox::key_check_path(&dir).exists() => None,
-            // Lines are sealed under the master key (created 0600 only when no data it
-            // protects exists yet).
-            _ => {
-                let key = crate::sendlog::MasterKey::load_or_create(
-                    &key_file,
-                    &Outbox::key_check_path(&dir),
-                )?;
-                Some(Outbox::open(&dir, segment_bytes, &key)?)
-            }
+        // Lines are sealed under the master key (created 0600 only when no data it protects
+        // exists yet).
+        let open_own = || -> Result<(Outbox, Appender), ShipError> {
+            let key = crate::sendlog::MasterKey::load_or_create(
+                &key_file,
+                &Outbox::key_check_path(&dir),
+            )?;
+            Ok(Outbox::open(&dir, segment_bytes, &key)?)
         };
-        let (outbox, appender, legacy) = match (journal, own) {
-            (Some(j), own) => (j, None, own.map(|(o, _)| o)),
-            (None, Some((o, a))) => (o, Some(a), None),
-            (None, None) => unreachable!("opened above without a journal"),
+        let (outbox, appender, legacy) = match journal {
+            Some(j) if Outbox::key_check_path(&dir).exists() => (j, None, Some(open_own()?.0)),
+            Some(j) => (j, None, None),
+            None => {
+                let (o, a) = open_own()?;
+                (o, Some(a), None)
+            }
         };
         let mut ready = Vec::new();
         let mut draining = 0u64;

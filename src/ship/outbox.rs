@@ -105,8 +105,8 @@ struct Recent {
 
 struct RecentBatch {
     start: Pos,
-    /// The clear JSON lines, each ended by `\n`.
-    clear: Vec<u8>,
+    /// The clear JSON lines, each ended by `\n` (the appender's buffer, shared).
+    clear: Arc<Vec<u8>>,
     /// Per line: where it ends in `clear` (before its newline) and where the next line
     /// starts in the outbox.
     lines: Vec<(usize, Pos)>,
@@ -480,7 +480,9 @@ pub fn encode_lines<'a>(
     events: impl IntoIterator<Item = &'a crate::events::Event>,
     log: &str,
 ) -> (Vec<u8>, u64) {
-    let mut buf = Vec::new();
+    let events = events.into_iter();
+    // ~500 bytes per typical event: a batch's buffer grows once or twice, not per event.
+    let mut buf = Vec::with_capacity(events.size_hint().0 * 512);
     let mut count = 0u64;
     for e in events {
         match serde_json::to_writer(&mut buf, e) {
@@ -512,7 +514,7 @@ impl Appender {
         loop {
             let b = lines.clone();
             let r = tokio::task::spawn_blocking(move || {
-                let r = self.append(&b, count);
+                let r = self.append_shared(&b, count);
                 (self, r)
             })
             .await;
@@ -541,6 +543,12 @@ impl Appender {
     /// Append whole lines of event JSON (`lines` ends in `\n`, holds `count` of them), each
     /// sealed, and fdatasync them; then readers may see them. Blocking.
     pub fn append(&mut self, lines: &[u8], count: u64) -> Result<Pos, OutboxError> {
+        self.append_shared(&Arc::new(lines.to_vec()), count)
+    }
+
+    /// [`Appender::append`] of a buffer the caller shares: the batch kept in clear for
+    /// readers ([`Recent`]) is that buffer, not a copy of it. Blocking.
+    pub fn append_shared(&mut self, lines: &Arc<Vec<u8>>, count: u64) -> Result<Pos, OutboxError> {
         if lines.is_empty() {
             return Ok(self.end);
         }
@@ -564,7 +572,7 @@ impl Appender {
         }
         let r = self.append_sealed(&sealed, count, || RecentBatch {
             start,
-            clear: lines.to_vec(),
+            clear: lines.clone(),
             lines: ends,
         });
         self.sealed = sealed;
