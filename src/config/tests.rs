@@ -324,4 +324,8 @@ fn sendlog_journal_defaults_and_limits() {
         e.contains("sendlog.commit_interval") && e.contains("at most 1s"),
         "{e}"
     );
+    for key in ["ingest_batch", "batch", "bound"] {
+        let e = err_of(&format!("[sendlog]\n{key} = 0\n{MIN}"));
+        assert!(e.contains(&format!("sendlog.{key}")), "{key}: {e}");
+    }
 }

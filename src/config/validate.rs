@@ -598,11 +598,14 @@ fn validate_sendlog(c: &Config) -> Result<(), ConfigError> {
             "expected at least 1ms (how often the journal is moved into SQLite; 500ms is the default)",
         ));
     }
-    if s.ingest_batch == 0 || s.batch == 0 || s.bound == 0 {
-        return Err(invalid(
-            "sendlog.ingest_batch",
-            "ingest_batch, batch and bound must be at least 1",
-        ));
+    for (key, v) in [
+        ("ingest_batch", s.ingest_batch),
+        ("batch", s.batch),
+        ("bound", s.bound),
+    ] {
+        if v == 0 {
+            return Err(invalid(format!("sendlog.{key}"), "expected at least 1"));
+        }
     }
     if s.commit_interval > std::time::Duration::from_secs(1) {
         return Err(invalid(
