@@ -468,7 +468,7 @@ async fn append_batch(
         "send-log journal",
     );
     let (a, end) = appender
-        .append_until_durable::<JournalError>(Arc::new(lines), count, "send-log journal")
+        .append_until_durable::<JournalError>(lines.into(), count, "send-log journal")
         .await;
     sub.ack(last);
     let start = progress.appended.borrow().pos;

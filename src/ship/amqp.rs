@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures::future::{self, BoxFuture};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::runner::{Destination, SendError, ShipEvent};
@@ -115,16 +116,20 @@ impl Amqp {
     async fn publish(&mut self, batch: &[ShipEvent]) -> Result<(), String> {
         let ch = self.channel().await?;
         let mut written = Vec::with_capacity(batch.len());
+        // Built once per batch; a clone per message (a `ShortString` owns its bytes).
+        let exchange = ShortString::from(self.exchange.as_str());
+        let content_type = ShortString::from("application/json");
         for e in batch {
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
-                .with_content_type("application/json".into())
+                .with_content_type(content_type.clone())
                 .with_message_id(e.id.as_str().into())
                 .with_type(e.kind.as_str().into())
                 .with_timestamp(e.time_us / 1_000_000);
             let mut publish = Box::pin(ch.basic_publish(
-                self.exchange.as_str().into(),
-                routing_key(&self.template, e).as_str().into(),
+                exchange.clone(),
+                // The key's String moves into the ShortString (no second copy).
+                routing_key(&self.template, e).into(),
                 BasicPublishOptions::default(),
                 &e.json,
                 props,
@@ -189,11 +194,12 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn routing_key_fills_the_template() {
         let e = ShipEvent {
-            json: Vec::new(),
+            json: Bytes::new(),
             id: "x".into(),
             kind: "delivered".into(),
             tenant: "acme".into(),

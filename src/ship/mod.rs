@@ -412,7 +412,7 @@ async fn append_batch(
     let last = items.last().map(|p| p.seq).unwrap_or(0);
     let (lines, count) = outbox::encode_lines(items.iter().map(|p| p.event.as_ref()), "outbox");
     let (a, _) = appender
-        .append_until_durable::<outbox::OutboxError>(Arc::new(lines), count, "outbox")
+        .append_until_durable::<outbox::OutboxError>(lines.into(), count, "outbox")
         .await;
     sub.ack(last);
     metrics.appended.inc_by(items.len() as u64);

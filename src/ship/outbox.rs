@@ -25,6 +25,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::seal::{LineKey, Opened, SHREDDED};
@@ -106,7 +107,7 @@ struct Recent {
 struct RecentBatch {
     start: Pos,
     /// The clear JSON lines, each ended by `\n` (the appender's buffer, shared).
-    clear: Arc<Vec<u8>>,
+    clear: Bytes,
     /// Per line: where it ends in `clear` (before its newline) and where the next line
     /// starts in the outbox.
     lines: Vec<(usize, Pos)>,
@@ -506,7 +507,7 @@ impl Appender {
     /// the events stay unacknowledged.
     pub async fn append_until_durable<E: From<OutboxError> + std::fmt::Display>(
         mut self,
-        lines: Arc<Vec<u8>>,
+        lines: Bytes,
         count: u64,
         log: &'static str,
     ) -> (Appender, Pos) {
@@ -543,12 +544,12 @@ impl Appender {
     /// Append whole lines of event JSON (`lines` ends in `\n`, holds `count` of them), each
     /// sealed, and fdatasync them; then readers may see them. Blocking.
     pub fn append(&mut self, lines: &[u8], count: u64) -> Result<Pos, OutboxError> {
-        self.append_shared(&Arc::new(lines.to_vec()), count)
+        self.append_shared(&Bytes::copy_from_slice(lines), count)
     }
 
     /// [`Appender::append`] of a buffer the caller shares: the batch kept in clear for
     /// readers ([`Recent`]) is that buffer, not a copy of it. Blocking.
-    pub fn append_shared(&mut self, lines: &Arc<Vec<u8>>, count: u64) -> Result<Pos, OutboxError> {
+    pub fn append_shared(&mut self, lines: &Bytes, count: u64) -> Result<Pos, OutboxError> {
         if lines.is_empty() {
             return Ok(self.end);
         }
@@ -656,7 +657,9 @@ impl Appender {
 /// line starts.
 #[derive(Debug, Clone)]
 pub struct Line {
-    pub json: Vec<u8>,
+    /// A slice of the shared clear batch when read from memory: every destination reading
+    /// the same line shares one copy of it.
+    pub json: Bytes,
     pub next: Pos,
 }
 
@@ -702,7 +705,7 @@ impl Reader {
                 let from = if i == 0 { 0 } else { b.lines[i - 1].0 + 1 };
                 let (to, next) = b.lines[i];
                 out.push(Line {
-                    json: b.clear[from..to].to_vec(),
+                    json: b.clear.slice(from..to),
                     next,
                 });
                 pos = next;
@@ -772,7 +775,7 @@ impl Reader {
             self.buf.pop();
             match self.outbox.shared.key.open(&self.buf) {
                 Opened::Event(json) => out.push(Line {
-                    json,
+                    json: Bytes::from(json),
                     next: self.pos,
                 }),
                 // Erased: nothing to ship; the position moves on.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ use crate::config::ship::ShipFilter;
 /// destinations route on.
 #[derive(Debug, Clone)]
 pub struct ShipEvent {
-    pub json: Vec<u8>,
+    pub json: Bytes,
     pub id: String,
     pub kind: String,
     pub tenant: String,
@@ -48,7 +49,7 @@ struct Head<'a> {
 
 impl ShipEvent {
     /// Read the routing fields of a stored line; None for a line that is not an event.
-    pub fn parse(json: Vec<u8>) -> Option<ShipEvent> {
+    pub fn parse(json: Bytes) -> Option<ShipEvent> {
         let h: Head<'_> = serde_json::from_slice(&json).ok()?;
         let (id, kind, tenant, class, campaign, time_us) = (
             h.id.into_owned(),
@@ -107,7 +108,7 @@ pub trait Destination: Send {
 
 impl ShipEvent {
     /// The event with its JSON only (routing fields empty).
-    fn unparsed(json: Vec<u8>) -> ShipEvent {
+    fn unparsed(json: Bytes) -> ShipEvent {
         ShipEvent {
             json,
             id: String::new(),

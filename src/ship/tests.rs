@@ -208,7 +208,7 @@ impl Destination for LinesOnly {
             self.got
                 .lock()
                 .unwrap()
-                .extend(batch.iter().map(|e| e.json.clone()));
+                .extend(batch.iter().map(|e| e.json.to_vec()));
             Ok(())
         })
     }
@@ -342,7 +342,7 @@ fn recent_lines_in_memory_match_the_files_and_erasure_empties_them() {
     }
     assert_eq!(from_disk.len(), 47);
     let pairs = |v: &[super::outbox::Line]| -> Vec<(Vec<u8>, Pos)> {
-        v.iter().map(|l| (l.json.clone(), l.next)).collect()
+        v.iter().map(|l| (l.json.to_vec(), l.next)).collect()
     };
     assert_eq!(pairs(&from_mem), pairs(&from_disk[5..]));
     // Never past the `end` it is given.
