@@ -9,7 +9,9 @@
 //! opens ([`hold_destinations`]), so nothing is deleted before they pass it. Only with
 //! `[sendlog] enabled = false` does shipping keep an outbox of its own (`[outbox]`), a
 //! durable subscriber of `events/` whose only work is appending lines with one fdatasync per
-//! batch. An outbox left from before the switch is shipped first, then deleted.
+//! batch. An outbox left from before the switch is shipped first, then deleted; the other way
+//! round, what destinations had not taken from the send log's journal when the send log was
+//! turned off is shipped first from there (the journal stays for the send log).
 //! Never does: wait on a destination while taking events. A destination that is slow or down
 //! only falls behind in the files (`gannet_ship_lag_seconds`, `gannet_ship_backlog_events`).
 //!
@@ -67,7 +69,8 @@ pub struct Shipping {
     /// True when `outbox` is the send log's journal (the send log shreds it at an erasure).
     pub reads_journal: bool,
     /// An outbox of our own written before shipping read the journal, while its last events
-    /// are shipped (then it is deleted); erasure shreds it too.
+    /// are shipped (then it is deleted); erasure shreds it too. (A send-log journal drained
+    /// while the send log is off is not here: erasure with the send log off leaves it.)
     pub legacy: Option<Outbox>,
 }
 
@@ -211,23 +214,41 @@ pub async fn start(
     let planned = plan(config);
     let names: Vec<String> = planned.iter().map(|p| p.name.clone()).collect();
     let reads_journal = journal.is_some();
+    // The send log's journal, which the destinations read while the send log was on.
+    let sendlog_journal = crate::sendlog::journal::dir_for(&crate::sendlog::paths(config).0);
     // Blocking start-up: open files, load cursors, open destinations' files.
     let opened = tokio::task::spawn_blocking(move || {
         // Lines are sealed under the master key (created 0600 only when no data it protects
         // exists yet).
-        let open_own = || -> Result<(Outbox, Appender), ShipError> {
+        let open_own = || -> Result<(Outbox, Appender, crate::sendlog::MasterKey), ShipError> {
             let key = crate::sendlog::MasterKey::load_or_create(
                 &key_file,
                 &Outbox::key_check_path(&dir),
             )?;
-            Ok(Outbox::open(&dir, segment_bytes, &key)?)
+            let (o, a) = Outbox::open(&dir, segment_bytes, &key)?;
+            Ok((o, a, key))
         };
+        // `legacy`: what the destinations read before, shipped first from their cursors
+        // there. An outbox of our own is deleted once drained; the send log's journal is
+        // kept (the send log takes it up again when it is turned back on).
         let (outbox, appender, legacy) = match journal {
-            Some(j) if Outbox::key_check_path(&dir).exists() => (j, None, Some(open_own()?.0)),
+            Some(j) if Outbox::key_check_path(&dir).exists() => {
+                (j, None, Some(Legacy::Own(open_own()?.0)))
+            }
             Some(j) => (j, None, None),
             None => {
-                let (o, a) = open_own()?;
-                (o, Some(a), None)
+                let (o, a, key) = open_own()?;
+                let left = if Outbox::key_check_path(&sendlog_journal).exists() {
+                    let (j, _) = Outbox::open(
+                        &sendlog_journal,
+                        crate::sendlog::journal::SEGMENT_BYTES,
+                        &key,
+                    )?;
+                    Some(Legacy::SendLogJournal(j))
+                } else {
+                    None
+                };
+                (o, Some(a), left)
             }
         };
         let mut ready = Vec::new();
@@ -243,11 +264,11 @@ pub async fn start(
             // What this destination had not taken from the outbox of our own (written before
             // shipping read the journal) goes first.
             let drain = legacy.as_ref().and_then(|l| {
-                let c = l.load_cursor(&p.name)?;
-                (c.byte < l.end().byte).then_some(c)
+                let c = l.outbox().load_cursor(&p.name)?;
+                (c.byte < l.outbox().end().byte).then_some(c)
             });
             if let (Some(c), Some(l)) = (drain, &legacy) {
-                draining += l.end().event - c.event;
+                draining += l.outbox().end().event - c.event;
             }
             let dest = (p.build)().map_err(|message| ShipError::Destination {
                 key: p.key.clone(),
@@ -262,14 +283,20 @@ pub async fn start(
             }
         }
         let legacy = match legacy {
-            Some(l) if draining == 0 => {
+            Some(Legacy::Own(l)) if draining == 0 => {
                 remove_legacy(&l);
                 None
             }
-            Some(l) => {
+            Some(Legacy::SendLogJournal(_)) if draining == 0 => None,
+            Some(Legacy::Own(l)) => {
                 tracing::info!(target: "gannet::ship", outbox = %l.dir().display(), events = draining,
                     "shipping reads the send log's journal now; the events the old outbox still holds go out first, then it is deleted");
-                Some(l)
+                Some(Legacy::Own(l))
+            }
+            Some(Legacy::SendLogJournal(j)) => {
+                tracing::info!(target: "gannet::ship", journal = %j.dir().display(), events = draining,
+                    "the send log is off: the events destinations had not taken from its journal go out first, then shipping reads its own outbox (the journal stays for the send log)");
+                Some(Legacy::SendLogJournal(j))
             }
             None => None,
         };
@@ -304,7 +331,7 @@ pub async fn start(
         let st = runner::state(&opts.name, at);
         states.push(st.clone());
         let (outbox, metrics, stop) = (outbox.clone(), metrics.clone(), runners_stop.clone());
-        let legacy = legacy.clone();
+        let legacy = legacy.as_ref().map(|l| l.outbox().clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         drains.push(done_rx);
         others.push(tokio::spawn(async move {
@@ -321,7 +348,7 @@ pub async fn start(
             runner::run(outbox, dest, opts, st, metrics, stop).await
         }));
     }
-    if let Some(l) = legacy.clone() {
+    if let Some(Legacy::Own(l)) = legacy.clone() {
         others.push(tokio::spawn(async move {
             for d in drains {
                 if d.await.is_err() {
@@ -344,8 +371,28 @@ pub async fn start(
         runners_stop,
         outbox,
         reads_journal,
-        legacy,
+        legacy: match legacy {
+            Some(Legacy::Own(l)) => Some(l),
+            _ => None,
+        },
     }))
+}
+
+/// What the destinations read before this start, drained first (see [`start`]).
+#[derive(Clone)]
+enum Legacy {
+    /// Shipping's own outbox, left from when the send log was off: deleted once drained.
+    Own(Outbox),
+    /// The send log's journal, left from when the send log was on: kept once drained.
+    SendLogJournal(Outbox),
+}
+
+impl Legacy {
+    fn outbox(&self) -> &Outbox {
+        match self {
+            Legacy::Own(o) | Legacy::SendLogJournal(o) => o,
+        }
+    }
 }
 
 /// Delete the outbox of our own once every destination has shipped what it held. Blocking.

@@ -480,3 +480,98 @@ async fn destinations_read_the_send_log_journal_after_draining_an_old_outbox() {
     );
     assert!(posts.iter().all(|e| !e["id"].as_str().unwrap().is_empty()));
 }
+
+/// The other way round: destinations behind in the send log's journal when the send log is
+/// turned off get those events first from the journal, then the new ones from shipping's own
+/// outbox; the journal stays (the send log takes it up again when turned back on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journal() {
+    const N: usize = 8;
+    const SECRET: &str = "whsec_0123456789abcdef";
+    let port = free_port();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("posts.jsonl");
+    let hook = format!(
+        "[[webhook]]\nname = \"crm\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\n\
+         batch_size = 5\nmax_delay = \"100ms\"\nmax_backoff = \"1s\"\ntimeout = \"5s\"\n"
+    );
+    let mut w = World::start(
+        &["127.0.0.174"],
+        Zone::new().mail_domain("ship.test", "127.0.0.174"),
+        |c| c.extra(&hook),
+    )
+    .await;
+    let spool = w.gannet.dir().join("spool");
+    async fn send(addr: std::net::SocketAddr, from: &str) {
+        smtp_source(addr, N, 2, from, "r@ship.test", 200)
+            .await
+            .assert_success();
+    }
+    // The send log on (the default) and the receiver down: events wait in its journal.
+    send(w.gannet.smtp_addr(), "before@origin.test").await;
+    w.sinks[0].wait_for(N, WAIT).await;
+    wait_appended(&w.gannet, 2 * N).await;
+    let journal = spool.join("sendlog.journal");
+    assert!(journal.join("cursors").join("crm").exists());
+    w.gannet.sigterm().await;
+
+    // The send log off, the receiver up: the journal's events go out first.
+    let text = std::fs::read_to_string(w.gannet.config_path()).unwrap();
+    std::fs::write(
+        w.gannet.config_path(),
+        format!("{text}\n[sendlog]\nenabled = false\n"),
+    )
+    .unwrap();
+    let _rx = Receiver::start(port, SECRET, &out).await;
+    w.gannet.restart().await;
+    send(w.gannet.smtp_addr(), "after@origin.test").await;
+    w.sinks[0].wait_for(2 * N, WAIT).await;
+
+    let sender_of = |e: &Value| e["sender"].as_str().unwrap_or_default().to_string();
+    let posts = poll(WAIT, || {
+        let p: Vec<Value> = received_posts(&out)
+            .into_iter()
+            .filter(|v| v["path"] == "/hook")
+            .map(|v| v["event"].clone())
+            .collect();
+        let received = p.iter().filter(|e| e["type"] == "received").count();
+        (received >= 2 * N).then_some(p)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "not every event arrived: {} posts\n{}",
+            received_posts(&out).len(),
+            w.gannet.log()
+        )
+    });
+    let received = |from: &str| {
+        posts
+            .iter()
+            .filter(|e| e["type"] == "received" && sender_of(e) == from)
+            .map(|e| e["queue_id"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        received("before@origin.test").len(),
+        N,
+        "the journal's events"
+    );
+    assert_eq!(
+        received("after@origin.test").len(),
+        N,
+        "the own outbox's events"
+    );
+    let first_after = posts
+        .iter()
+        .position(|e| sender_of(e) == "after@origin.test")
+        .unwrap();
+    let last_before = posts
+        .iter()
+        .rposition(|e| sender_of(e) == "before@origin.test")
+        .unwrap();
+    assert!(last_before < first_after, "the journal's events first");
+    // The journal is the send log's: kept, with the destination's cursor moved past them.
+    assert!(journal.join("key-check").exists());
+    assert!(spool.join("outbox").join("cursors").join("crm").exists());
+}
