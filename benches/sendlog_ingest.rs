@@ -7,17 +7,20 @@
 //! e2e.sh) or a new recipient per message (`distinct`). `SENDLOG_INGEST_MESSAGES` messages
 //! (default 20,000 as e2e.sh) into a fresh store per round, in transactions of
 //! `SENDLOG_INGEST_BATCH` events (default 2,200: what 500 ms of e2e.sh's traffic gives the
-//! ingester), `SENDLOG_INGEST_ROUNDS` rounds of each `data` format (default 5, alternating:
-//! the whole event as rows were written before 2026-12-05 10:00, then the kind's facts
-//! only, as now). Prints the process CPU per event of each round, the medians and their
-//! ratio. Under the test suite: 200 messages, one round.
+//! ingester), `SENDLOG_INGEST_ROUNDS` rounds of each store layout (default 5, alternating: a
+//! store as created before 2026-12-05 12:00 (`Layout::BEFORE`, SQLite's default WAL
+//! checkpoint), then one created now). `SENDLOG_INGEST_PAGE_SIZE` and
+//! `SENDLOG_INGEST_AUTOCHECKPOINT` (pages) change the second variant, to compare settings.
+//! Prints the process CPU per event of each round, the store's size (database and WAL) and
+//! the process's RSS after it, the medians and their ratio. Under the test suite: 200
+//! messages, one round.
 
 #[path = "common/size.rs"]
 mod size;
 
 use gannet::events::{Event, EventKind};
 use gannet::sendlog::MasterKey;
-use gannet::sendlog::store::{DataFormat, open_writer};
+use gannet::sendlog::store::{Layout, WAL_AUTOCHECKPOINT_PAGES, open_writer_as};
 
 fn cpu_secs() -> f64 {
     let mut t = libc::timespec {
@@ -82,21 +85,46 @@ fn events(messages: u64, distinct: bool) -> Vec<Event> {
     out
 }
 
+/// The process's resident set in KiB (`VmRSS`), 0 when /proc cannot say.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
     let messages = size::size("SENDLOG_INGEST_MESSAGES", 20_000, 200);
     let rounds = size::size("SENDLOG_INGEST_ROUNDS", 5, 1);
     let batch = size::size("SENDLOG_INGEST_BATCH", 2_200, 100).max(1) as usize;
     let distinct = std::env::var("SENDLOG_INGEST_RCPTS").is_ok_and(|v| v == "distinct");
+    let mut now = Layout::NOW;
+    now.page_size = size::size("SENDLOG_INGEST_PAGE_SIZE", now.page_size as u64, now.page_size as u64) as u32;
+    let ckpt = size::size(
+        "SENDLOG_INGEST_AUTOCHECKPOINT",
+        WAL_AUTOCHECKPOINT_PAGES as u64,
+        WAL_AUTOCHECKPOINT_PAGES as u64,
+    ) as u32;
+    let variants = [("before", Layout::BEFORE, 1000), ("now", now, ckpt)];
+    eprintln!("sendlog_ingest: now = {now:?}, wal_autocheckpoint {ckpt} pages");
     let evs = events(messages, distinct);
     let mut per_event = [Vec::new(), Vec::new()];
-    for (round, format) in
-        (0..rounds * 2).map(|i| (i / 2, [DataFormat::Event, DataFormat::Kind][i as usize % 2]))
-    {
+    for (round, v) in (0..rounds * 2).map(|i| (i / 2, i as usize % 2)) {
+        let (name, layout, ckpt) = variants[v];
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("sendlog.sqlite");
-        let mut w = open_writer(&db, MasterKey::from_bytes([7; 32]), &dir.path().join("key"))
-            .expect("open the store");
-        w.write_data_as(format);
+        let mut w = open_writer_as(
+            &db,
+            MasterKey::from_bytes([7; 32]),
+            &dir.path().join("key"),
+            layout,
+            ckpt,
+        )
+        .expect("open the store");
         let start = cpu_secs();
         for (i, chunk) in evs.chunks(batch).enumerate() {
             let pos = ((i + 1) * batch) as u64;
@@ -104,30 +132,28 @@ fn main() {
                 .expect("append");
         }
         let us = (cpu_secs() - start) * 1e6 / evs.len() as f64;
-        let bytes: u64 = std::fs::read_dir(dir.path())
-            .expect("list the store")
-            .filter_map(|e| e.ok()?.metadata().ok())
-            .map(|m| m.len())
-            .sum();
+        let len = |f: &str| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len());
+        let (db_bytes, wal_bytes) = (len("sendlog.sqlite"), len("sendlog.sqlite-wal"));
         eprintln!(
-            "sendlog_ingest round {round} data {format:?}: {} events, {us:.2} us CPU/event, {:.0} bytes/event on disk (db + wal)",
+            "sendlog_ingest round {round} {name}: {} events, {us:.2} us CPU/event, {:.0} bytes/event on disk (db {db_bytes} + wal {wal_bytes}), RSS {} KiB",
             evs.len(),
-            bytes as f64 / evs.len() as f64
+            (db_bytes + wal_bytes) as f64 / evs.len() as f64,
+            rss_kib()
         );
-        per_event[(format == DataFormat::Kind) as usize].push(us);
+        per_event[v].push(us);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (event, kind) = (median(&mut per_event[0]), median(&mut per_event[1]));
+    let (before, now) = (median(&mut per_event[0]), median(&mut per_event[1]));
     eprintln!(
-        "sendlog_ingest: median us CPU/event over {rounds} rounds each ({}): data Event {event:.2}, Kind {kind:.2}, Kind/Event {:.3}",
+        "sendlog_ingest: median us CPU/event over {rounds} rounds each ({}): before {before:.2}, now {now:.2}, now/before {:.3}",
         if distinct {
             "a recipient per message"
         } else {
             "one recipient"
         },
-        kind / event
+        now / before
     );
 }
