@@ -7,6 +7,8 @@
 //! reuse it without writing; a build that stopped half-way resumes after the last event it
 //! holds (event `i` has `time_us` = BASE + i ms). `DIR.lock` (flock) keeps two processes from
 //! building the same directory. A 10M-event log takes ~13 GB and tens of minutes: build it once.
+//! `SENDLOG_BENCH_LAYOUT=before` builds a new log as stores were laid out before 2026-12-05
+//! 12:30 UTC (`store::Layout::BEFORE`).
 //! Set-up here runs even when nextest lists the bench binary (`--list`), so without the
 //! variable it stays small and can fail only as the old temporary-directory set-up did.
 
@@ -146,8 +148,21 @@ fn resume_from(dir: &Path) -> u64 {
 
 fn build(dir: &Path, from: u64, n: u64, who: &str) -> Fixture {
     let db = dir.join("sendlog.sqlite");
-    let mut w = store::open_writer(&db, key(), &dir.join("k"))
-        .unwrap_or_else(|e| panic!("cannot open the bench send log {}: {e}", db.display()));
+    // SENDLOG_BENCH_LAYOUT=before builds the log as stores were created before 2026-12-05
+    // 12:30 UTC (4 KiB pages, indexes on time and sender), to compare queries with the new layout.
+    let layout = match std::env::var("SENDLOG_BENCH_LAYOUT").as_deref() {
+        Ok("before") => store::Layout::BEFORE,
+        _ => store::Layout::NOW,
+    };
+    let mut w = store::open_writer_as(
+        &db,
+        key(),
+        &dir.join("k"),
+        layout,
+        store::WAL_AUTOCHECKPOINT_PAGES,
+    )
+    .unwrap_or_else(|e| panic!("cannot open the bench send log {}: {e}", db.display()));
+    eprintln!("{who}: a new log is laid out as {layout:?}");
     if from > 0 {
         eprintln!("{who}: resuming the send log at event {from}");
     }

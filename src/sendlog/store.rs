@@ -52,7 +52,9 @@ pub enum StoreError {
     },
 }
 
-/// The tables and indexes of a new store. The campaign and tenant indexes are partial: rows
+/// The tables and indexes every store has (see [`TIME_INDEX`], [`TIME_BLOCKS`],
+/// [`SENDER_INDEX`] and [`SENDER_ROWS`] for the ones that depend on when it was created).
+/// The campaign and tenant indexes are partial: rows
 /// without one (transactional mail, a single-tenant install, operator events) stay out of
 /// them, so those rows cost two index inserts, and each commit two rewritten index pages,
 /// fewer (the two were a measurable share of the send log's CPU in `benches/e2e.sh`). A
@@ -90,12 +92,10 @@ CREATE TABLE IF NOT EXISTS events (
     hash BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_rcpt ON events (rcpt_hash, seq) WHERE rcpt_hash IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_sender ON events (sender_hash) WHERE sender_hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_message ON events (message_id, seq);
 CREATE INDEX IF NOT EXISTS events_queue ON events (queue_id, seq);
 CREATE INDEX IF NOT EXISTS events_campaign ON events (campaign, seq) WHERE campaign <> '';
 CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, seq) WHERE tenant <> '';
-CREATE INDEX IF NOT EXISTS events_time ON events (time_us);
 CREATE TABLE IF NOT EXISTS erasures (
     hash BLOB PRIMARY KEY,
     time_us INTEGER NOT NULL,
@@ -127,6 +127,51 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     )
     .optional()
     .map(|r| r.is_some())
+}
+
+/// Stores created before 2026-12-05 12:30 UTC index `time_us`; newer ones keep
+/// [`TIME_BLOCKS`] instead.
+const TIME_INDEX: &str = "CREATE INDEX IF NOT EXISTS events_time ON events (time_us);";
+
+/// Rows of `events` per row of `time_blocks`.
+const BLOCK_ROWS: i64 = 1024;
+
+/// The earliest and latest `time_us` of each block of [`BLOCK_ROWS`] `seq`s (block =
+/// `seq / BLOCK_ROWS`), written by the writer in the rows' own transaction. Times come nearly
+/// in `seq` order (a replayed event's is older), so a time filter becomes a `seq` range
+/// (every block whose times overlap it) and the rows' `time_us` is compared only in there:
+/// the same answers as an index on `time_us`, for one small upsert per commit instead of an
+/// index entry per row.
+const TIME_BLOCKS: &str = "CREATE TABLE IF NOT EXISTS time_blocks (
+    block INTEGER PRIMARY KEY,
+    min_us INTEGER NOT NULL,
+    max_us INTEGER NOT NULL
+);";
+
+/// Stores created before 2026-12-05 12:30 UTC index `sender_hash` (only an erasure's row
+/// count read it); newer ones count rows per sender in [`SENDER_ROWS`].
+const SENDER_INDEX: &str = "CREATE INDEX IF NOT EXISTS events_sender ON events (sender_hash) WHERE sender_hash IS NOT NULL;";
+
+/// How many rows of `events` name each sender (by keyed hash): added to at append, taken
+/// from at pruning, in the rows' own transactions, so it is always `COUNT(*) ... WHERE
+/// sender_hash = ?` without an index entry per row (a campaign's sender is on every row).
+const SENDER_ROWS: &str = "CREATE TABLE IF NOT EXISTS sender_rows (
+    hash BLOB PRIMARY KEY,
+    n INTEGER NOT NULL
+) WITHOUT ROWID;";
+
+/// The SQL condition that keeps `seq` inside the blocks whose times can match a
+/// `time_us >= since` (`bound` "since") or `time_us < until` ("until") filter, with the time
+/// as parameter `?n`.
+fn block_bound(bound: &str, n: usize) -> String {
+    match bound {
+        "since" => format!(
+            "seq >= (SELECT COALESCE(MIN(block) * {BLOCK_ROWS}, 9223372036854775807) FROM time_blocks WHERE max_us >= ?{n})"
+        ),
+        _ => format!(
+            "seq < (SELECT COALESCE((MAX(block) + 1) * {BLOCK_ROWS}, 0) FROM time_blocks WHERE min_us < ?{n})"
+        ),
+    }
 }
 
 fn open_conn(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -191,6 +236,10 @@ pub struct Writer {
     checkpoints: Option<Checkpoints>,
     /// What new rows' `data` holds ([`DataFormat::Kind`] but in tests and benches).
     data_format: DataFormat,
+    /// The store keeps [`TIME_BLOCKS`] (else it has [`TIME_INDEX`]).
+    time_blocks: bool,
+    /// The store keeps [`SENDER_ROWS`] (else it has [`SENDER_INDEX`]).
+    sender_rows: bool,
 }
 
 /// The writer's checkpoint schedule.
@@ -207,22 +256,34 @@ struct Checkpoints {
 pub struct Layout {
     /// SQLite's page size in bytes (fixed once the first table exists).
     pub page_size: u32,
+    /// An index on `time_us` ([`TIME_INDEX`]), else [`TIME_BLOCKS`].
+    pub time_index: bool,
+    /// An index on `sender_hash` ([`SENDER_INDEX`]), else [`SENDER_ROWS`].
+    pub sender_index: bool,
 }
 
 impl Layout {
-    /// Stores created before 2026-12-05 12:00 UTC: 4 KiB pages. Tests and benches create
+    /// Stores created before 2026-12-05 12:30 UTC: 4 KiB pages. Tests and benches create
     /// such stores ([`open_writer_as`]) to show they still work and what the change saved.
-    pub const BEFORE: Layout = Layout { page_size: 4096 };
+    pub const BEFORE: Layout = Layout {
+        page_size: 4096,
+        time_index: true,
+        sender_index: true,
+    };
     /// New stores: 16 KiB pages, so a row and its index entries dirty fewer pages per commit
-    /// (fewer WAL frames, page headers and cells to balance per event).
-    pub const NOW: Layout = Layout { page_size: 16384 };
+    /// (fewer WAL frames, page headers and cells to balance per event); time blocks and
+    /// per-sender counts instead of two indexes.
+    pub const NOW: Layout = Layout {
+        page_size: 16384,
+        time_index: false,
+        sender_index: false,
+    };
 }
 
-/// Pages the WAL may hold before a commit checkpoints it into the database (SQLite's
-/// default is 1,000). The pages a commit dirties that are dirtied again by the next ones (the
-/// indexes' last leaves, the b-trees' inner pages) are copied once per checkpoint, so a
-/// larger WAL copies fewer of them per event; it costs disk (the WAL file keeps its largest
-/// size), not memory.
+/// Pages the WAL may hold before a commit checkpoints it into the database: SQLite's default,
+/// 16 MiB with 16 KiB pages (4 MiB with 4 KiB). Set here so `benches/sendlog_ingest.rs` can
+/// compare: 4,000 pages (64 MiB) or 250 (4 MiB) cost the same CPU per event, the final
+/// checkpoint counted (2026-12-05), so the WAL stays at the default.
 #[doc(hidden)]
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
 
@@ -267,8 +328,28 @@ pub fn open_writer_as(
         .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
         .and_then(|_| conn.pragma_update(None, "cache_size", -8192))
         .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", autocheckpoint))
-        .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(info.err())?;
+    // A new store gets `layout`; one that exists keeps what it has (a store of an older
+    // Gannet has the indexes, and gets them again if it lost them).
+    let (time_blocks, sender_rows) = if fresh {
+        (!layout.time_index, !layout.sender_index)
+    } else {
+        let has = |t| has_table(&conn, t).map_err(info.err());
+        (has("time_blocks")?, has("sender_rows")?)
+    };
+    let ddl = format!(
+        "BEGIN IMMEDIATE; {SCHEMA} {} {} COMMIT;",
+        if time_blocks { TIME_BLOCKS } else { TIME_INDEX },
+        if sender_rows {
+            SENDER_ROWS
+        } else {
+            SENDER_INDEX
+        },
+    );
+    if let Err(e) = conn.execute_batch(&ddl) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(info.err()(e));
+    }
     let fp = info.key.fingerprint();
     let stored: Option<Vec<u8>> = conn
         .query_row("SELECT v FROM meta WHERE k = 'key_check'", [], |r| r.get(0))
@@ -311,6 +392,8 @@ pub fn open_writer_as(
         dsns: std::collections::HashSet::new(),
         checkpoints: None,
         data_format: DataFormat::Kind,
+        time_blocks,
+        sender_rows,
     })
 }
 
@@ -521,6 +604,15 @@ impl Writer {
             .map_err(self.info.err())
     }
 
+    /// Copy the whole WAL into the database and empty it (benches: a round's cost then
+    /// includes the checkpoint work its commits left behind, whatever the WAL's size).
+    #[doc(hidden)]
+    pub fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(self.info.err())
+    }
+
     /// The public key the store's checkpoints were first signed with, if any.
     pub fn checkpoint_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
@@ -728,6 +820,10 @@ impl Writer {
     ) -> rusqlite::Result<usize> {
         let mut counts: HashMap<(String, String, String, &'static str, String), i64> =
             HashMap::new();
+        // Per block of this batch: its earliest and latest time (see TIME_BLOCKS).
+        let mut blocks: Vec<(i64, i64, i64)> = Vec::new();
+        // Rows per sender in this batch (see SENDER_ROWS).
+        let mut senders: HashMap<[u8; 32], i64> = HashMap::new();
         let mut n = 0;
         for ev in events {
             if matches!(ev.kind, EventKind::Received { replayed: true, .. })
@@ -834,6 +930,21 @@ impl Writer {
                     &hash[..],
                 ])?;
             self.head = hash;
+            if self.time_blocks {
+                let block = self.conn.last_insert_rowid() / BLOCK_ROWS;
+                match blocks.last_mut() {
+                    Some((b, lo, hi)) if *b == block => {
+                        *lo = (*lo).min(now);
+                        *hi = (*hi).max(now);
+                    }
+                    _ => blocks.push((block, now, now)),
+                }
+            }
+            if self.sender_rows
+                && let Some(h) = sender_hash
+            {
+                *senders.entry(h).or_default() += 1;
+            }
             if !ev.campaign.is_empty() && !self.dsns.contains(&ev.queue_id) {
                 *counts
                     .entry((
@@ -859,6 +970,23 @@ impl Writer {
                 )?
                 .execute(params![campaign, variant, site, kind, category, n])?;
         }
+        for (block, lo, hi) in blocks {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO time_blocks (block, min_us, max_us) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (block) DO UPDATE SET min_us = MIN(min_us, excluded.min_us), \
+                     max_us = MAX(max_us, excluded.max_us)",
+                )?
+                .execute(params![block, lo, hi])?;
+        }
+        for (hash, n) in senders {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO sender_rows (hash, n) VALUES (?1, ?2) \
+                     ON CONFLICT (hash) DO UPDATE SET n = n + excluded.n",
+                )?
+                .execute(params![&hash[..], n])?;
+        }
         Ok(n)
     }
 
@@ -870,11 +998,15 @@ impl Writer {
         let path = self.info.path.clone();
         self.keys.remove(hash);
         self.hashes.retain(|_, h| h != hash);
+        let as_sender = if self.sender_rows {
+            "(SELECT COALESCE(MAX(n), 0) FROM sender_rows WHERE hash = ?1)"
+        } else {
+            "(SELECT COUNT(*) FROM events WHERE sender_hash = ?1)"
+        };
         let run = || -> rusqlite::Result<u64> {
             let tx = self.conn.unchecked_transaction()?;
             let rows: i64 = tx.query_row(
-                "SELECT (SELECT COUNT(*) FROM events WHERE rcpt_hash = ?1) + \
-                 (SELECT COUNT(*) FROM events WHERE sender_hash = ?1)",
+                &format!("SELECT (SELECT COUNT(*) FROM events WHERE rcpt_hash = ?1) + {as_sender}"),
                 params![hash.to_vec()],
                 |r| r.get(0),
             )?;
@@ -899,26 +1031,57 @@ impl Writer {
     /// of the last deleted row is kept (`meta.pruned_head`) so the chain still verifies.
     pub fn prune_before(&mut self, cutoff_us: i64) -> Result<usize, StoreError> {
         let path = self.info.path.clone();
+        let (time_blocks, sender_rows) = (self.time_blocks, self.sender_rows);
         let run = || -> rusqlite::Result<usize> {
             let tx = self.conn.unchecked_transaction()?;
-            let last: Option<Vec<u8>> = tx
+            // Without an index on time, only the blocks whose times reach before the cutoff
+            // are read.
+            let within = if time_blocks {
+                format!(" AND {}", block_bound("until", 1))
+            } else {
+                String::new()
+            };
+            let last: Option<(i64, Vec<u8>)> = tx
                 .query_row(
-                    "SELECT hash FROM events WHERE seq = (SELECT MAX(seq) FROM events WHERE time_us < ?1)",
+                    &format!(
+                        "SELECT seq, hash FROM events WHERE seq = (SELECT MAX(seq) FROM events WHERE time_us < ?1{within})"
+                    ),
                     params![cutoff_us],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some(last) = last else {
+            let Some((last, last_hash)) = last else {
                 return Ok(0);
             };
             tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('pruned_head', ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                params![last],
+                params![last_hash],
             )?;
-            let n = tx.execute(
-                "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events WHERE time_us < ?1)",
-                params![cutoff_us],
-            )?;
+            if sender_rows {
+                let gone: Vec<(Vec<u8>, i64)> = tx
+                    .prepare(
+                        "SELECT sender_hash, COUNT(*) FROM events WHERE seq <= ?1 \
+                         AND sender_hash IS NOT NULL GROUP BY sender_hash",
+                    )?
+                    .query_map(params![last], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (hash, n) in gone {
+                    tx.execute(
+                        "UPDATE sender_rows SET n = n - ?2 WHERE hash = ?1",
+                        params![hash, n],
+                    )?;
+                }
+                tx.execute("DELETE FROM sender_rows WHERE n <= 0", [])?;
+            }
+            let n = tx.execute("DELETE FROM events WHERE seq <= ?1", params![last])?;
+            if time_blocks {
+                // Blocks all of whose rows went; a block partly pruned keeps its (older)
+                // bounds, which only widen the range a time filter reads.
+                tx.execute(
+                    "DELETE FROM time_blocks WHERE block < (?1 + 1) / ?2",
+                    params![last, BLOCK_ROWS],
+                )?;
+            }
             tx.commit()?;
             Ok(n)
         };
@@ -930,6 +1093,8 @@ impl Writer {
 pub struct Reader {
     pub(super) info: StoreInfo,
     pub(super) conn: Connection,
+    /// The store keeps [`TIME_BLOCKS`] (else it has [`TIME_INDEX`]).
+    time_blocks: bool,
     /// Person keys looked up by this reader, by address hash (None: erased).
     pub(super) salts: HashMap<Vec<u8>, Option<Arc<SealKey>>>,
 }
@@ -962,9 +1127,11 @@ impl Reader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(info.err())?;
+        let time_blocks = has_table(&conn, "time_blocks").map_err(info.err())?;
         Ok(Reader {
             info: info.clone(),
             conn,
+            time_blocks,
             salts: HashMap::new(),
         })
     }
@@ -1053,11 +1220,19 @@ impl Reader {
         if let Some(v) = &f.kind {
             add(&mut sql, &mut args, "type =", v.clone().into());
         }
+        // In a store with time blocks, the rows' times are compared only inside the `seq`
+        // range of the blocks that can hold a match.
         if let Some(v) = f.since_us {
             add(&mut sql, &mut args, "time_us >=", v.into());
+            if self.time_blocks {
+                sql.push_str(&format!(" AND {}", block_bound("since", args.len())));
+            }
         }
         if let Some(v) = f.until_us {
             add(&mut sql, &mut args, "time_us <", v.into());
+            if self.time_blocks {
+                sql.push_str(&format!(" AND {}", block_bound("until", args.len())));
+            }
         }
         if let Some(v) = f.through {
             add(&mut sql, &mut args, "seq <=", (v as i64).into());

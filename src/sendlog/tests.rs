@@ -593,7 +593,8 @@ fn plan(r: &Reader, f: &EventFilter) -> String {
 
 /// Issue 18: indexes by recipient, message id, campaign, tenant and time. Every such query
 /// is answered through its index, in a new store (partial campaign and tenant indexes: rows
-/// without either are not in them) and in one created with the earlier full indexes.
+/// without either are not in them; time blocks instead of a time index) and in one created
+/// with the earlier full indexes (and the time index).
 #[test]
 fn every_filter_is_answered_through_its_index() {
     let filters = |rcpt: &str| {
@@ -672,6 +673,12 @@ fn every_filter_is_answered_through_its_index() {
         .unwrap();
         let r = Reader::open(w.info()).unwrap();
         for (index, f) in filters("ann@example.org") {
+            // A new store has no time index: a time filter reads the seq range of the time
+            // blocks that can match (see time_filters_and_pruning_find_the_same_rows...).
+            let index = match index {
+                "events_time" if !old_layout => "INTEGER PRIMARY KEY",
+                i => i,
+            };
             let p = plan(&r, &f);
             assert!(
                 p.contains(index) && !p.contains("SCAN events"),
@@ -810,4 +817,257 @@ fn journal_segments_stay_until_every_reader_has_passed_them() {
     j.hold("crm", j.end());
     j.compact_held().unwrap();
     assert_eq!(segments(), 1, "only the segment being appended to stays");
+}
+
+/// A store in `layout` under `dir` (the key beside it).
+fn open_layout(dir: &std::path::Path, layout: store::Layout) -> Writer {
+    let key = MasterKey::load_or_create(&dir.join("k"), &dir.join("db")).unwrap();
+    store::open_writer_as(
+        &dir.join("db"),
+        key,
+        &dir.join("k"),
+        layout,
+        store::WAL_AUTOCHECKPOINT_PAGES,
+    )
+    .unwrap()
+}
+
+fn pragma_i64(w: &Writer, name: &str) -> i64 {
+    let c = rusqlite::Connection::open(&w.info().path).unwrap();
+    c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+fn schema_has(w: &Writer, name: &str) -> bool {
+    let c = rusqlite::Connection::open(&w.info().path).unwrap();
+    c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        == 1
+}
+
+/// Issue 18, ingest cost: a new store has 16 KiB pages, time blocks and per-sender counts
+/// instead of the `time_us` and `sender_hash` indexes; a store created before keeps its 4 KiB
+/// pages and both indexes when the current code opens it, and reads, appends and verifies.
+#[test]
+fn new_stores_get_the_new_layout_and_old_stores_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = open_tmp(dir.path());
+    assert_eq!(pragma_i64(&w, "page_size"), 16384);
+    assert!(schema_has(&w, "time_blocks") && schema_has(&w, "sender_rows"));
+    assert!(!schema_has(&w, "events_time") && !schema_has(&w, "events_sender"));
+
+    let old_dir = tempfile::tempdir().unwrap();
+    let mut old = open_layout(old_dir.path(), store::Layout::BEFORE);
+    old.append([&received("Q1", "A"), &delivered("ann@example.org", "Q1")])
+        .unwrap();
+    drop(old);
+    let mut old = open_tmp(old_dir.path());
+    assert_eq!(pragma_i64(&old, "page_size"), 4096);
+    assert!(schema_has(&old, "events_time") && schema_has(&old, "events_sender"));
+    assert!(!schema_has(&old, "time_blocks") && !schema_has(&old, "sender_rows"));
+    old.append([&delivered("bob@example.org", "Q2")]).unwrap();
+    let rows = all(&old, EventFilter::default());
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2]["recipient"], "bob@example.org");
+    let report = Reader::open(old.info()).unwrap().verify(None).unwrap();
+    assert_eq!((report.rows, report.first_broken), (3, None));
+}
+
+/// Time filters (`since`, `until`, both, paged) and pruning find the same rows in a store with
+/// time blocks as in one with the `time_us` index, and the rows a brute-force filter finds:
+/// also across block boundaries and with a replayed event whose time is far older than its
+/// neighbours'. In the new store the filter reads a `seq` range, not the whole table.
+#[test]
+fn time_filters_and_pruning_find_the_same_rows_without_the_time_index() {
+    const BASE: u64 = 1_790_000_000_000_000;
+    const N: u64 = 3_000;
+    // Event i at BASE + i ms, but for a replayed `received` at i = 2,600 that carries the time
+    // of i = 100 (and one at i = 2,601 that is 1 µs older than its predecessor).
+    let time_of = |i: u64| match i {
+        2_600 => BASE + 100 * 1000 + 500,
+        2_601 => BASE + 2_600 * 1000 - 1,
+        i => BASE + i * 1000,
+    };
+    let evs: Vec<Event> = (0..N)
+        .map(|i| {
+            let mut e = if i == 2_600 {
+                received(&format!("Q{i}"), "")
+            } else {
+                delivered(&format!("p{}@dest.test", i % 7), &format!("Q{i}"))
+            };
+            e.time_us = time_of(i);
+            e
+        })
+        .collect();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut stores: Vec<Writer> = [store::Layout::BEFORE, store::Layout::NOW]
+        .iter()
+        .zip(&dirs)
+        .map(|(l, d)| open_layout(d.path(), *l))
+        .collect();
+    for w in &mut stores {
+        for chunk in evs.chunks(700) {
+            w.append(chunk).unwrap();
+        }
+    }
+    let seqs = |w: &Writer, f: &EventFilter| -> Vec<u64> {
+        let mut r = Reader::open(w.info()).unwrap();
+        let mut out = Vec::new();
+        let mut f = EventFilter {
+            limit: 400,
+            ..f.clone()
+        };
+        loop {
+            let page = r.events(&f).unwrap();
+            out.extend(page.iter().map(|e| e["seq"].as_u64().unwrap()));
+            if page.len() < f.limit {
+                return out;
+            }
+            f.after = *out.last().unwrap();
+        }
+    };
+    let windows: [(Option<u64>, Option<u64>); 8] = [
+        (Some(BASE + 50 * 1000), Some(BASE + 150 * 1000)),
+        (Some(BASE + 100 * 1000), Some(BASE + 100 * 1000 + 501)),
+        (Some(BASE + 1_020 * 1000), Some(BASE + 1_030 * 1000)),
+        (Some(BASE + 2_599 * 1000), None),
+        (None, Some(BASE + 10 * 1000)),
+        (Some(BASE + 2_999 * 1000), Some(BASE + 5_000 * 1000)),
+        (Some(BASE + 9_000 * 1000), None),
+        (None, Some(BASE)),
+    ];
+    let check = |stores: &[Writer], kept: &dyn Fn(u64) -> bool| {
+        for (since, until) in windows {
+            let f = EventFilter {
+                since_us: since.map(|t| t as i64),
+                until_us: until.map(|t| t as i64),
+                ..Default::default()
+            };
+            // Row i has seq i + 1 in both stores.
+            let want: Vec<u64> = (0..N)
+                .filter(|&i| kept(i))
+                .filter(|&i| since.is_none_or(|s| time_of(i) >= s))
+                .filter(|&i| until.is_none_or(|u| time_of(i) < u))
+                .map(|i| i + 1)
+                .collect();
+            for w in stores {
+                assert_eq!(
+                    seqs(w, &f),
+                    want,
+                    "{since:?}..{until:?} in {}",
+                    w.info().path.display()
+                );
+            }
+        }
+    };
+    check(&stores, &|_| true);
+    let around_100 = EventFilter {
+        since_us: Some((BASE + 100 * 1000) as i64),
+        until_us: Some((BASE + 100 * 1000 + 501) as i64),
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(&stores[1], &around_100),
+        [101, 2_601],
+        "the replayed event is found beside the one of its time"
+    );
+    let r = Reader::open(stores[1].info()).unwrap();
+    let p = plan(
+        &r,
+        &EventFilter {
+            since_us: Some((BASE + 1_020 * 1000) as i64),
+            until_us: Some((BASE + 1_030 * 1000) as i64),
+            ..Default::default()
+        },
+    );
+    assert!(
+        p.contains("INTEGER PRIMARY KEY") && !p.contains("SCAN events"),
+        "a time filter reads a seq range: {p}"
+    );
+    let p = plan(
+        &r,
+        &EventFilter {
+            recipient: Some("p1@dest.test".into()),
+            since_us: Some((BASE + 1_020 * 1000) as i64),
+            ..Default::default()
+        },
+    );
+    assert!(p.contains("events_rcpt"), "{p}");
+    drop(r);
+    // Pruning removes every row up to the last one (in seq order) older than the cutoff, as
+    // it did with the index: before 50 ms, rows 0..50; before 1.5 s, up to the replayed row.
+    for w in &mut stores {
+        assert_eq!(w.prune_before((BASE + 50 * 1000) as i64).unwrap(), 50);
+    }
+    check(&stores, &|i| i >= 50);
+    for w in &mut stores {
+        assert_eq!(w.prune_before((BASE + 1_500 * 1000) as i64).unwrap(), 2_551);
+    }
+    check(&stores, &|i| i > 2_600);
+    assert!(!schema_has(&stores[0], "time_blocks"));
+    let blocks: i64 = rusqlite::Connection::open(&stores[1].info().path)
+        .unwrap()
+        .query_row("SELECT MIN(block) FROM time_blocks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        blocks, 2,
+        "blocks 0 and 1 (seq 1-2,047) went with their rows"
+    );
+    for w in &stores {
+        let report = Reader::open(w.info()).unwrap().verify(None).unwrap();
+        assert_eq!(report.first_broken, None);
+    }
+}
+
+/// An erasure counts the rows that name the person as recipient and as sender alike in
+/// both layouts (the new one counts senders' rows as it appends and prunes them), also after
+/// pruning.
+#[test]
+fn erasure_counts_sender_rows_in_both_layouts() {
+    const BASE: u64 = 1_790_000_000_000_000;
+    let mut counts = Vec::new();
+    for layout in [store::Layout::BEFORE, store::Layout::NOW] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open_layout(dir.path(), layout);
+        let evs: Vec<Event> = (0..40u64)
+            .map(|i| {
+                let mut e = delivered(&format!("r{}@dest.test", i % 3), &format!("Q{i}"));
+                if i % 4 == 0 {
+                    e.sender = "other@shop.example".into();
+                }
+                if i == 5 {
+                    // The sender writes to themselves: one row, named twice.
+                    e.recipient = "news@shop.example".into();
+                }
+                e.time_us = BASE + i * 1000;
+                e
+            })
+            .collect();
+        w.append(&evs[..25]).unwrap();
+        w.append(&evs[25..]).unwrap();
+        let hash = w.info().key.address_hash("news@shop.example");
+        let other = w.info().key.address_hash("other@shop.example");
+        w.prune_before((BASE + 10 * 1000) as i64).unwrap();
+        let after_prune = w.erase(&other, 1).unwrap();
+        let news = w.erase(&hash, 2).unwrap();
+        // Rows after it in the same layout still count the sender.
+        let more: Vec<Event> = (40..44u64)
+            .map(|i| {
+                let mut e = delivered("r9@dest.test", &format!("Q{i}"));
+                e.time_us = BASE + i * 1000;
+                e
+            })
+            .collect();
+        w.append(&more).unwrap();
+        let again = w.erase(&hash, 3).unwrap();
+        counts.push((after_prune, news, again));
+    }
+    // 30 rows kept (10..40): "other" sent 12, 16, ... 36 (7 rows); "news" the other 23, plus
+    // row 5 was pruned; then 4 more.
+    assert_eq!(counts[0], (7, 23, 27), "old layout");
+    assert_eq!(counts[1], counts[0], "new layout");
 }
