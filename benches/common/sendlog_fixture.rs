@@ -8,7 +8,7 @@
 //! holds (event `i` has `time_us` = BASE + i ms). `DIR.lock` (flock) keeps two processes from
 //! building the same directory. A 10M-event log takes ~13 GB and tens of minutes: build it once.
 //! `SENDLOG_BENCH_LAYOUT=before` builds a new log as stores were laid out before 2026-12-05
-//! 12:30 UTC (`store::Layout::BEFORE`).
+//! 12:30 UTC (`store::Layout::BEFORE`); `SENDLOG_BENCH_PAGE_SIZE=N` sets its page size.
 //! Set-up here runs even when nextest lists the bench binary (`--list`), so without the
 //! variable it stays small and can fail only as the old temporary-directory set-up did.
 
@@ -150,10 +150,17 @@ fn build(dir: &Path, from: u64, n: u64, who: &str) -> Fixture {
     let db = dir.join("sendlog.sqlite");
     // SENDLOG_BENCH_LAYOUT=before builds the log as stores were created before 2026-12-05
     // 12:30 UTC (4 KiB pages, indexes on time and sender), to compare queries with the new layout.
-    let layout = match std::env::var("SENDLOG_BENCH_LAYOUT").as_deref() {
+    let mut layout = match std::env::var("SENDLOG_BENCH_LAYOUT").as_deref() {
         Ok("before") => store::Layout::BEFORE,
         _ => store::Layout::NOW,
     };
+    // SENDLOG_BENCH_PAGE_SIZE sets the new log's page size (to compare them).
+    if let Some(p) = std::env::var("SENDLOG_BENCH_PAGE_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        layout.page_size = p;
+    }
     let mut w = store::open_writer_as(
         &db,
         key(),
