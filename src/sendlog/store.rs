@@ -337,8 +337,33 @@ pub fn open_writer_as(
         let has = |t| has_table(&conn, t).map_err(info.err());
         (has("time_blocks")?, has("sender_rows")?)
     };
+    // A store with time blocks or sender counts that also has the index they replace was
+    // opened by an older Gannet since (its schema creates the indexes), which appended and
+    // pruned rows without keeping them: build them again from the rows, once.
+    let mut repair = String::new();
+    if !fresh {
+        let has = |t| has_table(&conn, t).map_err(info.err());
+        if time_blocks && has("events_time")? {
+            tracing::warn!(path = %path.display(),
+                "send log: an older Gannet wrote to this log; rebuilding its time blocks from every row (once)");
+            repair.push_str(&format!(
+                "DELETE FROM time_blocks; INSERT INTO time_blocks (block, min_us, max_us) \
+                 SELECT seq / {BLOCK_ROWS}, MIN(time_us), MAX(time_us) FROM events GROUP BY seq / {BLOCK_ROWS}; \
+                 DROP INDEX events_time;"
+            ));
+        }
+        if sender_rows && has("events_sender")? {
+            tracing::warn!(path = %path.display(),
+                "send log: an older Gannet wrote to this log; recounting its rows per sender (once)");
+            repair.push_str(
+                "DELETE FROM sender_rows; INSERT INTO sender_rows (hash, n) \
+                 SELECT sender_hash, COUNT(*) FROM events WHERE sender_hash IS NOT NULL GROUP BY sender_hash; \
+                 DROP INDEX events_sender;",
+            );
+        }
+    }
     let ddl = format!(
-        "BEGIN IMMEDIATE; {SCHEMA} {} {} COMMIT;",
+        "BEGIN IMMEDIATE; {SCHEMA} {} {} {repair} COMMIT;",
         if time_blocks { TIME_BLOCKS } else { TIME_INDEX },
         if sender_rows {
             SENDER_ROWS

@@ -1071,3 +1071,55 @@ fn erasure_counts_sender_rows_in_both_layouts() {
     assert_eq!(counts[0], (7, 23, 27), "old layout");
     assert_eq!(counts[1], counts[0], "new layout");
 }
+
+/// A new store that an older Gannet opened and wrote to (its schema adds the `time_us` and
+/// `sender_hash` indexes; it appends without time blocks or sender counts) gets its blocks
+/// and counts rebuilt at the next open, so time filters and erasure counts see those rows.
+#[test]
+fn rows_an_older_gannet_wrote_into_a_new_store_are_found_after_the_next_open() {
+    const BASE: u64 = 1_790_000_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = open_tmp(dir.path());
+    let evs: Vec<Event> = (0..3u64)
+        .map(|i| {
+            let mut e = delivered(&format!("o{i}@dest.test"), &format!("Q{i}"));
+            e.time_us = BASE + i * 1000;
+            e
+        })
+        .collect();
+    w.append(&evs).unwrap();
+    drop(w);
+    // What an older Gannet does: its schema, then a row of its own (without time blocks or
+    // sender counts), much later.
+    let c = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+    c.execute_batch(
+        "CREATE INDEX IF NOT EXISTS events_sender ON events (sender_hash) WHERE sender_hash IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS events_time ON events (time_us);
+         INSERT INTO events (id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, \
+         attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, data, prev, hash) \
+         SELECT id || '-old', time_us + 86400000000, type, queue_id, message_id, tenant, campaign, class, \
+         pool, attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, data, prev, hash \
+         FROM events WHERE seq = 1;",
+    )
+    .unwrap();
+    drop(c);
+    let since = EventFilter {
+        since_us: Some((BASE + 86_400_000_000) as i64),
+        ..Default::default()
+    };
+    let mut w = open_tmp(dir.path());
+    assert!(!schema_has(&w, "events_time") && !schema_has(&w, "events_sender"));
+    let found = all(&w, since.clone());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["seq"], 4);
+    let hash = w.info().key.address_hash("news@shop.example");
+    assert_eq!(
+        w.erase(&hash, 1).unwrap(),
+        4,
+        "the older Gannet's row is counted"
+    );
+    // Opened again: nothing more to rebuild, the same answers.
+    drop(w);
+    let w = open_tmp(dir.path());
+    assert_eq!(all(&w, since).len(), 1);
+}
