@@ -505,6 +505,12 @@ pub async fn erase_person_with(
     }
     let log = sendlog(s)?.clone();
     let hash = log.address_hash(&req.address);
+    // Shipping's own outbox writes lines naming them shredded from now on (the send log's
+    // journal does from its erase below, before its pass over what is written).
+    if let Some(outbox) = &s.outbox {
+        let needle = req.address.trim().to_ascii_lowercase().into_bytes();
+        outbox.shred_arriving(&needle, crate::sendlog::ERASURE_WINDOW);
+    }
     // First the suppression (keyed by hash only), so nothing new is accepted for them; then
     // their queued mail; then their key, so the purges just recorded are shredded with the rest.
     let mut suppression_entries_removed = 0;

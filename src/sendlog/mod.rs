@@ -48,6 +48,12 @@ pub enum SendLogError {
     Task(String),
 }
 
+/// How long after an erasure began the lines of events naming the person are written
+/// shredded to the send log's journal and shipping's outbox
+/// ([`crate::ship::outbox::Outbox::shred_arriving`]): longer than a delivery attempt in
+/// flight at the erasure can take with the default timeouts.
+pub const ERASURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Where the send log and its key live, resolved against the config file's directory.
 pub fn paths(config: &Config) -> (PathBuf, PathBuf) {
     let db = match &config.sendlog.path {
@@ -238,6 +244,12 @@ impl SendLog {
     /// (`erased` event, without the address).
     pub async fn erase(&self, address: &str, actor: &str) -> Result<Erased, SendLogError> {
         let hash = self.info.key.address_hash(address);
+        let needle = address.trim().to_ascii_lowercase().into_bytes();
+        // Lines naming them that are appended from now on are written shredded, so none
+        // slips in behind the pass below (a delivery in flight, a purge just recorded).
+        self.progress
+            .journal
+            .shred_arriving(&needle, ERASURE_WINDOW);
         // The journal holds every event published so far (the purges just recorded among
         // them); the ingester moves them into the database before it destroys the key, so
         // the row count and the statistics include them.
@@ -250,7 +262,7 @@ impl SendLog {
         self.cmds
             .send(Cmd::Erase {
                 hash,
-                needle: address.trim().to_ascii_lowercase().into_bytes(),
+                needle,
                 end,
                 reply: tx,
             })

@@ -87,6 +87,9 @@ struct Shared {
     /// Every reader compaction waits for, and the oldest position it still needs (see
     /// [`Outbox::hold`]). A std Mutex: held to update or read the map, never across I/O.
     holds: Mutex<std::collections::BTreeMap<String, Pos>>,
+    /// People being erased: lines naming them are written shredded until the deadline (see
+    /// [`Outbox::shred_arriving`]). Empty nearly always; looked at once per batch.
+    arriving: Mutex<Vec<(Vec<u8>, std::time::Instant)>>,
 }
 
 /// At most this many bytes of clear lines are kept in memory for readers that keep up.
@@ -246,6 +249,7 @@ impl Outbox {
                 shredding: Mutex::new(()),
                 recent: Mutex::new(Recent::default()),
                 holds: Mutex::default(),
+                arriving: Mutex::default(),
             }),
         };
         let appender = Appender {
@@ -407,6 +411,54 @@ impl Outbox {
     /// lower-cased JSON, so an address in any field or reply text counts). The person's events
     /// that no destination has taken yet are never shipped; positions do not move. Returns
     /// how many lines were shredded. Blocking.
+    /// Write the lines of events naming `needle` (a lowercased address) that are appended
+    /// within `window` from now shredded: nothing readable of them reaches the disk or a
+    /// destination. An erasure calls it before it shreds what is already written, so the
+    /// events of deliveries in flight to the person, and of their purge, cannot slip in
+    /// after that pass. (The send log's ingester takes its events from memory, so it still
+    /// records them, sealed under the person's key and shredded with it; only a restart
+    /// before it took them would leave them out.)
+    pub fn shred_arriving(&self, needle: &[u8], window: std::time::Duration) {
+        let mut a = self
+            .shared
+            .arriving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        a.push((needle.to_vec(), std::time::Instant::now() + window));
+    }
+
+    /// `lines` with every line that names a person of [`Outbox::shred_arriving`] filled
+    /// with [`SHREDDED`]; None when none does (the usual case: no erasure in the window).
+    fn shred_arriving_in(&self, lines: &Bytes) -> Option<Bytes> {
+        let needles: Vec<Vec<u8>> = {
+            let mut a = self
+                .shared
+                .arriving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if a.is_empty() {
+                return None;
+            }
+            let now = std::time::Instant::now();
+            a.retain(|(_, until)| *until > now);
+            a.iter().map(|(n, _)| n.clone()).collect()
+        };
+        let lower = lines.to_ascii_lowercase();
+        let mut out: Option<Vec<u8>> = None;
+        let mut at = 0;
+        for nl in memchr::memchr_iter(b'\n', &lower) {
+            let line = &lower[at..nl];
+            if needles
+                .iter()
+                .any(|n| !n.is_empty() && memchr::memmem::find(line, n).is_some())
+            {
+                out.get_or_insert_with(|| lines.to_vec())[at..nl].fill(SHREDDED);
+            }
+            at = nl + 1;
+        }
+        out.map(Bytes::from)
+    }
+
     pub fn shred(&self, needle: &[u8]) -> io::Result<usize> {
         self.shred_until(needle, None)
     }
@@ -553,16 +605,21 @@ impl Appender {
         if lines.is_empty() {
             return Ok(self.end);
         }
+        let shredded = self.outbox.shred_arriving_in(lines);
+        let lines = shredded.as_ref().unwrap_or(lines);
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.clear();
         let start = self.end;
         let mut ends = Vec::with_capacity(count as usize);
         let mut at = 0;
         for nl in memchr::memchr_iter(b'\n', lines) {
-            self.outbox
-                .shared
-                .key
-                .seal_into(&lines[at..nl], &mut sealed);
+            let line = &lines[at..nl];
+            if line.first() == Some(&SHREDDED) {
+                // Written as erasure leaves a line: readers step over it.
+                sealed.extend_from_slice(line);
+            } else {
+                self.outbox.shared.key.seal_into(line, &mut sealed);
+            }
             sealed.push(b'\n');
             at = nl + 1;
             let next = Pos {
@@ -704,10 +761,13 @@ impl Reader {
             while i < b.lines.len() && out.len() < max && b.lines[i].1.byte <= end.byte {
                 let from = if i == 0 { 0 } else { b.lines[i - 1].0 + 1 };
                 let (to, next) = b.lines[i];
-                out.push(Line {
-                    json: b.clear.slice(from..to),
-                    next,
-                });
+                // A line shredded as it was written (an erasure's window) is stepped over.
+                if b.clear.get(from) != Some(&SHREDDED) {
+                    out.push(Line {
+                        json: b.clear.slice(from..to),
+                        next,
+                    });
+                }
                 pos = next;
                 i += 1;
             }

@@ -455,3 +455,45 @@ async fn a_drain_ships_what_is_left_and_steps_over_a_shredded_tail() {
     assert_eq!(st.cursor(), o.end());
     assert_eq!(o.load_cursor("fake"), Some(o.end()));
 }
+
+#[test]
+fn lines_naming_a_person_being_erased_are_written_shredded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
+    a.append(&line(1, "delivered"), 1).unwrap();
+    let start = o.end();
+    o.shred_arriving(b"erin@example.test", std::time::Duration::from_secs(60));
+    let mut buf = line(2, "delivered");
+    buf.extend(b"{\"id\":\"e3\",\"recipient\":\"Erin@Example.test\",\"type\":\"delivered\"}\n");
+    buf.extend(line(4, "bounced"));
+    a.append(&buf, 3).unwrap();
+    // Neither the reader of the batch in memory nor one of the files sees her line.
+    let mut mem = o.reader(start);
+    let recent: Vec<String> = mem
+        .read_recent(100, o.end())
+        .unwrap()
+        .into_iter()
+        .map(|l| ShipEvent::parse(l.json).unwrap().id)
+        .collect();
+    assert_eq!(recent, ["e2", "e4"]);
+    assert_eq!(mem.pos(), o.end());
+    assert_eq!(read_ids(&o, start), ["e2", "e4"]);
+    // On disk her line is filler, the others sealed; positions count it as a line.
+    let mut on_disk = Vec::new();
+    for e in std::fs::read_dir(tmp.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            on_disk.extend(std::fs::read(p).unwrap());
+        }
+    }
+    assert!(
+        on_disk
+            .split(|b| *b == b'\n')
+            .any(|l| !l.is_empty() && l.iter().all(|b| *b == b'#'))
+    );
+    assert_eq!(o.end().event, 4);
+    // Other people's lines are written as always.
+    o.shred_arriving(b"", std::time::Duration::from_secs(60));
+    a.append(&line(5, "delivered"), 1).unwrap();
+    assert_eq!(read_ids(&o, start), ["e2", "e4", "e5"]);
+}

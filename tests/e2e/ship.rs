@@ -575,3 +575,73 @@ async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journa
     assert!(journal.join("key-check").exists());
     assert!(spool.join("outbox").join("cursors").join("crm").exists());
 }
+
+/// An erasure while a delivery to the person is in flight (the MX holds its final reply):
+/// the delivery's outcome is published after the erasure's pass over the journal, and its
+/// line is written shredded, so no event shipped after the erasure names the person. (Before,
+/// that line was appended in full, sealed under the journal's key, and shipped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_naming_a_person_published_after_their_erasure_began_are_not_shipped() {
+    let w = World::start(
+        &["127.0.0.176"],
+        Zone::new().mail_domain("ship.test", "127.0.0.176"),
+        |c| c.extra("[[jsonl]]\ndir = \"${DIR}/events\"\n"),
+    )
+    .await;
+    let sink = &w.sinks[0];
+    let erin = "Erin.Inflight@ship.test";
+    let other = "other@ship.test";
+    sink.set_delay(Duration::from_secs(120));
+    let mut c = SmtpClient::connect(w.gannet.smtp_addr()).await;
+    c.hello("client.test").await;
+    c.send(
+        "news@origin.test",
+        &[erin],
+        &message(&[("Subject", "in flight")], "hello"),
+    )
+    .await;
+    sink.wait_pending(1, WAIT).await;
+
+    let out = w.gannet.cli(&["gdpr", "erase", erin]).await;
+    out.assert_success();
+    // The held reply goes out now: the attempt's outcome comes after the erasure.
+    sink.set_delay(Duration::ZERO);
+    poll(WAIT, || {
+        sink.transactions()
+            .iter()
+            .any(|t| t.rcpts.iter().any(|r| r.eq_ignore_ascii_case(erin)))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the held delivery never finished\n{}", w.gannet.log()));
+    // Mail after it: once its delivery is in the file, everything before it is too.
+    c.send(
+        "news@origin.test",
+        &[other],
+        &message(&[("Subject", "after")], "hello"),
+    )
+    .await;
+    c.quit().await;
+    let dir = w.gannet.dir().join("events");
+    let lines = poll(WAIT, || {
+        let l = jsonl_lines(&dir, "events");
+        l.iter()
+            .any(|e| e["type"] == "delivered" && e["recipient"] == other)
+            .then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the later delivery was not shipped\n{}", w.gannet.log()));
+    let erased_at = lines
+        .iter()
+        .position(|e| e["type"] == "erased")
+        .unwrap_or_else(|| panic!("no erased event in {lines:#?}"));
+    let needle = erin.to_ascii_lowercase();
+    let named: Vec<&Value> = lines[erased_at..]
+        .iter()
+        .filter(|e| e.to_string().to_ascii_lowercase().contains(&needle))
+        .collect();
+    assert!(
+        named.is_empty(),
+        "shipped after the erasure, naming the person: {named:#?}"
+    );
+}
