@@ -440,7 +440,10 @@ impl Outbox {
                 return None;
             }
             let now = std::time::Instant::now();
-            a.retain(|(_, until)| *until > now);
+            a.retain(|(n, until)| *until > now && !n.is_empty());
+            if a.is_empty() {
+                return None;
+            }
             a.iter().map(|(n, _)| n.clone()).collect()
         };
         let lower = lines.to_ascii_lowercase();
@@ -450,7 +453,7 @@ impl Outbox {
             let line = &lower[at..nl];
             if needles
                 .iter()
-                .any(|n| !n.is_empty() && memchr::memmem::find(line, n).is_some())
+                .any(|n| memchr::memmem::find(line, n).is_some())
             {
                 out.get_or_insert_with(|| lines.to_vec())[at..nl].fill(SHREDDED);
             }
