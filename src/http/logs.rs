@@ -505,10 +505,11 @@ pub async fn erase_person_with(
     }
     let log = sendlog(s)?.clone();
     let hash = log.address_hash(&req.address);
+    // How the address appears in lower-cased event JSON and answers (what is shredded).
+    let needle = req.address.trim().to_ascii_lowercase().into_bytes();
     // Shipping's own outbox writes lines naming them shredded from now on (the send log's
     // journal does from its erase below, before its pass over what is written).
     if let Some(outbox) = &s.outbox {
-        let needle = req.address.trim().to_ascii_lowercase().into_bytes();
         outbox.shred_arriving(&needle, crate::sendlog::ERASURE_WINDOW);
     }
     // First the suppression (keyed by hash only), so nothing new is accepted for them; then
@@ -542,7 +543,7 @@ pub async fn erase_person_with(
     let mut outbox_events_shredded = 0;
     if let Some(outbox) = s.outbox.clone() {
         s.bus.wait_durable(s.bus.last_seq()).await;
-        let needle = req.address.trim().to_ascii_lowercase().into_bytes();
+        let needle = needle.clone();
         outbox_events_shredded += tokio::task::spawn_blocking(move || outbox.shred(&needle))
             .await
             .map_err(|e| spool_erasure_error(format!("outbox erasure task failed: {e}")))?
@@ -555,7 +556,7 @@ pub async fn erase_person_with(
     // Answers to keyed injections that list them.
     let mut idempotent_answers_shredded = 0;
     if let Some(store) = s.idempotency.clone() {
-        let needle = req.address.trim().to_ascii_lowercase().into_bytes();
+        let needle = needle.clone();
         idempotent_answers_shredded = tokio::task::spawn_blocking(move || store.shred(&needle))
             .await
             .map_err(|e| spool_erasure_error(format!("idempotency erasure task failed: {e}")))?

@@ -406,11 +406,6 @@ impl Outbox {
             .unwrap_or_default()
     }
 
-    /// GDPR erasure: overwrite in place, with `#` and an fdatasync, every line held (up to
-    /// the durable end) whose event mentions `needle` (lower-case; compared with the event's
-    /// lower-cased JSON, so an address in any field or reply text counts). The person's events
-    /// that no destination has taken yet are never shipped; positions do not move. Returns
-    /// how many lines were shredded. Blocking.
     /// Write the lines of events naming `needle` (a lowercased address) that are appended
     /// within `window` from now shredded: nothing readable of them reaches the disk or a
     /// destination. An erasure calls it before it shreds what is already written, so the
@@ -462,6 +457,11 @@ impl Outbox {
         out.map(Bytes::from)
     }
 
+    /// GDPR erasure: overwrite in place, with `#` and an fdatasync, every line held (up to
+    /// the durable end) whose event mentions `needle` (lower-case; compared with the event's
+    /// lower-cased JSON, so an address in any field or reply text counts). The person's events
+    /// that no destination has taken yet are never shipped; positions do not move. Returns
+    /// how many lines were shredded. Blocking.
     pub fn shred(&self, needle: &[u8]) -> io::Result<usize> {
         self.shred_until(needle, None)
     }
