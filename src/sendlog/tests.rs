@@ -14,6 +14,21 @@ fn ev(kind: EventKind, rcpt: &str, queue_id: &str, campaign: &str) -> Event {
     e
 }
 
+/// An operator event with no person in it (`flushed`, no sender).
+fn flushed() -> Event {
+    let mut e = ev(
+        EventKind::Flushed {
+            actor: "cli".into(),
+            released: 7,
+        },
+        "",
+        "",
+        "",
+    );
+    e.sender.clear();
+    e
+}
+
 fn received(queue_id: &str, variant: &str) -> Event {
     ev(
         EventKind::Received {
@@ -329,16 +344,7 @@ fn csv_export_from_columns_matches_the_json_rendering() {
         "",
     );
     access.sender.clear();
-    let mut clear = ev(
-        EventKind::Flushed {
-            actor: "cli".into(),
-            released: 7,
-        },
-        "",
-        "",
-        "",
-    );
-    clear.sender.clear();
+    let clear = flushed();
     let evs = [
         received("Q1", "A"),
         tls,
@@ -435,17 +441,7 @@ fn logs_in_the_earlier_data_format_read_and_verify_as_before() {
         delivered("ann@example.org", "Q1"),
         bounced("gone@example.org", "Q1", "bad-mailbox"),
     ];
-    let mut flushed = ev(
-        EventKind::Flushed {
-            actor: "cli".into(),
-            released: 7,
-        },
-        "",
-        "",
-        "",
-    );
-    flushed.sender.clear();
-    evs.push(flushed);
+    evs.push(flushed());
     evs.push(received("Q2", ""));
     let mut tls = delivered("bob@example.org", "Q2");
     if let EventKind::Delivered { tls: t, reply, .. } = &mut tls.kind {

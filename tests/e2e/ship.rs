@@ -376,116 +376,22 @@ async fn webhooks_deliver_every_event_signed_across_a_receiver_outage_and_kill9(
     assert_eq!(backlog, 0.0);
 }
 
-/// Issue 19, one journal: with the send log on, shipping keeps no outbox of its own; its
-/// destinations read the send log's journal at their cursors (one sealed append and one
-/// fdatasync per batch of events, whoever reads them). An outbox written before (the send
-/// log off, the receiver down) is shipped first after the switch, then deleted: nothing is
-/// lost, and its events arrive before the ones that came after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn destinations_read_the_send_log_journal_after_draining_an_old_outbox() {
-    const N: usize = 8;
-    const SECRET: &str = "whsec_0123456789abcdef";
-    let port = free_port();
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("posts.jsonl");
-    let hook = format!(
-        "[[webhook]]\nname = \"crm\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\n\
-         batch_size = 5\nmax_delay = \"100ms\"\nmax_backoff = \"1s\"\ntimeout = \"5s\"\n"
-    );
-    let sendlog_off = "[sendlog]\nenabled = false\n";
-    let mut w = World::start(
-        &["127.0.0.173"],
-        Zone::new().mail_domain("ship.test", "127.0.0.173"),
-        |c| c.extra(&format!("{hook}\n{sendlog_off}")),
-    )
-    .await;
-    let spool = w.gannet.dir().join("spool");
-    async fn send(addr: std::net::SocketAddr, from: &str) {
-        smtp_source(addr, N, 2, from, "r@ship.test", 200)
-            .await
-            .assert_success();
-    }
-    // The send log is off and the receiver down: events wait in shipping's own outbox.
-    send(w.gannet.smtp_addr(), "before@origin.test").await;
-    w.sinks[0].wait_for(N, WAIT).await;
-    wait_appended(&w.gannet, 2 * N).await;
-    assert!(spool.join("outbox").join("key-check").exists());
-    w.gannet.sigterm().await;
-
-    // The send log on (its default), the receiver up: the old outbox goes out first.
-    let text = std::fs::read_to_string(w.gannet.config_path()).unwrap();
-    assert!(text.contains(sendlog_off));
-    std::fs::write(w.gannet.config_path(), text.replace(sendlog_off, "")).unwrap();
-    let _rx = Receiver::start(port, SECRET, &out).await;
-    w.gannet.restart().await;
-    send(w.gannet.smtp_addr(), "after@origin.test").await;
-    w.sinks[0].wait_for(2 * N, WAIT).await;
-
-    let sender_of = |e: &Value| e["sender"].as_str().unwrap_or_default().to_string();
-    let posts = poll(WAIT, || {
-        let p: Vec<Value> = received_posts(&out)
-            .into_iter()
-            .filter(|v| v["path"] == "/hook")
-            .map(|v| v["event"].clone())
-            .collect();
-        let ids: BTreeSet<&str> = p.iter().map(|e| e["id"].as_str().unwrap()).collect();
-        let received = p.iter().filter(|e| e["type"] == "received").count();
-        (ids.len() >= 4 * N && received >= 2 * N).then_some(p)
-    })
-    .await
-    .unwrap_or_else(|| {
-        panic!(
-            "not every event arrived: {} posts\n{}",
-            received_posts(&out).len(),
-            w.gannet.log()
-        )
-    });
-    let received = |from: &str| {
-        posts
-            .iter()
-            .filter(|e| e["type"] == "received" && sender_of(e) == from)
-            .map(|e| e["queue_id"].as_str().unwrap().to_string())
-            .collect::<BTreeSet<_>>()
-    };
-    assert_eq!(
-        received("before@origin.test").len(),
-        N,
-        "the old outbox's events"
-    );
-    assert_eq!(
-        received("after@origin.test").len(),
-        N,
-        "the journal's events"
-    );
-    // The old outbox's events, all of them, before any of the journal's.
-    let first_after = posts
-        .iter()
-        .position(|e| sender_of(e) == "after@origin.test")
-        .unwrap();
-    let last_before = posts
-        .iter()
-        .rposition(|e| sender_of(e) == "before@origin.test")
-        .unwrap();
-    assert!(last_before < first_after, "old outbox first");
-    // Drained, the old outbox is deleted; the cursor lives beside the journal now.
-    poll(WAIT, || (!spool.join("outbox").exists()).then_some(()))
-        .await
-        .unwrap_or_else(|| panic!("the old outbox is still there\n{}", w.gannet.log()));
-    assert!(
-        spool
-            .join("sendlog.journal")
-            .join("cursors")
-            .join("crm")
-            .exists()
-    );
-    assert!(posts.iter().all(|e| !e["id"].as_str().unwrap().is_empty()));
+/// What a switch of `[sendlog] enabled` left behind for a webhook ("crm") that was down
+/// across it: the posted events, and the spool directory to look at.
+struct Switched {
+    w: World,
+    spool: std::path::PathBuf,
+    posts: Vec<Value>,
+    _rx: Receiver,
+    _out: tempfile::TempDir,
 }
 
-/// The other way round: destinations behind in the send log's journal when the send log is
-/// turned off get those events first from the journal, then the new ones from shipping's own
-/// outbox; the journal stays (the send log takes it up again when turned back on).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journal() {
+/// N messages from `before@origin.test` with the send log `on_before` and the webhook's
+/// receiver down (their events wait where the destination reads them), a graceful stop, the
+/// send log switched, the receiver up, N more from `after@origin.test`. Asserts every message
+/// of both arrived and the first N's events all before any of the second's (`first` names
+/// where those waited).
+async fn switch_send_log_across_an_outage(ip: &str, on_before: bool, first: &str) -> Switched {
     const N: usize = 8;
     const SECRET: &str = "whsec_0123456789abcdef";
     let port = free_port();
@@ -495,11 +401,11 @@ async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journa
         "[[webhook]]\nname = \"crm\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\n\
          batch_size = 5\nmax_delay = \"100ms\"\nmax_backoff = \"1s\"\ntimeout = \"5s\"\n"
     );
-    let mut w = World::start(
-        &["127.0.0.174"],
-        Zone::new().mail_domain("ship.test", "127.0.0.174"),
-        |c| c.extra(&hook),
-    )
+    let sendlog_off = "\n[sendlog]\nenabled = false\n";
+    let off_at_first = if on_before { "" } else { sendlog_off };
+    let mut w = World::start(&[ip], Zone::new().mail_domain("ship.test", ip), |c| {
+        c.extra(&format!("{hook}{off_at_first}"))
+    })
     .await;
     let spool = w.gannet.dir().join("spool");
     async fn send(addr: std::net::SocketAddr, from: &str) {
@@ -507,22 +413,27 @@ async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journa
             .await
             .assert_success();
     }
-    // The send log on (the default) and the receiver down: events wait in its journal.
     send(w.gannet.smtp_addr(), "before@origin.test").await;
     w.sinks[0].wait_for(N, WAIT).await;
     wait_appended(&w.gannet, 2 * N).await;
-    let journal = spool.join("sendlog.journal");
-    assert!(journal.join("cursors").join("crm").exists());
+    // Where the destination reads while the receiver is down.
+    let waiting = if on_before {
+        spool.join("sendlog.journal").join("cursors").join("crm")
+    } else {
+        spool.join("outbox").join("key-check")
+    };
+    assert!(waiting.exists(), "{}", waiting.display());
     w.gannet.sigterm().await;
 
-    // The send log off, the receiver up: the journal's events go out first.
     let text = std::fs::read_to_string(w.gannet.config_path()).unwrap();
-    std::fs::write(
-        w.gannet.config_path(),
-        format!("{text}\n[sendlog]\nenabled = false\n"),
-    )
-    .unwrap();
-    let _rx = Receiver::start(port, SECRET, &out).await;
+    let switched = if on_before {
+        format!("{text}{sendlog_off}")
+    } else {
+        assert!(text.contains(sendlog_off));
+        text.replace(sendlog_off, "")
+    };
+    std::fs::write(w.gannet.config_path(), switched).unwrap();
+    let rx = Receiver::start(port, SECRET, &out).await;
     w.gannet.restart().await;
     send(w.gannet.smtp_addr(), "after@origin.test").await;
     w.sinks[0].wait_for(2 * N, WAIT).await;
@@ -552,16 +463,9 @@ async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journa
             .map(|e| e["queue_id"].as_str().unwrap().to_string())
             .collect::<BTreeSet<_>>()
     };
-    assert_eq!(
-        received("before@origin.test").len(),
-        N,
-        "the journal's events"
-    );
-    assert_eq!(
-        received("after@origin.test").len(),
-        N,
-        "the own outbox's events"
-    );
+    assert_eq!(received("before@origin.test").len(), N, "{first}'s events");
+    assert_eq!(received("after@origin.test").len(), N, "the later events");
+    // All of the first N's events before any of the later ones.
     let first_after = posts
         .iter()
         .position(|e| sender_of(e) == "after@origin.test")
@@ -570,10 +474,42 @@ async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journa
         .iter()
         .rposition(|e| sender_of(e) == "before@origin.test")
         .unwrap();
-    assert!(last_before < first_after, "the journal's events first");
-    // The journal is the send log's: kept, with the destination's cursor moved past them.
-    assert!(journal.join("key-check").exists());
-    assert!(spool.join("outbox").join("cursors").join("crm").exists());
+    assert!(last_before < first_after, "{first}'s events first");
+    assert!(posts.iter().all(|e| !e["id"].as_str().unwrap().is_empty()));
+    Switched {
+        w,
+        spool,
+        posts,
+        _rx: rx,
+        _out: out_dir,
+    }
+}
+
+/// Issue 19, one journal: with the send log on, shipping keeps no outbox of its own; its
+/// destinations read the send log's journal at their cursors (one sealed append and one
+/// fdatasync per batch of events, whoever reads them). An outbox written before (the send
+/// log off, the receiver down) is shipped first after the switch, then deleted: nothing is
+/// lost, and its events arrive before the ones that came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_read_the_send_log_journal_after_draining_an_old_outbox() {
+    let s = switch_send_log_across_an_outage("127.0.0.173", false, "the old outbox").await;
+    // Drained, the old outbox is deleted; the cursor lives beside the journal now.
+    poll(WAIT, || (!s.spool.join("outbox").exists()).then_some(()))
+        .await
+        .unwrap_or_else(|| panic!("the old outbox is still there\n{}", s.w.gannet.log()));
+    let cursor = s.spool.join("sendlog.journal").join("cursors").join("crm");
+    assert!(cursor.exists(), "{} events", s.posts.len());
+}
+
+/// The other way round: destinations behind in the send log's journal when the send log is
+/// turned off get those events first from the journal, then the new ones from shipping's own
+/// outbox; the journal stays (the send log takes it up again when turned back on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_the_send_log_off_ships_what_destinations_had_left_in_its_journal() {
+    let s = switch_send_log_across_an_outage("127.0.0.174", true, "the journal").await;
+    // The journal is the send log's: kept; the destination reads its own outbox now.
+    assert!(s.spool.join("sendlog.journal").join("key-check").exists());
+    assert!(s.spool.join("outbox").join("cursors").join("crm").exists());
 }
 
 /// An erasure while a delivery to the person is in flight (the MX holds its final reply):
