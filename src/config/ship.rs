@@ -351,6 +351,34 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
                 format!("expected an amqp:// or amqps:// URL, got {:?}", a.url),
             ));
         }
+        match a.url.parse::<amq_protocol::uri::AMQPUri>() {
+            Err(e) => {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    format!("cannot read the URL: {e}"),
+                ));
+            }
+            Ok(uri) => {
+                let mechanism = uri.query.auth_mechanism.unwrap_or_default();
+                // What ship/amqp/link.rs answers.
+                use amq_protocol::uri::SASLMechanism::{AMQPlain, Plain};
+                if !matches!(mechanism, Plain | AMQPlain) {
+                    return Err(invalid(
+                        format!("{key}.url"),
+                        format!(
+                            "auth_mechanism={} is not supported; use plain or amqplain",
+                            mechanism.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        if a.exchange.len() > 255 {
+            return Err(invalid(
+                format!("{key}.exchange"),
+                "expected at most 255 bytes",
+            ));
+        }
         if a.routing_key.is_empty() || a.routing_key.len() > 255 {
             return Err(invalid(
                 format!("{key}.routing_key"),

@@ -329,3 +329,25 @@ fn sendlog_journal_defaults_and_limits() {
         assert!(e.contains(&format!("sendlog.{key}")), "{key}: {e}");
     }
 }
+
+#[test]
+fn amqp_urls_are_read_when_the_config_is() {
+    let amqp = |url: &str| format!("{MIN}[[amqp]]\nurl = \"{url}\"\n");
+    Config::from_toml(&amqp("amqp://u:p@127.0.0.1:5672/%2f?heartbeat=30"), "t").unwrap();
+    Config::from_toml(&amqp("amqps://broker.example/events"), "t").unwrap();
+    let e = err_of(&amqp("http://broker"));
+    assert!(e.contains("amqp[0].url") && e.contains("amqp://"), "{e}");
+    let e = err_of(&amqp("amqp://h:notaport/"));
+    assert!(
+        e.contains("amqp[0].url") && e.contains("cannot read"),
+        "{e}"
+    );
+    let e = err_of(&amqp("amqp://h/?auth_mechanism=external"));
+    assert!(e.contains("amqp[0].url") && e.contains("EXTERNAL"), "{e}");
+    let e = err_of(&format!(
+        "{}exchange = \"{}\"\n",
+        amqp("amqp://h"),
+        "x".repeat(256)
+    ));
+    assert!(e.contains("amqp[0].exchange"), "{e}");
+}

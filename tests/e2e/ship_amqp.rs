@@ -1,6 +1,7 @@
 //! Event shipping to a real RabbitMQ (issue 19, AMQP): Debian's `rabbitmq-server`, started
 //! by the test on loopback ports with its own node name, epmd port and data directory, stopped
-//! mid-run and started again; a pika consumer reads what arrived.
+//! mid-run and started again; the exchange is declared only after Gannet began publishing
+//! (the broker closes the channel until then); a pika consumer reads what arrived.
 //!
 //! Sink addresses: 127.0.0.175–.176.
 
@@ -166,7 +167,6 @@ async fn rabbitmq_gets_every_event_in_order_across_a_broker_restart() {
     const N: usize = 20;
     let _ = SCRIPTS_DIR;
     let mut broker = Broker::start().await;
-    broker.client(&["setup"]).await.assert_success();
     let amqp = format!(
         "[[amqp]]\nname = \"rabbit\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\n\
          exchange = \"gannet\"\nrouting_key = \"gannet.{{tenant}}.{{type}}\"\nmax_backoff = \"1s\"\n",
@@ -189,6 +189,18 @@ async fn rabbitmq_gets_every_event_in_order_across_a_broker_restart() {
     .await
     .assert_success();
     w.sinks[0].wait_for(N, WAIT).await;
+    // The exchange does not exist yet: the broker closes the channel (404) and Gannet tries
+    // the batch again, on a new connection, until it does.
+    let mut refused = false;
+    for _ in 0..300 {
+        if w.gannet.log().contains("NOT_FOUND - no exchange 'gannet'") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "no channel close logged\n{}", w.gannet.log());
+    broker.client(&["setup"]).await.assert_success();
     // The broker stops mid-run; mail goes on, events wait in the outbox.
     broker.stop().await;
     smtp_source(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""RabbitMQ side of the shipping test, with pika (independent of Gannet's lapin).
+"""RabbitMQ side of the shipping test, with pika (independent of Gannet's own AMQP client).
 
 Usage: amqp_client.py PORT setup       declare exchange `gannet` (topic, durable), queue
                                         `events` (durable) bound with `gannet.#`

@@ -11,25 +11,31 @@
 //! `timestamp` = event time (seconds). Published without `mandatory`: a message no queue is
 //! bound for is dropped by the broker, as AMQP specifies; bind a queue before shipping.
 
-use std::task::Poll;
+mod link;
+
+use std::str::FromStr;
 use std::time::Duration;
 
-use futures::future::{self, BoxFuture};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::ShortString;
+use amq_protocol::uri::AMQPUri;
+use futures::future::BoxFuture;
 
 use super::runner::{Destination, SendError, ShipEvent};
 use crate::config::ship::AmqpConfig;
+use link::{Link, Message};
 
 /// How long connecting, or waiting for a batch's confirms, may take before the try fails.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Amqp {
+    /// The configured URL (for logs, password removed by [`redact`]).
     url: String,
-    exchange: String,
+    /// Parsed from `url`; Err (config validation makes that unreachable) fails every try.
+    uri: Result<AMQPUri, String>,
+    exchange: ShortString,
     template: String,
-    link: Option<(Connection, Channel)>,
+    link: Option<Link>,
 }
 
 /// The routing key of `e` from `template`: `{tenant}`, `{type}`, `{class}`, `{campaign}`
@@ -75,87 +81,58 @@ impl Amqp {
     pub fn new(c: &AmqpConfig) -> Amqp {
         Amqp {
             url: c.url.clone(),
-            exchange: c.exchange.clone(),
+            uri: AMQPUri::from_str(&c.url),
+            exchange: c.exchange.as_str().into(),
             template: c.routing_key.clone(),
             link: None,
         }
     }
 
-    async fn channel(&mut self) -> Result<Channel, String> {
-        if let Some((conn, ch)) = &self.link
-            && conn.status().connected()
-            && ch.status().connected()
-        {
-            return Ok(ch.clone());
+    /// The open link, or a new one.
+    async fn link(&mut self) -> Result<&mut Link, String> {
+        if self.link.is_none() {
+            let uri = self.uri.as_ref().map_err(|e| format!("bad URL: {e}"))?;
+            let link = tokio::time::timeout(TIMEOUT, Link::open(uri))
+                .await
+                .map_err(|_| format!("connecting took more than {}s", TIMEOUT.as_secs()))??;
+            self.link = Some(link);
         }
-        self.link = None;
-        let conn = tokio::time::timeout(
-            TIMEOUT,
-            Connection::connect(&self.url, ConnectionProperties::default()),
-        )
-        .await
-        .map_err(|_| format!("connecting took more than {}s", TIMEOUT.as_secs()))?
-        .map_err(|e| format!("cannot connect: {e}"))?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|e| format!("cannot open a channel: {e}"))?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| format!("cannot turn on publisher confirms: {e}"))?;
-        self.link = Some((conn, ch.clone()));
-        Ok(ch)
+        self.link.as_mut().ok_or_else(|| "no link".to_string())
     }
 
-    /// Publish the whole batch without waiting between messages, then wait for every
-    /// confirm. lapin hands each publish to its I/O thread and finishes the publish future
-    /// once that thread has written the frames: awaiting each one before the next cost two
-    /// thread wake-ups per event. Here every publish is started (its frames queued and its
-    /// delivery tag taken, in batch order) before any is awaited, so the I/O thread writes
-    /// many messages per wake-up.
+    /// Publish the whole batch (one write), then wait for every confirm.
     async fn publish(&mut self, batch: &[ShipEvent]) -> Result<(), String> {
-        let ch = self.channel().await?;
-        let mut written = Vec::with_capacity(batch.len());
-        // Built once per batch; a clone per message (a `ShortString` owns its bytes).
-        let exchange = ShortString::from(self.exchange.as_str());
+        let exchange = self.exchange.clone();
+        let template = self.template.clone();
+        let link = self.link().await?;
         let content_type = ShortString::from("application/json");
-        for e in batch {
-            let props = BasicProperties::default()
+        let messages = batch.iter().map(|e| Message {
+            routing_key: routing_key(&template, e),
+            properties: BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type(content_type.clone())
                 .with_message_id(e.id.as_str().into())
                 .with_type(e.kind.as_str().into())
-                .with_timestamp(e.time_us / 1_000_000);
-            let mut publish = Box::pin(ch.basic_publish(
-                exchange.clone(),
-                // The key's String moves into the ShortString (no second copy).
-                routing_key(&self.template, e).into(),
-                BasicPublishOptions::default(),
-                &e.json,
-                props,
-            ));
-            // The first poll queues the frames and takes the delivery tag, so messages go
-            // out in batch order however the futures finish.
-            match futures::poll!(publish.as_mut()) {
-                Poll::Ready(r) => written.push(future::Either::Left(future::ready(r))),
-                Poll::Pending => written.push(future::Either::Right(publish)),
-            }
+                .with_timestamp(e.time_us / 1_000_000),
+            body: &e.json,
+        });
+        match tokio::time::timeout(TIMEOUT, link.publish(&exchange, messages)).await {
+            Ok(r) => r,
+            Err(_) => Err(match link.blocked() {
+                Some(why) => format!(
+                    "no confirms within {}s: the broker blocked publishers ({why})",
+                    TIMEOUT.as_secs()
+                ),
+                None => format!("no confirms within {}s", TIMEOUT.as_secs()),
+            }),
         }
-        let wait = async {
-            let confirms = future::try_join_all(written)
-                .await
-                .map_err(|e| format!("publish failed: {e}"))?;
-            for c in confirms {
-                let conf = c.await.map_err(|e| format!("no confirm: {e}"))?;
-                if conf.is_nack() {
-                    return Err("the broker refused (nack) a message".to_string());
-                }
-            }
-            Ok(())
-        };
-        tokio::time::timeout(TIMEOUT, wait)
-            .await
-            .map_err(|_| format!("no confirms within {}s", TIMEOUT.as_secs()))?
+    }
+
+    /// Drop the link (after any error: the next try starts over on a fresh connection).
+    async fn drop_link(&mut self, why: &str) {
+        if let Some(link) = self.link.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.close(why)).await;
+        }
     }
 }
 
@@ -166,18 +143,25 @@ impl Destination for Amqp {
                 Ok(()) => Ok(()),
                 Err(reason) => {
                     // Start over on a fresh connection: the whole batch again, in order.
-                    if let Some((conn, _)) = self.link.take() {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            conn.close(0, "gannet reconnects".into()),
-                        )
-                        .await;
-                    }
+                    self.drop_link("gannet reconnects").await;
                     Err(SendError::Retry {
                         reason: format!("{}: {reason}", redact(&self.url)),
                         after: None,
                     })
                 }
+            }
+        })
+    }
+
+    fn idle(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(link) = self.link.as_mut() else {
+                return;
+            };
+            let r = tokio::time::timeout(TIMEOUT, link.keep_alive()).await;
+            if let Err(why) = r.unwrap_or_else(|_| Err("heartbeat write timed out".into())) {
+                tracing::info!(target: "gannet::ship", url = %redact(&self.url), reason = %why, "idle AMQP connection closed; the next event opens a new one");
+                self.drop_link("gannet reconnects").await;
             }
         })
     }
