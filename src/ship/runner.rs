@@ -31,33 +31,101 @@ pub struct ShipEvent {
     pub time_us: u64,
 }
 
-#[derive(Deserialize)]
+/// The routing fields of a line, borrowed where they hold no escapes.
+#[derive(Default)]
 struct Head<'a> {
-    #[serde(borrow, default)]
     id: Cow<'a, str>,
-    #[serde(borrow, default, rename = "type")]
     kind: Cow<'a, str>,
-    #[serde(borrow, default)]
     tenant: Cow<'a, str>,
-    #[serde(borrow, default)]
     class: Cow<'a, str>,
-    #[serde(borrow, default)]
     campaign: Cow<'a, str>,
-    #[serde(default)]
     time_us: u64,
 }
 
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Key {
+    Id,
+    #[serde(rename = "type")]
+    Kind,
+    Tenant,
+    Class,
+    Campaign,
+    TimeUs,
+    #[serde(other)]
+    Other,
+}
+
+/// A string value, borrowed from the line when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Reads a line's object up to its `type` field and stops there: Gannet serialises the
+/// common fields first and the event kind's own (flattened after `type`) last, so most of a
+/// line's bytes are never parsed. Deserialising the whole line for five fields was ~0.8% of
+/// Gannet's CPU with RabbitMQ shipping on.
+struct HeadVisitor<'h, 'a> {
+    head: &'h mut Head<'a>,
+    typed: &'h mut bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for HeadVisitor<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Id => self.head.id = map.next_value::<Text>()?.0,
+                Key::Tenant => self.head.tenant = map.next_value::<Text>()?.0,
+                Key::Class => self.head.class = map.next_value::<Text>()?.0,
+                Key::Campaign => self.head.campaign = map.next_value::<Text>()?.0,
+                Key::TimeUs => self.head.time_us = map.next_value()?,
+                Key::Kind => {
+                    self.head.kind = map.next_value::<Text>()?.0;
+                    *self.typed = true;
+                    // Leaving the map early makes serde_json report the unread rest as an
+                    // error; `typed` tells the caller that is expected.
+                    return Ok(());
+                }
+                Key::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ShipEvent {
-    /// Read the routing fields of a stored line; None for a line that is not an event.
+    /// Read the routing fields of a stored line; None for a line that is not an event (not
+    /// a JSON object, or one without a `type`).
     pub fn parse(json: Bytes) -> Option<ShipEvent> {
-        let h: Head<'_> = serde_json::from_slice(&json).ok()?;
+        let mut head = Head::default();
+        let mut typed = false;
+        let mut de = serde_json::Deserializer::from_slice(&json);
+        // An error after `type` is the unread rest (see HeadVisitor); one before it, or no
+        // `type` at all, is a line that is not an event.
+        let _ = serde::Deserializer::deserialize_map(
+            &mut de,
+            HeadVisitor {
+                head: &mut head,
+                typed: &mut typed,
+            },
+        );
+        if !typed {
+            return None;
+        }
         let (id, kind, tenant, class, campaign, time_us) = (
-            h.id.into_owned(),
-            h.kind.into_owned(),
-            h.tenant.into_owned(),
-            h.class.into_owned(),
-            h.campaign.into_owned(),
-            h.time_us,
+            head.id.into_owned(),
+            head.kind.into_owned(),
+            head.tenant.into_owned(),
+            head.class.into_owned(),
+            head.campaign.into_owned(),
+            head.time_us,
         );
         Some(ShipEvent {
             json,

@@ -16,7 +16,7 @@ fn key() -> crate::sendlog::MasterKey {
 
 fn line(i: u64, kind: &str) -> Vec<u8> {
     format!(
-        "{{\"id\":\"e{i}\",\"time_us\":{i},\"type\":\"{kind}\",\"tenant\":\"t{}\"}}\n",
+        "{{\"id\":\"e{i}\",\"time_us\":{i},\"tenant\":\"t{}\",\"type\":\"{kind}\"}}\n",
         i % 2
     )
     .into_bytes()
@@ -496,4 +496,37 @@ fn lines_naming_a_person_being_erased_are_written_shredded() {
     o.shred_arriving(b"", std::time::Duration::from_secs(60));
     a.append(&line(5, "delivered"), 1).unwrap();
     assert_eq!(read_ids(&o, start), ["e2", "e4", "e5"]);
+}
+
+#[test]
+fn routing_fields_are_read_from_an_events_serialised_line() {
+    use crate::events::{Event, EventKind};
+    let mut e = Event::new(EventKind::Flushed {
+        actor: "cli".into(),
+        released: 7,
+    });
+    e.tenant = "acme \"eu\"".into(); // escaped in JSON: not borrowed
+    e.class = "bulk".into();
+    e.campaign = "spring".into();
+    let json = bytes::Bytes::from(serde_json::to_vec(&e).unwrap());
+    let s = ShipEvent::parse(json.clone()).unwrap();
+    assert_eq!(
+        (s.id.as_str(), s.kind.as_str(), s.tenant.as_str()),
+        (e.id.as_str(), "flushed", "acme \"eu\"")
+    );
+    assert_eq!((s.class.as_str(), s.campaign.as_str()), ("bulk", "spring"));
+    assert_eq!((s.time_us, s.json), (e.time_us, json));
+    for bad in [
+        "",
+        "[]",
+        "{}",
+        "{\"id\":\"x\"}",
+        "not json",
+        "{\"id\":3,\"type\":\"x\"}",
+    ] {
+        assert!(
+            ShipEvent::parse(bytes::Bytes::from(bad)).is_none(),
+            "{bad:?} is not an event"
+        );
+    }
 }
