@@ -31,6 +31,11 @@ struct Broker {
 
 impl Broker {
     async fn start() -> Broker {
+        Self::start_with("").await
+    }
+
+    /// A node with `conf` added to its `rabbitmq.conf` (e.g. a TLS listener).
+    async fn start_with(conf: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let epmd_port = free_port();
         let epmd = tokio::process::Command::new("epmd")
@@ -44,7 +49,7 @@ impl Broker {
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         std::fs::write(
             dir.path().join("rabbitmq.conf"),
-            "disk_free_limit.absolute = 1MB\n",
+            format!("disk_free_limit.absolute = 1MB\n{conf}"),
         )
         .unwrap();
         let mut b = Broker {
@@ -267,4 +272,113 @@ async fn rabbitmq_gets_every_event_in_order_across_a_broker_restart() {
     assert!(distinct.len() >= want);
     drop(w);
     broker.stop().await;
+}
+
+/// A CA, and a certificate for `localhost` it signed: (CA PEM, certificate PEM, key PEM).
+fn test_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Gannet test CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+/// amqps:// verifies the broker's certificate: against the CA the process trusts (here
+/// through `SSL_CERT_FILE`, which the platform verifier reads on Linux) and for the URL's
+/// host. The same broker reached by an address its certificate does not name is refused, and
+/// a wrong password gets the broker's refusal in the log; neither publishes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_publishes_to_a_broker_whose_certificate_verifies() {
+    const N: usize = 5;
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki();
+    let path = |name: &str| pki.path().join(name).display().to_string();
+    std::fs::write(path("ca.pem"), &ca).unwrap();
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    let tls_port = free_port();
+    let broker = Broker::start_with(&format!(
+        "listeners.ssl.local = 127.0.0.1:{tls_port}\n\
+         ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+        path("ca.pem"),
+        path("cert.pem"),
+        path("key.pem")
+    ))
+    .await;
+    broker.client(&["setup"]).await.assert_success();
+    let amqp = format!(
+        "[[amqp]]\nname = \"verified\"\nurl = \"amqps://guest:guest@localhost:{tls_port}/%2f\"\n\
+         exchange = \"gannet\"\nrouting_key = \"gannet.{{tenant}}.{{type}}\"\nmax_backoff = \"1s\"\n\
+         [[amqp]]\nname = \"misnamed\"\nurl = \"amqps://guest:guest@127.0.0.1:{tls_port}/%2f\"\n\
+         exchange = \"gannet\"\nrouting_key = \"gannet.misnamed.{{type}}\"\nmax_backoff = \"1s\"\n\
+         [[amqp]]\nname = \"badpass\"\nurl = \"amqp://guest:wrong@127.0.0.1:{}/%2f\"\n\
+         exchange = \"gannet\"\nrouting_key = \"gannet.badpass.{{type}}\"\nmax_backoff = \"1s\"\n",
+        broker.port
+    );
+    let w = World::start(
+        &["127.0.0.176"],
+        Zone::new().mail_domain("ship.test", "127.0.0.176"),
+        |c| c.extra(&amqp).env("SSL_CERT_FILE", &path("ca.pem")),
+    )
+    .await;
+    smtp_source(
+        w.gannet.smtp_addr(),
+        N,
+        2,
+        "a@origin.test",
+        "r@ship.test",
+        300,
+    )
+    .await
+    .assert_success();
+    w.sinks[0].wait_for(N, WAIT).await;
+    let want = 2 * N; // received + delivered per message
+    let mut count = 0;
+    for _ in 0..600 {
+        count = broker
+            .client(&["count"])
+            .await
+            .stdout
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let log = w.gannet.log();
+        if count >= want && log.contains("not valid for name") && log.contains("ACCESS_REFUSED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, want, "events over TLS\n{}", w.gannet.log());
+    let log = w.gannet.log();
+    assert!(
+        log.contains(
+            "TLS handshake failed: invalid peer certificate: certificate not valid for name"
+        ),
+        "the address the certificate does not name is refused\n{log}"
+    );
+    assert!(
+        log.contains("the broker refused the connection: 403 ACCESS_REFUSED"),
+        "a wrong password is named in the log\n{log}"
+    );
+    let out = broker.client(&["drain"]).await;
+    out.assert_success();
+    for l in out.stdout.lines() {
+        let m: Value = serde_json::from_str(l).unwrap();
+        // The other two keys are bound too (`gannet.#`): had they published, it would show.
+        let key = m["routing_key"].as_str().unwrap();
+        assert!(
+            key.starts_with("gannet.none."),
+            "only the verified destination published: {m}"
+        );
+    }
 }

@@ -24,6 +24,7 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, confirm
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use bytes::{Buf, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -254,6 +255,16 @@ impl Link {
     /// While nothing is published: answer what the broker sent meanwhile (a close, a
     /// block) and send a heartbeat when one is due. Err when the link is no longer usable.
     pub async fn keep_alive(&mut self) -> Result<(), String> {
+        // Take what has arrived, without waiting for more.
+        loop {
+            self.rbuf.reserve(8 * 1024);
+            match self.io.read_buf(&mut self.rbuf).now_or_never() {
+                None => break,
+                Some(Ok(0)) => return Err("the broker closed the connection".into()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("reading from the broker failed: {e}")),
+            }
+        }
         while let Some(frame) = self.ready_frame()? {
             self.aside(frame).await?;
         }
@@ -268,6 +279,11 @@ impl Link {
 
     /// Close politely (the broker logs a clean close instead of a dropped socket).
     pub async fn close(mut self, why: &str) {
+        if !self.wbuf.is_empty() {
+            // A write was cut off (a timeout): the stream may end inside a frame, and the
+            // unsent rest must not go out; just drop the socket.
+            return;
+        }
         let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
             reply_code: 200,
             reply_text: why.into(),
@@ -458,12 +474,15 @@ impl Confirms {
     }
 
     fn ack(&mut self, tag: u64, multiple: bool) {
-        // A tag from before the batch confirms nothing in it.
-        let Some(i) = tag.checked_sub(self.first).map(|i| i as usize) else {
-            return;
+        // Tag 0 with `multiple` is "everything so far" (AMQP 0-9-1 basic.ack); another tag
+        // from before the batch confirms nothing in it.
+        let i = match tag.checked_sub(self.first) {
+            _ if multiple && tag == 0 => usize::MAX,
+            Some(i) => i as usize,
+            None => return,
         };
         if multiple {
-            let end = (i + 1).min(self.done.len());
+            let end = i.saturating_add(1).min(self.done.len());
             for d in self.done.iter_mut().take(end).skip(self.low) {
                 *d = true;
             }
@@ -530,6 +549,11 @@ mod tests {
         let mut c = Confirms::new(1, 3);
         c.ack(99, true); // past the batch: everything it holds
         assert!(c.all());
+        let mut c = Confirms::new(7, 3);
+        c.ack(0, false);
+        assert!(!c.all());
+        c.ack(0, true);
+        assert!(c.all(), "0 with multiple: all outstanding");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Gannet {
     http: SocketAddr,
     child: Option<Child>,
     runs: u32,
+    /// Extra environment of every start ([`TestConfig::env`]).
+    env: Vec<(String, String)>,
 }
 
 /// One delivery outcome: a `"target":"gannet::outcome"` JSON log line.
@@ -206,6 +208,7 @@ pub struct TestConfig {
     /// `[class.NAME]` → (pool, priority).
     classes: std::collections::BTreeMap<String, (String, i32)>,
     files: Vec<(String, Vec<u8>)>,
+    env: Vec<(String, String)>,
 }
 
 impl TestConfig {
@@ -234,6 +237,7 @@ impl TestConfig {
             ]
             .into(),
             files: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -258,6 +262,13 @@ impl TestConfig {
     /// `${DIR}/name` in the config. Start with [`Gannet::start_config`] (or [`super::World`]).
     pub fn file(mut self, name: &str, contents: impl AsRef<[u8]>) -> Self {
         self.files.push((name.into(), contents.as_ref().to_vec()));
+        self
+    }
+
+    /// An environment variable of the Gannet process (e.g. `SSL_CERT_FILE`: the CA bundle
+    /// certificate verification trusts). Start with [`Gannet::start_config`].
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -481,6 +492,14 @@ impl Gannet {
     /// [`Gannet::start`] after writing `files` (name, contents) into the instance directory,
     /// where the config reaches them as `${DIR}/name` (DKIM keys, shaping data, ...).
     pub async fn start_with_files(config_toml: &str, files: &[(String, Vec<u8>)]) -> Gannet {
+        Self::start_with_env(config_toml, files, &[]).await
+    }
+
+    async fn start_with_env(
+        config_toml: &str,
+        files: &[(String, Vec<u8>)],
+        env: &[(String, String)],
+    ) -> Gannet {
         // A free port can be taken by a parallel test between choosing and binding it; then
         // Gannet exits at startup and we try again with other ports.
         let mut last_err = String::new();
@@ -510,6 +529,7 @@ impl Gannet {
                 http,
                 child: None,
                 runs: 0,
+                env: env.to_vec(),
             };
             match g.spawn_and_wait().await {
                 Ok(()) => return g,
@@ -558,6 +578,7 @@ impl Gannet {
             .arg(&self.config_path)
             .current_dir(self.dir.path())
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -700,7 +721,7 @@ impl Gannet {
 
     /// Starts Gannet on `config` ([`TestConfig::build`] plus its files).
     pub async fn start_config(config: &TestConfig) -> Gannet {
-        Self::start_with_files(&config.build(), config.files()).await
+        Self::start_with_env(&config.build(), config.files(), &config.env).await
     }
 
     /// SIGTERM and wait up to 30 s for exit.
