@@ -33,6 +33,7 @@ async fn drain(outbox: &Outbox, name: &str, dest: Box<dyn Destination>, batch: u
             batch_size: batch,
             max_delay: Duration::ZERO,
             max_backoff: Duration::from_secs(1),
+            max_backlog_bytes: 0,
         },
         st.clone(),
         metrics,

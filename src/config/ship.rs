@@ -110,6 +110,13 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub events: Vec<String>,
     pub tenant: Option<String>,
+    /// Most bytes of events this destination may fall behind (0 = no limit, the default:
+    /// it loses nothing, and its backlog holds disk until it catches up). Past it, the oldest
+    /// events it has not taken are skipped, whole outbox segments at a time, counted in
+    /// `gannet_ship_skipped_total` and logged: for a destination that may stay down for long,
+    /// so the spool's disk does not fill.
+    #[serde(default)]
+    pub max_backlog_bytes: u64,
     /// Most events in one POST.
     #[serde(default = "default_webhook_batch")]
     pub batch_size: usize,
@@ -142,6 +149,13 @@ pub struct AmqpConfig {
     #[serde(default)]
     pub events: Vec<String>,
     pub tenant: Option<String>,
+    /// Most bytes of events this destination may fall behind (0 = no limit, the default:
+    /// it loses nothing, and its backlog holds disk until it catches up). Past it, the oldest
+    /// events it has not taken are skipped, whole outbox segments at a time, counted in
+    /// `gannet_ship_skipped_total` and logged: for a destination that may stay down for long,
+    /// so the spool's disk does not fill.
+    #[serde(default)]
+    pub max_backlog_bytes: u64,
     /// Most events published before waiting for their confirms.
     #[serde(default = "default_amqp_batch")]
     pub batch_size: usize,
@@ -172,6 +186,13 @@ pub struct JsonlConfig {
     #[serde(default)]
     pub events: Vec<String>,
     pub tenant: Option<String>,
+    /// Most bytes of events this destination may fall behind (0 = no limit, the default:
+    /// it loses nothing, and its backlog holds disk until it catches up). Past it, the oldest
+    /// events it has not taken are skipped, whole outbox segments at a time, counted in
+    /// `gannet_ship_skipped_total` and logged: for a destination that may stay down for long,
+    /// so the spool's disk does not fill.
+    #[serde(default)]
+    pub max_backlog_bytes: u64,
 }
 
 /// 500 events (~300 KB of JSON at typical event sizes) per POST: each POST costs Gannet a
@@ -289,6 +310,18 @@ fn check_name(key: &str, name: &str, seen: &mut Vec<String>) -> Result<(), Confi
     Ok(())
 }
 
+/// `max_backlog_bytes`: 0 (no limit) or at least 1 MiB; less is a typo (it counts bytes, not
+/// events or megabytes).
+fn check_backlog(key: &str, bytes: u64) -> Result<(), ConfigError> {
+    if bytes != 0 && bytes < 1 << 20 {
+        return Err(invalid(
+            format!("{key}.max_backlog_bytes"),
+            "expected 0 (no limit) or at least 1048576 (1 MiB)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks of `[outbox]`, `[[webhook]]`, `[[amqp]]` and `[[jsonl]]`.
 pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
     if c.outbox.segment_bytes < 4096 {
@@ -314,6 +347,7 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
         let key = format!("webhook[{i}]");
         check_name(&key, &w.name(), &mut seen)?;
         check_filter(&key, &w.events, &w.tenant)?;
+        check_backlog(&key, w.max_backlog_bytes)?;
         if !(w.url.starts_with("https://") || w.url.starts_with("http://"))
             || w.url.contains(char::is_whitespace)
         {
@@ -345,6 +379,7 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
         let key = format!("amqp[{i}]");
         check_name(&key, &a.name(), &mut seen)?;
         check_filter(&key, &a.events, &a.tenant)?;
+        check_backlog(&key, a.max_backlog_bytes)?;
         if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
             return Err(invalid(
                 format!("{key}.url"),
@@ -399,6 +434,7 @@ pub(super) fn validate(c: &super::Config) -> Result<(), ConfigError> {
         let key = format!("jsonl[{i}]");
         check_name(&key, &j.name(), &mut seen)?;
         check_filter(&key, &j.events, &j.tenant)?;
+        check_backlog(&key, j.max_backlog_bytes)?;
         if j.prefix.is_empty()
             || !j
                 .prefix

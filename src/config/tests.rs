@@ -351,3 +351,23 @@ fn amqp_urls_are_read_when_the_config_is() {
     ));
     assert!(e.contains("amqp[0].exchange"), "{e}");
 }
+
+#[test]
+fn max_backlog_bytes_is_zero_or_at_least_a_mebibyte() {
+    let hook = |v: &str| {
+        format!("{MIN}[[webhook]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nmax_backlog_bytes = {v}\n")
+    };
+    let c = Config::from_toml(&hook("0"), "t").unwrap();
+    assert_eq!(c.webhooks[0].max_backlog_bytes, 0);
+    Config::from_toml(&hook("10_000_000_000"), "t").unwrap();
+    let e = err_of(&hook("500"));
+    assert!(e.contains("webhook[0].max_backlog_bytes"), "{e}");
+    let e = err_of(&format!(
+        "{MIN}[[jsonl]]\ndir = \"d\"\nmax_backlog_bytes = 10\n"
+    ));
+    assert!(e.contains("jsonl[0].max_backlog_bytes"), "{e}");
+    let e = err_of(&format!(
+        "{MIN}[[amqp]]\nurl = \"amqp://h\"\nmax_backlog_bytes = 10\n"
+    ));
+    assert!(e.contains("amqp[0].max_backlog_bytes"), "{e}");
+}

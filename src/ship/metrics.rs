@@ -8,6 +8,7 @@ pub struct ShipMetrics {
     pub sent: IntCounterVec,
     pub failed: IntCounterVec,
     pub retries: IntCounterVec,
+    pub skipped: IntCounterVec,
     pub lag: GaugeVec,
     pub backlog: IntGaugeVec,
     pub outbox_bytes: IntGauge,
@@ -35,6 +36,14 @@ impl ShipMetrics {
                 Opts::new(
                     "gannet_ship_retries_total",
                     "Failed attempts that will be retried (timeouts, 5xx, 429, broker down)",
+                ),
+                d,
+            )
+            .expect("metric"),
+            skipped: IntCounterVec::new(
+                Opts::new(
+                    "gannet_ship_skipped_total",
+                    "Events a destination never got: skipped when it fell more than max_backlog_bytes behind",
                 ),
                 d,
             )
@@ -69,6 +78,7 @@ impl ShipMetrics {
         let _ = registry.register(Box::new(m.sent.clone()));
         let _ = registry.register(Box::new(m.failed.clone()));
         let _ = registry.register(Box::new(m.retries.clone()));
+        let _ = registry.register(Box::new(m.skipped.clone()));
         let _ = registry.register(Box::new(m.lag.clone()));
         let _ = registry.register(Box::new(m.backlog.clone()));
         let _ = registry.register(Box::new(m.outbox_bytes.clone()));
@@ -81,6 +91,7 @@ impl ShipMetrics {
         self.sent.with_label_values(&[name]);
         self.failed.with_label_values(&[name]);
         self.retries.with_label_values(&[name]);
+        self.skipped.with_label_values(&[name]);
         self.lag.with_label_values(&[name]);
         self.backlog.with_label_values(&[name]);
     }

@@ -143,6 +143,7 @@ fn plan(config: &Config) -> Vec<Planned> {
                 // few large writes (and fdatasyncs) a second instead of one per outbox commit.
                 max_delay: JSONL_MAX_DELAY,
                 max_backoff: Duration::from_secs(30),
+                max_backlog_bytes: j.max_backlog_bytes,
             },
             build: Box::new(move || {
                 jsonl::JsonlFiles::open(&c, dir)
@@ -166,6 +167,7 @@ fn plan(config: &Config) -> Vec<Planned> {
                 batch_size: w.batch_size,
                 max_delay: w.max_delay,
                 max_backoff: w.max_backoff,
+                max_backlog_bytes: w.max_backlog_bytes,
             },
             build: Box::new(
                 move || Ok(Box::new(webhook::Webhook::new(&c)) as Box<dyn Destination>),
@@ -187,6 +189,7 @@ fn plan(config: &Config) -> Vec<Planned> {
                 batch_size: a.batch_size,
                 max_delay: Duration::from_millis(50),
                 max_backoff: a.max_backoff,
+                max_backlog_bytes: a.max_backlog_bytes,
             },
             build: Box::new(move || Ok(Box::new(amqp::Amqp::new(&c)) as Box<dyn Destination>)),
         });

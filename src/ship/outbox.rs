@@ -296,6 +296,17 @@ impl Outbox {
         self.segments().first().map(|s| s.start).unwrap_or_default()
     }
 
+    /// Where a reader can jump to leave out what lies before `byte`: the start of the oldest
+    /// segment beginning at or after it, else of the newest segment (the one appended to).
+    pub fn segment_start_from(&self, byte: u64) -> Pos {
+        let segs = self.segments();
+        segs.iter()
+            .find(|s| s.start.byte >= byte)
+            .or(segs.last())
+            .map(|s| s.start)
+            .unwrap_or_default()
+    }
+
     /// Bytes held in segment files (what some destination has not passed yet, give or take
     /// one segment).
     pub fn retained_bytes(&self) -> u64 {

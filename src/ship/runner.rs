@@ -197,6 +197,9 @@ pub struct RunnerOptions {
     pub batch_size: usize,
     pub max_delay: Duration,
     pub max_backoff: Duration,
+    /// Skip the oldest events past this many bytes behind; 0 = never (see
+    /// `max_backlog_bytes` in the config).
+    pub max_backlog_bytes: u64,
 }
 
 /// What housekeeping reads of a runner (lowest cursor for compaction, gauges).
@@ -335,6 +338,7 @@ async fn run_batches(
     let sent = metrics.sent.with_label_values(&[&name]);
     let failed = metrics.failed.with_label_values(&[&name]);
     let retries = metrics.retries.with_label_values(&[&name]);
+    let skipped = metrics.skipped.with_label_values(&[&name]);
     let mut cursor = st.cursor();
     let mut saved = cursor;
     let mut saved_at = tokio::time::Instant::now();
@@ -343,7 +347,15 @@ async fn run_batches(
     let idle_every = Duration::from_secs(30);
     let fields =
         dest.needs_fields() || !opts.filter.events.is_empty() || opts.filter.tenant.is_some();
-    loop {
+    'batches: loop {
+        if let Some(to) = too_far_behind(outbox, cursor, opts.max_backlog_bytes) {
+            skip(&name, &skipped, cursor, to, opts.max_backlog_bytes);
+            cursor = to;
+            st.set_cursor(cursor);
+            reader = Some(outbox.reader(cursor));
+            save(outbox, &name, cursor).await;
+            (saved, saved_at) = (cursor, tokio::time::Instant::now());
+        }
         // Gather a batch: what is there, then wait up to max_delay for more to fill it.
         let mut batch: Vec<ShipEvent> = Vec::new();
         let mut next = cursor;
@@ -501,6 +513,11 @@ async fn run_batches(
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.cancelled() => return saved,
                     }
+                    if too_far_behind(outbox, cursor, opts.max_backlog_bytes).is_some() {
+                        // Down for long: the batch goes with what is skipped at the top.
+                        st.oldest_unsent_us.store(0, Ordering::Release);
+                        continue 'batches;
+                    }
                 }
             }
         }
@@ -512,6 +529,25 @@ async fn run_batches(
             (saved, saved_at) = (cursor, tokio::time::Instant::now());
         }
     }
+}
+
+/// Where a destination more than `max` bytes behind goes on (whole segments skipped, so
+/// it is left at most `max` behind, or one segment when that is larger); None within the
+/// limit, or with no limit (0).
+fn too_far_behind(outbox: &Outbox, cursor: Pos, max: u64) -> Option<Pos> {
+    if max == 0 || outbox.end().byte.saturating_sub(cursor.byte) <= max {
+        return None;
+    }
+    let to = outbox.segment_start_from(outbox.end().byte - max);
+    (to.byte > cursor.byte).then_some(to)
+}
+
+fn skip(name: &str, skipped: &prometheus::IntCounter, from: Pos, to: Pos, max: u64) {
+    let events = to.event - from.event;
+    skipped.inc_by(events);
+    tracing::error!(target: "gannet::ship", destination = %name, events, bytes = to.byte - from.byte,
+        max_backlog_bytes = max, from_event = from.event, to_event = to.event,
+        "destination fell more than max_backlog_bytes behind; its oldest events were skipped (they stay in the send log; raise max_backlog_bytes or fix the receiver)");
 }
 
 async fn save(outbox: &Outbox, name: &str, p: Pos) {

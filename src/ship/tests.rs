@@ -162,6 +162,7 @@ async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
             batch_size: 2,
             max_delay: Duration::from_millis(100),
             max_backoff: Duration::from_secs(4),
+            max_backlog_bytes: 0,
         },
         st.clone(),
         metrics.clone(),
@@ -251,6 +252,7 @@ async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply(
                 batch_size: 4,
                 max_delay: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(4),
+                max_backlog_bytes: 0,
             },
             st.clone(),
             metrics,
@@ -443,6 +445,7 @@ async fn a_drain_ships_what_is_left_and_steps_over_a_shredded_tail() {
             batch_size: 3,
             max_delay: Duration::from_millis(100),
             max_backoff: Duration::from_secs(4),
+            max_backlog_bytes: 0,
         },
         st.clone(),
         super::metrics::ShipMetrics::new(&prometheus::Registry::new()),
@@ -529,4 +532,69 @@ fn routing_fields_are_read_from_an_events_serialised_line() {
             "{bad:?} is not an event"
         );
     }
+}
+
+/// With `max_backlog_bytes`, a destination that stays down is moved on past whole segments of
+/// its oldest events (counted and logged) instead of holding the outbox's disk: what it gets
+/// afterwards is every event from a segment start on, and skipped + delivered = appended.
+#[tokio::test(start_paused = true)]
+async fn a_destination_down_for_long_skips_its_oldest_events_past_max_backlog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let st = runner::state("slow", o.end());
+    let stop = CancellationToken::new();
+    let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
+    let task = tokio::spawn(runner::run(
+        o.clone(),
+        Box::new(Fake {
+            got: got.clone(),
+            fail_first: 6,
+            refuse_id: "",
+        }),
+        RunnerOptions {
+            name: "slow".into(),
+            filter: ShipFilter::default(),
+            batch_size: 10,
+            max_delay: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(4),
+            max_backlog_bytes: 8192,
+        },
+        st.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let append = |a: &mut super::outbox::Appender, from: u64| {
+        let mut buf = Vec::new();
+        for i in from..from + 10 {
+            buf.extend(line(i, "delivered"));
+        }
+        a.append(&buf, 10).unwrap();
+    };
+    append(&mut a, 0);
+    let retries = metrics.retries.with_label_values(&["slow"]);
+    while retries.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Down, and now far behind: 300 events in segments of 4 KiB.
+    for from in (10..300).step_by(10) {
+        append(&mut a, from);
+    }
+    assert!(o.end().byte > 4 * 8192, "{:?}", o.end());
+    while st.cursor() != o.end() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let got: Vec<String> = got.lock().unwrap().concat();
+    let skipped = metrics.skipped.with_label_values(&["slow"]).get();
+    assert!(
+        skipped >= 10,
+        "the first batch, at least, was skipped: {skipped}"
+    );
+    assert_eq!(skipped + got.len() as u64, 300, "none lost silently");
+    let first: u64 = got[0][1..].parse().unwrap();
+    let want: Vec<String> = (first..300).map(|i| format!("e{i}")).collect();
+    assert_eq!(got, want, "everything from the skip point on, in order");
+    assert_eq!(o.load_cursor("slow"), Some(o.end()));
 }
