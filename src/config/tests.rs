@@ -355,7 +355,9 @@ fn amqp_urls_are_read_when_the_config_is() {
 #[test]
 fn max_backlog_bytes_is_zero_or_at_least_a_mebibyte() {
     let hook = |v: &str| {
-        format!("{MIN}[[webhook]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nmax_backlog_bytes = {v}\n")
+        format!(
+            "{MIN}[[webhook]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nmax_backlog_bytes = {v}\n"
+        )
     };
     let c = Config::from_toml(&hook("0"), "t").unwrap();
     assert_eq!(c.webhooks[0].max_backlog_bytes, 0);
