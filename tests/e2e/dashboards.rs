@@ -255,6 +255,8 @@ async fn every_dashboard_query_returns_data_and_the_bounce_alert_fires_in_promet
                     "[anomaly]\ninterval = \"1s\"\nhard_bounce_min_sample = 20\n\
                      admins = [\"ops@admin.test\"]",
                 )
+                // An event destination, so the shipping panels and alerts have series.
+                .extra("[[jsonl]]\ndir = \"${DIR}/events\"\n")
         },
     )
     .await;
