@@ -85,8 +85,8 @@ impl Amqp {
         }
     }
 
-    /// The open link, or a new one.
-    async fn link(&mut self) -> Result<&mut Link, String> {
+    /// Open a link unless one is open.
+    async fn connect(&mut self) -> Result<(), String> {
         if self.link.is_none() {
             let uri = self.uri.as_ref().map_err(|e| format!("bad URL: {e}"))?;
             let link = tokio::time::timeout(TIMEOUT, Link::open(uri))
@@ -94,12 +94,12 @@ impl Amqp {
                 .map_err(|_| format!("connecting took more than {}s", TIMEOUT.as_secs()))??;
             self.link = Some(link);
         }
-        self.link.as_mut().ok_or_else(|| "no link".to_string())
+        Ok(())
     }
 
     /// Publish the whole batch (one write), then wait for every confirm.
     async fn publish(&mut self, batch: &[ShipEvent]) -> Result<(), String> {
-        self.link().await?;
+        self.connect().await?;
         let Amqp {
             link: Some(link),
             exchange,
@@ -107,7 +107,7 @@ impl Amqp {
             ..
         } = self
         else {
-            return Err("no link".into());
+            return Err("no link after connecting".into());
         };
         let mut key = String::with_capacity(template.len() + 32);
         for e in batch {
