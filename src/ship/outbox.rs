@@ -457,10 +457,7 @@ impl Outbox {
         let mut at = 0;
         for nl in memchr::memchr_iter(b'\n', &lower) {
             let line = &lower[at..nl];
-            if needles
-                .iter()
-                .any(|n| memchr::memmem::find(line, n).is_some())
-            {
+            if needles.iter().any(|n| names(line, n)) {
                 out.get_or_insert_with(|| lines.to_vec())[at..nl].fill(SHREDDED);
             }
             at = nl + 1;
@@ -510,10 +507,7 @@ impl Outbox {
             for nl in memchr::memchr_iter(b'\n', &data) {
                 let line = &data[at..nl];
                 if let Opened::Event(json) = self.shared.key.open(line)
-                    && json
-                        .to_ascii_lowercase()
-                        .windows(needle.len())
-                        .any(|w| w == needle)
+                    && names(&json.to_ascii_lowercase(), needle)
                 {
                     use std::os::unix::fs::FileExt;
                     file.write_all_at(&vec![SHREDDED; line.len()], at as u64)?;
@@ -539,6 +533,13 @@ impl Outbox {
             buf: Vec::new(),
         }
     }
+}
+
+/// Whether an event's lower-cased JSON names the person `needle` (a lower-cased address) in
+/// any field or reply text: what both erasure passes ([`Outbox::shred_until`] on what is
+/// written, [`Outbox::shred_arriving`] on what arrives) compare. An empty needle names no one.
+fn names(lower_json: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && memchr::memmem::find(lower_json, needle).is_some()
 }
 
 /// Events as the outbox's lines: one JSON object and `\n` each. An event that cannot be
