@@ -505,8 +505,7 @@ pub async fn erase_person_with(
     }
     let log = sendlog(s)?.clone();
     let hash = log.address_hash(&req.address);
-    // How the address appears in lower-cased event JSON and answers (what is shredded).
-    let needle = req.address.trim().to_ascii_lowercase().into_bytes();
+    let needle = crate::sendlog::erasure_needle(&req.address);
     // Shipping's own outbox writes lines naming them shredded from now on (the send log's
     // journal does from its erase below, before its pass over what is written).
     if let Some(outbox) = &s.outbox {

@@ -54,6 +54,12 @@ pub enum SendLogError {
 /// flight at the erasure can take with the default timeouts.
 pub const ERASURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
+/// How a person's address is looked for in lower-cased event JSON and stored answers when
+/// they are erased: every store's shred pass compares with this.
+pub fn erasure_needle(address: &str) -> Vec<u8> {
+    address.trim().to_ascii_lowercase().into_bytes()
+}
+
 /// Where the send log and its key live, resolved against the config file's directory.
 pub fn paths(config: &Config) -> (PathBuf, PathBuf) {
     let db = match &config.sendlog.path {
@@ -244,7 +250,7 @@ impl SendLog {
     /// (`erased` event, without the address).
     pub async fn erase(&self, address: &str, actor: &str) -> Result<Erased, SendLogError> {
         let hash = self.info.key.address_hash(address);
-        let needle = address.trim().to_ascii_lowercase().into_bytes();
+        let needle = erasure_needle(address);
         // Lines naming them that are appended from now on are written shredded, so none
         // slips in behind the pass below (a delivery in flight, a purge just recorded).
         self.progress
