@@ -138,46 +138,87 @@ impl Destination for Fake {
     }
 }
 
+/// Options for a test runner: `batch_size`, every event, 100 ms max delay, 4 s max backoff,
+/// no backlog limit (change fields with struct update syntax).
+fn opts(name: &str, batch_size: usize) -> RunnerOptions {
+    RunnerOptions {
+        name: name.into(),
+        filter: ShipFilter::default(),
+        batch_size,
+        max_delay: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(4),
+        max_backlog_bytes: 0,
+    }
+}
+
+/// A runner of `dest` over `o` from its end, with metrics of its own.
+struct Running {
+    st: Arc<runner::RunnerState>,
+    stop: CancellationToken,
+    metrics: super::metrics::ShipMetrics,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_runner(o: &Outbox, dest: impl Destination + 'static, opts: RunnerOptions) -> Running {
+    let st = runner::state(&opts.name, o.end());
+    let stop = CancellationToken::new();
+    let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
+    let task = tokio::spawn(runner::run(
+        o.clone(),
+        Box::new(dest),
+        opts,
+        st.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    Running {
+        st,
+        stop,
+        metrics,
+        task,
+    }
+}
+
+impl Running {
+    /// Wait until the runner's cursor reached the outbox's end, then stop it.
+    async fn until_caught_up(self, o: &Outbox) -> super::metrics::ShipMetrics {
+        while self.st.cursor() != o.end() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.metrics
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
     let tmp = tempfile::tempdir().unwrap();
     let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
-    let st = runner::state("fake", o.end());
-    let stop = CancellationToken::new();
-    let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
-    let task = tokio::spawn(runner::run(
-        o.clone(),
-        Box::new(Fake {
-            got: got.clone(),
-            fail_first: 3,
-            refuse_id: "e4",
-        }),
+    let fake = Fake {
+        got: got.clone(),
+        fail_first: 3,
+        refuse_id: "e4",
+    };
+    let filter = ShipFilter {
+        events: vec!["delivered".into()],
+        tenant: Some("t0".into()),
+    };
+    let running = spawn_runner(
+        &o,
+        fake,
         RunnerOptions {
-            name: "fake".into(),
-            filter: ShipFilter {
-                events: vec!["delivered".into()],
-                tenant: Some("t0".into()),
-            },
-            batch_size: 2,
-            max_delay: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(4),
-            max_backlog_bytes: 0,
+            filter,
+            ..opts("fake", 2)
         },
-        st.clone(),
-        metrics.clone(),
-        stop.clone(),
-    ));
+    );
     let mut buf = Vec::new();
     for i in 0..12 {
         buf.extend(line(i, if i == 6 { "bounced" } else { "delivered" }));
     }
     a.append(&buf, 12).unwrap();
-    while st.cursor() != o.end() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.cancel();
-    task.await.unwrap();
+    let metrics = running.until_caught_up(&o).await;
     // Tenant t0 = even ids; e6 is a bounce; the batch [e4, e8] was refused (not retried).
     assert_eq!(*got.lock().unwrap(), vec![vec!["e0", "e2"], vec!["e10"]]);
     assert_eq!(metrics.retries.with_label_values(&["fake"]).get(), 3);
@@ -236,38 +277,25 @@ async fn a_lines_only_destination_gets_every_line_whole_and_filters_still_apply(
         let first_ids = Arc::new(Mutex::new(Vec::new()));
         let later_ids = Arc::new(Mutex::new(Vec::new()));
         let filtered = filter.tenant.is_some();
-        let st = runner::state("lines", o.end());
-        let stop = CancellationToken::new();
-        let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
-        let task = tokio::spawn(runner::run(
-            o.clone(),
-            Box::new(LinesOnly {
-                got: got.clone(),
-                first_ids: first_ids.clone(),
-                later_ids: later_ids.clone(),
-            }),
+        let dest = LinesOnly {
+            got: got.clone(),
+            first_ids: first_ids.clone(),
+            later_ids: later_ids.clone(),
+        };
+        let running = spawn_runner(
+            &o,
+            dest,
             RunnerOptions {
-                name: "lines".into(),
                 filter,
-                batch_size: 4,
-                max_delay: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(4),
-                max_backlog_bytes: 0,
+                ..opts("lines", 4)
             },
-            st.clone(),
-            metrics,
-            stop.clone(),
-        ));
+        );
         let mut buf = Vec::new();
         for i in 0..12 {
             buf.extend(line(i, "delivered"));
         }
         a.append(&buf, 12).unwrap();
-        while st.cursor() != o.end() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        stop.cancel();
-        task.await.unwrap();
+        running.until_caught_up(&o).await;
         let lines: Vec<Vec<u8>> = want
             .iter()
             .map(|&i| {
@@ -439,14 +467,7 @@ async fn a_drain_ships_what_is_left_and_steps_over_a_shredded_tail() {
             fail_first: 1,
             refuse_id: "none",
         }),
-        RunnerOptions {
-            name: "fake".into(),
-            filter: ShipFilter::default(),
-            batch_size: 3,
-            max_delay: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(4),
-            max_backlog_bytes: 0,
-        },
+        opts("fake", 3),
         st.clone(),
         super::metrics::ShipMetrics::new(&prometheus::Registry::new()),
         CancellationToken::new(),
@@ -542,28 +563,19 @@ async fn a_destination_down_for_long_skips_its_oldest_events_past_max_backlog() 
     let tmp = tempfile::tempdir().unwrap();
     let (o, mut a) = Outbox::open(tmp.path(), 4096, &key()).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
-    let st = runner::state("slow", o.end());
-    let stop = CancellationToken::new();
-    let metrics = super::metrics::ShipMetrics::new(&prometheus::Registry::new());
-    let task = tokio::spawn(runner::run(
-        o.clone(),
-        Box::new(Fake {
-            got: got.clone(),
-            fail_first: 6,
-            refuse_id: "",
-        }),
+    let fake = Fake {
+        got: got.clone(),
+        fail_first: 6,
+        refuse_id: "",
+    };
+    let running = spawn_runner(
+        &o,
+        fake,
         RunnerOptions {
-            name: "slow".into(),
-            filter: ShipFilter::default(),
-            batch_size: 10,
-            max_delay: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(4),
             max_backlog_bytes: 8192,
+            ..opts("slow", 10)
         },
-        st.clone(),
-        metrics.clone(),
-        stop.clone(),
-    ));
+    );
     let append = |a: &mut super::outbox::Appender, from: u64| {
         let mut buf = Vec::new();
         for i in from..from + 10 {
@@ -572,7 +584,7 @@ async fn a_destination_down_for_long_skips_its_oldest_events_past_max_backlog() 
         a.append(&buf, 10).unwrap();
     };
     append(&mut a, 0);
-    let retries = metrics.retries.with_label_values(&["slow"]);
+    let retries = running.metrics.retries.with_label_values(&["slow"]);
     while retries.get() == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -581,11 +593,7 @@ async fn a_destination_down_for_long_skips_its_oldest_events_past_max_backlog() 
         append(&mut a, from);
     }
     assert!(o.end().byte > 4 * 8192, "{:?}", o.end());
-    while st.cursor() != o.end() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.cancel();
-    task.await.unwrap();
+    let metrics = running.until_caught_up(&o).await;
     let got: Vec<String> = got.lock().unwrap().concat();
     let skipped = metrics.skipped.with_label_values(&["slow"]).get();
     assert!(

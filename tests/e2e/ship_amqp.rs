@@ -139,6 +139,16 @@ impl Broker {
         let _ = std::fs::remove_file(self.pid_file());
     }
 
+    /// How many messages wait in queue `events` (0 while it cannot say).
+    async fn count(&self) -> usize {
+        self.client(&["count"])
+            .await
+            .stdout
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
     async fn client(&self, args: &[&str]) -> ToolOutput {
         let port = self.port.to_string();
         let mut all = vec![port.as_str()];
@@ -157,6 +167,21 @@ impl Drop for Broker {
         }
         let _ = self.epmd.start_kill();
     }
+}
+
+/// `n` messages to r@ship.test through smtp-source, then wait until the sink has `total`.
+async fn send(w: &World, n: usize, total: usize) {
+    smtp_source(
+        w.gannet.smtp_addr(),
+        n,
+        4,
+        "a@origin.test",
+        "r@ship.test",
+        300,
+    )
+    .await
+    .assert_success();
+    w.sinks[0].wait_for(total, WAIT).await;
 }
 
 fn rand_u16() -> u16 {
@@ -183,17 +208,7 @@ async fn rabbitmq_gets_every_event_in_order_across_a_broker_restart() {
         |c| c.extra(&amqp),
     )
     .await;
-    smtp_source(
-        w.gannet.smtp_addr(),
-        N,
-        4,
-        "a@origin.test",
-        "r@ship.test",
-        300,
-    )
-    .await
-    .assert_success();
-    w.sinks[0].wait_for(N, WAIT).await;
+    send(&w, N, N).await;
     // The exchange does not exist yet: the broker closes the channel (404) and Gannet tries
     // the batch again, on a new connection, until it does.
     let mut refused = false;
@@ -208,23 +223,12 @@ async fn rabbitmq_gets_every_event_in_order_across_a_broker_restart() {
     broker.client(&["setup"]).await.assert_success();
     // The broker stops mid-run; mail goes on, events wait in the outbox.
     broker.stop().await;
-    smtp_source(
-        w.gannet.smtp_addr(),
-        N,
-        4,
-        "a@origin.test",
-        "r@ship.test",
-        300,
-    )
-    .await
-    .assert_success();
-    w.sinks[0].wait_for(2 * N, WAIT).await;
+    send(&w, N, 2 * N).await;
     broker.run().await;
     let want = 4 * N; // received + delivered per message
     let mut count = 0;
     for _ in 0..600 {
-        let out = broker.client(&["count"]).await;
-        count = out.stdout.trim().parse().unwrap_or(0);
+        count = broker.count().await;
         if count >= want {
             break;
         }
@@ -331,27 +335,11 @@ async fn amqps_publishes_to_a_broker_whose_certificate_verifies() {
         |c| c.extra(&amqp).env("SSL_CERT_FILE", &path("ca.pem")),
     )
     .await;
-    smtp_source(
-        w.gannet.smtp_addr(),
-        N,
-        2,
-        "a@origin.test",
-        "r@ship.test",
-        300,
-    )
-    .await
-    .assert_success();
-    w.sinks[0].wait_for(N, WAIT).await;
+    send(&w, N, N).await;
     let want = 2 * N; // received + delivered per message
     let mut count = 0;
     for _ in 0..600 {
-        count = broker
-            .client(&["count"])
-            .await
-            .stdout
-            .trim()
-            .parse()
-            .unwrap_or(0);
+        count = broker.count().await;
         let log = w.gannet.log();
         if count >= want && log.contains("not valid for name") && log.contains("ACCESS_REFUSED") {
             break;
