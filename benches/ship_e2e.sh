@@ -108,7 +108,8 @@ for r in $(seq "$ROUNDS"); do
     line=$(grep '^gannet:' <<<"$out")
     rate=$(field msg/s "$line")
     cpu=$(awk '{for(i=1;i<=NF;i++) if($i=="CPU") {print $(i+1); exit}}' <<<"$line")
-    echo "round $r shipping $mode: $rate msg/s, CPU $cpu ms/msg, load $(cut -d' ' -f1 /proc/loadavg)"
+    ctx=$(awk '{for(i=1;i<=NF;i++) if($i=="context") {print $(i-1); exit}}' <<<"$line")
+    echo "round $r shipping $mode: $rate msg/s, CPU $cpu ms/msg, $ctx context switches/msg, load $(cut -d' ' -f1 /proc/loadavg)"
     grep '^  shipping' <<<"$out" || true
     if [ "$mode" = on ]; then
       # The receivers share the two cores with Gannet: their CPU over the run, per message.

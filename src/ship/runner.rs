@@ -20,27 +20,32 @@ use crate::config::ship::ShipFilter;
 
 /// One event as a destination receives it: the JSON exactly as stored, and the fields
 /// destinations route on.
+///
+/// The routing fields are spans of `json` (no copy, no allocation: a destination reads
+/// thousands of events a second and most never look past the type); only a value holding
+/// JSON escapes is unescaped, into `unescaped`.
 #[derive(Debug, Clone)]
 pub struct ShipEvent {
     pub json: Bytes,
-    pub id: String,
-    pub kind: String,
-    pub tenant: String,
-    pub class: String,
-    pub campaign: String,
+    fields: [Span; FIELDS],
+    unescaped: String,
     pub time_us: u64,
 }
 
-/// The routing fields of a line, borrowed where they hold no escapes.
-#[derive(Default)]
-struct Head<'a> {
-    id: Cow<'a, str>,
-    kind: Cow<'a, str>,
-    tenant: Cow<'a, str>,
-    class: Cow<'a, str>,
-    campaign: Cow<'a, str>,
-    time_us: u64,
+/// Where one routing field's text is: `from..to` of the JSON, or of `unescaped` when `own`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    from: u32,
+    to: u32,
+    own: bool,
 }
+
+const FIELDS: usize = 5;
+const ID: usize = 0;
+const KIND: usize = 1;
+const TENANT: usize = 2;
+const CLASS: usize = 3;
+const CAMPAIGN: usize = 4;
 
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
@@ -64,36 +69,69 @@ struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 /// common fields first and the event kind's own (flattened after `type`) last, so most of a
 /// line's bytes are never parsed. Deserialising the whole line for five fields was ~0.8% of
 /// Gannet's CPU with RabbitMQ shipping on.
-struct HeadVisitor<'h, 'a> {
-    head: &'h mut Head<'a>,
+struct HeadVisitor<'h> {
+    json: &'h [u8],
+    event: &'h mut ShipEvent,
     typed: &'h mut bool,
 }
 
-impl<'de> serde::de::Visitor<'de> for HeadVisitor<'_, 'de> {
+impl HeadVisitor<'_> {
+    fn set(&mut self, field: usize, text: Cow<'_, str>) {
+        // A borrowed value is a slice of the line itself: keep where it is.
+        let within = (text.as_ptr() as usize)
+            .checked_sub(self.json.as_ptr() as usize)
+            .filter(|from| from + text.len() <= self.json.len());
+        let span = match (&text, within) {
+            (Cow::Borrowed(_), Some(from)) => Span {
+                from: from as u32,
+                to: (from + text.len()) as u32,
+                own: false,
+            },
+            _ => {
+                let from = self.event.unescaped.len();
+                self.event.unescaped.push_str(&text);
+                Span {
+                    from: from as u32,
+                    to: self.event.unescaped.len() as u32,
+                    own: true,
+                }
+            }
+        };
+        self.event.fields[field] = span;
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HeadVisitor<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an event object")
     }
 
-    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+    fn visit_map<M: serde::de::MapAccess<'de>>(mut self, mut map: M) -> Result<(), M::Error> {
         while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::Id => self.head.id = map.next_value::<Text>()?.0,
-                Key::Tenant => self.head.tenant = map.next_value::<Text>()?.0,
-                Key::Class => self.head.class = map.next_value::<Text>()?.0,
-                Key::Campaign => self.head.campaign = map.next_value::<Text>()?.0,
-                Key::TimeUs => self.head.time_us = map.next_value()?,
-                Key::Kind => {
-                    self.head.kind = map.next_value::<Text>()?.0;
-                    *self.typed = true;
-                    // Leaving the map early makes serde_json report the unread rest as an
-                    // error; `typed` tells the caller that is expected.
-                    return Ok(());
+            let field = match key {
+                Key::Id => ID,
+                Key::Tenant => TENANT,
+                Key::Class => CLASS,
+                Key::Campaign => CAMPAIGN,
+                Key::Kind => KIND,
+                Key::TimeUs => {
+                    self.event.time_us = map.next_value()?;
+                    continue;
                 }
                 Key::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
                 }
+            };
+            let text = map.next_value::<Text>()?.0;
+            self.set(field, text);
+            if field == KIND {
+                *self.typed = true;
+                // Leaving the map early makes serde_json report the unread rest as an
+                // error; `typed` tells the caller that is expected.
+                return Ok(());
             }
         }
         Ok(())
@@ -104,7 +142,7 @@ impl ShipEvent {
     /// Read the routing fields of a stored line; None for a line that is not an event (not
     /// a JSON object, or one without a `type`).
     pub fn parse(json: Bytes) -> Option<ShipEvent> {
-        let mut head = Head::default();
+        let mut event = ShipEvent::unparsed(json.clone());
         let mut typed = false;
         let mut de = serde_json::Deserializer::from_slice(&json);
         // An error after `type` is the unread rest (see HeadVisitor); one before it, or no
@@ -112,30 +150,58 @@ impl ShipEvent {
         let _ = serde::Deserializer::deserialize_map(
             &mut de,
             HeadVisitor {
-                head: &mut head,
+                json: &json,
+                event: &mut event,
                 typed: &mut typed,
             },
         );
-        if !typed {
-            return None;
-        }
-        let (id, kind, tenant, class, campaign, time_us) = (
-            head.id.into_owned(),
-            head.kind.into_owned(),
-            head.tenant.into_owned(),
-            head.class.into_owned(),
-            head.campaign.into_owned(),
-            head.time_us,
-        );
-        Some(ShipEvent {
+        typed.then_some(event)
+    }
+
+    /// The event with its JSON only (routing fields empty).
+    fn unparsed(json: Bytes) -> ShipEvent {
+        ShipEvent {
             json,
-            id,
-            kind,
-            tenant,
-            class,
-            campaign,
-            time_us,
-        })
+            fields: [Span::default(); FIELDS],
+            unescaped: String::new(),
+            time_us: 0,
+        }
+    }
+
+    fn field(&self, f: usize) -> &str {
+        let Span { from, to, own } = self.fields[f];
+        let range = from as usize..to as usize;
+        if own {
+            self.unescaped.get(range).unwrap_or("")
+        } else {
+            // Valid UTF-8: it was read as a &str from these bytes.
+            self.json
+                .get(range)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("")
+        }
+    }
+
+    /// The event's stable id (receivers deduplicate on it).
+    pub fn id(&self) -> &str {
+        self.field(ID)
+    }
+
+    /// The event type (`delivered`, `bounced`, ...).
+    pub fn kind(&self) -> &str {
+        self.field(KIND)
+    }
+
+    pub fn tenant(&self) -> &str {
+        self.field(TENANT)
+    }
+
+    pub fn class(&self) -> &str {
+        self.field(CLASS)
+    }
+
+    pub fn campaign(&self) -> &str {
+        self.field(CAMPAIGN)
     }
 }
 
@@ -171,21 +237,6 @@ pub trait Destination: Send {
     /// time for the lag gauge, its id for logs) and left empty in the others.
     fn needs_fields(&self) -> bool {
         true
-    }
-}
-
-impl ShipEvent {
-    /// The event with its JSON only (routing fields empty).
-    fn unparsed(json: Bytes) -> ShipEvent {
-        ShipEvent {
-            json,
-            id: String::new(),
-            kind: String::new(),
-            tenant: String::new(),
-            class: String::new(),
-            campaign: String::new(),
-            time_us: 0,
-        }
     }
 }
 
@@ -265,8 +316,8 @@ pub fn state(name: &str, at: Pos) -> Arc<RunnerState> {
 }
 
 fn takes(filter: &ShipFilter, e: &ShipEvent) -> bool {
-    (filter.events.is_empty() || filter.events.contains(&e.kind))
-        && filter.tenant.as_deref().is_none_or(|t| t == e.tenant)
+    (filter.events.is_empty() || filter.events.iter().any(|k| k == e.kind()))
+        && filter.tenant.as_deref().is_none_or(|t| t == e.tenant())
 }
 
 /// Exponential backoff from 1 s to `max`, "equal jitter": half fixed, half random, so many
@@ -495,7 +546,7 @@ async fn run_batches(
                 Err(SendError::Refused { reason }) => {
                     failed.inc_by(batch.len() as u64);
                     tracing::error!(target: "gannet::ship", destination = %name,
-                        events = batch.len(), first_id = %batch[0].id, %reason,
+                        events = batch.len(), first_id = %batch[0].id(), %reason,
                         "destination refused the batch for good; not retried (fix the receiver, the events stay in the send log)");
                     break;
                 }

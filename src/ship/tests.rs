@@ -31,7 +31,7 @@ fn read_ids(o: &Outbox, from: Pos) -> Vec<String> {
             return ids;
         }
         for l in lines {
-            ids.push(ShipEvent::parse(l.json).unwrap().id);
+            ids.push(ShipEvent::parse(l.json).unwrap().id().to_string());
         }
     }
 }
@@ -124,7 +124,7 @@ impl Destination for Fake {
                     after: None,
                 });
             }
-            if batch.iter().any(|e| e.id == self.refuse_id) {
+            if batch.iter().any(|e| e.id() == self.refuse_id) {
                 return Err(SendError::Refused {
                     reason: "410".into(),
                 });
@@ -132,7 +132,7 @@ impl Destination for Fake {
             self.got
                 .lock()
                 .unwrap()
-                .push(batch.iter().map(|e| e.id.clone()).collect());
+                .push(batch.iter().map(|e| e.id().to_string()).collect());
             Ok(())
         })
     }
@@ -242,11 +242,14 @@ impl Destination for LinesOnly {
 
     fn send<'a>(&'a mut self, batch: &'a [ShipEvent]) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            self.first_ids.lock().unwrap().push(batch[0].id.clone());
+            self.first_ids
+                .lock()
+                .unwrap()
+                .push(batch[0].id().to_string());
             self.later_ids
                 .lock()
                 .unwrap()
-                .extend(batch[1..].iter().map(|e| e.id.clone()));
+                .extend(batch[1..].iter().map(|e| e.id().to_string()));
             self.got
                 .lock()
                 .unwrap()
@@ -392,7 +395,7 @@ fn recent_lines_in_memory_match_the_files_and_erasure_empties_them() {
     a.append(&line(99, "delivered"), 1).unwrap();
     let got = o.reader(before).read_recent(100, o.end()).unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(ShipEvent::parse(got[0].json.clone()).unwrap().id, "e99");
+    assert_eq!(ShipEvent::parse(got[0].json.clone()).unwrap().id(), "e99");
 }
 
 /// Compaction waits for the slowest registered reader (one journal, several readers) and
@@ -497,7 +500,7 @@ fn lines_naming_a_person_being_erased_are_written_shredded() {
         .read_recent(100, o.end())
         .unwrap()
         .into_iter()
-        .map(|l| ShipEvent::parse(l.json).unwrap().id)
+        .map(|l| ShipEvent::parse(l.json).unwrap().id().to_string())
         .collect();
     assert_eq!(recent, ["e2", "e4"]);
     assert_eq!(mem.pos(), o.end());
@@ -535,10 +538,10 @@ fn routing_fields_are_read_from_an_events_serialised_line() {
     let json = bytes::Bytes::from(serde_json::to_vec(&e).unwrap());
     let s = ShipEvent::parse(json.clone()).unwrap();
     assert_eq!(
-        (s.id.as_str(), s.kind.as_str(), s.tenant.as_str()),
+        (s.id(), s.kind(), s.tenant()),
         (e.id.as_str(), "flushed", "acme \"eu\"")
     );
-    assert_eq!((s.class.as_str(), s.campaign.as_str()), ("bulk", "spring"));
+    assert_eq!((s.class(), s.campaign()), ("bulk", "spring"));
     assert_eq!((s.time_us, s.json), (e.time_us, json));
     for bad in [
         "",

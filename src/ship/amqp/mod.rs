@@ -47,10 +47,10 @@ pub fn routing_key_into(key: &mut String, template: &str, e: &ShipEvent) {
         key.push_str(&rest[..open]);
         let after = &rest[open..];
         let field = [
-            ("{tenant}", &e.tenant),
-            ("{type}", &e.kind),
-            ("{class}", &e.class),
-            ("{campaign}", &e.campaign),
+            ("{tenant}", e.tenant()),
+            ("{type}", e.kind()),
+            ("{class}", e.class()),
+            ("{campaign}", e.campaign()),
         ]
         .into_iter()
         .find(|(name, _)| after.starts_with(name));
@@ -116,8 +116,8 @@ impl Amqp {
                 exchange,
                 &Message {
                     routing_key: &key,
-                    message_id: &e.id,
-                    kind: &e.kind,
+                    message_id: e.id(),
+                    kind: e.kind(),
                     timestamp: e.time_us / 1_000_000,
                     body: &e.json,
                 },
@@ -195,15 +195,10 @@ mod tests {
 
     #[test]
     fn routing_key_fills_the_template() {
-        let e = ShipEvent {
-            json: Bytes::new(),
-            id: "x".into(),
-            kind: "delivered".into(),
-            tenant: "acme".into(),
-            class: String::new(),
-            campaign: "spring".into(),
-            time_us: 0,
-        };
+        let e = ShipEvent::parse(Bytes::from_static(
+            br#"{"id":"x","tenant":"acme","class":"","campaign":"spring","type":"delivered"}"#,
+        ))
+        .expect("an event");
         assert_eq!(
             routing_key("gannet.{tenant}.{type}", &e),
             "gannet.acme.delivered"
