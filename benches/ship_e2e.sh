@@ -4,9 +4,14 @@
 # without shipping, alternating off/on, in the same session. Needs what e2e.sh needs plus
 # rabbitmq-server and python3-pika (scripts/test installs both).
 #
-#   benches/ship_e2e.sh [--rounds R] [--only webhook|amqp|jsonl] [E2E.SH ARGS...]
-#                                          (e.g. --messages 10000 --dkim)
+#   benches/ship_e2e.sh [--rounds R] [--only webhook|amqp|jsonl] [--against BIN] [--busy F]
+#                       [E2E.SH ARGS...]   (e.g. --messages 10000 --dkim)
 # --only: ship to that destination alone (which one costs what).
+# --against BIN: a third run per round, another build's "on" (a before/after in the same
+#   rounds); the order of the runs rotates from round to round.
+# --busy F: a third run per round without shipping, beside a memory-heavy Python loop busy F
+#   of a core (0.6 is about what the receivers take): does a co-located process alone raise
+#   Gannet's CPU per message?
 #
 # The receivers are real and run on the same machine (their CPU counts against the "on" runs,
 # as it would for an operator running them beside Gannet): tests/e2e/scripts/webhook_receiver.py
@@ -19,11 +24,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3
 ONLY=""
+AGAINST=""
+BUSY=""
 ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift ;;
     --only) ONLY=$2; shift ;;
+    --against) AGAINST=$2; shift ;;
+    --busy) BUSY=$2; shift ;;
     *) ARGS+=("$1") ;;
   esac
   shift
@@ -95,23 +104,52 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 hook_pid=${pids[-1]}
 rabbit_pid=$(cat "$work/rabbit.pid" 2>/dev/null || echo 0)
 hz=$(getconf CLK_TCK)
-off_rates=(); on_rates=(); off_cpu=(); on_cpu=(); recv_cpu=()
+arms="off on"
+[ -n "$AGAINST" ] && arms="$arms against"
+[ -n "$BUSY" ] && arms="$arms busy"
+read -ra arm_list <<<"$arms"
+results=()  # "round arm cpu rate receivers-cpu"
 for r in $(seq "$ROUNDS"); do
-  for mode in off on; do
-    if [ "$mode" = on ]; then
-      h0=$(ticks "$hook_pid"); r0=$(ticks "$rabbit_pid")
-      out=$(GANNET_BENCH_EXTRA="$ship_conf" GANNET_BENCH_WAIT_SHIP=1 benches/e2e.sh --no-baseline "${ARGS[@]}")
-      h1=$(ticks "$hook_pid"); r1=$(ticks "$rabbit_pid")
-    else
-      out=$(benches/e2e.sh --no-baseline "${ARGS[@]}")
-    fi
+  # Rotate the order (with a third arm each takes every place in turn).
+  k=$(( (r - 1) % ${#arm_list[@]} ))
+  order=("${arm_list[@]:k}" "${arm_list[@]:0:k}")
+  for mode in "${order[@]}"; do
+    case "$mode" in
+      on | against)
+        bin=$GANNET_BIN
+        [ "$mode" = against ] && bin=$AGAINST
+        h0=$(ticks "$hook_pid"); r0=$(ticks "$rabbit_pid")
+        out=$(GANNET_BIN=$bin GANNET_BENCH_EXTRA="$ship_conf" GANNET_BENCH_WAIT_SHIP=1 benches/e2e.sh --no-baseline "${ARGS[@]}")
+        h1=$(ticks "$hook_pid"); r1=$(ticks "$rabbit_pid") ;;
+      busy)
+        python3 - "$BUSY" <<'PY' &
+import sys, time
+# Memory-heavy work (64 KiB copies over a 16 MiB buffer, as a broker churns messages), busy
+# this fraction of each 10 ms.
+duty = float(sys.argv[1])
+buf, chunk = bytearray(16 << 20), bytes(range(256)) * 256
+n, i = len(buf) // len(chunk), 0
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.01 * duty:
+        o = (i % n) * len(chunk)
+        buf[o:o + len(chunk)] = chunk
+        i += 7
+    time.sleep(0.01 * (1 - duty))
+PY
+        busy_pid=$!
+        out=$(benches/e2e.sh --no-baseline "${ARGS[@]}")
+        kill "$busy_pid"; wait "$busy_pid" 2>/dev/null || true ;;
+      *) out=$(benches/e2e.sh --no-baseline "${ARGS[@]}") ;;
+    esac
     line=$(grep '^gannet:' <<<"$out")
     rate=$(field msg/s "$line")
     cpu=$(awk '{for(i=1;i<=NF;i++) if($i=="CPU") {print $(i+1); exit}}' <<<"$line")
     ctx=$(awk '{for(i=1;i<=NF;i++) if($i=="context") {print $(i-1); exit}}' <<<"$line")
     echo "round $r shipping $mode: $rate msg/s, CPU $cpu ms/msg, $ctx context switches/msg, load $(cut -d' ' -f1 /proc/loadavg)"
     grep '^  shipping' <<<"$out" || true
-    if [ "$mode" = on ]; then
+    rc=0
+    if [ "$mode" = on ] || [ "$mode" = against ]; then
       # The receivers share the two cores with Gannet: their CPU over the run, per message.
       n=$(field messages "$line")
       rc=$(awk -v h=$((h1 - h0)) -v r=$((r1 - r0)) -v hz="$hz" -v n="$n" \
@@ -119,23 +157,40 @@ for r in $(seq "$ROUNDS"); do
       awk -v h=$((h1 - h0)) -v r=$((r1 - r0)) -v hz="$hz" -v n="$n" 'BEGIN {
         printf "  receivers CPU: webhook receiver %.3f ms/msg, RabbitMQ %.3f ms/msg\n",
           h * 1000 / hz / n, r * 1000 / hz / n }'
-      recv_cpu+=("$rc")
     fi
-    if [ "$mode" = on ]; then on_rates+=("$rate"); on_cpu+=("$cpu"); else off_rates+=("$rate"); off_cpu+=("$cpu"); fi
+    results+=("$r $mode $cpu $rate $rc")
   done
 done
 [ -f "$work/hook.jsonl" ] && echo "webhook receiver: $(wc -l <"$work/hook.jsonl") events, $(grep -c '"sig_ok": false' "$work/hook.jsonl" || true) with a bad signature"
-python3 - "${off_rates[*]}" "${on_rates[*]}" "${off_cpu[*]}" "${on_cpu[*]}" "${recv_cpu[*]}" <<'PY'
-import statistics, sys
-off, on, offc, onc, recv = ([float(x) for x in a.split()] for a in sys.argv[1:])
-print(f"throughput on/off: {statistics.median(on) / statistics.median(off):.3f} "
-      f"(medians {statistics.median(on):.0f} / {statistics.median(off):.0f} msg/s over {len(on)} pairs)")
-print(f"CPU per message on/off: {statistics.median(onc) / statistics.median(offc):.3f} "
-      f"(medians {statistics.median(onc):.3f} / {statistics.median(offc):.3f} ms)")
+printf '%s\n' "${results[@]}" >"$work/results"
+python3 - "$work/results" <<'PY'
+import random, statistics as st, sys
+runs = {}
+for l in open(sys.argv[1]):
+    r, arm, cpu, rate, recv = l.split()
+    runs.setdefault(int(r), {})[arm] = (float(cpu), float(rate), float(recv))
+def med(arm, i):
+    return st.median(v[arm][i] for v in runs.values() if arm in v)
+on = [v["on"] for v in runs.values() if "on" in v]
+print(f"throughput on/off: {med('on', 1) / med('off', 1):.3f} "
+      f"(medians {med('on', 1):.0f} / {med('off', 1):.0f} msg/s over {len(on)} rounds)")
+print(f"CPU per message on/off: {med('on', 0) / med('off', 0):.3f} "
+      f"(medians {med('on', 0):.3f} / {med('off', 0):.3f} ms)")
+# Per round ratios (the runs of a round ran next to each other): their median, with a 95%
+# bootstrap interval, says more than one ratio of medians when single runs spread +-10%.
+for a, b in (("on", "off"), ("against", "off"), ("on", "against"), ("busy", "off"), ("on", "busy")):
+    rs = [v[a][0] / v[b][0] for v in runs.values() if a in v and b in v]
+    if not rs:
+        continue
+    random.seed(1)
+    boot = sorted(st.median(random.choices(rs, k=len(rs))) for _ in range(2000))
+    print(f"CPU per message {a}/{b}, per round: median {st.median(rs):.3f} "
+          f"(95% bootstrap {boot[50]:.3f}-{boot[1949]:.3f}), mean {st.mean(rs):.3f}, {len(rs)} rounds")
+recv = [x[2] for x in on]
 if any(recv):
     # Gannet and the receivers share the two cores: the receivers' CPU per message is what
     # the "on" runs lose to them (throughput is CPU-bound here, so roughly that fraction).
-    share = statistics.median(recv) / (statistics.median(onc) + statistics.median(recv))
-    print(f"receivers' CPU per message (median): {statistics.median(recv):.3f} ms, "
+    share = st.median(recv) / (med("on", 0) + st.median(recv))
+    print(f"receivers' CPU per message (median): {st.median(recv):.3f} ms, "
           f"{share:.0%} of Gannet + receivers in the shipping runs")
 PY
