@@ -7,7 +7,8 @@ Every POST is verified the way README documents it: header
 `X-Gannet-Signature: t=T,v1=HEX`, HEX = HMAC-SHA256(SECRET, "T." + body), and T within the
 replay window (300 s) of now. Each event of the JSON array is appended to OUT_FILE as one
 line: {"path", "sig_ok", "event"}. `/gone` answers 410 (the test checks it is not retried),
-every other path 200. Runs until killed.
+every other path 200. Speaks HTTP/1.1 with keep-alive, as production receivers do (so a
+restart of it also leaves Gannet a pooled connection that is dead). Runs until killed.
 """
 import hashlib
 import hmac
@@ -32,6 +33,8 @@ def verify(header, body):
 
 
 class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         ok = verify(self.headers.get("X-Gannet-Signature", ""), body)
