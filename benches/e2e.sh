@@ -218,6 +218,16 @@ cpu_ticks=$(awk '{print $14 + $15}' /proc/$GPID/stat)
 # Context switches of all of Gannet's threads (a wake-up per event or per message shows here
 # before it shows in throughput).
 ctx=$(cat /proc/$GPID/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')
+if [ -n "$ship_line" ]; then
+  # Shipping runs on threads of its own (gannet-ship): their CPU is what shipping itself
+  # costs, read exactly rather than as the difference of two noisy runs.
+  ship_ticks=$(for t in /proc/$GPID/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = gannet-ship ] && awk '{print $14 + $15}' "$t/stat" 2>/dev/null
+  done | awk '{s += $1} END {print s + 0}')
+  ship_line="$ship_line
+$(awk -v s="$ship_ticks" -v a="$cpu_ticks" -v hz="$(getconf CLK_TCK)" -v n="$N" 'BEGIN {
+    printf "  shipping threads: CPU %.3f ms/msg, %.1f%% of Gannet'"'"'s", s * 1000 / hz / n, a ? 100 * s / a : 0 }')"
+fi
 python3 - "$HTTP_PORT" "$N" "$t0" "$t_inj" "$t1" "$rss_kb" "$DKIM" "$MIX" "$cpu_ticks" "$(getconf CLK_TCK)" "$SENDLOG" "$ctx" <<'PY' | tee "$work/gannet.result"
 import sys, urllib.request
 port, n, t0, tinj, t1, rss, dkim, mix, ticks, hz, sendlog, ctx = sys.argv[1:]

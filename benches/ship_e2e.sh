@@ -158,7 +158,8 @@ PY
         printf "  receivers CPU: webhook receiver %.3f ms/msg, RabbitMQ %.3f ms/msg\n",
           h * 1000 / hz / n, r * 1000 / hz / n }'
     fi
-    results+=("$r $mode $cpu $rate $rc")
+    st=$(awk '/shipping threads:/ {for(i=1;i<=NF;i++) if($i=="CPU") {print $(i+1); exit}}' <<<"$out")
+    results+=("$r $mode $cpu $rate $rc ${st:-0}")
   done
 done
 [ -f "$work/hook.jsonl" ] && echo "webhook receiver: $(wc -l <"$work/hook.jsonl") events, $(grep -c '"sig_ok": false' "$work/hook.jsonl" || true) with a bad signature"
@@ -167,8 +168,8 @@ python3 - "$work/results" <<'PY'
 import random, statistics as st, sys
 runs = {}
 for l in open(sys.argv[1]):
-    r, arm, cpu, rate, recv = l.split()
-    runs.setdefault(int(r), {})[arm] = (float(cpu), float(rate), float(recv))
+    r, arm, cpu, rate, recv, ship = l.split()
+    runs.setdefault(int(r), {})[arm] = (float(cpu), float(rate), float(recv), float(ship))
 def med(arm, i):
     return st.median(v[arm][i] for v in runs.values() if arm in v)
 on = [v["on"] for v in runs.values() if "on" in v]
@@ -186,6 +187,14 @@ for a, b in (("on", "off"), ("against", "off"), ("on", "against"), ("busy", "off
     boot = sorted(st.median(random.choices(rs, k=len(rs))) for _ in range(2000))
     print(f"CPU per message {a}/{b}, per round: median {st.median(rs):.3f} "
           f"(95% bootstrap {boot[50]:.3f}-{boot[1949]:.3f}), mean {st.mean(rs):.3f}, {len(rs)} rounds")
+# Shipping's own threads (gannet-ship), read per thread: what shipping itself costs, without
+# the noise of a difference of two runs; the rest of on/off is its indirect cost (caches,
+# scheduling beside the SMTP workers).
+for a in ("on", "against"):
+    sh = [v[a][3] / v["off"][0] for v in runs.values() if a in v and "off" in v and v[a][3]]
+    if sh:
+        print(f"shipping threads' CPU per message ({a}) / CPU per message off: median {st.median(sh):.3f} "
+              f"(range {min(sh):.3f}-{max(sh):.3f}), {len(sh)} rounds")
 recv = [x[2] for x in on]
 if any(recv):
     # Gannet and the receivers share the two cores: the receivers' CPU per message is what

@@ -62,7 +62,10 @@ pub enum ShipError {
 pub struct Shipping {
     /// The outbox's appender; None when the destinations read the send log's journal.
     appender: Option<JoinHandle<()>>,
+    /// The runners and housekeeping, on `runtime`.
     others: Vec<JoinHandle<()>>,
+    /// Shipping's own threads (see [`runtime`]); taken at [`Shipping::join`].
+    runtime: Option<tokio::runtime::Runtime>,
     runners_stop: CancellationToken,
     /// What the destinations read: the send log's journal, or the outbox of our own.
     pub outbox: Outbox,
@@ -111,6 +114,20 @@ pub fn hold_destinations(
         journal.hold(&p.name, at);
     }
     Ok(())
+}
+
+/// Shipping's own runtime: one worker thread and its blocking threads, all named
+/// `gannet-ship`. The SMTP and delivery workers never poll a destination's task or wait behind
+/// one on their run queues (a 10,000-line JSONL batch, a webhook body, AMQP frames are bursts
+/// of work), the kernel schedules shipping beside them, and what shipping costs is read per
+/// thread (`benches/ship_e2e.sh` prints it). The outbox's appender stays on the main runtime:
+/// it is on the path of acceptance.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gannet-ship")
+        .enable_all()
+        .build()
 }
 
 /// How long a JSONL destination waits for more events to write them in one go.
@@ -308,6 +325,8 @@ pub async fn start(
     .await
     .map_err(|e| ShipError::Task(e.to_string()))??;
     let (outbox, appender, legacy, ready) = opened;
+    let rt =
+        runtime().map_err(|e| ShipError::Task(format!("cannot start shipping's threads: {e}")))?;
     let metrics = ShipMetrics::new(registry);
     let appender = appender.map(|appender| {
         let sub = bus.subscribe(
@@ -337,7 +356,7 @@ pub async fn start(
         let legacy = legacy.as_ref().map(|l| l.outbox().clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         drains.push(done_rx);
-        others.push(tokio::spawn(async move {
+        others.push(rt.spawn(async move {
             let mut dest = dest;
             if let (Some(l), Some(from)) = (legacy, drain) {
                 let old = runner::state(&opts.name, from);
@@ -352,7 +371,7 @@ pub async fn start(
         }));
     }
     if let Some(Legacy::Own(l)) = legacy.clone() {
-        others.push(tokio::spawn(async move {
+        others.push(rt.spawn(async move {
             for d in drains {
                 if d.await.is_err() {
                     return; // Stopped first: drained at the next start.
@@ -361,7 +380,7 @@ pub async fn start(
             let _ = tokio::task::spawn_blocking(move || remove_legacy(&l)).await;
         }));
     }
-    others.push(tokio::spawn(housekeeping(
+    others.push(rt.spawn(housekeeping(
         outbox.clone(),
         reads_journal,
         states,
@@ -371,6 +390,7 @@ pub async fn start(
     Ok(Some(Shipping {
         appender,
         others,
+        runtime: Some(rt),
         runners_stop,
         outbox,
         reads_journal,
@@ -411,13 +431,29 @@ fn remove_legacy(l: &Outbox) {
 impl Shipping {
     /// Wait for the appender to write what was published before the stop, and the runners
     /// to leave (what they had not confirmed is sent after the next start).
-    pub async fn join(self) {
+    pub async fn join(mut self) {
         self.runners_stop.cancel();
-        if let Some(a) = self.appender {
+        if let Some(a) = self.appender.take() {
             let _ = a.await;
         }
-        for t in self.others {
+        for t in std::mem::take(&mut self.others) {
             let _ = t.await;
+        }
+        if let Some(rt) = self.runtime.take() {
+            // A POST or file write still running on a blocking thread is abandoned after a
+            // moment: its batch was not confirmed, so it goes again after the next start.
+            let _ =
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(1)))
+                    .await;
+        }
+    }
+}
+
+impl Drop for Shipping {
+    fn drop(&mut self) {
+        // Dropped without `join` (serve failing after shipping started): never block here.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }

@@ -336,6 +336,10 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 /// saved whenever the destination has caught up and at every stop.
 pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a started batch that is not full looks for more lines before its `max_delay`:
+/// a full batch goes at most this late.
+const FILL_LOOK: Duration = Duration::from_millis(50);
+
 /// Run one destination until `stop`. What it has not confirmed, and what it confirmed within
 /// [`CURSOR_SAVE_INTERVAL`] before a crash, is sent again after a restart.
 pub async fn run(
@@ -520,10 +524,13 @@ async fn run_batches(
                 break;
             }
             let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + opts.max_delay);
+            // A started batch looks for more every FILL_LOOK (and at the deadline, when what
+            // arrived meanwhile is read and the batch goes), not at every outbox commit: under
+            // load the journal commits every few milliseconds, and a wake-up per commit per
+            // destination was hundreds a second for nothing.
+            let look = (tokio::time::Instant::now() + FILL_LOOK).min(d);
             tokio::select! {
-                r = end_rx.changed() => if r.is_err() { break },
-                // Due: what arrived meanwhile is read, then the batch goes.
-                _ = tokio::time::sleep_until(d) => {}
+                _ = tokio::time::sleep_until(look) => {}
                 _ = stop.cancelled() => return saved,
             }
         }

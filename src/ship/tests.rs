@@ -227,6 +227,65 @@ async fn runner_retries_filters_skips_refused_and_moves_its_cursor() {
     assert_eq!(o.load_cursor("fake"), Some(o.end()));
 }
 
+/// A batch that fills goes once it is full (a runner looks for more lines every few tens of
+/// milliseconds, not at every outbox commit), not at `max_delay`; one that does not fill
+/// goes at `max_delay` after its first event was read.
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_goes_before_max_delay_and_a_partial_one_at_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, mut a) = Outbox::open(tmp.path(), 1 << 20, &key()).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let fake = Fake {
+        got: got.clone(),
+        fail_first: 0,
+        refuse_id: "none",
+    };
+    let max_delay = Duration::from_secs(10);
+    let running = spawn_runner(
+        &o,
+        fake,
+        RunnerOptions {
+            max_delay,
+            ..opts("fill", 6)
+        },
+    );
+    let mut append = |ids: std::ops::Range<u64>| {
+        let n = ids.end - ids.start;
+        let buf: Vec<u8> = ids.flat_map(|i| line(i, "delivered")).collect();
+        a.append(&buf, n).unwrap();
+    };
+    let batches = |n: usize| {
+        let got = got.clone();
+        async move {
+            while got.lock().unwrap().len() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let t0 = tokio::time::Instant::now();
+    append(0..3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    append(3..6);
+    batches(1).await;
+    let full = t0.elapsed();
+    assert!(
+        full < Duration::from_secs(2),
+        "the full batch went after {full:?}"
+    );
+    assert_eq!(got.lock().unwrap()[0], ["e0", "e1", "e2", "e3", "e4", "e5"]);
+
+    let t1 = tokio::time::Instant::now();
+    append(6..8);
+    batches(2).await;
+    let partial = t1.elapsed();
+    assert!(
+        partial >= max_delay && partial < max_delay + Duration::from_secs(1),
+        "the partial batch went after {partial:?}"
+    );
+    assert_eq!(got.lock().unwrap()[1], ["e6", "e7"]);
+    running.until_caught_up(&o).await;
+}
+
 /// Passes lines on only (like the webhook and JSONL destinations): records each batch's JSON.
 struct LinesOnly {
     got: Arc<Mutex<Vec<Vec<u8>>>>,
