@@ -47,7 +47,8 @@ fi
 # GANNET_BENCH_EXTRA: TOML appended to Gannet's config (e.g. "[anomaly] enabled = false" to
 # measure the anomaly detector's share, $'[suppression]\nenabled = false' the suppression checks).
 # GANNET_BENCH_WAIT_SHIP: set when GANNET_BENCH_EXTRA configures event shipping: before the
-# CPU is read, wait until every destination took every event, and print the catch-up time.
+# CPU is read, wait until every destination took every event, and print the catch-up time
+# and the CPU of shipping's own threads (gannet-ship).
 if [ -z "${GANNET_BIN:-}" ]; then
   cargo build --release -q
 fi
@@ -221,9 +222,8 @@ ctx=$(cat /proc/$GPID/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2}
 if [ -n "$ship_line" ]; then
   # Shipping runs on threads of its own (gannet-ship): their CPU is what shipping itself
   # costs, read exactly rather than as the difference of two noisy runs.
-  ship_ticks=$(for t in /proc/$GPID/task/*; do
-    [ "$(cat "$t/comm" 2>/dev/null)" = gannet-ship ] && awk '{print $14 + $15}' "$t/stat" 2>/dev/null
-  done | awk '{s += $1} END {print s + 0}')
+  ship_ticks=$(cat /proc/$GPID/task/*/stat 2>/dev/null |
+    awk '$2 == "(gannet-ship)" {s += $14 + $15} END {print s + 0}')
   ship_line="$ship_line
 $(awk -v s="$ship_ticks" -v a="$cpu_ticks" -v hz="$(getconf CLK_TCK)" -v n="$N" 'BEGIN {
     printf "  shipping threads: CPU %.3f ms/msg, %.1f%% of Gannet'"'"'s", s * 1000 / hz / n, a ? 100 * s / a : 0 }')"

@@ -19,7 +19,9 @@
 # epmd, node name, ports and data directory; exchange `gannet`, durable queue `events`), and
 # a JSONL directory. After each "on" run e2e.sh waits until every destination has taken every
 # event (GANNET_BENCH_WAIT_SHIP) and prints how long that took after the last delivery (the
-# catch-up) and the backlog at that moment. Prints one line per run and the on/off ratios.
+# catch-up) and the backlog at that moment, and the CPU of shipping's own threads (gannet-ship:
+# what shipping itself costs, read exactly; the rest of on/off is its indirect cost and noise).
+# Prints one line per run and the on/off ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3

@@ -526,8 +526,8 @@ async fn run_batches(
             let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + opts.max_delay);
             // A started batch looks for more every FILL_LOOK (and at the deadline, when what
             // arrived meanwhile is read and the batch goes), not at every outbox commit: under
-            // load the journal commits every few milliseconds, and a wake-up per commit per
-            // destination was hundreds a second for nothing.
+            // load the journal commits every 10 ms or so, and a wake-up per commit was up to a
+            // hundred a second per destination, most for nothing.
             let look = (tokio::time::Instant::now() + FILL_LOOK).min(d);
             tokio::select! {
                 _ = tokio::time::sleep_until(look) => {}

@@ -100,20 +100,12 @@ impl Amqp {
     /// Publish the whole batch (one write), then wait for every confirm.
     async fn publish(&mut self, batch: &[ShipEvent]) -> Result<(), String> {
         self.connect().await?;
-        let Amqp {
-            link: Some(link),
-            exchange,
-            template,
-            ..
-        } = self
-        else {
-            return Err("no link after connecting".into());
-        };
-        let mut key = String::with_capacity(template.len() + 32);
+        let link = self.link.as_mut().ok_or("no link after connecting")?;
+        let mut key = String::with_capacity(self.template.len() + 32);
         for e in batch {
-            routing_key_into(&mut key, template, e);
+            routing_key_into(&mut key, &self.template, e);
             link.push(
-                exchange,
+                &self.exchange,
                 &Message {
                     routing_key: &key,
                     message_id: e.id(),
