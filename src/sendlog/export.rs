@@ -22,7 +22,7 @@ use rusqlite::types::{FromSqlError, Type};
 use serde_json::value::RawValue;
 
 use super::render::{self, CSV_COLUMNS};
-use super::store::{EventFilter, RawRow, Reader, StoreError, person_key, render_row};
+use super::store::{EventFilter, RawRow, Reader, StoreError, col, person_key, render_row};
 
 /// Rows an export reads per call of [`Reader::export_csv`] (the API's streamed exports: one
 /// chunk per read, each with a fresh reader so an erasure between chunks takes effect).
@@ -130,7 +130,7 @@ impl Reader {
             let mut stmt = self.conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
             while let Some(r) = rows.next()? {
-                let seq: i64 = r.get(0)?;
+                let seq: i64 = r.get(col::SEQ)?;
                 chunk.rows += 1;
                 chunk.last_seq = seq.max(0) as u64;
                 let bad = |i: usize, t: Type| {
@@ -142,11 +142,15 @@ impl Reader {
                 let blob = |i: usize| -> rusqlite::Result<Option<&[u8]>> {
                     r.get_ref(i)?.as_blob_or_null().map_err(bad(i, Type::Blob))
                 };
-                let id = text(1)?;
+                let id = text(col::ID)?;
                 let aad = id.as_bytes();
-                let (rcpt_hash, sender_hash) = (blob(14)?, blob(15)?);
-                let (rcpt, sender, data_key) = (blob(16)?, blob(17)?, blob(18)?);
-                let data = r.get_ref(19)?.as_blob().map_err(bad(19, Type::Blob))?;
+                let (rcpt_hash, sender_hash) = (blob(col::RCPT_HASH)?, blob(col::SENDER_HASH)?);
+                let (rcpt, sender, data_key) =
+                    (blob(col::RCPT)?, blob(col::SENDER)?, blob(col::DATA_KEY)?);
+                let data = r
+                    .get_ref(col::DATA)?
+                    .as_blob()
+                    .map_err(bad(col::DATA, Type::Blob))?;
                 let mut open = |hash: Option<&[u8]>,
                                 sealed: Option<&[u8]>,
                                 buf: &mut Vec<u8>|
@@ -177,38 +181,17 @@ impl Reader {
                 let readable =
                     (rcpt_hash.is_none() || rcpt_ok) && (sender_hash.is_none() || sender_ok);
                 let Some(fields) = fields.filter(|_| readable) else {
-                    let raw = RawRow {
-                        seq,
-                        id: id.to_string(),
-                        time_us: r.get(2)?,
-                        kind: text(3)?.to_string(),
-                        queue_id: text(4)?.to_string(),
-                        message_id: text(5)?.to_string(),
-                        tenant: text(6)?.to_string(),
-                        campaign: text(7)?.to_string(),
-                        class: text(8)?.to_string(),
-                        pool: text(9)?.to_string(),
-                        attempt: r.get(10)?,
-                        variant: text(11)?.to_string(),
-                        site: text(12)?.to_string(),
-                        category: text(13)?.to_string(),
-                        rcpt_hash: rcpt_hash.map(<[u8]>::to_vec),
-                        sender_hash: sender_hash.map(<[u8]>::to_vec),
-                        rcpt: rcpt.map(<[u8]>::to_vec),
-                        sender: sender.map(<[u8]>::to_vec),
-                        data_key: data_key.map(<[u8]>::to_vec),
-                        data: data.to_vec(),
-                    };
+                    let raw = RawRow::from_row(r)?;
                     let row = render_row(&self.conn, &mut self.salts, &self.info.key, raw)?;
                     out.extend_from_slice(render::csv_row(&row).as_bytes());
                     continue;
                 };
-                let variant = text(11)?;
-                for (i, col) in CSV_COLUMNS.iter().enumerate() {
+                let variant = text(col::VARIANT)?;
+                for (i, column) in CSV_COLUMNS.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    match *col {
+                    match *column {
                         "seq" => {
                             let _ = write!(out, "{seq}");
                         }
@@ -232,22 +215,27 @@ impl Reader {
                             }
                             put_field(out, &s.details);
                         }
-                        col => match fields.get(col) {
+                        name => match fields.get(name) {
                             Some(v) => put_cell(out, Some(v), &mut s.cell),
                             // A row of `DataFormat::Kind`: its column holds the field.
-                            None => match col {
+                            None => match name {
                                 "time_us" | "attempt" => {
-                                    let n: i64 = r.get(if col == "time_us" { 2 } else { 10 })?;
+                                    let at = if name == "time_us" {
+                                        col::TIME_US
+                                    } else {
+                                        col::ATTEMPT
+                                    };
+                                    let n: i64 = r.get(at)?;
                                     let _ = write!(out, "{n}");
                                 }
                                 "id" => put_field(out, id.as_bytes()),
-                                "type" => put_field(out, text(3)?.as_bytes()),
-                                "queue_id" => put_field(out, text(4)?.as_bytes()),
-                                "message_id" => put_field(out, text(5)?.as_bytes()),
-                                "tenant" => put_field(out, text(6)?.as_bytes()),
-                                "campaign" => put_field(out, text(7)?.as_bytes()),
-                                "class" => put_field(out, text(8)?.as_bytes()),
-                                "pool" => put_field(out, text(9)?.as_bytes()),
+                                "type" => put_field(out, text(col::KIND)?.as_bytes()),
+                                "queue_id" => put_field(out, text(col::QUEUE_ID)?.as_bytes()),
+                                "message_id" => put_field(out, text(col::MESSAGE_ID)?.as_bytes()),
+                                "tenant" => put_field(out, text(col::TENANT)?.as_bytes()),
+                                "campaign" => put_field(out, text(col::CAMPAIGN)?.as_bytes()),
+                                "class" => put_field(out, text(col::CLASS)?.as_bytes()),
+                                "pool" => put_field(out, text(col::POOL)?.as_bytes()),
                                 _ => {}
                             },
                         },

@@ -1195,11 +1195,7 @@ impl Reader {
 
     /// The SQL and arguments that select the rows of `f`, in log order.
     pub(super) fn select(&self, f: &EventFilter) -> (String, Vec<rusqlite::types::Value>) {
-        let mut sql = String::from(
-            "SELECT seq, id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, \
-             attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, data \
-             FROM events WHERE seq > ?1",
-        );
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1");
         let mut args: Vec<rusqlite::types::Value> = vec![(f.after as i64).into()];
         fn add(
             sql: &mut String,
@@ -1271,30 +1267,7 @@ impl Reader {
         let (sql, args) = self.select(f);
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let raw: Vec<RawRow> = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok(RawRow {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    time_us: r.get(2)?,
-                    kind: r.get(3)?,
-                    queue_id: r.get(4)?,
-                    message_id: r.get(5)?,
-                    tenant: r.get(6)?,
-                    campaign: r.get(7)?,
-                    class: r.get(8)?,
-                    pool: r.get(9)?,
-                    attempt: r.get(10)?,
-                    variant: r.get(11)?,
-                    site: r.get(12)?,
-                    category: r.get(13)?,
-                    rcpt_hash: r.get(14)?,
-                    sender_hash: r.get(15)?,
-                    rcpt: r.get(16)?,
-                    sender: r.get(17)?,
-                    data_key: r.get(18)?,
-                    data: r.get(19)?,
-                })
-            })?
+            .query_map(rusqlite::params_from_iter(args), RawRow::from_row)?
             .collect::<rusqlite::Result<_>>()?;
         drop(stmt);
         let mut out = Vec::with_capacity(raw.len());
@@ -1454,17 +1427,15 @@ impl Reader {
                 })
                 .optional()?;
             let mut expected_prev: Vec<u8> = pruned.unwrap_or_else(|| vec![0u8; 32]);
-            let mut stmt = self.conn.prepare(
-                "SELECT seq, id, time_us, type, queue_id, message_id, tenant, campaign, class, pool, \
-                 attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, data_key, \
-                 data, prev, hash FROM events ORDER BY seq",
-            )?;
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {EVENT_COLUMNS}, prev, hash FROM events ORDER BY seq"
+            ))?;
             let mut rows = stmt.query([])?;
             let mut n = 0u64;
             while let Some(r) = rows.next()? {
                 n += 1;
-                let seq: i64 = r.get(0)?;
-                let id: String = r.get(1)?;
+                let seq: i64 = r.get(col::SEQ)?;
+                let id: String = r.get(col::ID)?;
                 let text = |i: usize| -> rusqlite::Result<String> {
                     // A damaged text column may no longer be UTF-8: hash its bytes as stored.
                     match r.get_ref(i)? {
@@ -1495,22 +1466,27 @@ impl Reader {
                     site,
                     category,
                 ) = (
-                    text(3)?,
-                    text(4)?,
-                    text(5)?,
-                    text(6)?,
-                    text(7)?,
-                    text(8)?,
-                    text(9)?,
-                    text(11)?,
-                    text(12)?,
-                    text(13)?,
+                    text(col::KIND)?,
+                    text(col::QUEUE_ID)?,
+                    text(col::MESSAGE_ID)?,
+                    text(col::TENANT)?,
+                    text(col::CAMPAIGN)?,
+                    text(col::CLASS)?,
+                    text(col::POOL)?,
+                    text(col::VARIANT)?,
+                    text(col::SITE)?,
+                    text(col::CATEGORY)?,
                 );
-                let (rcpt_hash, sender_hash, rcpt, sender, data_key) =
-                    (blob(14)?, blob(15)?, blob(16)?, blob(17)?, blob(18)?);
-                let data = blob(19)?.unwrap_or_default();
-                let prev = blob(20)?.unwrap_or_default();
-                let hash = blob(21)?.unwrap_or_default();
+                let (rcpt_hash, sender_hash, rcpt, sender, data_key) = (
+                    blob(col::RCPT_HASH)?,
+                    blob(col::SENDER_HASH)?,
+                    blob(col::RCPT)?,
+                    blob(col::SENDER)?,
+                    blob(col::DATA_KEY)?,
+                );
+                let data = blob(col::DATA)?.unwrap_or_default();
+                let prev = blob(col::PREV)?.unwrap_or_default();
+                let hash = blob(col::HASH)?.unwrap_or_default();
                 let broken = |reason: String, checked: u64| VerifyReport {
                     rows: n,
                     checkpoints: checked,
@@ -1527,7 +1503,7 @@ impl Reader {
                 }
                 let row = Row {
                     id: &id,
-                    time_us: r.get(2)?,
+                    time_us: r.get(col::TIME_US)?,
                     kind: &kind,
                     queue_id: &queue_id,
                     message_id: &message_id,
@@ -1535,7 +1511,7 @@ impl Reader {
                     campaign: &campaign,
                     class: &class,
                     pool: &pool,
-                    attempt: r.get(10)?,
+                    attempt: r.get(col::ATTEMPT)?,
                     variant: &variant,
                     site: &site,
                     category: &category,
@@ -1608,6 +1584,39 @@ impl Reader {
     }
 }
 
+/// The columns every reader of whole event rows selects, in this order ([`col`] names their
+/// places, so no reader counts positions by hand).
+pub(super) const EVENT_COLUMNS: &str = "seq, id, time_us, type, queue_id, message_id, tenant, \
+    campaign, class, pool, attempt, variant, site, category, rcpt_hash, sender_hash, rcpt, sender, \
+    data_key, data";
+
+/// Where each of [`EVENT_COLUMNS`] is in a selected row.
+pub(super) mod col {
+    pub const SEQ: usize = 0;
+    pub const ID: usize = 1;
+    pub const TIME_US: usize = 2;
+    pub const KIND: usize = 3;
+    pub const QUEUE_ID: usize = 4;
+    pub const MESSAGE_ID: usize = 5;
+    pub const TENANT: usize = 6;
+    pub const CAMPAIGN: usize = 7;
+    pub const CLASS: usize = 8;
+    pub const POOL: usize = 9;
+    pub const ATTEMPT: usize = 10;
+    pub const VARIANT: usize = 11;
+    pub const SITE: usize = 12;
+    pub const CATEGORY: usize = 13;
+    pub const RCPT_HASH: usize = 14;
+    pub const SENDER_HASH: usize = 15;
+    pub const RCPT: usize = 16;
+    pub const SENDER: usize = 17;
+    pub const DATA_KEY: usize = 18;
+    pub const DATA: usize = 19;
+    /// The chain's columns, selected after the event's by `verify`.
+    pub const PREV: usize = 20;
+    pub const HASH: usize = 21;
+}
+
 pub(super) struct RawRow {
     pub(super) seq: i64,
     pub(super) id: String,
@@ -1629,6 +1638,34 @@ pub(super) struct RawRow {
     pub(super) sender: Option<Vec<u8>>,
     pub(super) data_key: Option<Vec<u8>>,
     pub(super) data: Vec<u8>,
+}
+
+impl RawRow {
+    /// A row selected with [`EVENT_COLUMNS`].
+    pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            seq: r.get(col::SEQ)?,
+            id: r.get(col::ID)?,
+            time_us: r.get(col::TIME_US)?,
+            kind: r.get(col::KIND)?,
+            queue_id: r.get(col::QUEUE_ID)?,
+            message_id: r.get(col::MESSAGE_ID)?,
+            tenant: r.get(col::TENANT)?,
+            campaign: r.get(col::CAMPAIGN)?,
+            class: r.get(col::CLASS)?,
+            pool: r.get(col::POOL)?,
+            attempt: r.get(col::ATTEMPT)?,
+            variant: r.get(col::VARIANT)?,
+            site: r.get(col::SITE)?,
+            category: r.get(col::CATEGORY)?,
+            rcpt_hash: r.get(col::RCPT_HASH)?,
+            sender_hash: r.get(col::SENDER_HASH)?,
+            rcpt: r.get(col::RCPT)?,
+            sender: r.get(col::SENDER)?,
+            data_key: r.get(col::DATA_KEY)?,
+            data: r.get(col::DATA)?,
+        })
+    }
 }
 
 /// One counter of `campaign_counts`.

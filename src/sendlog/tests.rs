@@ -1119,3 +1119,39 @@ fn rows_an_older_gannet_wrote_into_a_new_store_are_found_after_the_next_open() {
     let w = open_tmp(dir.path());
     assert_eq!(all(&w, since).len(), 1);
 }
+
+#[test]
+fn column_indexes_name_the_selected_columns() {
+    use super::store::{EVENT_COLUMNS, col};
+    let names: Vec<&str> = EVENT_COLUMNS.split(',').map(str::trim).collect();
+    for (at, name) in [
+        (col::SEQ, "seq"),
+        (col::ID, "id"),
+        (col::TIME_US, "time_us"),
+        (col::KIND, "type"),
+        (col::QUEUE_ID, "queue_id"),
+        (col::MESSAGE_ID, "message_id"),
+        (col::TENANT, "tenant"),
+        (col::CAMPAIGN, "campaign"),
+        (col::CLASS, "class"),
+        (col::POOL, "pool"),
+        (col::ATTEMPT, "attempt"),
+        (col::VARIANT, "variant"),
+        (col::SITE, "site"),
+        (col::CATEGORY, "category"),
+        (col::RCPT_HASH, "rcpt_hash"),
+        (col::SENDER_HASH, "sender_hash"),
+        (col::RCPT, "rcpt"),
+        (col::SENDER, "sender"),
+        (col::DATA_KEY, "data_key"),
+        (col::DATA, "data"),
+    ] {
+        assert_eq!(names.get(at), Some(&name), "column {at}");
+    }
+    assert_eq!(
+        names.len(),
+        col::PREV,
+        "verify selects prev and hash after them"
+    );
+    assert_eq!(col::HASH, col::PREV + 1);
+}
