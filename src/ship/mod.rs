@@ -2,7 +2,7 @@
 //! files, through one durable journal.
 //!
 //! Owns: one runner per configured destination (`[[webhook]]`, `[[amqp]]`, `[[jsonl]]`)
-//! reading the journal at its own cursor, and housekeeping (deleting segments every reader
+//! reading the journal at its own cursor, on threads of its own (`gannet-ship`), and housekeeping (deleting segments every reader
 //! has passed, lag and backlog gauges). The journal is the send log's (`sendlog::journal`)
 //! whenever the send log is on: every event is sealed, appended and fdatasynced once, and the
 //! send log's ingester is one more reader; the destinations register there when the send log
