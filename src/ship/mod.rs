@@ -1,17 +1,17 @@
 //! Event shipping: every event of the stream, at least once, to webhooks, RabbitMQ and JSONL
 //! files, through one durable journal.
 //!
-//! Owns: one runner per configured destination (`[[webhook]]`, `[[amqp]]`, `[[jsonl]]`)
-//! reading the journal at its own cursor, on threads of its own (`gannet-ship`), and housekeeping (deleting segments every reader
-//! has passed, lag and backlog gauges). The journal is the send log's (`sendlog::journal`)
-//! whenever the send log is on: every event is sealed, appended and fdatasynced once, and the
-//! send log's ingester is one more reader; the destinations register there when the send log
-//! opens ([`hold_destinations`]), so nothing is deleted before they pass it. Only with
-//! `[sendlog] enabled = false` does shipping keep an outbox of its own (`[outbox]`), a
-//! durable subscriber of `events/` whose only work is appending lines with one fdatasync per
+//! Owns: one runner per configured destination (`[[webhook]]`, `[[amqp]]`, `[[jsonl]]`) reading the
+//! journal at its own cursor, on threads of its own (`gannet-ship`), and housekeeping (deleting
+//! segments every reader has passed, lag and backlog gauges). The journal is the send log's
+//! (`sendlog::journal`) whenever the send log is on: every event is sealed, appended and
+//! fdatasynced once, and the send log's ingester is one more reader; the destinations register
+//! there when the send log opens ([`hold_destinations`]), so nothing is deleted before they pass
+//! it. Only with `[sendlog] enabled = false` does shipping keep an outbox of its own (`[outbox]`),
+//! a durable subscriber of `events/` whose only work is appending lines with one fdatasync per
 //! batch. An outbox left from before the switch is shipped first, then deleted; the other way
-//! round, what destinations had not taken from the send log's journal when the send log was
-//! turned off is shipped first from there (the journal stays for the send log).
+//! round, what destinations had not taken from the send log's journal when the send log was turned
+//! off is shipped first from there (the journal stays for the send log).
 //! Never does: wait on a destination while taking events. A destination that is slow or down
 //! only falls behind in the files (`gannet_ship_lag_seconds`, `gannet_ship_backlog_events`).
 //!
