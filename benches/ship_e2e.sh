@@ -110,7 +110,7 @@ arms="off on"
 [ -n "$AGAINST" ] && arms="$arms against"
 [ -n "$BUSY" ] && arms="$arms busy"
 read -ra arm_list <<<"$arms"
-results=()  # "round arm cpu rate receivers-cpu"
+results=()  # "round arm cpu rate receivers-cpu shipping-threads-cpu" (ms per message)
 for r in $(seq "$ROUNDS"); do
   # Rotate the order (with a third arm each takes every place in turn).
   k=$(( (r - 1) % ${#arm_list[@]} ))
